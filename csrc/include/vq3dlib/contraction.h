@@ -1,0 +1,73 @@
+// Scene contraction functions and their vector-Jacobian products (host + device).
+// Python reference: vq3dlib/contraction.py (tests compare the two).
+//
+//   l2   (mip-NeRF 360): x                      if |x|_2 <= 1
+//                        (2 - 1/|x|) x / |x|    otherwise            -> ball of radius 2
+//   linf (MERF):         x                      if |x|_inf <= 1
+//                        x_j / |x|_inf          for j not the arg-max coordinate
+//                        (2 - 1/|x_j|) sign x_j for the arg-max coordinate -> cube [-2, 2]^3
+#pragma once
+#include "vq3dlib/common.h"
+
+namespace vq3dlib {
+
+enum Contraction : int { kContractNone = 0, kContractL2 = 1, kContractLinf = 2 };
+
+template <typename T>
+VQ3D_HD int linf_argmax(const T x[3]) {
+  int k = 0;
+  T m = fabs(x[0]);
+  if (fabs(x[1]) > m) { k = 1; m = fabs(x[1]); }
+  if (fabs(x[2]) > m) { k = 2; }
+  return k;
+}
+
+// y = contract(x)
+template <typename T>
+VQ3D_HD void contract_point(int mode, const T x[3], T y[3]) {
+  y[0] = x[0]; y[1] = x[1]; y[2] = x[2];
+  if (mode == kContractL2) {
+    T r = sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]);
+    if (r > T(1)) {
+      T s = (T(2) - T(1) / r) / r;
+      y[0] = s * x[0]; y[1] = s * x[1]; y[2] = s * x[2];
+    }
+  } else if (mode == kContractLinf) {
+    int k = linf_argmax(x);
+    T m = fabs(x[k]);
+    if (m > T(1)) {
+      for (int j = 0; j < 3; ++j) y[j] = x[j] / m;
+      y[k] = (T(2) - T(1) / m) * sign_of(x[k]);
+    }
+  }
+}
+
+// gx = J(x)^T gy, J the Jacobian of contract at x.
+template <typename T>
+VQ3D_HD void contract_vjp(int mode, const T x[3], const T gy[3], T gx[3]) {
+  gx[0] = gy[0]; gx[1] = gy[1]; gx[2] = gy[2];
+  if (mode == kContractL2) {
+    T r2 = x[0] * x[0] + x[1] * x[1] + x[2] * x[2];
+    if (r2 > T(1)) {
+      T r = sqrt(r2);
+      T s = (T(2) - T(1) / r) / r;               // 2/r - 1/r^2
+      T c = (T(2) / r - T(2)) / (r2 * r);        // 2/r^4 - 2/r^3
+      T xg = x[0] * gy[0] + x[1] * gy[1] + x[2] * gy[2];
+      for (int j = 0; j < 3; ++j) gx[j] = s * gy[j] + c * x[j] * xg;
+    }
+  } else if (mode == kContractLinf) {
+    int k = linf_argmax(x);
+    T m = fabs(x[k]);
+    if (m > T(1)) {
+      T acc = T(0);
+      for (int j = 0; j < 3; ++j) {
+        if (j == k) continue;
+        gx[j] = gy[j] / m;
+        acc += gy[j] * x[j];
+      }
+      gx[k] = gy[k] / (x[k] * x[k]) - acc * sign_of(x[k]) / (m * m);
+    }
+  }
+}
+
+}  // namespace vq3dlib

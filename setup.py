@@ -1,0 +1,61 @@
+"""Installs vq3dlib.
+
+Plain ``pip install -e .`` needs no compiler: the C++/CUDA extension is JIT-built on first use
+(see ``vq3dlib/_ext.py``). ``VQ3DLIB_BUILD_EXT=1 pip install --no-build-isolation -e .`` prebuilds it.
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def _extension_modules():
+    if os.environ.get("VQ3DLIB_BUILD_EXT", "0") != "1":
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+
+    include = [os.path.join(HERE, "csrc", "include")]
+    cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
+    with_cuda = CUDA_HOME is not None and os.environ.get("VQ3DLIB_BUILD_CUDA", "1") == "1"
+    flags = {"cxx": ["-O3", "-std=c++17"]}
+    if with_cuda:
+        flags["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-DVQ3DLIB_WITH_CUDA"]
+        flags["cxx"].append("-DVQ3DLIB_WITH_CUDA")
+        sources = cpp + sorted(glob.glob("csrc/cuda/*.cu"))
+        ext = CUDAExtension("vq3dlib._C", sources, include_dirs=include, extra_compile_args=flags)
+    else:
+        ext = CppExtension("vq3dlib._C", cpp, include_dirs=include, extra_compile_args=flags)
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = _extension_modules()
+
+setup(
+    name="vq3dlib",
+    version="0.1.0",
+    description="Composable, fast building blocks for 3D-aware generative models, and a VQ3D reference model.",
+    long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vq3dlib", "vq3dlib.*"]),
+    install_requires=[
+        "torch>=2.4",
+        "numpy",
+        "einops",
+        "timm",
+        "kornia",
+        "nerfacc",
+        "safetensors",
+        "ninja",
+    ],
+    extras_require={
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch"],
+        "bench": ["vector-quantize-pytorch", "psutil"],
+    },
+    entry_points={"console_scripts": ["vq3d=vq3dlib.cli:main"]},
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,168 @@
+"""Loads the compiled extension: prebuilt → JIT build (cached) → ``None``.
+
+The extension registers its kernels as ``torch.ops.vq3dlib.*`` through ``TORCH_LIBRARY`` (see
+``csrc/bindings.cpp``), so they work under ``torch.compile`` once their fake implementations are
+registered in :mod:`vq3dlib.ops`. Import of ``vq3dlib`` never builds anything; the first op that
+wants a kernel calls :func:`load_extension`.
+
+Example:
+    >>> from vq3dlib._ext import extension_status
+    >>> sorted(extension_status())
+    ['cuda_compiled', 'error', 'loaded', 'path']
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import os
+import sys
+import threading
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+CSRC_DIR = _PACKAGE_DIR.parent / "csrc"
+
+_lock = threading.Lock()
+_state: dict[str, Any] = {"attempted": set(), "loaded": False, "cuda_compiled": False, "path": None, "error": None}
+
+
+def source_files(with_cuda: bool) -> list[str]:
+    """Lists the extension's sources (C++ always, ``.cu`` when ``with_cuda``).
+
+    Example:
+        >>> any(f.endswith("bindings.cpp") for f in source_files(False))
+        True
+    """
+    files = sorted(glob.glob(str(CSRC_DIR / "*.cpp")) + glob.glob(str(CSRC_DIR / "cpu" / "*.cpp")))
+    if with_cuda:
+        files += sorted(glob.glob(str(CSRC_DIR / "cuda" / "*.cu")))
+    return files
+
+
+def _sources_hash(files: list[str]) -> str:
+    digest = hashlib.sha1()
+    headers = sorted(glob.glob(str(CSRC_DIR / "include" / "**" / "*.h"), recursive=True))
+    for f in files + headers:
+        digest.update(Path(f).read_bytes())
+    return digest.hexdigest()[:10]
+
+
+def cache_dir() -> Path:
+    """Where JIT builds go: ``$VQ3DLIB_CACHE`` or ``~/.cache/vq3dlib``.
+
+    Example:
+        >>> cache_dir().name in ("vq3dlib",) or True
+        True
+    """
+    root = os.environ.get("VQ3DLIB_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "vq3dlib")
+    return Path(root)
+
+
+def _cuda_wanted() -> bool:
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    return torch.cuda.is_available() and CUDA_HOME is not None and torch.version.cuda is not None
+
+
+def _load_prebuilt() -> bool:
+    for path in sorted(glob.glob(str(_PACKAGE_DIR / "_C*.so")) + glob.glob(str(_PACKAGE_DIR / "_C*.pyd"))):
+        torch.ops.load_library(path)
+        _state["path"] = path
+        return True
+    return False
+
+
+def _jit_build(with_cuda: bool, verbose: bool) -> None:
+    from torch.utils.cpp_extension import load
+
+    files = source_files(with_cuda)
+    tag = f"{'cuda' if with_cuda else 'cpu'}_{_sources_hash(files)}"
+    name = f"vq3dlib_C_{tag}"
+    build_dir = cache_dir() / f"torch{torch.__version__.replace('+', '_')}" / tag
+    build_dir.mkdir(parents=True, exist_ok=True)
+    already = any(build_dir.glob(f"{name}*.so"))
+    if not already:
+        print(
+            f"vq3dlib: building the {'C++/CUDA' if with_cuda else 'C++'} extension into {build_dir} "
+            "(first use only; takes a minute or two)...",
+            file=sys.stderr,
+            flush=True,
+        )
+    cflags = ["-O3", "-std=c++17"]
+    cuda_flags = ["-O3", "--use_fast_math", "-std=c++17", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
+    if with_cuda:
+        cflags.append("-DVQ3DLIB_WITH_CUDA")
+    load(
+        name=name,
+        sources=files,
+        extra_include_paths=[str(CSRC_DIR / "include")],
+        extra_cflags=cflags,
+        extra_cuda_cflags=cuda_flags,
+        build_directory=str(build_dir),
+        with_cuda=with_cuda,
+        is_python_module=False,
+        verbose=verbose,
+    )
+    _state["path"] = str(next(iter(build_dir.glob(f"{name}*.so")), build_dir))
+    if not already:
+        print("vq3dlib: extension built.", file=sys.stderr, flush=True)
+
+
+def load_extension(with_cuda: bool | None = None, verbose: bool = False, raise_errors: bool = False) -> bool:
+    """Makes ``torch.ops.vq3dlib`` available; returns whether it is.
+
+    Tries a prebuilt ``vq3dlib/_C*.so`` first, then a cached JIT build (built on first use, with a
+    message). If building fails, warns once and returns ``False`` so callers fall back to the
+    pure-torch reference ops. ``VQ3DLIB_NO_EXT=1`` disables the extension entirely.
+
+    Args:
+        with_cuda: compile the CUDA kernels too; default: when a GPU and ``CUDA_HOME`` are present.
+        verbose: show compiler output.
+        raise_errors: re-raise build errors instead of warning (``python -m vq3dlib.backend --build``).
+
+    Example:
+        >>> isinstance(load_extension(), bool)
+        True
+    """
+    if os.environ.get("VQ3DLIB_NO_EXT", "0") == "1" and not raise_errors:
+        return False
+    want_cuda = _cuda_wanted() if with_cuda is None else with_cuda
+    with _lock:
+        # One library per process: TORCH_LIBRARY refuses a second registration of the namespace.
+        if _state["loaded"]:
+            return True
+        if _state["attempted"] and not raise_errors:
+            return False
+        _state["attempted"].add("cuda" if want_cuda else "cpu")
+        try:
+            if raise_errors or not _load_prebuilt():
+                _jit_build(want_cuda, verbose)
+            _state["loaded"] = True
+            _state["cuda_compiled"] = bool(torch.ops.vq3dlib.cuda_compiled())
+            _state["error"] = None
+        except Exception as exc:  # noqa: BLE001 - any build failure means: fall back
+            _state["error"] = f"{type(exc).__name__}: {exc}"
+            if raise_errors:
+                raise
+            warnings.warn(
+                "vq3dlib: could not build/load the C++/CUDA extension; using the pure-torch reference ops "
+                f"(slower). Reason: {_state['error'].splitlines()[0][:300]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+        return _state["loaded"]
+
+
+def extension_status() -> dict[str, Any]:
+    """Build/load status of the extension (no build is triggered).
+
+    Example:
+        >>> extension_status()["loaded"] in (True, False)
+        True
+    """
+    return {k: _state[k] for k in ("loaded", "cuda_compiled", "path", "error")}

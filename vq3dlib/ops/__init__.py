@@ -1,0 +1,9 @@
+"""Functional ops: each a ``torch.autograd``-aware function over the compiled extension, with a
+pure-torch ``*_reference`` twin used as the fallback and as the test oracle.
+
+Example:
+    >>> import vq3dlib.ops
+    >>> from vq3dlib.backend import registered_ops
+    >>> isinstance(registered_ops(), dict)
+    True
+"""
