@@ -1,0 +1,30 @@
+// Op registration: every schema of the extension is declared here, once, so the list of compiled
+// ops lives in one place. Kernels register implementations with TORCH_LIBRARY_IMPL in
+// csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA). Fake (meta) implementations and autograd are
+// registered from Python in vq3dlib/ops/, which makes the ops usable under torch.compile.
+#include <torch/library.h>
+
+namespace vq3dlib {
+bool cuda_compiled() {
+#ifdef VQ3DLIB_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+}  // namespace vq3dlib
+
+TORCH_LIBRARY(vq3dlib, m) {
+  m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
+
+  // ---- triplane (csrc/cpu/triplane.cpp, csrc/cuda/triplane.cu) ----
+  m.def(
+      "triplane_sample_fwd(Tensor planes, Tensor points, Tensor scene_index, int points_per_scene, "
+      "int contraction, float bound, bool align_corners, int padding, int reduce) -> Tensor");
+  m.def(
+      "triplane_sample_bwd(Tensor grad_out, Tensor planes, Tensor points, Tensor scene_index, "
+      "int points_per_scene, int contraction, float bound, bool align_corners, int padding, int reduce, "
+      "bool need_planes_grad, bool need_points_grad) -> (Tensor, Tensor)");
+
+  // ---- rendering (add render schemas below this line) ----
+}
