@@ -124,7 +124,9 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     first_name, first = items[0]
     for k, v in items[1:]:
         if v.device != first.device:
-            raise ValueError(f"{k} is on {v.device} but {first_name} is on {first.device}; move them to one device")
+            raise ValueError(
+                f"{k} is on {v.device} but {first_name} is on {first.device}; move them to one device"
+            )
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

@@ -215,7 +215,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.build:
         try:
-            _ext.load_extension(with_cuda=True if args.cuda else None, verbose=args.verbose, raise_errors=True)
+            _ext.load_extension(
+                with_cuda=True if args.cuda else None, verbose=args.verbose, raise_errors=True
+            )
         except Exception as exc:  # noqa: BLE001
             print(f"build failed: {exc}", file=sys.stderr)
             return 1
@@ -224,4 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main so ops register into the same registry as the library's.
+    from vq3dlib.backend import main as _main
+
+    raise SystemExit(_main())
