@@ -20,6 +20,8 @@ def small(**kw) -> CodePrior:
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_kv_cache_logits_equal_full_recomputation(device, dtype, tol):
     prior = small().to(device=device, dtype=dtype)
+    if device.type == "cuda" and dtype == torch.float32:
+        tol = 1e-4  # fused attention kernels reorder float32 sums
     idx = torch.randint(0, V, (3, N), device=device)
     labels = torch.tensor([0, 2, 3], device=device)  # 3 = null label
     full = prior(idx, labels)
