@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "contract_linf": "vq3dlib.contraction",
     "uncontract_l2": "vq3dlib.contraction",
     "uncontract_linf": "vq3dlib.contraction",
+    "ProceduralScenes": "vq3dlib.data.procedural",
     "triplane_sample": "vq3dlib.ops",
     "ContractedTriplane": "vq3dlib.triplane",
 }
