@@ -21,6 +21,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -50,7 +51,7 @@ def _check_image_size(image_size: object) -> tuple[int, int]:
         raise ValueError(f"image_size must be a (height, width) pair, got {image_size!r}")
     h, w = image_size
     for name, v in (("image_size[0] (height)", h), ("image_size[1] (width)", w)):
-        if isinstance(v, bool) or not isinstance(v, int):
+        if isinstance(v, bool) or not isinstance(v, numbers.Integral):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
         check_positive(name, v)
     return int(h), int(w)
