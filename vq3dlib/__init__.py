@@ -31,6 +31,12 @@ _EXPORTS: dict[str, str] = {
     "ProceduralScenes": "vq3dlib.data.procedural",
     "triplane_sample": "vq3dlib.ops",
     "ContractedTriplane": "vq3dlib.triplane",
+    "CodePrior": "vq3dlib.models",
+    "TriplaneDecoder": "vq3dlib.models",
+    "TriplaneField": "vq3dlib.models",
+    "ViTEncoder": "vq3dlib.models",
+    "VQ3DConfig": "vq3dlib.models",
+    "get_config": "vq3dlib.models",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

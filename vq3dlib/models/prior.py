@@ -29,8 +29,8 @@ import torch.nn.functional as F
 from timm.layers import Mlp
 from torch import nn
 
-from vq3dlib._validation import check_positive, check_tensor
-from vq3dlib.models.vit import finite_check_possible, init_vit_weights
+from vq3dlib._validation import check_positive, check_tensor, has_values
+from vq3dlib.models.vit import init_vit_weights
 
 if TYPE_CHECKING:
     from vq3dlib.models.configs import VQ3DConfig
@@ -312,7 +312,7 @@ class CodePrior(nn.Module):
         check_tensor("labels", labels, shape=(batch,), integer=True)
         if labels.device != device:
             raise ValueError(f"labels is on {labels.device} but the model/indices are on {device}")
-        if finite_check_possible(labels) and labels.numel() and (
+        if has_values(labels) and labels.numel() and (
             int(labels.min()) < 0 or int(labels.max()) > self.num_classes
         ):
             raise ValueError(
@@ -325,7 +325,7 @@ class CodePrior(nn.Module):
         check_tensor(name, indices, ndim=2, integer=True)
         if indices.shape[1] > max_len:
             raise ValueError(f"{name} has {indices.shape[1]} positions, at most {max_len} allowed")
-        if finite_check_possible(indices) and indices.numel() and (
+        if has_values(indices) and indices.numel() and (
             int(indices.min()) < 0 or int(indices.max()) >= self.vocab_size
         ):
             raise ValueError(

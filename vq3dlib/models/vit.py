@@ -80,11 +80,6 @@ def init_vit_weights(module: nn.Module) -> None:
             nn.init.zeros_(module.bias)
 
 
-def finite_check_possible(x: torch.Tensor) -> bool:
-    """Whether a value check can run on ``x`` (not on the meta device, which holds no values)."""
-    return x.device.type != "meta"
-
-
 class ViTEncoder(nn.Module):
     """Vision transformer encoder: ``[B, C, H, W]`` images -> ``[B, N, width]`` tokens.
 
@@ -166,7 +161,7 @@ class ViTEncoder(nn.Module):
     def _check(self, images: torch.Tensor) -> None:
         s = self.image_size
         check_tensor("images", images, shape=(None, self.in_channels, s, s), floating=True)
-        check_tensor("images", images, finite=finite_check_possible(images))
+        check_tensor("images", images, finite=True)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """Tokens after the blocks and the final norm.
