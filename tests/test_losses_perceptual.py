@@ -68,7 +68,7 @@ def test_distance_is_weighted_sum_over_taps(lpips):
         feats[name] = out
     expected = sum(
         (head.weight.view(1, -1, 1, 1) * (fx - fy) ** 2).sum(1).mean()
-        for head, fx, fy in zip(lpips.heads, feats["x"], feats["y"])
+        for head, fx, fy in zip(lpips.heads, feats["x"], feats["y"], strict=True)
     )
     torch.testing.assert_close(lpips(x, y)[0], expected, rtol=1e-4, atol=1e-6)
 
@@ -137,8 +137,9 @@ def test_backbone_matches_torchvision_vgg16():
     ours = vgg16_features()
     theirs = make_layers(cfgs["D"])[: len(ours)]
     assert [type(m) for m in ours] == [type(m) for m in theirs]
-    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
-    for a, b in zip(ours, theirs):
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
+    assert shapes(ours) == shapes(theirs)
+    for a, b in zip(ours, theirs, strict=True):
         if isinstance(a, torch.nn.Conv2d):
             assert (a.kernel_size, a.padding, a.stride) == (b.kernel_size, b.padding, b.stride)
         if isinstance(a, torch.nn.MaxPool2d):

@@ -39,7 +39,9 @@ def check_packed(
         raise TypeError(f"n_rays must be an int, got {type(n_rays).__name__}")
     check_positive("n_rays", n_rays, allow_zero=True)
     for name, value in others.items():
-        check_tensor(name, value, shape=(weights.shape[0],), floating=True, device=weights.device, finite=True)
+        check_tensor(
+            name, value, shape=(weights.shape[0],), floating=True, device=weights.device, finite=True
+        )
     if finite_checks_enabled() and ray_indices.numel() > 0:
         if bool((ray_indices[1:] < ray_indices[:-1]).any()):
             raise ValueError("ray_indices must be sorted (samples grouped by ray, as nerfacc packs them)")

@@ -45,7 +45,7 @@ def _expand(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
 
 
 def _lsq(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Least-squares ``scale, shift [B]`` with ``scale * x + shift ≈ y`` over ``mask`` (rows of ``[B, P]``)."""
+    """Least-squares ``scale, shift [B]``: ``scale * x + shift ≈ y`` over ``mask`` (rows of ``[B, P]``)."""
     m = mask.to(x.dtype)
     n = m.sum(1)
     x0 = torch.where(mask, x, torch.zeros_like(x))
@@ -59,10 +59,15 @@ def _lsq(x: torch.Tensor, y: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Te
     # constant x (up to rounding): any scale fits equally well; take scale 0, shift mean(y)
     tol = n * (16 * torch.finfo(x.dtype).eps * x0.abs().amax(1)).square()
     degenerate = var <= tol
-    scale = torch.where(degenerate, torch.zeros_like(var), cov / torch.where(degenerate, torch.ones_like(var), var))
+    scale = torch.where(degenerate, torch.zeros_like(var), cov / torch.where(degenerate, 1.0, var))
     shift = my - scale * mx
-    empty = n == 0
-    return torch.where(empty, torch.ones_like(scale), scale), torch.where(empty, torch.zeros_like(shift), shift)
+    return _identity_if_empty(scale, shift, n == 0)
+
+
+def _identity_if_empty(
+    scale: torch.Tensor, shift: torch.Tensor, empty: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    return torch.where(empty, 1.0, scale), torch.where(empty, 0.0, shift)
 
 
 def _median_mad(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -87,8 +92,7 @@ def _fit(
         cov = torch.where(mask, (x - med_x[:, None]) * (y - med_y[:, None]), torch.zeros_like(x)).sum(1)
         scale = torch.where(cov < 0, -scale, scale)
         shift = med_y - scale * med_x
-        empty = ~mask.any(1)
-        return torch.where(empty, torch.ones_like(scale), scale), torch.where(empty, torch.zeros_like(shift), shift)
+        return _identity_if_empty(scale, shift, ~mask.any(1))
     # trimmed: fit, drop the largest `trim` fraction of residuals per image, refit
     scale, shift = _lsq(x, y, mask)
     res = (scale[:, None] * x + shift[:, None] - y).abs().detach()
@@ -124,8 +128,8 @@ def align_scale_shift(
             and the fit is done on disparities; ``"depth"``: the values are fitted as given (use it
             also when both inputs are already disparities).
         method: ``"lsq"`` closed-form least squares; ``"median"`` MiDaS' robust normalisation
-            (median and mean absolute deviation matched, sign from the covariance); ``"trimmed"`` least squares refitted
-            without the ``trim`` fraction of largest residuals per image.
+            (median and mean absolute deviation matched, sign from the covariance); ``"trimmed"``
+            least squares refitted without the ``trim`` fraction of largest residuals per image.
         trim: fraction of pixels dropped by ``method="trimmed"``, in ``[0, 1)``.
         eps: lower clamp of depths before inversion.
 

@@ -96,7 +96,9 @@ def distortion_loss(
     return _reduce(segment_sum(per_sample, ray_indices, n_rays), reduction)
 
 
-def distortion_loss_reference(weights: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor) -> torch.Tensor:
+def distortion_loss_reference(
+    weights: torch.Tensor, t_starts: torch.Tensor, t_ends: torch.Tensor
+) -> torch.Tensor:
     """The O(n^2) definition on dense samples ``[..., N]``; returns the per-ray loss ``[...]``.
 
     The test oracle of :func:`distortion_loss` (does not need samples sorted).

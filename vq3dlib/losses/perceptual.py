@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from vq3dlib._validation import check_choice, check_tensor
@@ -90,7 +89,7 @@ def vgg16_features() -> nn.Sequential:
     """
     layers: list[nn.Module] = []
     in_ch = 3
-    for block, (width, convs) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 3, 3, 3))):
+    for block, (width, convs) in enumerate(zip((64, 128, 256, 512, 512), (2, 2, 3, 3, 3), strict=True)):
         if block:
             layers.append(nn.MaxPool2d(2, 2))
         for _ in range(convs):
@@ -159,8 +158,8 @@ class LPIPS(nn.Module):
             >>> try:
             ...     lpips.load_weights("/nonexistent/lpips.safetensors")
             ... except FileNotFoundError as e:
-            ...     print(str(e)[:40])
-            LPIPS needs pretrained weights but /non
+            ...     print("does not exist" in str(e), "VQ3DLIB_LPIPS_WEIGHTS" in str(e))
+            True True
         """
         sep = os.pathsep
         if weights is None:
@@ -186,7 +185,8 @@ class LPIPS(nn.Module):
         missing = sorted(set(own) - set(state))
         if missing:
             raise ValueError(
-                f"LPIPS weights in {[str(p) for p in paths]} lack {len(missing)} tensors, e.g. {missing[:3]}; "
+                f"LPIPS weights in {[str(p) for p in paths]} lack {len(missing)} tensors, "
+                f"e.g. {missing[:3]}; "
                 + _MISSING.format(what="they are incomplete", env=ENV_VAR, sep=sep)
             )
         self.load_state_dict(state)
@@ -208,14 +208,16 @@ class LPIPS(nn.Module):
         if x.shape[1] != 3:
             raise ValueError(f"x must have 3 channels (RGB), got shape {list(x.shape)}")
         if min(x.shape[-2:]) < 16:
-            raise ValueError(f"x must be at least 16x16 pixels (VGG-16 halves it 4 times), got {list(x.shape)}")
+            raise ValueError(
+                f"x must be at least 16x16 pixels (VGG-16 halves it 4 times), got {list(x.shape)}"
+            )
         if self.normalize:
             x, y = 2 * x - 1, 2 * y - 1
         n = x.shape[0]
         h = torch.cat([x, y]).to(self.shift.dtype)
         h = (h - self.shift) / self.scale
         dist = h.new_zeros(n)
-        taps = iter(zip(TAPS, self.heads))
+        taps = iter(zip(TAPS, self.heads, strict=True))
         tap, head = next(taps)
         for i, layer in enumerate(self.features):
             h = layer(h)
