@@ -63,7 +63,7 @@ def segment_sum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) ->
 
 
 def exclusive_segment_cumsum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """Exclusive prefix sum of ``values [S]`` restarted at every ray (``ray_indices`` sorted).
+    """Exclusive prefix sum of ``values [S, ...]`` along dim 0, restarted at every (sorted) ray.
 
     One global cumulative sum (accumulated in float64 so long batches do not lose precision) minus
     the running total at each ray's first sample. O(S) time and memory.

@@ -90,8 +90,8 @@ def distortion_loss(
     check_packed(weights, ray_indices, n_rays, t_starts=t_starts, t_ends=t_ends)
     mid = 0.5 * (t_starts + t_ends)
     wm = weights * mid
-    w_before = exclusive_segment_cumsum(weights, ray_indices, n_rays)
-    wm_before = exclusive_segment_cumsum(wm, ray_indices, n_rays)
+    before = exclusive_segment_cumsum(torch.stack([weights, wm], -1), ray_indices, n_rays)
+    w_before, wm_before = before.unbind(-1)
     per_sample = 2.0 * weights * (mid * w_before - wm_before) + weights.square() * (t_ends - t_starts) / 3.0
     return _reduce(segment_sum(per_sample, ray_indices, n_rays), reduction)
 
