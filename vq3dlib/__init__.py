@@ -37,6 +37,17 @@ _EXPORTS: dict[str, str] = {
     "ViTEncoder": "vq3dlib.models",
     "VQ3DConfig": "vq3dlib.models",
     "get_config": "vq3dlib.models",
+    "align_scale_shift": "vq3dlib.losses",
+    "aligned_depth_loss": "vq3dlib.losses",
+    "pointwise_depth_loss": "vq3dlib.losses",
+    "distortion_loss": "vq3dlib.losses",
+    "LPIPS": "vq3dlib.losses",
+    "StyleGANDiscriminator": "vq3dlib.losses",
+    "PatchGANDiscriminator": "vq3dlib.losses",
+    "discriminator_loss": "vq3dlib.losses",
+    "generator_loss": "vq3dlib.losses",
+    "r1_penalty": "vq3dlib.losses",
+    "adaptive_generator_weight": "vq3dlib.losses",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,286 @@
+"""Tests for vq3dlib.losses.depth: scale/shift alignment, aligned depth loss, VQ3D pointwise loss."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from vq3dlib.losses.depth import align_scale_shift, aligned_depth_loss, pointwise_depth_loss
+
+# ----------------------------------------------------------------------------- alignment
+
+
+@pytest.mark.parametrize("method", ["lsq", "median", "trimmed"])
+def test_alignment_recovers_known_scale_shift(device, method):
+    pred = torch.rand(3, 10, 12, device=device, dtype=torch.float64) + 0.5
+    scale = torch.tensor([2.0, 0.3, -1.5], device=device, dtype=torch.float64)
+    shift = torch.tensor([0.5, -0.2, 4.0], device=device, dtype=torch.float64)
+    target = scale[:, None, None] * pred + shift[:, None, None]
+    a = align_scale_shift(pred, target, space="depth", method=method)
+    torch.testing.assert_close(a.scale, scale)
+    torch.testing.assert_close(a.shift, shift)
+    torch.testing.assert_close(a.aligned, target)
+
+
+def test_alignment_in_disparity_space(device):
+    depth = torch.rand(2, 64, device=device, dtype=torch.float64) * 5 + 1
+    mono_depth = 1.0 / (0.5 / depth + 0.1)  # disparity = 0.5 * true disparity + 0.1
+    a = align_scale_shift(mono_depth, depth, space="disparity")
+    torch.testing.assert_close(a.scale, torch.full((2,), 2.0, dtype=torch.float64, device=device))
+    torch.testing.assert_close(a.shift, torch.full((2,), -0.2, dtype=torch.float64, device=device))
+    torch.testing.assert_close(a.aligned, 1.0 / depth)
+
+
+def test_alignment_ignores_masked_pixels():
+    pred = torch.rand(2, 100, dtype=torch.float64)
+    target = 3 * pred - 1
+    mask = torch.rand(2, 100) > 0.3
+    corrupted = torch.where(mask, target, torch.full_like(target, 1e6))
+    a = align_scale_shift(pred, corrupted, mask, space="depth")
+    torch.testing.assert_close(a.scale, torch.full((2,), 3.0, dtype=torch.float64))
+    torch.testing.assert_close(a.shift, torch.full((2,), -1.0, dtype=torch.float64))
+
+
+def test_robust_alignment_resists_outliers():
+    pred = torch.rand(1, 400, dtype=torch.float64)
+    target = 2 * pred + 0.5
+    target[:, :20] += 50.0  # 5% gross outliers
+    lsq = align_scale_shift(pred, target, space="depth", method="lsq")
+    trimmed = align_scale_shift(pred, target, space="depth", method="trimmed", trim=0.2)
+    assert (lsq.shift - 0.5).abs().item() > 1.0
+    torch.testing.assert_close(trimmed.scale, torch.tensor([2.0], dtype=torch.float64))
+    torch.testing.assert_close(trimmed.shift, torch.tensor([0.5], dtype=torch.float64))
+
+
+@pytest.mark.parametrize("method", ["lsq", "median", "trimmed"])
+def test_alignment_degenerate_cases_are_finite(method):
+    pred = torch.rand(4, 30)
+    target = torch.rand(4, 30)
+    target[0] = 2.5  # constant target
+    pred[1] = 0.7  # constant pred
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    mask[2] = False  # empty mask
+    a = align_scale_shift(pred, target, mask, space="depth", method=method)
+    assert torch.isfinite(a.aligned).all() and torch.isfinite(a.scale).all() and torch.isfinite(a.shift).all()
+    assert a.scale[0].item() == 0.0 and a.shift[0].item() == pytest.approx(2.5)
+    torch.testing.assert_close(a.aligned[0], torch.full((30,), 2.5))
+    assert a.scale[1].item() == 0.0
+    assert target[1].min() <= a.shift[1] <= target[1].max()  # a central value of the target
+    if method == "lsq":
+        torch.testing.assert_close(a.shift[1], target[1].mean())
+    assert a.scale[2].item() == 1.0 and a.shift[2].item() == 0.0
+
+
+def test_alignment_empty_batch():
+    a = align_scale_shift(torch.zeros(0, 5), torch.zeros(0, 5))
+    assert a.aligned.shape == (0, 5) and a.scale.shape == (0,)
+
+
+def test_alignment_gradcheck():
+    pred = torch.rand(2, 6, dtype=torch.float64, requires_grad=True)
+    target = torch.rand(2, 6, dtype=torch.float64, requires_grad=True)
+    fn = lambda p, t: align_scale_shift(p, t, space="depth").aligned
+    assert torch.autograd.gradcheck(fn, (pred, target))
+
+
+def test_alignment_bad_input():
+    with pytest.raises(ValueError, match="target"):
+        align_scale_shift(torch.rand(2, 3), torch.rand(2, 4))
+    with pytest.raises(ValueError, match="method"):
+        align_scale_shift(torch.rand(2, 3), torch.rand(2, 3), method="ransac")
+    with pytest.raises(ValueError, match="space"):
+        align_scale_shift(torch.rand(2, 3), torch.rand(2, 3), space="log")
+    with pytest.raises(TypeError, match="mask"):
+        align_scale_shift(torch.rand(2, 3), torch.rand(2, 3), torch.ones(2, 3))
+    with pytest.raises(ValueError, match="pred"):
+        align_scale_shift(torch.full((2, 3), float("nan")), torch.rand(2, 3))
+    with pytest.raises(ValueError, match="trim"):
+        align_scale_shift(torch.rand(2, 3), torch.rand(2, 3), method="trimmed", trim=1.0)
+
+
+# ----------------------------------------------------------------------------- aligned depth loss
+
+
+def test_aligned_depth_loss_zero_for_affine_disparity_and_positive_otherwise():
+    depth = torch.rand(2, 8, 8, dtype=torch.float64) + 1
+    mono = 1.0 / (3.0 / depth + 0.2)
+    assert aligned_depth_loss(depth, mono).item() < 1e-12
+    assert aligned_depth_loss(depth, mono, align="pred").item() < 1e-12
+    other = torch.rand(2, 8, 8, dtype=torch.float64) + 1
+    assert aligned_depth_loss(depth, other).item() > 1e-3
+
+
+def test_aligned_depth_loss_no_gradient_through_target_alignment():
+    depth = (torch.rand(1, 20, dtype=torch.float64) + 1).requires_grad_()
+    target = torch.rand(1, 20, dtype=torch.float64) + 1
+    loss = aligned_depth_loss(depth, target, rho="l2", space="depth", reduction="sum")
+    (g,) = torch.autograd.grad(loss, depth)
+    fixed = align_scale_shift(target, depth.detach(), space="depth").aligned
+    torch.testing.assert_close(g, 2 * (depth.detach() - fixed))
+
+
+def test_aligned_depth_loss_mask_and_reduction():
+    depth = torch.rand(2, 10) + 1
+    target = torch.rand(2, 10) + 1
+    mask = torch.rand(2, 10) > 0.5
+    per = aligned_depth_loss(depth, target, mask, reduction="none")
+    assert per.shape == (2, 10) and (per[~mask] == 0).all()
+    mean = aligned_depth_loss(depth, target, mask)
+    torch.testing.assert_close(mean, per.sum() / mask.sum())
+
+
+# ----------------------------------------------------------------------------- pointwise depth loss
+
+
+def _rays(b=2, p=5, n=7, dtype=torch.float64, opacity=1.0):
+    w = torch.softmax(torch.randn(b, p, n, dtype=dtype), -1) * opacity
+    edges = torch.sort(torch.rand(b, p, n + 1, dtype=dtype) * 4 + 0.5, -1).values
+    return w, edges[..., :-1], edges[..., 1:]
+
+
+@pytest.mark.parametrize("opacity", [1.0, 0.6])
+def test_pointwise_l2_equals_accumulated_loss_plus_weighted_variance(opacity):
+    w, ts, te = _rays(opacity=opacity)
+    target = torch.rand(2, 5, dtype=torch.float64)
+    loss = pointwise_depth_loss(w, ts, te, target, align=False, reduction="none")
+    d = 2.0 / (ts + te)
+    a = w.sum(-1)
+    rendered = (w * d).sum(-1)
+    m = rendered / a
+    variance = (w * (d - m[..., None]) ** 2).sum(-1)
+    torch.testing.assert_close(loss, a * (m - target) ** 2 + variance)
+    if opacity == 1.0:
+        torch.testing.assert_close(loss, (rendered - target) ** 2 + variance)
+
+
+def test_pointwise_identity_with_alignment():
+    w, ts, te = _rays()
+    target = torch.rand(2, 5, dtype=torch.float64)
+    loss = pointwise_depth_loss(w, ts, te, target, reduction="none")
+    d = 2.0 / (ts + te)
+    rendered = (w * d).sum(-1)
+    aligned = align_scale_shift(target, rendered, space="depth").aligned
+    variance = (w * (d - rendered[..., None]) ** 2).sum(-1)
+    torch.testing.assert_close(loss, (rendered - aligned) ** 2 + variance)
+
+
+def test_pointwise_prefers_a_single_surface():
+    # same rendered disparity, one concentrated and one split weight distribution
+    t = torch.tensor([[1.0, 2.0, 3.0, 4.0]], dtype=torch.float64)
+    ts, te = t - 0.01, t + 0.01
+    one = torch.tensor([[0.0, 1.0, 0.0, 0.0]], dtype=torch.float64)
+    d = 1.0 / t
+    # split between samples 0 and 2, with the same expected disparity as `one`
+    lam = (d[0, 1] - d[0, 2]) / (d[0, 0] - d[0, 2])
+    split = torch.tensor([[lam, 0.0, 1 - lam, 0.0]], dtype=torch.float64)
+    target = torch.tensor([0.5], dtype=torch.float64)
+    # accumulated disparities agree; pointwise penalises the split one
+    ld_one = pointwise_depth_loss(one, ts, te, target, align=False, reduction="sum")
+    ld_split = pointwise_depth_loss(split, ts, te, target, align=False, reduction="sum")
+    torch.testing.assert_close((split * d).sum(), (one * d).sum())
+    assert ld_one.item() < 1e-9 and ld_split.item() > 1e-3
+
+
+def _pack(w, ts, te):
+    """Drops a random subset of samples (they get weight 0 in the dense copy)."""
+    keep = torch.rand(w.shape) > 0.3
+    keep[0, 0] = False  # one ray keeps nothing
+    w_dense = torch.where(keep, w, torch.zeros_like(w))
+    flat_keep = keep.reshape(-1, w.shape[-1])
+    ray_ids = torch.arange(flat_keep.shape[0])[:, None].expand_as(flat_keep)[flat_keep]
+    return w_dense, (w_dense.reshape(-1, w.shape[-1])[flat_keep], ts.reshape(flat_keep.shape)[flat_keep],
+                     te.reshape(flat_keep.shape)[flat_keep], ray_ids)
+
+
+@pytest.mark.parametrize("rho", ["l2", "l1", "huber"])
+@pytest.mark.parametrize("method", ["lsq", "median"])
+def test_pointwise_packed_equals_dense(rho, method):
+    w, ts, te = _rays(b=3, p=6, n=9)
+    w_dense, (wp, tsp, tep, ri) = _pack(w, ts, te)
+    w_dense.requires_grad_()
+    wp = wp.detach().requires_grad_()
+    target = torch.rand(3, 6, dtype=torch.float64)
+    mask = torch.rand(3, 6) > 0.2
+    kw = dict(rho=rho, method=method, mask=mask, huber_delta=0.05)
+    dense = pointwise_depth_loss(w_dense, ts, te, target, **kw)
+    packed = pointwise_depth_loss(wp, tsp, tep, target, ri, **kw)
+    torch.testing.assert_close(packed, dense)
+    (gd,) = torch.autograd.grad(dense, w_dense)
+    (gp,) = torch.autograd.grad(packed, wp)
+    keep = w_dense.detach() != 0
+    torch.testing.assert_close(gp, gd[keep])
+
+
+def test_pointwise_gradient_skips_alignment():
+    w, ts, te = _rays()
+    w.requires_grad_()
+    target = torch.rand(2, 5, dtype=torch.float64)
+    loss = pointwise_depth_loss(w, ts, te, target, reduction="sum")
+    (g,) = torch.autograd.grad(loss, w)
+    d = 2.0 / (ts + te)
+    aligned = align_scale_shift(target, (w.detach() * d).sum(-1), space="depth").aligned
+    torch.testing.assert_close(g, (d - aligned[..., None]) ** 2)
+
+
+def test_pointwise_mask_zeroes_rays_and_mean_counts_valid_rays():
+    w, ts, te = _rays()
+    w.requires_grad_()
+    target = torch.rand(2, 5, dtype=torch.float64)
+    mask = torch.zeros(2, 5, dtype=torch.bool)
+    mask[:, :3] = True
+    per = pointwise_depth_loss(w, ts, te, target, mask=mask, reduction="none")
+    assert (per[~mask] == 0).all()
+    mean = pointwise_depth_loss(w, ts, te, target, mask=mask)
+    torch.testing.assert_close(mean, per.sum() / 6)
+    (g,) = torch.autograd.grad(mean, w)
+    assert (g[~mask] == 0).all()
+
+
+def test_pointwise_depth_target_and_zero_distance_guard():
+    w, ts, te = _rays()
+    ts[..., 0] = 0.0
+    te[..., 0] = 0.0  # a sample at t = 0
+    depth = torch.rand(2, 5, dtype=torch.float64) + 1
+    loss = pointwise_depth_loss(w, ts, te, depth, target_space="depth", eps=1e-3)
+    assert torch.isfinite(loss)
+    same = pointwise_depth_loss(w, ts, te, 1.0 / depth, eps=1e-3)
+    torch.testing.assert_close(loss, same)
+
+
+def test_pointwise_empty_inputs():
+    target = torch.rand(1, 4)
+    loss = pointwise_depth_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), target,
+                                torch.zeros(0, dtype=torch.long), reduction="none")
+    assert loss.shape == (1, 4) and (loss == 0).all()
+    assert pointwise_depth_loss(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0)) == 0
+
+
+def test_pointwise_bad_input():
+    w, ts, te = _rays(dtype=torch.float32)
+    target = torch.rand(2, 5)
+    with pytest.raises(ValueError, match="weights"):
+        pointwise_depth_loss(w, ts, te, torch.rand(2, 4))
+    with pytest.raises(ValueError, match="rho"):
+        pointwise_depth_loss(w, ts, te, target, rho="cauchy")
+    with pytest.raises(ValueError, match="sorted"):
+        pointwise_depth_loss(torch.rand(3), torch.rand(3), torch.rand(3), target, torch.tensor([2, 1, 0]))
+    with pytest.raises(ValueError, match="n_rays"):
+        pointwise_depth_loss(torch.rand(3), torch.rand(3), torch.rand(3), target, torch.tensor([0, 1, 10]))
+    with pytest.raises(TypeError, match="ray_indices"):
+        pointwise_depth_loss(torch.rand(3), torch.rand(3), torch.rand(3), target, torch.tensor([0.0, 1, 2]))
+    with pytest.raises(ValueError, match="weights"):
+        pointwise_depth_loss(torch.full_like(w, float("nan")), ts, te, target)
+
+
+# ----------------------------------------------------------------------------- docs
+
+
+def test_docs_example_runs():
+    text = (Path(__file__).resolve().parents[1] / "docs" / "losses.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/losses.md", "exec"), {})

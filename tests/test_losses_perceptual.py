@@ -1,0 +1,146 @@
+"""Tests for vq3dlib.losses.perceptual (LPIPS-style loss), with random weights: nothing is downloaded."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from vq3dlib.losses.perceptual import ENV_VAR, LPIPS, TAPS, vgg16_features
+
+
+@pytest.fixture(scope="module")
+def lpips():
+    torch.manual_seed(0)
+    return LPIPS(pretrained=False, reduction="none")
+
+
+def test_zero_for_identical_positive_otherwise(lpips, device):
+    model = lpips.to(device)
+    x = torch.rand(2, 3, 32, 32, device=device) * 2 - 1
+    assert (model(x, x) == 0).all()
+    y = (x + 0.3 * torch.randn_like(x)).clamp(-1, 1)
+    d = model(x, y)
+    assert d.shape == (2,) and (d > 0).all()
+    # symmetric, and more noise -> larger distance
+    torch.testing.assert_close(d, model(y, x))
+    z = (x + 1.0 * torch.randn_like(x)).clamp(-1, 1)
+    assert (model(x, z) > d).all()
+    lpips.to("cpu")
+
+
+def test_differentiable_and_frozen(lpips):
+    x = torch.rand(2, 3, 16, 16, requires_grad=True)
+    y = torch.rand(2, 3, 16, 16)
+    lpips(x, y).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+    assert all(not p.requires_grad for p in lpips.parameters())
+    lpips.train()
+    assert not lpips.training
+
+
+def test_normalize_maps_unit_range_inputs(lpips):
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    unit = LPIPS(pretrained=False, normalize=True, reduction="none")
+    unit.load_state_dict(lpips.state_dict())
+    torch.testing.assert_close(unit(x, y), lpips(2 * x - 1, 2 * y - 1))
+
+
+def test_reductions(lpips):
+    x, y = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    per = lpips(x, y)
+    mean = LPIPS(pretrained=False)
+    mean.load_state_dict(lpips.state_dict())
+    torch.testing.assert_close(mean(x, y), per.mean())
+
+
+def test_distance_is_weighted_sum_over_taps(lpips):
+    """Independent check of the formula: sum_k mean_hw(w_k . (f_k(x)/|f_k(x)| - f_k(y)/|f_k(y)|)^2)."""
+    x, y = torch.rand(1, 3, 16, 16) * 2 - 1, torch.rand(1, 3, 16, 16) * 2 - 1
+    feats = {}
+    for name, img in (("x", x), ("y", y)):
+        h = (img - lpips.shift) / lpips.scale
+        out = []
+        for i, layer in enumerate(lpips.features):
+            h = layer(h.clone())
+            if i in TAPS:
+                out.append(torch.nn.functional.normalize(h, dim=1, eps=0))
+        feats[name] = out
+    expected = sum(
+        (head.weight.view(1, -1, 1, 1) * (fx - fy) ** 2).sum(1).mean()
+        for head, fx, fy in zip(lpips.heads, feats["x"], feats["y"], strict=True)
+    )
+    torch.testing.assert_close(lpips(x, y)[0], expected, rtol=1e-4, atol=1e-6)
+
+
+def test_missing_weights_error_says_where_to_put_them(monkeypatch, tmp_path):
+    monkeypatch.delenv(ENV_VAR, raising=False)
+    with pytest.raises(FileNotFoundError, match=ENV_VAR):
+        LPIPS()
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        LPIPS(tmp_path / "nope.safetensors")
+
+
+def test_load_own_safetensors_via_argument_and_env(lpips, monkeypatch, tmp_path):
+    path = tmp_path / "lpips.safetensors"
+    save_file({k: v.contiguous() for k, v in lpips.state_dict().items()}, str(path))
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    loaded = LPIPS(path, reduction="none")
+    torch.testing.assert_close(loaded(x, y), lpips(x, y))
+    monkeypatch.setenv(ENV_VAR, str(path))
+    torch.testing.assert_close(LPIPS(reduction="none")(x, y), lpips(x, y))
+
+
+def test_load_torchvision_and_lpips_layouts(lpips, tmp_path):
+    state = lpips.state_dict()
+    vgg = {k: v for k, v in state.items() if k.startswith("features.")}
+    vgg["classifier.0.weight"] = torch.zeros(2, 2)  # ignored
+    heads = {f"lin{k}.model.1.weight": state[f"heads.{k}.weight"] for k in range(5)}
+    torch.save(vgg, tmp_path / "vgg16.pth")
+    torch.save(heads, tmp_path / "vgg.pth")
+    loaded = LPIPS([tmp_path / "vgg16.pth", tmp_path / "vgg.pth"], reduction="none")
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(loaded(x, y), lpips(x, y))
+    # the lpips package's full-module layout: net.slice<j>.<i>.weight keeps torchvision's indices
+    bounds = [0, 4, 9, 16, 23, 30]
+    full = dict(heads)
+    for key, value in vgg.items():
+        if key.startswith("features."):
+            idx = int(key.split(".")[1])
+            j = next(s for s in range(5) if bounds[s] <= idx < bounds[s + 1]) + 1
+            full[f"net.slice{j}.{key.removeprefix('features.')}"] = value
+    torch.save(full, tmp_path / "full.pth")
+    torch.testing.assert_close(LPIPS(tmp_path / "full.pth", reduction="none")(x, y), lpips(x, y))
+
+
+def test_incomplete_weights_rejected(lpips, tmp_path):
+    heads = {f"lin{k}.model.1.weight": lpips.state_dict()[f"heads.{k}.weight"] for k in range(5)}
+    torch.save(heads, tmp_path / "vgg.pth")
+    with pytest.raises(ValueError, match="lack"):
+        LPIPS(tmp_path / "vgg.pth")
+
+
+def test_bad_input(lpips):
+    with pytest.raises(ValueError, match="y"):
+        lpips(torch.rand(1, 3, 32, 32), torch.rand(1, 3, 16, 16))
+    with pytest.raises(ValueError, match="3 channels"):
+        lpips(torch.rand(1, 1, 16, 16), torch.rand(1, 1, 16, 16))
+    with pytest.raises(ValueError, match="16x16"):
+        lpips(torch.rand(1, 3, 8, 8), torch.rand(1, 3, 8, 8))
+    with pytest.raises(ValueError, match="reduction"):
+        LPIPS(pretrained=False, reduction="max")
+
+
+def test_backbone_matches_torchvision_vgg16():
+    from torchvision.models.vgg import cfgs, make_layers  # what torchvision.models.vgg16() builds
+
+    ours = vgg16_features()
+    theirs = make_layers(cfgs["D"])[: len(ours)]
+    assert [type(m) for m in ours] == [type(m) for m in theirs]
+    shapes = lambda m: {k: v.shape for k, v in m.state_dict().items()}
+    assert shapes(ours) == shapes(theirs)
+    for a, b in zip(ours, theirs, strict=True):
+        if isinstance(a, torch.nn.Conv2d):
+            assert (a.kernel_size, a.padding, a.stride) == (b.kernel_size, b.padding, b.stride)
+        if isinstance(a, torch.nn.MaxPool2d):
+            assert (a.kernel_size, a.stride) == (b.kernel_size, b.stride)
