@@ -62,6 +62,27 @@ def time_ms(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, 
     return statistics.median(samples)
 
 
+def time_interleaved_ms(
+    fns: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1, rounds: int = 5
+) -> dict[str, float]:
+    """Median ms of each function, timed in alternating rounds (A, B, C, A, B, C, ...).
+
+    Interleaving makes the ratios robust to load that drifts during the run (shared machines).
+    """
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    synchronize(device)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            synchronize(device)
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: statistics.median(v) for name, v in samples.items()}
+
+
 def rss_bytes() -> int:
     """Current resident set size of this process (Linux), else 0."""
     try:
@@ -72,18 +93,26 @@ def rss_bytes() -> int:
 
 
 def peak_rss_bytes() -> int:
-    """Peak resident set size of this process so far."""
+    """Peak resident set size of this process so far.
+
+    Reads ``VmHWM`` (per address space, so it starts afresh in an exec'd child) where available;
+    ``ru_maxrss`` is inherited from the parent across fork/exec on Linux and would be wrong there.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak * 1024 if sys.platform != "darwin" else peak
 
 
-def measure(
-    fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, iters: int = 5
-) -> dict[str, float]:
-    """Times ``fn`` and measures its peak memory above the current level (bytes).
+def peak_memory_bytes(fn: Callable[[], Any], device: torch.device | str) -> float:
+    """Peak memory of one call of ``fn`` above the level before it (bytes).
 
-    On CPU the peak is the process's peak RSS minus its RSS before the first call: call this once per
-    process (see :func:`run_worker`).
+    On CUDA: ``max_memory_allocated``. On CPU: the process's peak RSS minus its RSS before the call,
+    so call it once per fresh process (see :func:`run_worker`).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -97,8 +126,7 @@ def measure(
         base = rss_bytes()
         fn()
         peak = max(0, peak_rss_bytes() - base)
-    ms = time_ms(fn, device, warmup=warmup, iters=iters)
-    return {"ms": ms, "peak_bytes": float(peak)}
+    return float(peak)
 
 
 def run_worker(script: str, args: Sequence[str], timeout: float = 1800) -> dict[str, Any]:

@@ -22,7 +22,15 @@ import sys
 import torch
 import torch.nn.functional as F
 
-from common import copy_bandwidth_gbs, device_name, fmt_bytes, measure, print_table, run_worker
+from common import (
+    copy_bandwidth_gbs,
+    device_name,
+    fmt_bytes,
+    peak_memory_bytes,
+    print_table,
+    run_worker,
+    time_interleaved_ms,
+)
 
 METHODS = {
     "vq3dlib (ext)": "ext",
@@ -67,17 +75,11 @@ def _step_fn(method: str, planes: torch.Tensor, points: torch.Tensor, contractio
 
 
 def _worker(args: argparse.Namespace) -> None:
+    """Peak memory of one method in a fresh process (CPU peak RSS is per process)."""
     device = torch.device(args.device)
     planes, points = _inputs(args, device)
     step = _step_fn(args.worker, planes, points, args.contraction)
-    if args.worker == "ext":
-        from vq3dlib import backend
-
-        if not backend.use_extension("triplane_sample", device):
-            print(json.dumps({"error": "extension unavailable"}))
-            return
-    result = measure(step, device, warmup=1, iters=args.iters)
-    print(json.dumps(result))
+    print(json.dumps({"peak_bytes": peak_memory_bytes(step, device)}))
 
 
 def _bytes_touched(args: argparse.Namespace) -> float:
@@ -106,26 +108,24 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but no GPU is available")
-    if device.type == "cuda":
-        from vq3dlib import backend
+    from vq3dlib import backend
 
-        backend.use_extension("triplane_sample", device)  # build before timing
+    methods = dict(METHODS)
+    if not backend.use_extension("triplane_sample", device):  # builds the extension before timing
+        methods.pop("vq3dlib (ext)")
+    planes, points = _inputs(args, device)
+    steps = {label: _step_fn(m, planes, points, args.contraction) for label, m in methods.items()}
+    times = time_interleaved_ms(steps, device, rounds=args.iters)
     rows = []
-    for label, method in METHODS.items():
+    for label, method in methods.items():
         if device.type == "cpu":
             forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
-            res = run_worker(__file__, [*forwarded, "--device", "cpu", "--worker", method])
+            peak = run_worker(__file__, [*forwarded, "--device", "cpu", "--worker", method])["peak_bytes"]
         else:
-            planes, points = _inputs(args, device)
-            res = measure(_step_fn(method, planes, points, args.contraction), device, iters=args.iters)
-        if "error" in res:
-            rows.append({"method": label, "ms": "n/a", "note": res["error"]})
-            continue
-        rows.append({"method": label, "ms_value": res["ms"], "peak_value": res["peak_bytes"]})
+            peak = peak_memory_bytes(steps[label], device)
+        rows.append({"method": label, "ms_value": times[label], "peak_value": peak})
     ref = next(r for r in rows if r["method"] == "torch reference")
     for r in rows:
-        if "ms_value" not in r:
-            continue
         r["ms"] = f"{r['ms_value']:.1f}"
         r["points_per_s"] = f"{args.points / (r['ms_value'] * 1e-3):.3g}"
         r["peak"] = fmt_bytes(r["peak_value"])
@@ -141,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         "contraction": args.contraction,
         "rows": rows,
     }
-    if "ms_value" in ours:
+    if ours["method"] == "vq3dlib (ext)":
         speedup = ref["ms_value"] / ours["ms_value"]
         summary["speedup_ext_vs_reference"] = speedup
         summary["target_speedup"] = TARGETS[device.type]

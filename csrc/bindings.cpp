@@ -18,6 +18,8 @@ TORCH_LIBRARY(vq3dlib, m) {
   m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
 
   // ---- triplane (csrc/cpu/triplane.cpp, csrc/cuda/triplane.cu) ----
+  // [B, 3, C, H, W] -> contiguous [B, 3, H, W, C] (CPU: in huge-page-advised memory)
+  m.def("planes_channels_last(Tensor planes) -> Tensor");
   m.def(
       "triplane_sample_fwd(Tensor planes, Tensor points, Tensor scene_index, int points_per_scene, "
       "int contraction, float bound, bool align_corners, int padding, int reduce) -> Tensor");

@@ -119,6 +119,8 @@ def extension_supports(op: str, device: torch.device | str) -> bool:
         >>> extension_supports("triplane_sample", "cpu") in (True, False)
         True
     """
+    if op not in _REGISTRY:
+        importlib.import_module("vq3dlib.ops")  # the built-in ops register themselves on import
     info = _REGISTRY.get(op)
     if info is None:
         raise KeyError(f"unknown op {op!r}; known: {sorted(_REGISTRY)}")

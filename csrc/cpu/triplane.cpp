@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <vector>
 
+#include "hugepages.h"
 #include "vq3dlib/triplane_host.h"
 
 namespace vq3dlib {
@@ -165,7 +166,8 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();
-  at::Tensor grad_planes = need_planes_grad ? at::zeros_like(planes) : at::empty({0}, planes.options());
+  at::Tensor grad_planes =
+      need_planes_grad ? empty_hugepages(planes.sizes(), planes.options()).zero_() : at::empty({0}, planes.options());
   at::Tensor grad_points = need_points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
   if (S == 0 || (!need_planes_grad && !need_points_grad)) return {grad_planes, grad_points};
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_bwd_cpu", [&] {
@@ -183,7 +185,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     if (need_planes_grad) {
       buffer_ptrs[0] = grad_planes.data_ptr<scalar_t>();
       for (int64_t k = 1; k < n_chunks; ++k) {
-        buffers.push_back(at::zeros_like(planes));
+        buffers.push_back(empty_hugepages(planes.sizes(), planes.options()).zero_());
         buffer_ptrs[k] = buffers.back().data_ptr<scalar_t>();
       }
     }
@@ -201,7 +203,16 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
 
 }  // namespace
 
+at::Tensor planes_channels_last_cpu(const at::Tensor& planes) {
+  TORCH_CHECK(planes.dim() == 5, "planes must be [B, 3, C, H, W]");
+  at::Tensor out = empty_hugepages({planes.size(0), planes.size(1), planes.size(3), planes.size(4), planes.size(2)},
+                                   planes.options());
+  out.copy_(planes.permute({0, 1, 3, 4, 2}));
+  return out;
+}
+
 TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
+  m.impl("planes_channels_last", &planes_channels_last_cpu);
   m.impl("triplane_sample_fwd", &triplane_sample_fwd_cpu);
   m.impl("triplane_sample_bwd", &triplane_sample_bwd_cpu);
 }

@@ -55,7 +55,7 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz
 
 backend.register_op(
     "triplane_sample",
-    ["triplane_sample_fwd", "triplane_sample_bwd"],
+    ["triplane_sample_fwd", "triplane_sample_bwd", "planes_channels_last"],
     "contract + bilinear lookups in 3 planes + reduce (fwd, bwd, double bwd)",
 )
 
@@ -69,8 +69,22 @@ class _Prepared:
     out_shape: tuple[int, ...]
 
 
+def _channels_last(planes: torch.Tensor, use_kernels: bool) -> torch.Tensor:
+    """``[B, 3, C, H, W]`` → contiguous ``[B, 3, H, W, C]`` (free if already stored that way)."""
+    view = planes.permute(0, 1, 3, 4, 2)
+    if view.is_contiguous():
+        return view
+    if use_kernels and planes.device.type == "cpu":
+        return kernels().planes_channels_last(planes)  # huge-page-advised buffer: fewer TLB misses
+    return view.contiguous()
+
+
 def _prepare(
-    planes: torch.Tensor, points: torch.Tensor, scene_index: torch.Tensor | None, reduce: str
+    planes: torch.Tensor,
+    points: torch.Tensor,
+    scene_index: torch.Tensor | None,
+    reduce: str,
+    use_kernels: bool = False,
 ) -> _Prepared:
     check_tensor("planes", planes, ndim=5, floating=True, finite=True)
     if planes.shape[1] != 3:
@@ -83,7 +97,7 @@ def _prepare(
         raise TypeError(f"points must have the dtype of planes ({planes.dtype}), got {points.dtype}")
     n_scenes, _, channels, _, _ = planes.shape
     out_channels = 3 * channels if reduce == "concat" else channels
-    planes_cl = planes.permute(0, 1, 3, 4, 2).contiguous()
+    planes_cl = _channels_last(planes, use_kernels)
     if points.dim() == 3:
         if scene_index is not None:
             raise ValueError("scene_index must be None for dense points [B, N, 3]; pass packed points [S, 3]")
@@ -268,8 +282,9 @@ def triplane_sample(
     if planes.dtype in (torch.float16, torch.bfloat16):
         planes = planes.float()
         points = points.float() if points.dtype == out_dtype else points
-    prep = _prepare(planes, points, scene_index, reduce)
-    if backend.use_extension("triplane_sample", planes.device):
+    use_kernels = backend.use_extension("triplane_sample", planes.device)
+    prep = _prepare(planes, points, scene_index, reduce, use_kernels)
+    if use_kernels:
         out = kernels().triplane_sample_fwd(
             prep.planes_cl,
             prep.points,
@@ -324,6 +339,17 @@ def _register_triplane_kernels() -> None:
             planes.new_empty(planes.shape if need_planes else (0,)),
             points.new_empty(points.shape if need_points else (0,)),
         )
+
+    @torch.library.register_fake(lib + "planes_channels_last")
+    def _layout_fake(planes):
+        b, three, c, h, w = planes.shape
+        return planes.new_empty(b, three, h, w, c)
+
+    torch.library.register_autograd(
+        lib + "planes_channels_last",
+        lambda ctx, grad: grad.permute(0, 1, 4, 2, 3),
+        setup_context=lambda ctx, inputs, output: None,
+    )
 
     def _fwd_setup(ctx, inputs, output):
         planes, points, scene_index = inputs[:3]
