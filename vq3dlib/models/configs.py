@@ -115,7 +115,15 @@ class VQ3DConfig:
     novel_pitch_degrees: float = 10.0
     novel_translation: float = 0.1
 
-    # loss weights
+    # scene extent: points within [-scene_bound, scene_bound]^3 are uncontracted
+    scene_bound: float = 1.0
+
+    # loss weights (perceptual needs LPIPS weights from a local file: perceptual_weights or
+    # $VQ3DLIB_LPIPS_WEIGHTS; adversarial terms start at adversarial_start_step)
+    perceptual_weights: str | None = None
+    adversarial_loss: str = "hinge"
+    adversarial_start_step: int = 0
+    r1_weight: float = 0.0
     l2_weight: float = 1.0
     perceptual_weight: float = 0.1
     adversarial_weight: float = 0.1
@@ -149,9 +157,12 @@ class VQ3DConfig:
             "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "l2_weight",
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
             "distortion_weight", "quantizer_weight", "commitment_weight", "drop_path", "prior_dropout",
+            "adversarial_start_step", "r1_weight",
             "prior_class_dropout",
         ):
             check_positive(name, getattr(self, name), allow_zero=True)
+        check_positive("scene_bound", self.scene_bound)
+        check_choice("adversarial_loss", self.adversarial_loss, ("hinge", "nonsaturating"))
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         check_choice("codebook_update", self.codebook_update, CODEBOOK_UPDATES)
         check_choice("density_activation", self.density_activation, DENSITY_ACTIVATIONS)
@@ -254,8 +265,15 @@ class VQ3DConfig:
 
 
 def _tiny() -> VQ3DConfig:
-    # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes.
-    return VQ3DConfig(name="tiny")
+    # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes. Cameras match the procedural dataset
+    # (distance 2.7, 40 degrees); no perceptual loss (its weights are a local file, not shipped);
+    # adversarial terms only after the reconstruction has formed.
+    return VQ3DConfig(
+        name="tiny",
+        camera_distance=2.7,
+        perceptual_weight=0.0,
+        adversarial_start_step=400,
+    )
 
 
 def _imagenet256() -> VQ3DConfig:

@@ -148,6 +148,18 @@ class TriplaneDecoder(nn.Module):
             drop_path=cfg.drop_path,
         )
 
+    @property
+    def last_layer_weight(self) -> torch.Tensor:
+        """Weight of the layer nearest the output (VQGAN's adaptive GAN weight is measured there).
+
+        Example:
+            >>> TriplaneDecoder(grid_size=2, width=8, depth=1, heads=2, plane_resolution=4).last_layer_weight.dim()
+            2
+        """
+        if isinstance(self.refine, PlaneRefiner):
+            return self.refine.conv2.weight
+        return self.head.weight
+
     def forward_features(self, tokens: torch.Tensor) -> torch.Tensor:
         """Transformer features of the tokens.
 

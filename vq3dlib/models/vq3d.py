@@ -1,0 +1,533 @@
+"""VQ3D stage 1: one forward pass turns an image into a renderable 3D scene.
+
+image → :class:`ViTEncoder` → quantizer (l2-normalised factorised codes) → :class:`TriplaneDecoder`
+→ contracted triplane ``[B, 3, C, R, R]`` → :class:`ContractedTriplane` + :class:`TriplaneField`
+(density, colour) → :class:`Renderer` with an :class:`OccupancyGrid` built per scene
+(``OccupancyGrid.from_field``) → canonical and novel-view renders. Losses: L2, perceptual,
+adversarial (separate canonical- and novel-view discriminators, delayed start, adaptive weight),
+VQ3D's pointwise depth loss on the rendering weights against scale/shift-aligned pseudo disparity,
+distortion, and the quantizer's own terms. Every piece is a public vq3dlib block.
+
+Example:
+    >>> import torch
+    >>> from vq3dlib.models import VQ3DModel
+    >>> model = VQ3DModel.from_config("tiny", render_resolution=8, image_size=16, plane_resolution=16)
+    >>> out = model(torch.rand(2, 3, 16, 16))
+    >>> out["reconstruction"].shape, out["indices"].shape, bool(out["loss"] > 0)
+    (torch.Size([2, 3, 16, 16]), torch.Size([2, 4, 4]), True)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vq3dlib._validation import check_tensor
+from vq3dlib.cameras import Cameras, NovelViewSampler, canonical_cameras
+from vq3dlib.losses import (
+    LPIPS,
+    StyleGANDiscriminator,
+    adaptive_generator_weight,
+    discriminator_loss,
+    distortion_loss,
+    generator_loss,
+    pointwise_depth_loss,
+    r1_penalty,
+)
+from vq3dlib.models.configs import VQ3DConfig, get_config
+from vq3dlib.models.decoder import TriplaneDecoder
+from vq3dlib.models.field import TriplaneField
+from vq3dlib.models.vit import ViTEncoder
+from vq3dlib.quantize import FSQ, LFQ, ResidualVQ, VectorQuantizer
+from vq3dlib.render import OccupancyGrid, Renderer
+from vq3dlib.triplane import ContractedTriplane
+
+
+def build_quantizer(cfg: VQ3DConfig, dim: int) -> nn.Module:
+    """The quantizer a config asks for, over ``dim``-wide tokens (channels last).
+
+    Example:
+        >>> from vq3dlib.models import get_config
+        >>> type(build_quantizer(get_config("tiny"), 128)).__name__
+        'VectorQuantizer'
+    """
+    if cfg.quantizer == "vq":
+        return VectorQuantizer(
+            dim,
+            cfg.codebook_size,
+            cfg.code_dim,
+            l2_normalize=cfg.l2_normalize_codes,
+            beta=cfg.commitment_weight,
+            ema=cfg.codebook_update == "ema",
+            decay=cfg.ema_decay,
+            dead_code_steps=cfg.dead_code_steps,
+        )
+    if cfg.quantizer == "fsq":
+        return FSQ(cfg.fsq_levels, dim)
+    if cfg.quantizer == "lfq":
+        return LFQ(dim, 2**cfg.code_dim)
+    return ResidualVQ(
+        dim,
+        cfg.residual_depth,
+        cfg.codebook_size,
+        code_dim=cfg.code_dim,
+        beta=cfg.commitment_weight,
+        ema=cfg.codebook_update == "ema",
+        decay=cfg.ema_decay,
+    )
+
+
+class SuperResolution(nn.Module):
+    """Optional 2D refiner: bilinear upsampling of the low-resolution render + a residual conv stack.
+
+    Example:
+        >>> import torch
+        >>> SuperResolution(32, hidden=16)(torch.rand(1, 3, 8, 8)).shape
+        torch.Size([1, 3, 32, 32])
+    """
+
+    def __init__(self, out_size: int, hidden: int = 64) -> None:
+        super().__init__()
+        self.out_size = out_size
+        self.net = nn.Sequential(
+            nn.Conv2d(3, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1),
+            nn.SiLU(),
+            nn.Conv2d(hidden, 3, 3, padding=1),
+        )
+        nn.init.zeros_(self.net[-1].weight)
+        nn.init.zeros_(self.net[-1].bias)
+
+    def forward(self, rgb: Tensor) -> Tensor:
+        up = F.interpolate(rgb, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
+        return up + self.net(up)
+
+
+@dataclass
+class Scene:
+    """A batch of 3D scenes produced by :meth:`VQ3DModel.reconstruct`: triplanes plus the model's field.
+
+    Attributes:
+        planes: ``[B, 3, C, R, R]`` contracted triplanes.
+        indices: code indices the scenes were decoded from.
+
+    Example:
+        >>> import torch
+        >>> from vq3dlib.models import VQ3DModel
+        >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
+        >>> scene = model.reconstruct(torch.rand(1, 3, 32, 32))
+        >>> scene.render(model.canonical_cameras(1))["rgb"].shape
+        torch.Size([1, 3, 8, 8])
+    """
+
+    planes: Tensor
+    indices: Tensor
+    model: VQ3DModel
+
+    def __len__(self) -> int:
+        return self.planes.shape[0]
+
+    @torch.no_grad()
+    def render(self, cameras: Cameras, background: float | None = None) -> dict[str, Tensor]:
+        """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each).
+
+        Returns ``rgb [N, 3, H, W]``, ``depth [N, 1, H, W]`` (z-depth), ``disparity``, ``opacity``.
+        """
+        return self.model.render(self.planes, cameras, background=background).images
+
+    @torch.no_grad()
+    def density(self, points: Tensor, scene: int = 0) -> Tensor:
+        """Density at world ``points [P, 3]`` of scene ``scene``."""
+        check_tensor("points", points, shape=(None, 3), floating=True)
+        index = torch.full((points.shape[0],), scene, dtype=torch.long, device=points.device)
+        return self.model.density(self.planes, points, index)
+
+    def export_mesh(
+        self, resolution: int = 128, threshold: float = 10.0, scene: int = 0, extent: float | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """Marching-cubes mesh of the density level set ``threshold`` inside ``[-extent, extent]^3``.
+
+        Needs scikit-image (``pip install vq3dlib[mesh]``). Returns ``(vertices [V, 3], faces [F, 3])``;
+        write them with trimesh (``trimesh.Trimesh(v, f).export("scene.ply")``).
+        """
+        try:
+            from skimage.measure import marching_cubes
+        except ImportError as exc:  # optional dependency
+            raise ImportError(
+                "Scene.export_mesh needs scikit-image: pip install scikit-image (or vq3dlib[mesh])"
+            ) from exc
+        extent = self.model.config.scene_bound if extent is None else extent
+        axis = torch.linspace(-extent, extent, resolution, device=self.planes.device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        sigma = torch.cat([self.density(chunk, scene) for chunk in grid.split(1 << 18)])
+        volume = sigma.reshape(resolution, resolution, resolution).float().cpu().numpy()
+        if not (volume.min() <= threshold <= volume.max()):
+            raise ValueError(
+                f"threshold {threshold} is outside the density range [{volume.min():.3g}, {volume.max():.3g}]"
+            )
+        verts, faces, _, _ = marching_cubes(volume, level=threshold)
+        verts = torch.from_numpy(verts.copy()).float() * (2 * extent / (resolution - 1)) - extent
+        return verts, torch.from_numpy(faces.copy()).long()
+
+
+@dataclass
+class RenderedViews:
+    """Images of one render call (``images``) and the packed samples behind them (``samples``)."""
+
+    images: dict[str, Tensor]
+    samples: Any  # vq3dlib.render.RenderOutput
+
+
+class VQ3DModel(nn.Module):
+    """VQ3D stage 1 (see the module docstring); build it with :meth:`from_config`.
+
+    ``forward(images, depth=None, step=0)`` returns a dict with ``reconstruction [B, 3, H, W]``,
+    ``render`` (low-res canonical render), ``depth``/``disparity``/``opacity [B, 1, r, r]``,
+    ``indices`` (code grid), ``novel_rgb [B·k, 3, r, r]`` (``k = novel_views``), ``losses`` (each
+    weighted term), ``loss`` (their sum) and ``quantizer_stats``. The discriminators train through
+    :meth:`discriminator_loss` with their own optimiser (:meth:`discriminator_parameters`).
+
+    Args:
+        config: a :class:`VQ3DConfig`.
+
+    Example:
+        >>> model = VQ3DModel.from_config("tiny")
+        >>> sorted(model.param_counts())[:3]
+        ['decoder', 'discriminators', 'encoder']
+    """
+
+    def __init__(self, config: VQ3DConfig) -> None:
+        super().__init__()
+        if not isinstance(config, VQ3DConfig):
+            raise TypeError(f"config must be a VQ3DConfig, got {type(config).__name__}")
+        cfg = self.config = config
+        self.encoder = ViTEncoder.from_config(cfg)
+        self.quantizer = build_quantizer(cfg, cfg.encoder_width)
+        self.decoder = TriplaneDecoder.from_config(cfg, in_dim=cfg.encoder_width)
+        self.triplane = ContractedTriplane(
+            channels=cfg.plane_channels,
+            learnable=False,
+            contraction=cfg.contraction,
+            bound=cfg.scene_bound,
+            reduce=cfg.triplane_reduce,
+        )
+        self.field = TriplaneField.from_config(cfg)
+        self.renderer = Renderer(
+            step_size=cfg.march_step_size,
+            spacing="contracted" if cfg.contraction != "none" else "t",
+            near=cfg.near,
+            far=cfg.far,
+            max_samples=cfg.samples_per_ray,
+            aabb=[-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
+            jitter=True,
+        )
+        self.super_resolution = SuperResolution(cfg.image_size) if cfg.super_resolution else None
+        self.disc_canonical = StyleGANDiscriminator(cfg.image_size)
+        self.disc_novel = StyleGANDiscriminator(cfg.render_resolution)
+        self.perceptual = LPIPS(weights=cfg.perceptual_weights) if cfg.perceptual_weight > 0 else None
+        self.novel_sampler = NovelViewSampler(
+            cfg.camera_distance,
+            cfg.fov_degrees,
+            (cfg.render_resolution, cfg.render_resolution),
+            yaw=cfg.novel_yaw_degrees,
+            pitch=cfg.novel_pitch_degrees,
+            translation=cfg.novel_translation,
+        )
+
+    @classmethod
+    def from_config(cls, config: str | VQ3DConfig = "tiny", **overrides: Any) -> VQ3DModel:
+        """Builds the model from a registered config name (``"tiny"``, ``"imagenet256"``) or a config.
+
+        Example:
+            >>> VQ3DModel.from_config("tiny", codebook_size=64).config.codebook_size
+            64
+        """
+        if isinstance(config, VQ3DConfig):
+            cfg = VQ3DConfig.from_dict({**config.to_dict(), **overrides}) if overrides else config
+        else:
+            cfg = get_config(config, **overrides)
+        return cls(cfg)
+
+    # ----------------------------------------------------------------------------- parameters
+    def generator_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the autoencoder (everything but the discriminators and the frozen LPIPS)."""
+        skip = {id(p) for m in (self.disc_canonical, self.disc_novel) for p in m.parameters()}
+        if self.perceptual is not None:
+            skip |= {id(p) for p in self.perceptual.parameters()}
+        return (p for p in self.parameters() if id(p) not in skip and p.requires_grad)
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the canonical-view and novel-view discriminators."""
+        yield from self.disc_canonical.parameters()
+        yield from self.disc_novel.parameters()
+
+    def param_counts(self) -> dict[str, int]:
+        """Parameter count per component (works on the meta device).
+
+        Example:
+            >>> VQ3DModel.from_config("tiny").param_counts()["quantizer"] > 0
+            True
+        """
+        parts = {
+            "encoder": self.encoder,
+            "quantizer": self.quantizer,
+            "decoder": self.decoder,
+            "field": self.field,
+            "super_resolution": self.super_resolution,
+            "discriminators": nn.ModuleList([self.disc_canonical, self.disc_novel]),
+        }
+        return {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
+
+    # ----------------------------------------------------------------------------- pieces
+    def canonical_cameras(self, batch: int, resolution: int | None = None) -> Cameras:
+        """The fixed canonical cameras VQ3D renders reconstructions from (config distance and FOV)."""
+        size = resolution or self.config.render_resolution
+        return canonical_cameras(
+            batch,
+            self.config.camera_distance,
+            self.config.fov_degrees,
+            (size, size),
+            device=self._device(),
+        )
+
+    def _device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    def encode(self, images: Tensor) -> tuple[Tensor, Tensor, Any]:
+        """``images [B, 3, H, W]`` in [0, 1] → quantised tokens ``[B, N, D]``, indices, quantizer aux."""
+        cfg = self.config
+        check_tensor("images", images, shape=(None, cfg.in_channels, cfg.image_size, cfg.image_size), floating=True,
+                     finite=True)
+        tokens = self.encoder(images * 2 - 1)
+        z_q, indices, aux = self.quantizer(tokens)
+        grid = cfg.grid_size
+        return z_q, indices.reshape(images.shape[0], grid, grid, *indices.shape[2:]), aux
+
+    def decode_planes(self, z_q: Tensor) -> Tensor:
+        """Quantised tokens ``[B, N, D]`` → triplanes ``[B, 3, C, R, R]``."""
+        return self.decoder(z_q)
+
+    def indices_to_planes(self, indices: Tensor) -> Tensor:
+        """Code indices (e.g. sampled by the stage-2 prior) → triplanes.
+
+        Example:
+            >>> import torch
+            >>> m = VQ3DModel.from_config("tiny")
+            >>> m.indices_to_planes(torch.zeros(1, 64, dtype=torch.long)).shape
+            torch.Size([1, 3, 16, 32, 32])
+        """
+        b = indices.shape[0]
+        codes = self.quantizer.indices_to_codes(indices.reshape(b, self.config.num_tokens, *indices.shape[3:]))
+        return self.decode_planes(codes)
+
+    def density(self, planes: Tensor, points: Tensor, scene_index: Tensor) -> Tensor:
+        """Density ``[P]`` at world points ``[P, 3]`` of the scenes ``scene_index [P]``."""
+        return self.field.density(self.triplane(points, planes=planes, scene_index=scene_index))
+
+    def _field_fn(self, planes: Tensor):
+        use_dirs = self.config.use_view_dirs
+
+        def field(positions: Tensor, directions: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
+            out = self.field(self.triplane(positions, planes=planes, scene_index=scene_index),
+                             directions if use_dirs else None)
+            return out.density, out.rgb
+
+        field.density = lambda positions, scene_index: self.density(planes, positions, scene_index)
+        return field
+
+    def occupancy(self, planes: Tensor) -> OccupancyGrid:
+        """One occupancy grid per scene, evaluated on the current triplanes (no gradient)."""
+        cfg = self.config
+        return OccupancyGrid.from_field(
+            lambda x, s: self.density(planes.detach(), x, s),
+            cfg.occupancy_resolution,
+            n_scenes=planes.shape[0],
+            aabb=[-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
+            contraction=cfg.contraction,
+            threshold=cfg.occupancy_threshold,
+            device=planes.device,
+        )
+
+    def render(self, planes: Tensor, cameras: Cameras, background: float | None = None) -> RenderedViews:
+        """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
+        ``i mod B``). Returns images ``rgb [N, 3, H, W]``, ``depth``, ``disparity``, ``opacity``
+        ``[N, 1, H, W]`` and the packed samples (for depth losses)."""
+        if not isinstance(cameras, Cameras):
+            raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
+        n_scenes = planes.shape[0]
+        if len(cameras) % max(n_scenes, 1):
+            raise ValueError(f"the number of cameras ({len(cameras)}) must be a multiple of the scenes ({n_scenes})")
+        rays = cameras.to(planes.device).generate_rays()
+        scene_index = rays.scene_index % max(n_scenes, 1)
+        grid = self.occupancy(planes)
+        out = self.renderer(self._field_fn(planes), rays, scene_index=scene_index, grid=grid,
+                            background=background)
+        n, h, w = rays.origins.shape[:3]
+        images = {
+            "rgb": out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2),
+            "depth": out.depth.reshape(n, 1, h, w),
+            "disparity": out.disparity.reshape(n, 1, h, w),
+            "opacity": out.opacity.reshape(n, 1, h, w),
+        }
+        return RenderedViews(images, out)
+
+    def _upsample(self, rgb: Tensor) -> Tensor:
+        if self.super_resolution is not None:
+            return self.super_resolution(rgb)
+        if rgb.shape[-1] == self.config.image_size:
+            return rgb
+        size = (self.config.image_size, self.config.image_size)
+        return F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+
+    # ----------------------------------------------------------------------------- training
+    def forward(
+        self,
+        images: Tensor,
+        depth: Tensor | None = None,
+        step: int = 0,
+        cameras: Cameras | None = None,
+    ) -> dict[str, Any]:
+        """Reconstructs ``images [B, 3, H, W]`` (in [0, 1]) and computes every generator loss term.
+
+        Args:
+            images: input images, also the reconstruction target.
+            depth: optional pseudo-ground-truth disparity ``[B, 1, h, w]`` (any scale and shift, e.g.
+                a monocular estimate); enables the pointwise depth loss.
+            step: training step (the adversarial terms start at ``config.adversarial_start_step``).
+            cameras: canonical cameras (default: :meth:`canonical_cameras`).
+        """
+        cfg = self.config
+        b = images.shape[0]
+        z_q, indices, aux = self.encode(images)
+        planes = self.decode_planes(z_q)
+        cams = cameras if cameras is not None else self.canonical_cameras(b)
+        canonical = self.render(planes, cams)
+        render_rgb = canonical.images["rgb"]
+        recon = self._upsample(render_rgb)
+
+        losses: dict[str, Tensor] = {}
+        rec_loss = F.mse_loss(recon, images)
+        losses["l2"] = cfg.l2_weight * rec_loss
+        if self.perceptual is not None:
+            losses["perceptual"] = cfg.perceptual_weight * self.perceptual(recon, images).mean()
+        losses["quantizer"] = cfg.quantizer_weight * aux.loss
+        samples = canonical.samples
+        if depth is not None and cfg.depth_weight > 0:
+            r = cfg.render_resolution
+            check_tensor("depth", depth, shape=(b, 1, None, None), floating=True, finite=True)
+            target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
+            losses["depth"] = cfg.depth_weight * pointwise_depth_loss(
+                samples.weights, samples.t_starts, samples.t_ends, target, samples.ray_indices,
+                target_space="disparity",
+            )
+        if cfg.distortion_weight > 0:
+            losses["distortion"] = cfg.distortion_weight * distortion_loss(
+                samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays=samples.n_rays
+            )
+
+        novel_rgb = None
+        if cfg.novel_views > 0:
+            base = cams.resize((cfg.render_resolution, cfg.render_resolution)) if cameras is not None else None
+            base = None if base is None else Cameras.cat([base] * cfg.novel_views)
+            novel_cams = self.novel_sampler.sample(b * cfg.novel_views, base=base, device=images.device)
+            novel_rgb = self.render(planes, novel_cams).images["rgb"]
+
+        adversarial_on = step >= cfg.adversarial_start_step and cfg.adversarial_weight > 0
+        if adversarial_on:
+            g_loss = generator_loss(self.disc_canonical(recon * 2 - 1), cfg.adversarial_loss)
+            if self.training and torch.is_grad_enabled():
+                weight = adaptive_generator_weight(rec_loss, g_loss, self.decoder.last_layer_weight)
+            else:
+                weight = torch.ones((), device=images.device)
+            losses["adversarial"] = cfg.adversarial_weight * weight * g_loss
+            if novel_rgb is not None and cfg.novel_adversarial_weight > 0:
+                g_novel = generator_loss(self.disc_novel(novel_rgb * 2 - 1), cfg.adversarial_loss)
+                losses["adversarial_novel"] = cfg.novel_adversarial_weight * weight * g_novel
+
+        return {
+            "reconstruction": recon,
+            "render": render_rgb,
+            "depth": canonical.images["depth"],
+            "disparity": canonical.images["disparity"],
+            "opacity": canonical.images["opacity"],
+            "indices": indices,
+            "planes": planes,
+            "novel_rgb": novel_rgb,
+            "losses": losses,
+            "loss": sum(losses.values()),
+            "quantizer_stats": {k: v.detach() for k, v in aux.stats.items()},
+        }
+
+    def discriminator_loss(self, images: Tensor, outputs: dict[str, Any]) -> dict[str, Tensor]:
+        """Discriminator losses for one step, from real ``images`` and the generator's ``outputs``.
+
+        The canonical-view discriminator compares real images with reconstructions; the novel-view
+        one compares real images (at render resolution) with novel-view renders, the only signal that
+        unseen views look like real images. Returns ``{"canonical", "novel", "r1", "loss"}``.
+        """
+        cfg = self.config
+        real = images * 2 - 1
+        fake = outputs["reconstruction"].detach() * 2 - 1
+        if cfg.r1_weight > 0:
+            real = real.detach().requires_grad_(True)
+        logits_real = self.disc_canonical(real)
+        losses = {"canonical": discriminator_loss(logits_real, self.disc_canonical(fake), cfg.adversarial_loss)}
+        if cfg.r1_weight > 0:
+            losses["r1"] = cfg.r1_weight / 2 * r1_penalty(logits_real, real)
+        if outputs.get("novel_rgb") is not None:
+            r = cfg.render_resolution
+            small = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False) * 2 - 1
+            novel = outputs["novel_rgb"].detach() * 2 - 1
+            losses["novel"] = discriminator_loss(self.disc_novel(small), self.disc_novel(novel), cfg.adversarial_loss)
+        losses["loss"] = sum(losses.values())
+        return losses
+
+    # ----------------------------------------------------------------------------- inference
+    @torch.no_grad()
+    def reconstruct(self, images: Tensor) -> Scene:
+        """One forward pass: ``images [B, 3, H, W]`` → a renderable :class:`Scene` batch."""
+        z_q, indices, _ = self.encode(images)
+        return Scene(self.decode_planes(z_q), indices, self)
+
+    @torch.no_grad()
+    def decode_indices(self, indices: Tensor) -> Scene:
+        """Code indices (e.g. from :meth:`vq3dlib.models.CodePrior.sample`) → :class:`Scene` batch."""
+        return Scene(self.indices_to_planes(indices), indices, self)
+
+    # ----------------------------------------------------------------------------- persistence
+    def save(self, path: str | Path) -> None:
+        """Writes weights and config to a safetensors file (config in the header metadata).
+
+        Example:
+            >>> import tempfile, os
+            >>> m = VQ3DModel.from_config("tiny")
+            >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors"); m.save(path)
+            >>> VQ3DModel.load(path).config == m.config
+            True
+        """
+        from safetensors.torch import save_file
+
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(path), metadata={"vq3d_config": json.dumps(self.config.to_dict())})
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> VQ3DModel:
+        """Inverse of :meth:`save`."""
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+        if "vq3d_config" not in meta:
+            raise ValueError(f"{path} has no vq3d_config metadata; was it written by VQ3DModel.save?")
+        model = cls(VQ3DConfig.from_dict(json.loads(meta["vq3d_config"])))
+        model.load_state_dict(load_file(str(path), device=str(map_location)))
+        return model.to(map_location)
