@@ -49,11 +49,13 @@ setup(
         "kornia",
         "nerfacc",
         "safetensors",
+        "pillow",
         "ninja",
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch"],
         "bench": ["vector-quantize-pytorch", "psutil"],
+        "fid": ["torchvision"],
     },
     entry_points={"console_scripts": ["vq3d=vq3dlib.cli:main"]},
     ext_modules=ext_modules,

@@ -1,4 +1,5 @@
-"""Datasets: procedural 3D scenes with exact depth and novel views (:mod:`vq3dlib.data.procedural`).
+"""Datasets: procedural 3D scenes with exact depth and novel views (:mod:`vq3dlib.data.procedural`),
+and image folders with optional depth maps (:mod:`vq3dlib.data.folder`).
 
 Example:
     >>> from vq3dlib.data import ProceduralScenes
@@ -6,6 +7,14 @@ Example:
     torch.Size([3, 8, 8])
 """
 
+from vq3dlib.data.folder import ImageFolderDataset
 from vq3dlib.data.procedural import CLASSES, ProceduralScene, ProceduralScenes, batch_cameras, sample_scene
 
-__all__ = ["CLASSES", "ProceduralScene", "ProceduralScenes", "batch_cameras", "sample_scene"]
+__all__ = [
+    "CLASSES",
+    "ImageFolderDataset",
+    "ProceduralScene",
+    "ProceduralScenes",
+    "batch_cameras",
+    "sample_scene",
+]

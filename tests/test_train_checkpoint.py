@@ -1,0 +1,221 @@
+"""Tests for vq3dlib.train.checkpoint: round trips, bit-exact resume, atomic writes, rotation."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import vq3dlib.train.checkpoint as ckpt_mod
+from vq3dlib.train import ModelEMA
+from vq3dlib.train.checkpoint import (
+    checkpoint_path,
+    get_rng_state,
+    latest_checkpoint,
+    load_checkpoint,
+    prune_checkpoints,
+    save_checkpoint,
+    set_rng_state,
+)
+
+
+def _make(seed: int = 0):
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(4, 16), nn.ReLU(), nn.Dropout(0.3), nn.Linear(16, 2))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=3, gamma=0.5)
+    ema = ModelEMA(model, decay=0.9, warmup=2)
+    return model, opt, sched, ema
+
+
+def _train(model, opt, sched, ema, steps):
+    model.train()
+    for _ in range(steps):
+        # data drawn from all three RNGs so each one must be restored for an exact resume
+        x = torch.randn(8, 4) + float(np.random.rand()) + random.random()
+        loss = model(x).square().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        ema.update()
+
+
+def _objects(model, opt, sched, ema):
+    return {"model": model, "optimizer": opt, "scheduler": sched, "ema": ema}
+
+
+def test_resume_is_bit_exact(tmp_path):
+    n = 6
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    straight = _make()
+    _train(*straight, n)
+    after_straight = get_rng_state()
+
+    torch.manual_seed(1), np.random.seed(1), random.seed(1)
+    first = _make()
+    _train(*first, n // 2)
+    path = save_checkpoint(
+        checkpoint_path(tmp_path, n // 2), _objects(*first), step=n // 2, config={"lr": 1e-2}
+    )
+    # scramble every RNG and start from fresh, differently initialised objects
+    torch.manual_seed(99), np.random.seed(99), random.seed(99)
+    resumed = _make(seed=5)
+    ckpt = load_checkpoint(path, _objects(*resumed))
+    assert ckpt.step == n // 2 and ckpt.config == {"lr": 1e-2}
+    _train(*resumed, n - n // 2)
+
+    for a, b in zip(straight[0].state_dict().values(), resumed[0].state_dict().values()):
+        assert torch.equal(a, b)
+    for a, b in zip(straight[3].state_dict().values(), resumed[3].state_dict().values()):
+        assert torch.equal(a, b)
+    assert straight[2].get_last_lr() == resumed[2].get_last_lr()
+    sa, sb = straight[1].state_dict()["state"], resumed[1].state_dict()["state"]
+    for k in sa:
+        for name in ("exp_avg", "exp_avg_sq", "step"):
+            assert torch.equal(sa[k][name], sb[k][name])
+    # and the RNG streams continue identically
+    assert torch.equal(torch.rand(3), (set_rng_state(after_straight), torch.rand(3))[1])
+
+
+def test_rng_state_round_trip_through_file(tmp_path):
+    torch.manual_seed(3), np.random.seed(3), random.seed(3)
+    path = save_checkpoint(tmp_path / "r.safetensors", {}, step=0)
+    want = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.randn())
+    torch.manual_seed(7), np.random.seed(7), random.seed(7)
+    load_checkpoint(path)
+    got = (torch.rand(4), np.random.rand(4), [random.random() for _ in range(4)], np.random.randn())
+    assert torch.equal(want[0], got[0]) and np.array_equal(want[1], got[1])
+    assert want[2] == got[2] and want[3] == got[3]
+    # restore_rng=False leaves the streams alone
+    state = get_rng_state()
+    load_checkpoint(path, restore_rng=False)
+    x = torch.rand(2)
+    set_rng_state(state)
+    assert torch.equal(x, torch.rand(2))
+
+
+@dataclass
+class _Cfg:
+    width: int = 8
+    name: str = "tiny"
+    betas: tuple = (0.9, 0.99)
+
+
+def test_plain_state_config_extra_round_trip(tmp_path):
+    nested = {
+        "t": torch.arange(6, dtype=torch.int32).reshape(2, 3),
+        "f16": torch.ones(2, dtype=torch.float16),
+        "view": torch.arange(10.0)[2:5],  # partial storage
+        "ints": {1: "a", 2: None},  # non-string keys
+        "tuple": (1, 2.5, "x", True, None),
+        "list": [torch.zeros(0), float("inf"), -0.0, 1e-300, 2**70],
+        "np": np.arange(3, dtype=np.uint32),
+        "dtype": torch.bfloat16,
+    }
+    tied = nn.Linear(3, 3)
+    shared = nn.Sequential(tied, tied)  # tied weights share storage
+    path = save_checkpoint(
+        tmp_path / "p.safetensors",
+        {"state": nested, "shared": shared},
+        step=7,
+        config=_Cfg(),
+        extra={"skipped": 2},
+    )
+    ckpt = load_checkpoint(path)
+    got = ckpt.states["state"]
+    assert torch.equal(got["t"], nested["t"]) and got["t"].dtype == torch.int32
+    assert got["f16"].dtype == torch.float16 and torch.equal(got["view"], torch.tensor([2.0, 3.0, 4.0]))
+    assert got["ints"] == {1: "a", 2: None} and got["tuple"] == nested["tuple"]
+    assert got["list"][0].shape == (0,) and got["list"][1:] == nested["list"][1:]
+    assert str(got["list"][2]) == "-0.0"
+    assert got["np"].dtype == np.uint32 and got["np"].tolist() == [0, 1, 2]
+    assert got["dtype"] is torch.bfloat16
+    assert ckpt.config == {"width": 8, "name": "tiny", "betas": (0.9, 0.99)}
+    assert ckpt.extra == {"skipped": 2} and ckpt.step == 7
+    fresh = nn.Sequential(nn.Linear(3, 3), nn.Linear(3, 3))
+    load_checkpoint(path, {"shared": fresh})
+    assert torch.equal(fresh[0].weight, tied.weight) and torch.equal(fresh[1].weight, tied.weight)
+
+
+def test_file_is_plain_safetensors(tmp_path):
+    from safetensors import safe_open
+
+    model = nn.Linear(2, 3)
+    path = save_checkpoint(tmp_path / "m.safetensors", {"model": model}, step=3)
+    with safe_open(str(path), framework="pt") as f:
+        assert torch.equal(f.get_tensor("model/weight"), model.weight.detach())
+        meta = f.metadata()
+    assert meta["step"] == "3" and json.loads(meta["vq3dlib"])["format"] == "vq3dlib.checkpoint"
+
+
+def test_atomic_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    model = nn.Linear(4, 4)
+    path = tmp_path / "ckpt.safetensors"
+    save_checkpoint(path, {"model": model}, step=1)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with torch.no_grad():
+        model.weight.add_(1.0)
+
+    real_write = ckpt_mod._write_safetensors
+
+    def crash_halfway(tensors, tmp, metadata):
+        real_write(tensors, tmp, metadata)
+        data = open(tmp, "rb").read()
+        with open(tmp, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise KeyboardInterrupt("killed mid-save")
+
+    monkeypatch.setattr(ckpt_mod, "_write_safetensors", crash_halfway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(path, {"model": model}, step=2)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ckpt.safetensors"]  # temp file removed
+    fresh = nn.Linear(4, 4)
+    ckpt = load_checkpoint(path, {"model": fresh})
+    assert ckpt.step == 1 and torch.equal(fresh.weight, before["weight"])
+
+
+def test_latest_and_prune(tmp_path):
+    assert latest_checkpoint(tmp_path) is None and latest_checkpoint(tmp_path / "missing") is None
+    for step in (5, 100, 20, 7):
+        save_checkpoint(checkpoint_path(tmp_path, step), {"x": {"s": torch.tensor(step)}}, step=step)
+    (tmp_path / ".step_000000999.safetensors.abc.tmp").write_bytes(b"partial")  # left by a killed save
+    (tmp_path / "notes.txt").write_text("x")
+    assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 100)
+    assert load_checkpoint(tmp_path).step == 100
+    deleted = prune_checkpoints(tmp_path, keep_last=2)
+    assert sorted(p.name for p in deleted) == [checkpoint_path(tmp_path, s).name for s in (5, 7)]
+    save_checkpoint(checkpoint_path(tmp_path, 200), {}, step=200, keep_last=2)
+    names = sorted(p.name for p in tmp_path.glob("step_*.safetensors"))
+    assert names == [checkpoint_path(tmp_path, s).name for s in (100, 200)]
+
+
+def test_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no step_"):
+        load_checkpoint(tmp_path)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        load_checkpoint(tmp_path / "nope.safetensors")
+    with pytest.raises(TypeError, match="cannot store a object"):
+        save_checkpoint(tmp_path / "a.safetensors", {"bad": {"x": object()}})
+    with pytest.raises(TypeError, match="state_dict"):
+        save_checkpoint(tmp_path / "a.safetensors", {"bad": 3})
+    with pytest.raises(ValueError, match="step"):
+        save_checkpoint(tmp_path / "a.safetensors", {}, step=-1)
+    from safetensors.torch import save_file
+
+    save_file({"w": torch.zeros(1)}, str(tmp_path / "plain.safetensors"))
+    with pytest.raises(ValueError, match="not a vq3dlib checkpoint"):
+        load_checkpoint(tmp_path / "plain.safetensors")
+    p = save_checkpoint(tmp_path / "b.safetensors", {"model": nn.Linear(2, 2)})
+    with pytest.raises(KeyError, match="optimizer"):
+        load_checkpoint(p, {"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)})
+    load_checkpoint(p, {"optimizer": torch.optim.SGD(nn.Linear(2, 2).parameters(), lr=0.1)}, strict=False)
+    with pytest.raises(RuntimeError):
+        load_checkpoint(p, {"model": nn.Linear(2, 3)})
+    with pytest.raises(ValueError, match="keep_last"):
+        prune_checkpoints(tmp_path, 0)

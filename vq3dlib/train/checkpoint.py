@@ -1,0 +1,457 @@
+"""Training checkpoints in one safetensors file, written atomically, for bit-exact resume.
+
+A checkpoint holds any number of named objects with a ``state_dict()`` (models, :class:`ModelEMA`,
+optimizers, LR schedulers, ``GradScaler``...) or plain nested state (dicts/lists/tuples of tensors,
+numbers, strings, ``None``), plus the step, a config and the RNG states (torch CPU and CUDA, numpy,
+Python ``random``). Tensors are stored as safetensors tensors named ``"<object>/<key path>"`` (so
+``safetensors`` tools can read model weights directly); the nesting and all non-tensor values are
+one JSON string in the safetensors header metadata (key ``"vq3dlib"``).
+
+The file is written to a temporary file in the same directory, fsynced, then renamed over the
+target with ``os.replace``: a crash or kill during a save leaves the previous checkpoint intact.
+
+Example:
+    >>> import tempfile, torch
+    >>> from vq3dlib.train.checkpoint import save_checkpoint, load_checkpoint, checkpoint_path
+    >>> model = torch.nn.Linear(2, 2); opt = torch.optim.Adam(model.parameters())
+    >>> d = tempfile.mkdtemp()
+    >>> path = save_checkpoint(checkpoint_path(d, 10), {"model": model, "optimizer": opt}, step=10)
+    >>> ckpt = load_checkpoint(d, {"model": model, "optimizer": opt})    # a directory: its latest
+    >>> ckpt.step
+    10
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import random
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+FORMAT = "vq3dlib.checkpoint"
+VERSION = 1
+_META_KEY = "vq3dlib"
+_NAME_RE = re.compile(r"^step_(\d+)\.safetensors$")
+
+
+# ------------------------------------------------------------------------------------ RNG
+
+
+def get_rng_state() -> dict[str, Any]:
+    """The RNG states of this process: torch CPU, CUDA (if initialised), numpy and Python ``random``.
+
+    In a multi-process run every rank has its own state; save one per rank if ranks draw different
+    random numbers, or reseed per rank on resume.
+
+    Example:
+        >>> import torch
+        >>> s = get_rng_state(); a = torch.rand(2)
+        >>> set_rng_state(s); torch.equal(a, torch.rand(2))
+        True
+    """
+    cuda = []
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        cuda = torch.cuda.get_rng_state_all()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": list(cuda),
+        "numpy": np.random.get_state(),
+        "random": random.getstate(),
+    }
+
+
+def set_rng_state(state: Mapping[str, Any]) -> None:
+    """Restores RNG states from :func:`get_rng_state` (entries that are absent are left alone).
+
+    Example:
+        >>> import random
+        >>> s = get_rng_state(); x = random.random()
+        >>> set_rng_state(s); random.random() == x
+        True
+    """
+    if state.get("torch") is not None:
+        torch.set_rng_state(state["torch"].cpu().to(torch.uint8))
+    cuda = state.get("cuda") or []
+    if cuda and torch.cuda.is_available():
+        n = torch.cuda.device_count()
+        if len(cuda) != n:
+            warnings.warn(
+                f"checkpoint has CUDA RNG states for {len(cuda)} devices, this process sees {n}; "
+                f"restoring the first {min(n, len(cuda))}",
+                stacklevel=2,
+            )
+        for i, s in enumerate(cuda[:n]):
+            torch.cuda.set_rng_state(s.cpu().to(torch.uint8), i)
+    if state.get("numpy") is not None:
+        np.random.set_state(tuple(state["numpy"]))
+    if state.get("random") is not None:
+        version, internal, gauss = state["random"]
+        random.setstate((version, tuple(internal), gauss))
+
+
+# ------------------------------------------------------------------------ (de)serialisation
+
+
+def _child(key: str, sub: Any) -> str:
+    return f"{key}{sub}" if key.endswith("/") else f"{key}.{sub}"
+
+
+class _Encoder:
+    """Splits a nested state into a JSON tree and a flat ``{name: tensor}`` dict."""
+
+    def __init__(self) -> None:
+        self.tensors: dict[str, Tensor] = {}
+        self._storages: set[tuple[str, int]] = set()
+
+    def _add_tensor(self, key: str, t: Tensor) -> str:
+        if t.layout != torch.strided or t.is_quantized:
+            raise TypeError(f"{key}: only dense tensors can be saved, got layout {t.layout}")
+        t = t.detach().cpu()
+        storage = t.untyped_storage()
+        sid = (str(storage.device), storage.data_ptr())
+        whole = storage.nbytes() == t.numel() * t.element_size() and t.is_contiguous()
+        if sid in self._storages or not whole or t.storage_offset() != 0:
+            t = t.clone(memory_format=torch.contiguous_format)  # safetensors refuses shared/partial storage
+        self._storages.add((str(t.untyped_storage().device), t.untyped_storage().data_ptr()))
+        name, i = key, 1
+        while name in self.tensors:
+            name, i = f"{key}#{i}", i + 1
+        self.tensors[name] = t
+        return name
+
+    def encode(self, value: Any, key: str) -> Any:
+        if isinstance(value, Tensor):
+            return {"__t__": self._add_tensor(key, value)}
+        if isinstance(value, np.ndarray):
+            arr = value.astype(np.int64) if value.dtype.kind == "u" else value
+            t = torch.from_numpy(np.ascontiguousarray(arr))
+            return {"__np__": self._add_tensor(key, t), "dtype": str(value.dtype)}
+        if isinstance(value, np.generic):
+            value = value.item()
+        if value is None or isinstance(value, (bool, int, float, str)):
+            return value
+        if isinstance(value, torch.dtype):
+            return {"__dtype__": str(value).removeprefix("torch.")}
+        if isinstance(value, torch.device):
+            return {"__device__": str(value)}
+        if isinstance(value, Mapping):
+            items = [(k, self.encode(v, _child(key, k))) for k, v in value.items()]
+            if all(isinstance(k, str) for k, _ in items):
+                return {"__d__": dict(items)}
+            for k, _ in items:
+                if not (k is None or isinstance(k, (bool, int, float, str))):
+                    raise TypeError(
+                        f"{key}: dict keys must be str/int/float/bool/None, got {type(k).__name__}"
+                    )
+            return {"__dk__": [[k, v] for k, v in items]}
+        if isinstance(value, tuple):  # torch.Size included
+            return {"__tuple__": [self.encode(v, _child(key, i)) for i, v in enumerate(value)]}
+        if isinstance(value, list):
+            return [self.encode(v, _child(key, i)) for i, v in enumerate(value)]
+        raise TypeError(
+            f"{key}: cannot store a {type(value).__name__} in a checkpoint (tensors, numpy arrays, "
+            f"numbers, strings, None and dicts/lists/tuples of them are supported)"
+        )
+
+
+def _decode(node: Any, tensors: Mapping[str, Tensor]) -> Any:
+    if isinstance(node, list):
+        return [_decode(v, tensors) for v in node]
+    if not isinstance(node, dict):
+        return node
+    if "__t__" in node:
+        return tensors[node["__t__"]]
+    if "__np__" in node:
+        return tensors[node["__np__"]].numpy().astype(node["dtype"])
+    if "__dtype__" in node:
+        return getattr(torch, node["__dtype__"])
+    if "__device__" in node:
+        return torch.device(node["__device__"])
+    if "__d__" in node:
+        return {k: _decode(v, tensors) for k, v in node["__d__"].items()}
+    if "__dk__" in node:
+        return {k: _decode(v, tensors) for k, v in node["__dk__"]}
+    if "__tuple__" in node:
+        return tuple(_decode(v, tensors) for v in node["__tuple__"])
+    raise ValueError(f"corrupt checkpoint metadata node: {sorted(node)}")
+
+
+def _state_of(name: str, obj: Any) -> Any:
+    if hasattr(obj, "state_dict") and callable(obj.state_dict):
+        return obj.state_dict()
+    if isinstance(obj, (Mapping, list, tuple, Tensor)):
+        return obj
+    raise TypeError(f"objects[{name!r}] must have a state_dict() method or be a dict/list/tuple/tensor")
+
+
+def _config_state(config: Any) -> Any:
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        return dataclasses.asdict(config)
+    return config
+
+
+# ---------------------------------------------------------------------------------- files
+
+
+def _write_safetensors(tensors: dict[str, Tensor], path: str, metadata: dict[str, str]) -> None:
+    """Writes the safetensors file (a separate function so tests can simulate a crash mid-write)."""
+    from safetensors.torch import save_file
+
+    save_file(tensors, path, metadata=metadata)
+
+
+def _fsync_dir(directory: Path) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _atomic_write(tensors: dict[str, Tensor], path: Path, metadata: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        _write_safetensors(tensors, tmp, metadata)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(path.parent)
+
+
+def checkpoint_path(directory: str | os.PathLike, step: int) -> Path:
+    """The conventional file name for the checkpoint of ``step``: ``directory/step_000000123.safetensors``.
+
+    Example:
+        >>> checkpoint_path("runs/a", 123).name
+        'step_000000123.safetensors'
+    """
+    if int(step) != step or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step}")
+    return Path(directory) / f"step_{int(step):09d}.safetensors"
+
+
+def _list_checkpoints(directory: str | os.PathLike) -> list[tuple[int, Path]]:
+    d = Path(directory)
+    if not d.is_dir():
+        return []
+    found = []
+    for p in d.iterdir():
+        m = _NAME_RE.match(p.name)
+        if m and p.is_file():
+            found.append((int(m.group(1)), p))
+    return sorted(found)
+
+
+def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The ``step_*.safetensors`` file with the highest step in ``directory`` (``None`` if there is none).
+
+    Example:
+        >>> import tempfile
+        >>> latest_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    found = _list_checkpoints(directory)
+    return found[-1][1] if found else None
+
+
+def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
+    """Deletes all but the ``keep_last`` newest ``step_*.safetensors`` files; returns the deleted paths.
+
+    Example:
+        >>> import tempfile
+        >>> prune_checkpoints(tempfile.mkdtemp(), keep_last=3)
+        []
+    """
+    if int(keep_last) != keep_last or keep_last < 1:
+        raise ValueError(f"keep_last must be a positive integer, got {keep_last}")
+    found = _list_checkpoints(directory)
+    doomed = [p for _, p in found[: max(len(found) - int(keep_last), 0)]]
+    for p in doomed:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return doomed
+
+
+# ------------------------------------------------------------------------------ public API
+
+
+@dataclasses.dataclass
+class Checkpoint:
+    """What :func:`load_checkpoint` read.
+
+    Attributes:
+        path: the file.
+        step: the training step saved with it.
+        config: the saved config (a dict; dataclasses are saved as ``dataclasses.asdict``).
+        states: ``{name: state}`` of every saved object (state dicts with tensors on ``map_location``).
+        rng: the saved RNG states (see :func:`get_rng_state`) or ``None``.
+        extra: the saved ``extra`` dict.
+    """
+
+    path: Path
+    step: int
+    config: Any
+    states: dict[str, Any]
+    rng: dict[str, Any] | None
+    extra: dict[str, Any]
+
+
+def save_checkpoint(
+    path: str | os.PathLike,
+    objects: Mapping[str, Any] | None = None,
+    *,
+    step: int = 0,
+    config: Any = None,
+    extra: Mapping[str, Any] | None = None,
+    rng: bool = True,
+    keep_last: int | None = None,
+) -> Path:
+    """Saves training state to one safetensors file, atomically.
+
+    Args:
+        path: destination file (parent directories are created); see :func:`checkpoint_path`.
+        objects: ``{name: obj}``; each ``obj`` has ``state_dict()`` (``nn.Module``, :class:`ModelEMA`,
+            optimizer, LR scheduler, ``GradScaler``...) or is plain nested state (dicts, lists,
+            tuples of tensors, numpy arrays, numbers, strings, ``None``). Tensors are moved to CPU.
+        step: training step.
+        config: a JSON-like dict or a dataclass instance (stored as ``dataclasses.asdict``).
+        extra: more JSON-like/tensor state (e.g. counters of skipped steps).
+        rng: store this process's RNG states (:func:`get_rng_state`).
+        keep_last: afterwards, delete all but this many newest ``step_*.safetensors`` files in the
+            directory of ``path`` (:func:`prune_checkpoints`).
+
+    Returns:
+        ``path`` as a ``Path``.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> p = save_checkpoint(Path(tempfile.mkdtemp()) / "a.safetensors", {"w": {"x": torch.ones(2)}})
+        >>> load_checkpoint(p).states["w"]["x"]
+        tensor([1., 1.])
+    """
+    if int(step) != step or step < 0:
+        raise ValueError(f"step must be a non-negative integer, got {step}")
+    objects = dict(objects or {})
+    for name in objects:
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"objects keys must be non-empty strings, got {name!r}")
+    enc = _Encoder()
+    tree = {
+        "format": FORMAT,
+        "version": VERSION,
+        "step": int(step),
+        "objects": {name: enc.encode(_state_of(name, obj), name + "/") for name, obj in objects.items()},
+        "config": enc.encode(_config_state(config), "__config__/"),
+        "extra": enc.encode(dict(extra or {}), "__extra__/"),
+        "rng": enc.encode(get_rng_state(), "__rng__/") if rng else None,
+    }
+    metadata = {"format": FORMAT, "step": str(int(step)), _META_KEY: json.dumps(tree)}
+    path = Path(path)
+    _atomic_write(enc.tensors, path, metadata)
+    if keep_last is not None:
+        prune_checkpoints(path.parent, keep_last)
+    return path
+
+
+def load_checkpoint(
+    path: str | os.PathLike,
+    objects: Mapping[str, Any] | None = None,
+    *,
+    map_location: str | torch.device = "cpu",
+    strict: bool = True,
+    restore_rng: bool = True,
+) -> Checkpoint:
+    """Loads a checkpoint written by :func:`save_checkpoint` and restores state into ``objects``.
+
+    Args:
+        path: a checkpoint file, or a directory (its :func:`latest_checkpoint` is loaded).
+        objects: ``{name: obj}`` to restore with ``obj.load_state_dict(state)`` (modules with
+            ``strict=strict``); build them (and the scheduler on top of the optimizer) before loading.
+        map_location: device the tensors are loaded to.
+        strict: a name in ``objects`` missing from the file raises ``KeyError``; modules load strictly.
+        restore_rng: restore the saved RNG states (:func:`set_rng_state`).
+
+    Returns:
+        A :class:`Checkpoint` (``step``, ``config``, ``states`` of all saved objects, ...).
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> net = torch.nn.Linear(3, 1)
+        >>> p = Path(tempfile.mkdtemp()) / "c.safetensors"
+        >>> _ = save_checkpoint(p, {"net": net}, step=5, config={"lr": 1e-3})
+        >>> fresh = torch.nn.Linear(3, 1)
+        >>> ckpt = load_checkpoint(p, {"net": fresh})
+        >>> ckpt.step, ckpt.config, torch.equal(fresh.weight, net.weight)
+        (5, {'lr': 0.001}, True)
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    p = Path(path)
+    if p.is_dir():
+        latest = latest_checkpoint(p)
+        if latest is None:
+            raise FileNotFoundError(f"no step_*.safetensors checkpoint in directory {p}")
+        p = latest
+    if not p.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {p}")
+    with safe_open(str(p), framework="pt") as f:
+        metadata = f.metadata() or {}
+    if _META_KEY not in metadata:
+        raise ValueError(
+            f"{p} is a safetensors file but not a vq3dlib checkpoint (no '{_META_KEY}' metadata)"
+        )
+    tree = json.loads(metadata[_META_KEY])
+    if tree.get("version", 0) > VERSION:
+        raise ValueError(
+            f"{p} has checkpoint format version {tree['version']}; this vq3dlib reads <= {VERSION}"
+        )
+    tensors = load_file(str(p), device=str(torch.device(map_location)))
+    states = {name: _decode(node, tensors) for name, node in tree["objects"].items()}
+    ckpt = Checkpoint(
+        path=p,
+        step=int(tree["step"]),
+        config=_decode(tree["config"], tensors),
+        states=states,
+        rng=_decode(tree["rng"], tensors) if tree.get("rng") is not None else None,
+        extra=_decode(tree["extra"], tensors),
+    )
+    for name, obj in (objects or {}).items():
+        if name not in states:
+            if strict:
+                raise KeyError(f"{p} has no object {name!r}; it holds {sorted(states)}")
+            continue
+        if isinstance(obj, nn.Module):
+            obj.load_state_dict(states[name], strict=strict)
+        elif hasattr(obj, "load_state_dict"):
+            obj.load_state_dict(states[name])
+        else:
+            raise TypeError(f"objects[{name!r}] has no load_state_dict(); read ckpt.states[{name!r}] instead")
+    if restore_rng and ckpt.rng is not None:
+        set_rng_state(ckpt.rng)
+    return ckpt
