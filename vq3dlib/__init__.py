@@ -48,6 +48,18 @@ _EXPORTS: dict[str, str] = {
     "generator_loss": "vq3dlib.losses",
     "r1_penalty": "vq3dlib.losses",
     "adaptive_generator_weight": "vq3dlib.losses",
+    "psnr": "vq3dlib.metrics",
+    "ssim": "vq3dlib.metrics",
+    "depth_abs_rel": "vq3dlib.metrics",
+    "depth_delta": "vq3dlib.metrics",
+    "codebook_usage": "vq3dlib.metrics",
+    "frechet_distance": "vq3dlib.metrics",
+    "FIDFeatures": "vq3dlib.metrics",
+    "save_checkpoint": "vq3dlib.train",
+    "load_checkpoint": "vq3dlib.train",
+    "ModelEMA": "vq3dlib.train",
+    "ImageFolderDataset": "vq3dlib.data",
+    "VQ3DModel": "vq3dlib.models",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -11,6 +11,7 @@ from vq3dlib.models.decoder import TriplaneDecoder
 from vq3dlib.models.field import FieldOutput, TriplaneField, mlp_backend_report
 from vq3dlib.models.prior import CodePrior, KVCache
 from vq3dlib.models.vit import ViTEncoder
+from vq3dlib.models.vq3d import Scene, VQ3DModel
 
 __all__ = [
     "CodePrior",
@@ -20,6 +21,8 @@ __all__ = [
     "TriplaneField",
     "VQ3DConfig",
     "ViTEncoder",
+    "VQ3DModel",
+    "Scene",
     "get_config",
     "list_configs",
     "mlp_backend_report",
