@@ -24,6 +24,10 @@ _EXPORTS: dict[str, str] = {
     "uncontract_linf": "vq3dlib.contraction",
     "triplane_sample": "vq3dlib.ops",
     "ContractedTriplane": "vq3dlib.triplane",
+    "FSQ": "vq3dlib.quantize",
+    "LFQ": "vq3dlib.quantize",
+    "ResidualVQ": "vq3dlib.quantize",
+    "VectorQuantizer": "vq3dlib.quantize",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
