@@ -53,10 +53,19 @@ def _build(method: str, args: argparse.Namespace):
     if method == "vq3dlib":
         from vq3dlib.quantize import VectorQuantizer
 
-        m = VectorQuantizer(
-            args.dim, args.codebook_size, code_dim=args.code_dim, l2_normalize=True, ema=True,
-            decay=0.99, beta=0.25,
-        ).to(args.device).train()
+        m = (
+            VectorQuantizer(
+                args.dim,
+                args.codebook_size,
+                code_dim=args.code_dim,
+                l2_normalize=True,
+                ema=True,
+                decay=0.99,
+                beta=0.25,
+            )
+            .to(args.device)
+            .train()
+        )
 
         def run(x):
             out, _, aux = m(x)
@@ -65,11 +74,21 @@ def _build(method: str, args: argparse.Namespace):
         return run
     from vector_quantize_pytorch import VectorQuantize
 
-    m = VectorQuantize(
-        dim=args.dim, codebook_size=args.codebook_size, codebook_dim=args.code_dim, use_cosine_sim=True,
-        decay=0.99, commitment_weight=0.25, rotation_trick=False, threshold_ema_dead_code=0,
-        kmeans_init=False,
-    ).to(args.device).train()
+    m = (
+        VectorQuantize(
+            dim=args.dim,
+            codebook_size=args.codebook_size,
+            codebook_dim=args.code_dim,
+            use_cosine_sim=True,
+            decay=0.99,
+            commitment_weight=0.25,
+            rotation_trick=False,
+            threshold_ema_dead_code=0,
+            kmeans_init=False,
+        )
+        .to(args.device)
+        .train()
+    )
 
     def run_theirs(x):
         out, _, loss = m(x.unsqueeze(0))
@@ -82,8 +101,8 @@ def _build(method: str, args: argparse.Namespace):
 def worker(args: argparse.Namespace) -> dict:
     """Runs one method in this process and returns its timings and peak memory."""
     import torch
-
     import vector_quantize_pytorch  # noqa: F401  (same imports in every process, so baselines match)
+
     import vq3dlib.quantize  # noqa: F401
 
     torch.manual_seed(0)
@@ -112,7 +131,11 @@ def worker(args: argparse.Namespace) -> dict:
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
             del out, loss
-    peak = torch.cuda.max_memory_allocated(dev) if cuda else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = (
+        torch.cuda.max_memory_allocated(dev)
+        if cuda
+        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    )
     return {
         "method": args.worker,
         "ms_median": statistics.median(times) if times else None,
@@ -153,9 +176,22 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(worker(args)))
         return {}
 
-    sizes = ["--device", args.device, "--vectors", str(args.vectors), "--dim", str(args.dim),
-             "--codebook-size", str(args.codebook_size), "--code-dim", str(args.code_dim),
-             "--warmup", str(args.warmup), "--repeats", str(args.repeats)]
+    sizes = [
+        "--device",
+        args.device,
+        "--vectors",
+        str(args.vectors),
+        "--dim",
+        str(args.dim),
+        "--codebook-size",
+        str(args.codebook_size),
+        "--code-dim",
+        str(args.code_dim),
+        "--warmup",
+        str(args.warmup),
+        "--repeats",
+        str(args.repeats),
+    ]
     results = {m: _spawn(m, sizes) for m in METHODS}
     base = results["baseline"]["peak_bytes"]
     ours, theirs = results["vq3dlib"], results["vector-quantize-pytorch"]
@@ -163,9 +199,16 @@ def main(argv: list[str] | None = None) -> dict:
         r["extra_peak_bytes"] = r["peak_bytes"] - base
     report = {
         "device": ours["device"],
-        "config": {"vectors": args.vectors, "dim": args.dim, "codebook_size": args.codebook_size,
-                   "code_dim": args.code_dim, "l2_normalize": True, "ema_decay": 0.99,
-                   "warmup": args.warmup, "repeats": args.repeats},
+        "config": {
+            "vectors": args.vectors,
+            "dim": args.dim,
+            "codebook_size": args.codebook_size,
+            "code_dim": args.code_dim,
+            "l2_normalize": True,
+            "ema_decay": 0.99,
+            "warmup": args.warmup,
+            "repeats": args.repeats,
+        },
         "baseline_peak_bytes": base,
         "results": {"vq3dlib": ours, "vector-quantize-pytorch": theirs},
         "speedup": theirs["ms_median"] / ours["ms_median"],
@@ -181,11 +224,15 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"baseline process peak: {base * gib:.2f} GiB (imports + input + output grad)")
     print(f"{'method':<26}{'median ms':>11}{'min ms':>10}{'peak GiB':>10}{'above base GiB':>16}")
     for name, r in report["results"].items():
-        print(f"{name:<26}{r['ms_median']:>11.1f}{r['ms_min']:>10.1f}{r['peak_bytes'] * gib:>10.2f}"
-              f"{r['extra_peak_bytes'] * gib:>16.2f}")
+        print(
+            f"{name:<26}{r['ms_median']:>11.1f}{r['ms_min']:>10.1f}{r['peak_bytes'] * gib:>10.2f}"
+            f"{r['extra_peak_bytes'] * gib:>16.2f}"
+        )
     print(f"speedup (theirs / ours): {report['speedup']:.2f}x")
-    print(f"peak memory ratio (ours / theirs): {report['peak_ratio']:.3f} total, "
-          f"{report['extra_peak_ratio']:.3f} above baseline")
+    print(
+        f"peak memory ratio (ours / theirs): {report['peak_ratio']:.3f} total, "
+        f"{report['extra_peak_ratio']:.3f} above baseline"
+    )
     return report
 
 

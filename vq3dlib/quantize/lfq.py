@@ -129,7 +129,9 @@ class LFQ(Quantizer):
         recompute = torch.is_grad_enabled() and x.requires_grad and n > chunk
         for start in range(0, n, chunk):
             args = (x[start : start + chunk], codebook, self.inv_temperature, 1e-5)
-            p, e = checkpoint(_entropy_terms, *args, use_reentrant=False) if recompute else _entropy_terms(*args)
+            p, e = (
+                checkpoint(_entropy_terms, *args, use_reentrant=False) if recompute else _entropy_terms(*args)
+            )
             prob_sum = prob_sum + p
             ent_sum = ent_sum + e
         avg = prob_sum / n

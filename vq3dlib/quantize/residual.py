@@ -104,7 +104,8 @@ class ResidualVQ(Quantizer):
         check_tensor("indices", indices, integer=True)
         if indices.dim() < 1 or indices.shape[-1] != self.num_quantizers:
             raise ValueError(
-                f"indices must have shape [..., {self.num_quantizers}] (one per layer), got {list(indices.shape)}"
+                f"indices must have shape [..., {self.num_quantizers}] (one per layer), "
+                f"got {list(indices.shape)}"
             )
         rows = sum(layer._indices_to_rows(indices[..., i]) for i, layer in enumerate(self.layers))
         lead = tuple(rows.shape[:-1])

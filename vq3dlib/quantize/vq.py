@@ -57,7 +57,9 @@ def nearest_code_reference(z: Tensor, codebook: Tensor, *, metric: str = "euclid
 
 
 @torch.no_grad()
-def nearest_code(z: Tensor, codebook: Tensor, *, metric: str = "euclidean", chunk_size: int | None = None) -> Tensor:
+def nearest_code(
+    z: Tensor, codebook: Tensor, *, metric: str = "euclidean", chunk_size: int | None = None
+) -> Tensor:
     """Index of the nearest code for every row of ``z``, computed ``chunk_size`` rows at a time.
 
     Peak extra memory is ``chunk_size x K`` scores instead of ``N x K``; no gradient is tracked
@@ -278,7 +280,9 @@ class VectorQuantizer(Quantizer):
             self.embed.copy_(self.ema_embed_sum / smoothed.unsqueeze(1))
         elif synced:
             counts = all_reduce_sum(counts.clone())
-        self.unused_steps.copy_(torch.where(counts > 0, torch.zeros_like(self.unused_steps), self.unused_steps + 1))
+        self.unused_steps.copy_(
+            torch.where(counts > 0, torch.zeros_like(self.unused_steps), self.unused_steps + 1)
+        )
         restarted = 0
         if self.dead_code_steps is not None:
             dead = torch.nonzero(self.unused_steps >= self.dead_code_steps).squeeze(1)
