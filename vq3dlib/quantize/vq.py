@@ -26,7 +26,7 @@ from vq3dlib.quantize.base import Quantizer, QuantizerAux, usage_stats
 from vq3dlib.quantize.distributed import all_gather_stack, all_reduce_sum, world_size
 
 _METRICS = ("euclidean", "dot")
-_CHUNK_ELEMENTS = 1 << 20  # scores per chunk: 4 MiB of float32, stays in cache
+_CHUNK_ELEMENTS = 1 << 21  # scores per chunk: 8 MiB of float32, near cache size
 
 
 def _default_chunk(codebook_size: int) -> int:
@@ -69,7 +69,7 @@ def nearest_code(
         z: ``[N, d]`` vectors.
         codebook: ``[K, d]`` codes (same dtype and device as ``z``).
         metric: ``"euclidean"`` or ``"dot"`` (see :func:`nearest_code_reference`).
-        chunk_size: rows per chunk; default keeps each chunk's scores near 4 MiB (cache-resident,
+        chunk_size: rows per chunk; default keeps each chunk's scores near 8 MiB (near cache size,
             which is faster than one large matrix product).
 
     Returns:
@@ -129,7 +129,7 @@ class VectorQuantizer(Quantizer):
         codebook_loss_weight: weight of the codebook loss (``ema=False`` only).
         dead_code_steps: re-seed a code from the current batch's vectors once it has gone unused
             for this many consecutive training steps; ``None`` disables restarts.
-        chunk_size: rows per chunk in the nearest-code search (default: ~4 MiB of scores).
+        chunk_size: rows per chunk in the nearest-code search (default: ~8 MiB of scores).
         channels_last: ``True`` for ``[..., D]`` inputs, ``False`` for ``[B, D, *spatial]``.
         sync_distributed: all-reduce statistics and share restart samples when ``torch.distributed``
             is initialised with more than one process.
