@@ -23,6 +23,14 @@ def test_nearest_code_matches_brute_force(metric, chunk_size):
     assert torch.equal(got, nearest_code_reference(z, cb, metric=metric))
 
 
+def test_nearest_code_threaded_path_keeps_thread_setting():
+    threads = torch.get_num_threads()
+    z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
+    got = nearest_code(z, cb, chunk_size=16)  # large N: rows split over the worker threads
+    assert torch.equal(got, nearest_code_reference(z, cb))
+    assert torch.get_num_threads() == threads
+
+
 def test_nearest_code_float32_picks_a_minimal_distance():
     z, cb = torch.randn(2000, 16), torch.randn(500, 16)
     got = nearest_code(z, cb, chunk_size=33)
@@ -247,3 +255,24 @@ def test_bad_input():
         VectorQuantizer(8, 0)
     with pytest.raises(ValueError, match="dead_code_steps"):
         VectorQuantizer(8, 4, dead_code_steps=0)
+
+
+def _search_in_child(queue) -> None:
+    z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
+    queue.put(bool(torch.equal(nearest_code(z, cb, chunk_size=16), nearest_code_reference(z, cb))))
+
+
+def test_nearest_code_works_in_a_forked_child():
+    import multiprocessing as mp
+
+    nearest_code(torch.randn(4000, 8), torch.randn(70, 8), chunk_size=16)  # parent creates its pool
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_search_in_child, args=(queue,))
+    proc.start()
+    proc.join(timeout=120)
+    alive = proc.is_alive()
+    if alive:
+        proc.kill()
+    assert not alive, "nearest_code hung in a forked child"
+    assert queue.get(timeout=5) is True

@@ -17,6 +17,10 @@ Example:
 
 from __future__ import annotations
 
+import os
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -31,6 +35,48 @@ _CHUNK_ELEMENTS = 1 << 21  # scores per chunk: 8 MiB of float32, near cache size
 
 def _default_chunk(codebook_size: int) -> int:
     return max(1, _CHUNK_ELEMENTS // max(codebook_size, 1))
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_KEY: tuple[int, int] = (0, 0)  # (threads, pid): a forked child must not reuse the parent's pool
+_POOL_LOCK = threading.Lock()
+
+
+def _single_threaded_worker() -> None:
+    torch.get_num_threads()  # lazily initialise this thread's intra-op settings first ...
+    torch.set_num_threads(1)  # ... then make its ops (and MKL) run on this thread alone
+
+
+def _cpu_pool(n_threads: int) -> ThreadPoolExecutor:
+    """A pool of single-threaded torch workers (created once; restores the global thread count)."""
+    global _POOL, _POOL_KEY
+    with _POOL_LOCK:
+        key = (n_threads, os.getpid())
+        if _POOL is None or _POOL_KEY != key:
+            if _POOL is not None and _POOL_KEY[1] == key[1]:
+                _POOL.shutdown(wait=True)
+            _POOL = ThreadPoolExecutor(n_threads, thread_name_prefix="vq3dlib-nearest")
+            _POOL_KEY = key
+            barrier = threading.Barrier(n_threads)
+            list(_POOL.map(lambda _: (_single_threaded_worker(), barrier.wait()), range(n_threads)))
+            torch.set_num_threads(n_threads)  # the workers' set_num_threads(1) touched the global default
+        return _POOL
+
+
+def _search_rows(z: Tensor, cb_t: Tensor, neg_sq: Tensor | None, out: Tensor, chunk: int) -> None:
+    """Serial chunk loop: scores of ``chunk`` rows at a time, argmax written into ``out``."""
+    n = z.shape[0]
+    if n == 0:
+        return
+    buf = torch.empty(min(chunk, n), cb_t.shape[1], dtype=z.dtype, device=z.device)
+    for start in range(0, n, chunk):
+        zc = z[start : start + chunk]
+        scores = buf[: zc.shape[0]]
+        if neg_sq is None:
+            torch.mm(zc, cb_t, out=scores)
+        else:
+            torch.addmm(neg_sq, zc, cb_t, alpha=2.0, out=scores)
+        torch.argmax(scores, dim=1, out=out[start : start + chunk])
 
 
 def nearest_code_reference(z: Tensor, codebook: Tensor, *, metric: str = "euclidean") -> Tensor:
@@ -94,15 +140,20 @@ def nearest_code(
     cb_t = codebook.t().contiguous()
     # euclidean: argmin |z|^2 - 2 z.c + |c|^2  ==  argmax 2 z.c - |c|^2  (|z|^2 is constant per row)
     neg_sq = -(codebook * codebook).sum(dim=1) if metric == "euclidean" else None
-    buf = torch.empty(min(chunk, n), k, dtype=z.dtype, device=z.device)
-    for start in range(0, n, chunk):
-        zc = z[start : start + chunk]
-        scores = buf[: zc.shape[0]]
-        if neg_sq is None:
-            torch.mm(zc, cb_t, out=scores)
-        else:
-            torch.addmm(neg_sq, zc, cb_t, alpha=2.0, out=scores)
-        torch.argmax(scores, dim=1, out=out[start : start + chunk])
+    n_threads = torch.get_num_threads()
+    if z.device.type != "cpu" or n_threads == 1 or n < 4 * n_threads * chunk:
+        _search_rows(z, cb_t, neg_sq, out, chunk)
+        return out
+    # CPU, large N: each thread runs its own serial loop over a contiguous share of the rows, so the
+    # cache-sized chunks need no per-chunk synchronisation between threads (which is what makes many
+    # small intra-op-parallel calls slow, above all on a loaded machine)
+    bounds = [round(i * n / n_threads) for i in range(n_threads + 1)]
+    jobs = [
+        _cpu_pool(n_threads).submit(_search_rows, z[a:b], cb_t, neg_sq, out[a:b], chunk)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+    ]
+    for job in jobs:
+        job.result()
     return out
 
 
