@@ -257,22 +257,24 @@ def test_bad_input():
         VectorQuantizer(8, 4, dead_code_steps=0)
 
 
-def _search_in_child(queue) -> None:
-    z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
-    queue.put(bool(torch.equal(nearest_code(z, cb, chunk_size=16), nearest_code_reference(z, cb))))
+def _search_in_child(queue, z, cb) -> None:
+    queue.put(nearest_code(z, cb, chunk_size=16).tolist())
 
 
 def test_nearest_code_works_in_a_forked_child():
+    # the child must build its own worker pool (the parent's threads do not survive a fork); the
+    # child only runs nearest_code (large multi-threaded torch ops can hang in forked children)
     import multiprocessing as mp
 
-    nearest_code(torch.randn(4000, 8), torch.randn(70, 8), chunk_size=16)  # parent creates its pool
+    z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
+    nearest_code(z, cb, chunk_size=16)  # the parent creates its pool
     ctx = mp.get_context("fork")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_search_in_child, args=(queue,))
+    proc = ctx.Process(target=_search_in_child, args=(queue, z, cb))
     proc.start()
     proc.join(timeout=120)
     alive = proc.is_alive()
     if alive:
         proc.kill()
     assert not alive, "nearest_code hung in a forked child"
-    assert queue.get(timeout=5) is True
+    assert queue.get(timeout=5) == nearest_code_reference(z, cb).tolist()

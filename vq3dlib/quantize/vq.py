@@ -33,8 +33,9 @@ _METRICS = ("euclidean", "dot")
 _CHUNK_ELEMENTS = 1 << 21  # scores per chunk: 8 MiB of float32, near cache size
 
 
-def _default_chunk(codebook_size: int) -> int:
-    return max(1, _CHUNK_ELEMENTS // max(codebook_size, 1))
+def _default_chunk(codebook_size: int, device: torch.device) -> int:
+    budget = _CHUNK_ELEMENTS if device.type == "cpu" else _CHUNK_ELEMENTS * 32  # GPUs: fewer, larger launches
+    return max(1, budget // max(codebook_size, 1))
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -115,7 +116,7 @@ def nearest_code(
         z: ``[N, d]`` vectors.
         codebook: ``[K, d]`` codes (same dtype and device as ``z``).
         metric: ``"euclidean"`` or ``"dot"`` (see :func:`nearest_code_reference`).
-        chunk_size: rows per chunk; default keeps each chunk's scores near 8 MiB (near cache size,
+        chunk_size: rows per chunk; default keeps each chunk's scores near 8 MiB on CPU (near cache size,
             which is faster than one large matrix product).
 
     Returns:
@@ -132,7 +133,7 @@ def nearest_code(
     check_tensor("codebook", codebook, ndim=2, last_dim=z.shape[1], dtypes=(z.dtype,), device=z.device)
     check_choice("metric", metric, _METRICS)
     n, k = z.shape[0], codebook.shape[0]
-    chunk = _default_chunk(k) if chunk_size is None else int(chunk_size)
+    chunk = _default_chunk(k, z.device) if chunk_size is None else int(chunk_size)
     check_positive("chunk_size", chunk)
     out = torch.empty(n, dtype=torch.long, device=z.device)
     if n == 0:
@@ -307,7 +308,7 @@ class VectorQuantizer(Quantizer):
         stats: dict[str, Tensor] = {}
         if self.training:
             counts, restarted = self._update(z_e.detach().to(codebook.dtype), indices, counts)
-            stats["restarted"] = torch.tensor(float(restarted))
+            stats["restarted"] = torch.tensor(float(restarted), device=z_e.device)
         stats = {**usage_stats(counts), **stats}
         total = sum(losses.values(), zero)
         return out, indices, QuantizerAux(total, losses, stats)
