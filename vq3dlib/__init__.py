@@ -60,6 +60,10 @@ _EXPORTS: dict[str, str] = {
     "ModelEMA": "vq3dlib.train",
     "ImageFolderDataset": "vq3dlib.data",
     "VQ3DModel": "vq3dlib.models",
+    "FSQ": "vq3dlib.quantize",
+    "LFQ": "vq3dlib.quantize",
+    "ResidualVQ": "vq3dlib.quantize",
+    "VectorQuantizer": "vq3dlib.quantize",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -1,0 +1,183 @@
+"""FSQ and LFQ: code <-> index round trips, gradients, losses, and agreement with
+vector-quantize-pytorch where both define the same thing (skipped when it is not installed)."""
+
+from __future__ import annotations
+
+import io
+import itertools
+
+import pytest
+import torch
+
+from vq3dlib.quantize import FSQ, LFQ
+
+try:
+    import vector_quantize_pytorch as vqp
+except Exception:  # pragma: no cover - optional test extra
+    vqp = None
+
+needs_vqp = pytest.mark.skipif(vqp is None, reason="vector-quantize-pytorch not installed")
+
+
+# -- FSQ ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("levels", [[3], [8, 5, 5, 5], [2, 4, 3], [7, 6]])
+def test_fsq_index_code_round_trip(levels):
+    fsq = FSQ(levels)
+    k = fsq.codebook_size
+    assert k == int(torch.tensor(levels).prod())
+    grid = fsq.indices_to_grid(torch.arange(k))
+    assert grid.shape == (k, len(levels))
+    assert torch.equal(fsq.codes_to_indices(grid), torch.arange(k))
+    assert grid.min() >= -1 and grid.max() <= 1
+    assert torch.unique(grid, dim=0).shape[0] == k  # all codes distinct
+    # every channel takes exactly L_i values
+    for i, lv in enumerate(levels):
+        assert torch.unique(grid[:, i]).numel() == lv
+
+
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [2, 3]])
+def test_fsq_forward_lands_on_grid_and_decodes(levels):
+    fsq = FSQ(levels)
+    z = torch.randn(4, 9, len(levels)) * 3
+    z_q, idx, aux = fsq(z)
+    assert idx.shape == (4, 9) and idx.dtype == torch.long
+    assert torch.allclose(fsq.indices_to_codes(idx), z_q)
+    assert torch.equal(fsq.codes_to_indices(z_q), idx)  # outputs lie exactly on the grid
+    assert torch.equal(fsq.indices_to_grid(idx), z_q)
+    assert float(aux.loss.detach()) == 0.0
+    assert 0 < float(aux.stats["used_fraction"]) <= 1
+
+
+def test_fsq_straight_through_gradient_is_the_bound_derivative():
+    fsq = FSQ([5, 4])
+    z = torch.randn(30, 2, requires_grad=True)
+    fsq(z)[0].sum().backward()
+    levels = torch.tensor([5.0, 4.0])
+    half_l = (levels - 1) * (1 + 1e-3) / 2
+    shift = torch.atanh(torch.tensor([0.0, 0.5]) / half_l)
+    expect = (1 - torch.tanh(z.detach() + shift) ** 2) * half_l / torch.tensor([2.0, 2.0])
+    assert torch.allclose(z.grad, expect, atol=1e-6)
+
+
+def test_fsq_projection_channels_first_and_state_dict():
+    fsq = FSQ([5, 5, 5], dim=16, channels_last=False)
+    z = torch.randn(2, 16, 3, 4)
+    z_q, idx, _ = fsq(z)
+    assert z_q.shape == z.shape and idx.shape == (2, 3, 4)
+    assert torch.allclose(fsq.indices_to_codes(idx), z_q, atol=1e-6)
+    buf = io.BytesIO()
+    torch.save(fsq.state_dict(), buf)
+    buf.seek(0)
+    other = FSQ([5, 5, 5], dim=16, channels_last=False)
+    other.load_state_dict(torch.load(buf))
+    assert torch.equal(other(z)[0], z_q)
+
+
+def test_fsq_bad_input():
+    with pytest.raises(ValueError, match="levels"):
+        FSQ([5, 1])
+    with pytest.raises(ValueError, match="levels"):
+        FSQ([])
+    fsq = FSQ([5, 5])
+    with pytest.raises(ValueError, match=r"z must have shape \[\.\.\., 2\]"):
+        fsq(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="z contains NaN"):
+        fsq(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="indices"):
+        fsq.indices_to_codes(torch.tensor([25]))
+
+
+@needs_vqp
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [3, 4, 6], [7]])
+def test_fsq_agrees_with_vector_quantize_pytorch(levels):
+    ours = FSQ(levels)
+    theirs = vqp.FSQ(levels=levels)
+    z = torch.randn(2, 50, len(levels)) * 2
+    zq_t, idx_t = theirs(z)
+    zq_o, idx_o, _ = ours(z)
+    assert torch.equal(idx_o, idx_t.long())
+    assert torch.allclose(zq_o, zq_t, atol=1e-6)
+    all_idx = torch.arange(ours.codebook_size)
+    assert torch.allclose(ours.indices_to_codes(all_idx), theirs.indices_to_codes(all_idx), atol=1e-6)
+
+
+# -- LFQ ----------------------------------------------------------------------------------------------
+def test_lfq_round_trip_and_bit_order():
+    lfq = LFQ(5)
+    idx = torch.arange(32)
+    codes = lfq.indices_to_bits(idx)
+    assert torch.equal(lfq.codes_to_indices(codes), idx)
+    # first channel is the most significant bit
+    for i, bits in enumerate(itertools.product([0, 1], repeat=5)):
+        assert codes[i].gt(0).long().tolist() == list(bits)
+
+
+def test_lfq_forward_signs_and_straight_through():
+    lfq = LFQ(6, codebook_scale=0.5).eval()
+    z = torch.randn(7, 6, requires_grad=True)
+    z_q, idx, aux = lfq(z)
+    assert torch.equal(z_q, torch.where(z > 0, 0.5, -0.5))
+    assert torch.equal(lfq.indices_to_codes(idx), z_q)
+    g = torch.randn(7, 6)
+    z_q.backward(g)
+    assert torch.equal(z.grad, g)
+    assert float(aux.loss.detach()) == 0.0  # no entropy loss in eval, no commitment by default
+
+
+def test_lfq_entropy_chunked_equals_unchunked():
+    a = LFQ(6, entropy_chunk_size=7)
+    b = LFQ(6)
+    z = (torch.randn(53, 6) * 0.05).requires_grad_(True)
+    z2 = z.detach().clone().requires_grad_(True)
+    la = a(z)[2].losses["entropy"]
+    lb = b(z2)[2].losses["entropy"]
+    assert torch.allclose(la, lb, atol=1e-6)
+    la.backward()
+    lb.backward()
+    assert torch.allclose(z.grad, z2.grad, atol=1e-6)
+    assert z.grad.abs().sum() > 0
+
+
+def test_lfq_entropy_loss_matches_definition():
+    lfq = LFQ(4, inv_temperature=10.0, diversity_gamma=0.7, entropy_loss_weight=1.0)
+    z = torch.randn(20, 4) * 0.1
+    aux = lfq(z)[2]
+    codes = lfq.indices_to_bits(torch.arange(16))
+    p = torch.softmax(2 * 10.0 * z @ codes.t(), dim=-1)
+    h = lambda q: -(q * q.clamp_min(1e-5).log()).sum(-1)  # noqa: E731
+    expect = h(p).mean() - 0.7 * h(p.mean(0))
+    assert torch.allclose(aux.losses["entropy"], expect, atol=1e-6)
+
+
+def test_lfq_commitment_projection_channels_first_and_errors():
+    lfq = LFQ(12, codebook_size=2**5, commitment_loss_weight=0.25, channels_last=False)
+    z = torch.randn(2, 12, 4, 4)
+    z_q, idx, aux = lfq(z)
+    assert z_q.shape == z.shape and idx.shape == (2, 4, 4)
+    assert set(aux.losses) == {"entropy", "commitment"}
+    lfq.eval()
+    assert torch.allclose(lfq.indices_to_codes(idx), lfq(z)[0], atol=1e-6)
+    with pytest.raises(ValueError, match="codebook_size"):
+        LFQ(4, codebook_size=12)
+    with pytest.raises(ValueError, match=r"z must have shape \[B, 12"):
+        lfq(torch.randn(2, 11, 4))
+    with pytest.raises(ValueError, match="z contains NaN"):
+        lfq(torch.full((1, 12, 1), float("nan")))
+    empty = lfq.train()(torch.zeros(0, 12, 3))
+    assert empty[0].shape == (0, 12, 3) and float(empty[2].loss.detach()) == 0.0
+
+
+@needs_vqp
+def test_lfq_agrees_with_vector_quantize_pytorch():
+    torch.manual_seed(0)
+    theirs = vqp.LFQ(dim=6, codebook_size=2**6, entropy_loss_weight=1.0, diversity_gamma=1.0)
+    ours = LFQ(6, entropy_loss_weight=1.0, diversity_gamma=1.0, inv_temperature=100.0)
+    z = torch.randn(2, 40, 6) * 0.01  # keep soft assignments away from the 1e-5 log clamp
+    (zq_t, idx_t, _), (per_sample_t, codebook_t, _) = theirs(z, return_loss_breakdown=True)
+    zq_o, idx_o, aux = ours(z)
+    assert torch.equal(idx_o, idx_t.long())
+    assert torch.equal(zq_o, zq_t)
+    all_idx = torch.arange(64)
+    assert torch.equal(ours.indices_to_codes(all_idx), theirs.indices_to_codes(all_idx))
+    assert torch.allclose(aux.stats["per_sample_entropy"], per_sample_t, atol=1e-5)
+    assert torch.allclose(aux.stats["codebook_entropy"], codebook_t, atol=1e-5)

@@ -1,0 +1,69 @@
+"""ResidualVQ: each layer quantizes the previous layers' residual; indices stack per layer."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from vq3dlib.quantize import FSQ, LFQ, ResidualVQ, VectorQuantizer
+
+
+def test_layers_quantize_successive_residuals():
+    rvq = ResidualVQ(8, num_quantizers=3, codebook_size=16).eval()
+    z = torch.randn(5, 4, 8)
+    z_q, idx, aux = rvq(z)
+    assert idx.shape == (5, 4, 3)
+    residual, total = z.reshape(-1, 8), torch.zeros(20, 8)
+    for i, layer in enumerate(rvq.layers):
+        q, li, _ = layer(residual)
+        assert torch.equal(li, idx.reshape(-1, 3)[:, i])
+        residual = residual - q
+        total = total + q
+    assert torch.allclose(z_q.reshape(-1, 8), total, atol=1e-6)
+    assert torch.allclose(rvq.indices_to_codes(idx), z_q, atol=1e-6)
+    assert set(aux.losses) == {"0/commitment", "1/commitment", "2/commitment"}
+    assert torch.allclose(aux.loss, sum(aux.losses.values()))
+    assert {"0/perplexity", "2/used_fraction"} <= set(aux.stats)
+
+
+def test_gradient_is_straight_through():
+    rvq = ResidualVQ(6, num_quantizers=2, codebook_size=8)
+    z = torch.randn(10, 6, requires_grad=True)
+    g = torch.randn(10, 6)
+    rvq(z)[0].backward(g)
+    # each layer passes its gradient straight through to its input; the detached residual chain
+    # means the input receives the sum of the layers' output gradients
+    assert torch.allclose(z.grad, 2 * g)
+
+
+def test_mixed_layers_channels_first_and_state_dict():
+    layers = [VectorQuantizer(12, 32, code_dim=4), FSQ([5, 5, 5], dim=12), LFQ(12, codebook_size=16)]
+    rvq = ResidualVQ(12, quantizers=layers, channels_last=False)
+    z = torch.randn(2, 12, 3, 3)
+    z_q, idx, _ = rvq(z)
+    assert z_q.shape == z.shape and idx.shape == (2, 3, 3, 3)
+    buf = io.BytesIO()
+    torch.save(rvq.state_dict(), buf)
+    buf.seek(0)
+    layers2 = [VectorQuantizer(12, 32, code_dim=4), FSQ([5, 5, 5], dim=12), LFQ(12, codebook_size=16)]
+    other = ResidualVQ(12, quantizers=layers2, channels_last=False)
+    other.load_state_dict(torch.load(buf))
+    rvq.eval(), other.eval()
+    assert torch.equal(rvq(z)[0], other(z)[0])
+    assert torch.allclose(other.indices_to_codes(idx), other(z)[0], atol=1e-5)
+
+
+def test_bad_input():
+    with pytest.raises(ValueError, match="quantizers"):
+        ResidualVQ(8, quantizers=[VectorQuantizer(4, 8)])
+    with pytest.raises(ValueError, match="num_quantizers"):
+        ResidualVQ(8, num_quantizers=0)
+    rvq = ResidualVQ(8, num_quantizers=2, codebook_size=8)
+    with pytest.raises(ValueError, match=r"z must have shape \[\.\.\., 8\]"):
+        rvq(torch.randn(3, 4))
+    with pytest.raises(ValueError, match="z contains NaN"):
+        rvq(torch.full((2, 8), float("nan")))
+    with pytest.raises(ValueError, match=r"indices must have shape \[\.\.\., 2\]"):
+        rvq.indices_to_codes(torch.zeros(3, 3, dtype=torch.long))
