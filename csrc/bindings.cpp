@@ -27,4 +27,9 @@ TORCH_LIBRARY(vq3dlib, m) {
       "bool need_planes_grad, bool need_points_grad) -> (Tensor, Tensor)");
 
   // ---- rendering (add render schemas below this line) ----
+  // ray marching (csrc/cpu/march.cpp, csrc/cuda/march.cu)
+  m.def(
+      "march_packed(Tensor origins, Tensor directions, Tensor near, Tensor far, Tensor binaries, "
+      "Tensor boxes, Tensor? scene_index, float step_size, int max_samples, int contraction, "
+      "int spacing) -> (Tensor, Tensor, Tensor)");
 }

@@ -93,8 +93,8 @@ def _jit_build(with_cuda: bool, verbose: bool) -> None:
             file=sys.stderr,
             flush=True,
         )
-    cflags = ["-O3", "-std=c++17"]
-    cuda_flags = ["-O3", "--use_fast_math", "-std=c++17", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
+    cflags = ["-O3"]
+    cuda_flags = ["-O3", "--use_fast_math", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
     if with_cuda:
         cflags.append("-DVQ3DLIB_WITH_CUDA")
     load(

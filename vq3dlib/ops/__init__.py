@@ -7,3 +7,5 @@ Example:
     >>> isinstance(registered_ops(), dict)
     True
 """
+
+from vq3dlib.ops.march import march_packed, march_packed_reference  # noqa: E402, F401
