@@ -29,7 +29,7 @@ import math
 import torch
 from torch import Tensor
 
-from vq3dlib import _ext, backend
+from vq3dlib import backend
 from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor
 
 CONTRACTIONS: dict[str, int] = {"none": 0, "linf": 2}
@@ -51,8 +51,19 @@ def _register_kernels() -> None:
     _registered = True
 
     @torch.library.register_fake("vq3dlib::march_packed")
-    def _fake(origins, directions, near, far, binaries, boxes, scene_index, step_size, max_samples,
-              contraction, spacing):
+    def _fake(
+        origins,
+        directions,
+        near,
+        far,
+        binaries,
+        boxes,
+        scene_index,
+        step_size,
+        max_samples,
+        contraction,
+        spacing,
+    ):
         n = torch.library.get_ctx().new_dynamic_size()
         return (origins.new_empty(n, dtype=torch.long), origins.new_empty(n), origins.new_empty(n))
 
@@ -100,7 +111,8 @@ def ray_box_slabs(origins: Tensor, directions: Tensor, box: Tensor) -> tuple[Ten
         ``(t_min [...], t_max [...])``.
 
     Example:
-        >>> ray_box_slabs(torch.tensor([0.0, 0, -2]), torch.tensor([0.0, 0, 1]), torch.tensor([-1.0, -1, -1, 1, 1, 1]))
+        >>> box = torch.tensor([-1.0, -1, -1, 1, 1, 1])
+        >>> ray_box_slabs(torch.tensor([0.0, 0, -2]), torch.tensor([0.0, 0, 1]), box)
         (tensor(1.), tensor(3.))
     """
     lo, hi = box[..., :3], box[..., 3:]
@@ -247,7 +259,9 @@ def march_packed_reference(
         scene = None
         if scene_index is not None:
             scene = scene_index[sl][:, None].expand(n_chunk, k_max).reshape(-1)
-        occ = grid_lookup_reference(pts.reshape(-1, 3), binaries, boxes, contraction, scene).view(n_chunk, k_max)
+        occ = grid_lookup_reference(pts.reshape(-1, 3), binaries, boxes, contraction, scene).view(
+            n_chunk, k_max
+        )
         keep = valid & occ
         keep = keep & (torch.cumsum(keep, dim=1) <= max_samples)
         ray_local, k_idx = keep.nonzero(as_tuple=True)
@@ -318,13 +332,17 @@ def march_packed(
     check_tensor("far", far, shape=(n,), dtypes=(origins.dtype,))
     check_tensor("binaries", binaries, ndim=5, dtypes=(torch.bool,))
     check_tensor("boxes", boxes, shape=(binaries.shape[1], 6), dtypes=(origins.dtype,), finite=True)
-    check_same_device(origins=origins, directions=directions, near=near, far=far, binaries=binaries, boxes=boxes)
+    check_same_device(
+        origins=origins, directions=directions, near=near, far=far, binaries=binaries, boxes=boxes
+    )
     if any(s == 0 for s in binaries.shape):
         raise ValueError(f"binaries must have no empty dimension, got shape {list(binaries.shape)}")
     if scene_index is not None:
         check_tensor("scene_index", scene_index, shape=(n,), dtypes=(torch.long,), device=origins.device)
         if n and (int(scene_index.min()) < 0 or int(scene_index.max()) >= binaries.shape[0]):
-            raise ValueError(f"scene_index values must lie in [0, {binaries.shape[0]}) (n_scenes of the grid)")
+            raise ValueError(
+                f"scene_index values must lie in [0, {binaries.shape[0]}) (n_scenes of the grid)"
+            )
     check_positive("step_size", step_size)
     check_positive("max_samples", max_samples)
     check_choice("contraction", contraction, tuple(CONTRACTIONS))
@@ -335,13 +353,23 @@ def march_packed(
     t0, t1 = _clip(origins, directions, near, far, boxes, c)
     if s == SPACINGS["t"] and bool((torch.isinf(t1) & (t1 > t0)).any()):
         raise ValueError(
-            "far must be finite for spacing='t' when the grid does not bound the rays (contracted grids cover "
-            "all space): pass a finite far or use spacing='contracted'"
+            "far must be finite for spacing='t' when the grid does not bound the rays "
+            "(contracted grids cover all space): pass a finite far or use spacing='contracted'"
         )
     if backend.use_extension("ray_march", origins.device):
         _register_kernels()
         return torch.ops.vq3dlib.march_packed(
-            origins, directions, near, far, binaries, boxes, scene_index, float(step_size), int(max_samples), c, s
+            origins,
+            directions,
+            near,
+            far,
+            binaries,
+            boxes,
+            scene_index,
+            float(step_size),
+            int(max_samples),
+            c,
+            s,
         )
     return march_packed_reference(
         origins, directions, near, far, binaries, boxes, scene_index, float(step_size), int(max_samples), c, s

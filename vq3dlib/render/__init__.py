@@ -9,5 +9,6 @@ Example:
 from vq3dlib.render.aabb import ray_aabb_intersect
 from vq3dlib.render.march import PackedSamples, ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
+from vq3dlib.render.renderer import Renderer, RenderOutput
 
-__all__ = ["OccupancyGrid", "PackedSamples", "ray_aabb_intersect", "ray_march"]
+__all__ = ["OccupancyGrid", "PackedSamples", "RenderOutput", "Renderer", "ray_aabb_intersect", "ray_march"]

@@ -34,7 +34,9 @@ def as_aabb(aabb: Tensor | Sequence[float], like: Tensor, name: str = "aabb") ->
     box = torch.as_tensor(aabb, dtype=like.dtype, device=like.device)
     check_tensor(name, box, last_dim=6, finite=True)
     if bool((box[..., 3:] <= box[..., :3]).any()):
-        raise ValueError(f"{name} must be {{xmin, ymin, zmin, xmax, ymax, zmax}} with min < max, got {box.tolist()}")
+        raise ValueError(
+            f"{name} must be {{xmin, ymin, zmin, xmax, ymax, zmax}} with min < max, got {box.tolist()}"
+        )
     return box
 
 
@@ -56,7 +58,7 @@ def ray_aabb_intersect(
     Args:
         origins: ``[..., 3]`` ray origins.
         directions: ``[..., 3]`` ray directions (any length; ``t`` is in multiples of them).
-        aabb: ``[6]`` or ``[..., 6]`` (broadcast against the rays) as ``{xmin, ymin, zmin, xmax, ymax, zmax}``.
+        aabb: ``[6]`` or ``[..., 6]`` (broadcast against the rays), ``{xmin, ymin, zmin, xmax, ymax, zmax}``.
         near: scalar or ``[...]`` per-ray lower bound on ``t``.
         far: scalar or ``[...]`` per-ray upper bound on ``t``.
         miss_value: value written to ``t_near``/``t_far`` of rays that miss.

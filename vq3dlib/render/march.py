@@ -118,7 +118,9 @@ def ray_march(
             boxes = as_aabb(aabb, origins).reshape(1, 6)
             contraction = "none"
         else:
-            boxes = torch.tensor([[-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]], dtype=origins.dtype, device=origins.device)
+            boxes = torch.tensor(
+                [[-2.0, -2.0, -2.0, 2.0, 2.0, 2.0]], dtype=origins.dtype, device=origins.device
+            )
             contraction = "linf"
         binaries = torch.ones(1, 1, 1, 1, 1, dtype=torch.bool, device=origins.device)
         scene_index = None
@@ -133,9 +135,9 @@ def ray_march(
         elif scene_index is None:
             raise ValueError(f"scene_index is required: the grid holds {grid.n_scenes} scenes")
     if jitter:
-        near_t = near_t + torch.rand(near_t.shape, generator=generator, device=near_t.device).to(near_t.dtype) * (
-            step_size
-        )
+        near_t = near_t + torch.rand(near_t.shape, generator=generator, device=near_t.device).to(
+            near_t.dtype
+        ) * (step_size)
     ray_indices, t_starts, t_ends = march_packed(
         origins,
         directions,

@@ -106,7 +106,9 @@ class OccupancyGrid(nn.Module):
         check_positive("n_scenes", n_scenes)
         res = _resolution3(resolution)
         if contraction == "linf":
-            if aabb is not None and [float(v) for v in torch.as_tensor(aabb).tolist()] != list(_CONTRACTED_BOX):
+            if aabb is not None and [float(v) for v in torch.as_tensor(aabb).tolist()] != list(
+                _CONTRACTED_BOX
+            ):
                 raise ValueError("aabb must be None (the contracted cube [-2, 2]^3) when contraction='linf'")
             if levels != 1:
                 raise ValueError("levels must be 1 when contraction='linf' (contracted space is bounded)")
@@ -118,7 +120,9 @@ class OccupancyGrid(nn.Module):
         if bool((base[3:] <= base[:3]).any()):
             raise ValueError(f"aabb must have min < max on every axis, got {base.tolist()}")
         center, half = (base[:3] + base[3:]) / 2, (base[3:] - base[:3]) / 2
-        boxes = torch.stack([torch.cat([center - half * 2**lv, center + half * 2**lv]) for lv in range(levels)])
+        boxes = torch.stack(
+            [torch.cat([center - half * 2**lv, center + half * 2**lv]) for lv in range(levels)]
+        )
         self.contraction = contraction
         self.resolution = res
         self.levels = levels
@@ -139,15 +143,20 @@ class OccupancyGrid(nn.Module):
         rx, ry, rz = self.resolution
         dev = device or self.binaries.device
         ii, jj, kk = torch.meshgrid(
-            torch.arange(rx, device=dev), torch.arange(ry, device=dev), torch.arange(rz, device=dev), indexing="ij"
+            torch.arange(rx, device=dev),
+            torch.arange(ry, device=dev),
+            torch.arange(rz, device=dev),
+            indexing="ij",
         )
         return torch.stack([ii, jj, kk], dim=-1).reshape(-1, 3)
 
     def _to_world(self, grid_points: Tensor) -> Tensor:
         return _uncontract_linf(grid_points) if self.contraction == "linf" else grid_points
 
-    def cell_points(self, cells: Tensor, level: int, offsets: Tensor | None = None, world: bool = True) -> Tensor:
-        """Points inside cells ``[P, 3]`` (integer ``i, j, k``) of ``level``: centre, or ``offsets`` in [0, 1).
+    def cell_points(
+        self, cells: Tensor, level: int, offsets: Tensor | None = None, world: bool = True
+    ) -> Tensor:
+        """Points in cells ``[P, 3]`` (ints ``i, j, k``) of ``level``: centres, or at ``offsets`` in [0, 1).
 
         Args:
             cells: ``[P, 3]`` int cell coordinates.
@@ -316,7 +325,9 @@ class OccupancyGrid(nn.Module):
             best = torch.full((self.n_scenes * n_cells,), -torch.inf, device=device)
             for _ in range(samples_per_cell):
                 for start in range(0, self.n_scenes * n_cells, batch_size):
-                    flat = torch.arange(start, min(start + batch_size, self.n_scenes * n_cells), device=device)
+                    flat = torch.arange(
+                        start, min(start + batch_size, self.n_scenes * n_cells), device=device
+                    )
                     scene, cell = flat // n_cells, flat % n_cells
                     offsets = None
                     if jitter:
@@ -354,7 +365,7 @@ class OccupancyGrid(nn.Module):
 
         Args:
             step: current training step.
-            occ_eval_fn: ``x [P, 3] world -> occupancy [P]`` (or ``[P, 1]``), typically ``density * step_size``.
+            occ_eval_fn: ``x [P, 3] world -> occupancy [P]`` (or ``[P, 1]``), e.g. ``density * step_size``.
             occ_thre: binarisation threshold.
             ema_decay: decay of the stored occupancy values.
             warmup_steps: steps during which every cell is evaluated.
