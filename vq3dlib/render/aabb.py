@@ -80,7 +80,7 @@ def ray_aabb_intersect(
     near_t = torch.as_tensor(near, dtype=origins.dtype, device=origins.device)
     far_t = torch.as_tensor(far, dtype=origins.dtype, device=origins.device)
     for name, value in (("near", near_t), ("far", far_t)):
-        if value.dim() and torch.broadcast_shapes(value.shape, batch) != batch:
+        if value.dim() and tuple(value.shape) != tuple(batch):
             raise ValueError(f"{name} must be a scalar or have shape {list(batch)}, got {list(value.shape)}")
         if bool(torch.isnan(value).any()):
             raise ValueError(f"{name} must not contain NaN")

@@ -39,14 +39,31 @@ _CONTRACTED_BOX = (-2.0, -2.0, -2.0, 2.0, 2.0, 2.0)
 
 
 def _uncontract_linf(y: Tensor) -> Tensor:
-    # Inverse of MERF's L∞ contraction for y in (-2, 2)^3 (vq3dlib.contraction.uncontract_linf on main).
+    # Inverse of MERF's L∞ contraction for y in (-2, 2)^3. Only points whose minor coordinates lie in
+    # [-1, 1] are images of the contraction; others are first clamped there (cells made only of such
+    # points are unreachable, see OccupancyGrid.reachable).
     ay = y.abs()
     k = ay.argmax(dim=-1, keepdim=True)
     s = ay.gather(-1, k)
     m = 1 / (2 - s.clamp(1, 2 - 1e-6))
     major = m * torch.sign(y.gather(-1, k))
-    outside = (y * m).scatter(-1, k, major)
+    outside = (y.clamp(-1, 1) * m).scatter(-1, k, major)
     return torch.where(s > 1, outside, y)
+
+
+def _reachable_cells(boxes: Tensor, res: tuple[int, int, int], contraction: str) -> Tensor:
+    # [levels, rx, ry, rz]: False for contracted cells no world point maps to (two or more coordinates
+    # beyond ±1: MERF's contraction keeps every coordinate but the largest in [-1, 1]).
+    levels = boxes.shape[0]
+    if contraction != "linf":
+        return torch.ones(levels, *res, dtype=torch.bool)
+    outside = []
+    for axis, r in enumerate(res):
+        lo, hi = boxes[:, axis], boxes[:, axis + 3]
+        edges = lo[:, None] + (hi - lo)[:, None] * torch.arange(r + 1) / r  # [levels, r + 1]
+        outside.append(((edges[:, :-1] >= 1) | (edges[:, 1:] <= -1)).long())
+    count = outside[0][:, :, None, None] + outside[1][:, None, :, None] + outside[2][:, None, None, :]
+    return count < 2
 
 
 def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:
@@ -82,7 +99,8 @@ class OccupancyGrid(nn.Module):
         n_scenes: number of scenes (grids) held; rays pick theirs with a scene index.
 
     Buffers: ``binaries`` (bool), ``occs`` (EMA occupancy values ``[n_scenes, levels, rx*ry*rz]``),
-    ``boxes`` (``[levels, 6]``, finest first).
+    ``boxes`` (``[levels, 6]``, finest first), ``reachable`` (``[levels, rx, ry, rz]``; contracted cells
+    with two or more coordinates beyond ±1 hold no world point and are always empty once filled).
 
     Example:
         >>> grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8, levels=2, contraction="none")
@@ -129,8 +147,10 @@ class OccupancyGrid(nn.Module):
         self.n_scenes = n_scenes
         self.cells_per_level = res[0] * res[1] * res[2]
         self.register_buffer("boxes", boxes)
-        self.register_buffer("binaries", torch.ones(n_scenes, levels, *res, dtype=torch.bool))
+        reachable = _reachable_cells(boxes, res, contraction)
+        self.register_buffer("binaries", reachable[None].repeat(n_scenes, 1, 1, 1, 1))
         self.register_buffer("occs", torch.zeros(n_scenes, levels, self.cells_per_level))
+        self.register_buffer("reachable", reachable, persistent=False)
 
     # ----------------------------------------------------------------------------------------- geometry
     def extra_repr(self) -> str:
@@ -225,13 +245,13 @@ class OccupancyGrid(nn.Module):
         return torch.cat(out)
 
     def occupancy_fraction(self) -> Tensor:
-        """Fraction of occupied cells per scene, ``[n_scenes]``.
+        """Fraction of the reachable cells that are occupied, per scene, ``[n_scenes]``.
 
         Example:
             >>> OccupancyGrid(resolution=4, n_scenes=2).occupancy_fraction().tolist()
             [1.0, 1.0]
         """
-        return self.binaries.flatten(1).float().mean(dim=1)
+        return self.binaries.flatten(1).float().sum(dim=1) / self.reachable.sum()
 
     # ---------------------------------------------------------------------------- generated scenes
     @classmethod
@@ -341,7 +361,7 @@ class OccupancyGrid(nn.Module):
                 occupied = torch.nn.functional.max_pool3d(
                     occupied[:, None].float(), size, stride=1, padding=dilation
                 )[:, 0].bool()
-            self.binaries[:, level] = occupied
+            self.binaries[:, level] = occupied & self.reachable[level]
             self.occs[:, level] = best.view(self.n_scenes, n_cells).clamp(min=0).to(self.occs.dtype)
         return self
 
@@ -392,6 +412,8 @@ class OccupancyGrid(nn.Module):
         device = self.binaries.device
         coords = self._cell_coords(device)
         n_cells = self.cells_per_level
+        # all levels' cells first, then their evaluations: the random stream of nerfacc's update
+        level_cells = []
         for level in range(self.levels):
             if step < warmup_steps:
                 idx = torch.arange(n_cells, device=device)
@@ -402,8 +424,10 @@ class OccupancyGrid(nn.Module):
                 if occupied.numel() > quarter:
                     occupied = occupied[torch.randint(occupied.numel(), (quarter,), device=device)]
                 idx = torch.cat([uniform, occupied])
+            level_cells.append(idx)
+        for level, idx in enumerate(level_cells):
             pts = self.cell_points(coords[idx], level, torch.rand(idx.shape[0], 3, device=device))
             occ = _as_density("occ_eval_fn", occ_eval_fn(pts), idx.shape[0]).to(self.occs.dtype)
             self.occs[0, level, idx] = torch.maximum(self.occs[0, level, idx] * ema_decay, occ)
         thre = torch.clamp(self.occs.mean(), max=occ_thre)
-        self.binaries.copy_((self.occs > thre).view_as(self.binaries))
+        self.binaries.copy_((self.occs > thre).view_as(self.binaries) & self.reachable)
