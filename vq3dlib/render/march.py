@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from vq3dlib._validation import check_tensor
-from vq3dlib.ops.march import march_packed
+from vq3dlib.ops.march import march_packed, ray_box_slabs
 from vq3dlib.render.aabb import as_aabb
 from vq3dlib.render.occupancy import OccupancyGrid
 
@@ -97,7 +97,8 @@ def ray_march(
         max_samples: most samples per ray (the first ones are kept).
         spacing: ``"t"`` or ``"contracted"``.
         aabb: world box for ``grid=None``.
-        jitter: shift each ray's start by ``U[0, step_size)`` (stratified sampling while training).
+        jitter: shift each ray's start (``near``, or its grid-box entry) by ``U[0, step_size)``
+            (stratified sampling while training).
         generator: RNG for the jitter.
 
     Returns:
@@ -135,9 +136,10 @@ def ray_march(
         elif scene_index is None:
             raise ValueError(f"scene_index is required: the grid holds {grid.n_scenes} scenes")
     if jitter:
-        near_t = near_t + torch.rand(near_t.shape, generator=generator, device=near_t.device).to(
-            near_t.dtype
-        ) * (step_size)
+        if contraction == "none":  # jitter from the box entry, not from a near plane far outside the box
+            near_t = torch.maximum(near_t, ray_box_slabs(origins, directions, boxes[-1])[0])
+        u = torch.rand(near_t.shape, generator=generator, device=near_t.device).to(near_t.dtype)
+        near_t = near_t + u * step_size
     ray_indices, t_starts, t_ends = march_packed(
         origins,
         directions,
