@@ -8,4 +8,7 @@ Example:
     True
 """
 
-from vq3dlib.ops.march import march_packed, march_packed_reference  # noqa: E402, F401
+from vq3dlib.ops.march import march_packed, march_packed_reference
+from vq3dlib.ops.triplane import triplane_sample, triplane_sample_reference
+
+__all__ = ["march_packed", "march_packed_reference", "triplane_sample", "triplane_sample_reference"]

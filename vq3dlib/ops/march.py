@@ -31,6 +31,7 @@ from torch import Tensor
 
 from vq3dlib import backend
 from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor
+from vq3dlib.ops._library import kernels, on_extension_loaded
 
 CONTRACTIONS: dict[str, int] = {"none": 0, "linf": 2}
 SPACINGS: dict[str, int] = {"t": 0, "contracted": 1}
@@ -40,30 +41,12 @@ backend.register_op("ray_march", ["march_packed"], "packed ray marching through 
 _MAX_CANDIDATES = 1 << 22  # per chunk of the reference: rays x steps
 
 
-_registered = False
-
-
+@on_extension_loaded
 def _register_kernels() -> None:
-    """Registers the fake (meta) implementation once, after the extension loaded."""
-    global _registered
-    if _registered:
-        return
-    _registered = True
+    """Fake (meta) kernel: data-dependent sample count. No autograd: marching is not differentiable."""
 
     @torch.library.register_fake("vq3dlib::march_packed")
-    def _fake(
-        origins,
-        directions,
-        near,
-        far,
-        binaries,
-        boxes,
-        scene_index,
-        step_size,
-        max_samples,
-        contraction,
-        spacing,
-    ):
+    def _fake(origins, directions, near, far, binaries, boxes, scene_index, *args):
         n = torch.library.get_ctx().new_dynamic_size()
         return (origins.new_empty(n, dtype=torch.long), origins.new_empty(n), origins.new_empty(n))
 
@@ -357,8 +340,7 @@ def march_packed(
             "(contracted grids cover all space): pass a finite far or use spacing='contracted'"
         )
     if backend.use_extension("ray_march", origins.device):
-        _register_kernels()
-        return torch.ops.vq3dlib.march_packed(
+        return kernels().march_packed(
             origins,
             directions,
             near,
