@@ -79,6 +79,14 @@ def test_kernel_equals_reference(device, contraction, spacing, n_scenes, levels,
         assert len(ka ^ kb) <= 1e-3 * len(kb)
 
 
+def test_exact_contraction_equals_library_contraction():
+    from vq3dlib.contraction import contract_linf
+
+    x = torch.randn(10000, 3) * torch.rand(10000, 1) * 20
+    x[:10] = torch.tensor([1.0, 1.0, 0.5])  # ties
+    assert torch.equal(contract_linf_exact(x), contract_linf(x))
+
+
 def test_reference_properties_dense_tiling(device):
     """All-occupied world grid + spacing t: samples tile [entry, exit] exactly with steps of step_size."""
     o, d = _rays(200, device)

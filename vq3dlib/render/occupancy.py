@@ -32,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from vq3dlib._validation import check_choice, check_positive, check_tensor
+from vq3dlib.contraction import uncontract_linf
 from vq3dlib.ops.march import CONTRACTIONS, grid_lookup_reference
 
 DensityFn = Callable[[Tensor, Tensor], Tensor]
@@ -39,16 +40,12 @@ _CONTRACTED_BOX = (-2.0, -2.0, -2.0, 2.0, 2.0, 2.0)
 
 
 def _uncontract_linf(y: Tensor) -> Tensor:
-    # Inverse of MERF's L∞ contraction for y in (-2, 2)^3. Only points whose minor coordinates lie in
-    # [-1, 1] are images of the contraction; others are first clamped there (cells made only of such
-    # points are unreachable, see OccupancyGrid.reachable).
-    ay = y.abs()
-    k = ay.argmax(dim=-1, keepdim=True)
-    s = ay.gather(-1, k)
-    m = 1 / (2 - s.clamp(1, 2 - 1e-6))
-    major = m * torch.sign(y.gather(-1, k))
-    outside = (y.clamp(-1, 1) * m).scatter(-1, k, major)
-    return torch.where(s > 1, outside, y)
+    # Grid-space points → world. Only points whose minor coordinates lie in [-1, 1] are images of MERF's
+    # contraction; others are clamped there first (cells made only of such points are unreachable, see
+    # _reachable_cells), and the major coordinate is kept below 2 (the point at infinity).
+    k = y.abs().argmax(dim=-1, keepdim=True)
+    major = y.gather(-1, k).clamp(-2 + 1e-6, 2 - 1e-6)
+    return uncontract_linf(y.clamp(-1, 1).scatter(-1, k, major))
 
 
 def _reachable_cells(boxes: Tensor, res: tuple[int, int, int], contraction: str) -> Tensor:
