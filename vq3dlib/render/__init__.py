@@ -1,0 +1,43 @@
+"""Ray marching and volume rendering: packed samples, weights, accumulation, importance sampling.
+
+Example:
+    >>> import torch
+    >>> from vq3dlib.render import render_weight_from_density
+    >>> t = torch.linspace(0.0, 1.0, 9).expand(2, 9)
+    >>> weights, trans, alphas = render_weight_from_density(t[:, :-1], t[:, 1:], torch.ones(2, 8))
+    >>> weights.shape
+    torch.Size([2, 8])
+"""
+
+from vq3dlib.render.pdf import importance_sampling, sample_from_pdf
+from vq3dlib.render.volrend import (
+    accumulate_along_rays,
+    accumulate_depth,
+    accumulate_disparity,
+    accumulate_opacity,
+    composite_background,
+    pack_info,
+    render_transmittance_from_alpha,
+    render_transmittance_from_density,
+    render_visibility_from_alpha,
+    render_visibility_from_density,
+    render_weight_from_alpha,
+    render_weight_from_density,
+)
+
+__all__ = [
+    "accumulate_along_rays",
+    "accumulate_depth",
+    "accumulate_disparity",
+    "accumulate_opacity",
+    "composite_background",
+    "importance_sampling",
+    "pack_info",
+    "render_transmittance_from_alpha",
+    "render_transmittance_from_density",
+    "render_visibility_from_alpha",
+    "render_visibility_from_density",
+    "render_weight_from_alpha",
+    "render_weight_from_density",
+    "sample_from_pdf",
+]
