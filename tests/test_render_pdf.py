@@ -21,7 +21,8 @@ def _cdf_at(samples: torch.Tensor, bins: torch.Tensor, weights: torch.Tensor) ->
     """Normalised piecewise-linear cdf of each ray evaluated at its samples (numpy oracle)."""
     cdf = torch.cat([torch.zeros_like(weights[:, :1]), torch.cumsum(weights, -1)], -1)
     cdf = cdf / cdf[:, -1:]
-    return np.stack([np.interp(s, b, c) for s, b, c in zip(samples.numpy(), bins.numpy(), cdf.numpy())])
+    rows = zip(samples.numpy(), bins.numpy(), cdf.numpy(), strict=True)
+    return np.stack([np.interp(s, b, c) for s, b, c in rows])
 
 
 def test_deterministic_samples_sit_at_cdf_quantiles():
@@ -46,7 +47,8 @@ def test_stratified_samples_pooled_over_rays_follow_pdf():
     bins, weights = _random_bins(1, 6, seed=5)
     n_rays, n = 4000, 8
     g = torch.Generator().manual_seed(0)
-    _, samples = sample_from_pdf(bins.expand(n_rays, -1), weights.expand(n_rays, -1), n, stratified=True, generator=g)
+    bins_r, weights_r = bins.expand(n_rays, -1), weights.expand(n_rays, -1)
+    _, samples = sample_from_pdf(bins_r, weights_r, n, stratified=True, generator=g)
     counts = np.histogram(samples.reshape(-1).numpy(), bins=bins[0].numpy())[0]
     pdf = (weights[0] / weights[0].sum()).numpy()
     np.testing.assert_allclose(counts / counts.sum(), pdf, atol=0.01)
@@ -84,7 +86,7 @@ def test_determinism_and_generator():
     bins, weights = _random_bins(3, 5)
     a = sample_from_pdf(bins, weights, 7)
     b = sample_from_pdf(bins, weights, 7)
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     s1 = sample_from_pdf(bins, weights, 7, True, generator=torch.Generator().manual_seed(4))[1]
     s2 = sample_from_pdf(bins, weights, 7, True, generator=torch.Generator().manual_seed(4))[1]
     s3 = sample_from_pdf(bins, weights, 7, True, generator=torch.Generator().manual_seed(5))[1]
@@ -101,7 +103,7 @@ def test_packed_equals_dense_and_single_sample():
     flat_cdfs = torch.cat([cdfs[i, :k] for i, k in enumerate(keep)])
     info = torch.tensor([[0, 5], [5, 3], [8, 5], [13, 0]])
     packed = importance_sampling(flat_bins, flat_cdfs, 5, packed_info=info)
-    for a, b in zip(dense, packed):
+    for a, b in zip(dense, packed, strict=True):
         torch.testing.assert_close(a[[0, 2]], b[[0, 2]])
         assert torch.all(b[3] == 0)
     short = importance_sampling(bins[1:2, :3], cdfs[1:2, :3], 5)

@@ -68,7 +68,8 @@ def test_density_kernel_matches_reference(device, dtype, layout):
         grads = torch.autograd.grad(outs, leaves, cot)
         results[mode] = (outs, grads)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-10, atol=1e-12)
-    for a, b in zip(results["torch"][0] + results["torch"][1], results["ext"][0] + results["ext"][1]):
+    ref, ext = results["torch"][0] + results["torch"][1], results["ext"][0] + results["ext"][1]
+    for a, b in zip(ref, ext, strict=True):
         torch.testing.assert_close(a, b, **tol)
 
 
@@ -91,7 +92,7 @@ def test_alpha_kernel_matches_reference_including_opaque_samples(device, layout)
         outs = _run(vr.render_weight_from_alpha, mode, leaf, **kw)
         cot = [torch.ones_like(o) * (i + 1) for i, o in enumerate(outs)]
         results[mode] = outs + torch.autograd.grad(outs, [leaf], cot)
-    for a, b in zip(results["torch"], results["ext"]):
+    for a, b in zip(results["torch"], results["ext"], strict=True):
         torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
     assert torch.isfinite(results["ext"][-1]).all()
 
@@ -150,7 +151,7 @@ def test_long_packed_ray_is_accurate_in_float32():
     ref = vr.render_weight_from_density(ts, te, sg, ray_indices=ri)
     for mode in ("torch", "auto"):
         out = _run(vr.render_weight_from_density, mode, ts.float(), te.float(), sg.float(), ray_indices=ri)
-        for a, b in zip(out, ref):
+        for a, b in zip(out, ref, strict=True):
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
 
 
@@ -170,13 +171,14 @@ def test_dense_matches_nerfacc(mode):
         vis_d = vr.render_visibility_from_density(ts, te, sg, early_stop_eps=0.3, alpha_thre=0.2)
         vis_a = vr.render_visibility_from_alpha(alphas, early_stop_eps=0.3, alpha_thre=0.2)
     theirs = nerfacc.render_weight_from_density(ts, te, sg, prefix_trans=prefix.clone())
-    for a, b in zip(ours, theirs):
+    for a, b in zip(ours, theirs, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(ours_t, nerfacc.render_transmittance_from_density(ts, te, sg)):
+    for a, b in zip(ours_t, nerfacc.render_transmittance_from_density(ts, te, sg), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    for a, b in zip(ours_a, nerfacc.render_weight_from_alpha(alphas)):
+    for a, b in zip(ours_a, nerfacc.render_weight_from_alpha(alphas), strict=True):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(ours_ta, nerfacc.render_transmittance_from_alpha(alphas, prefix_trans=prefix.clone()))
+    ref_ta = nerfacc.render_transmittance_from_alpha(alphas, prefix_trans=prefix.clone())
+    torch.testing.assert_close(ours_ta, ref_ta)
     # thresholds are compared with >=; allow disagreement only for values within float noise of them
     trans = ours_t[0]
     ref_vis = nerfacc.render_visibility_from_density(ts, te, sg, early_stop_eps=0.3, alpha_thre=0.2)
@@ -193,7 +195,7 @@ def test_dense_gradients_match_nerfacc():
     for fn in (vr.render_weight_from_density, nerfacc.render_weight_from_density):
         leaves = [x.clone().requires_grad_(True) for x in (ts, te, sg)]
         grads.append(torch.autograd.grad(fn(*leaves), leaves, cots))
-    for a, b in zip(*grads):
+    for a, b in zip(*grads, strict=True):
         torch.testing.assert_close(a, b)
 
 
@@ -214,7 +216,9 @@ def test_accumulation_matches_nerfacc_rendering():
     # nerfacc.rendering itself runs on CPU for dense samples
     dts, dte, dsg = _dense(4, 10, "cpu")
     drgb = torch.rand(4, 10, 3)
-    ref_c, ref_o, ref_d, _ = nerfacc.rendering(dts, dte, rgb_sigma_fn=lambda *_: (drgb, dsg), render_bkgd=bkgd)
+    ref_c, ref_o, ref_d, _ = nerfacc.rendering(
+        dts, dte, rgb_sigma_fn=lambda *_: (drgb, dsg), render_bkgd=bkgd
+    )
     w = vr.render_weight_from_density(dts, dte, dsg)[0]
     o = vr.accumulate_opacity(w)
     torch.testing.assert_close(vr.composite_background(vr.accumulate_along_rays(w, drgb), o, bkgd), ref_c)
@@ -234,9 +238,10 @@ def test_packed_matches_nerfacc_on_cuda():
             ours = vr.render_weight_from_density(*leaves, ray_indices=ri, n_rays=n_rays)
             ours_a = vr.render_weight_from_alpha(ours[2].detach(), ray_indices=ri, n_rays=n_rays)
         theirs = nerfacc.render_weight_from_density(*ref_leaves, ray_indices=ri, n_rays=n_rays)
-        for a, b in zip(ours, theirs):
+        for a, b in zip(ours, theirs, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
-        for a, b in zip(ours_a, nerfacc.render_weight_from_alpha(ours[2].detach(), ray_indices=ri, n_rays=n_rays)):
+        ref_a = nerfacc.render_weight_from_alpha(ours[2].detach(), ray_indices=ri, n_rays=n_rays)
+        for a, b in zip(ours_a, ref_a, strict=True):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
         ours[0].sum().backward()
         theirs[0].sum().backward()
@@ -270,7 +275,7 @@ def test_packed_equals_dense_and_packed_info_equals_ray_indices(device):
     flat = [x.reshape(-1) for x in (ts, te, sg)]
     packed = vr.render_weight_from_density(*flat, ray_indices=ri)
     via_info = vr.render_weight_from_density(*flat, packed_info=ops.pack_info(ri, 4))
-    for a, b, c in zip(dense, packed, via_info):
+    for a, b, c in zip(dense, packed, via_info, strict=True):
         torch.testing.assert_close(a.reshape(-1), b)
         torch.testing.assert_close(b, c)
 
