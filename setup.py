@@ -15,14 +15,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def _extension_modules():
     if os.environ.get("VQ3DLIB_BUILD_EXT", "0") != "1":
         return [], {}
-    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension, CUDA_HOME
+    from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     include = [os.path.join(HERE, "csrc", "include")]
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     with_cuda = CUDA_HOME is not None and os.environ.get("VQ3DLIB_BUILD_CUDA", "1") == "1"
-    flags = {"cxx": ["-O3", "-std=c++17"]}
+    flags = {"cxx": ["-O3"]}
     if with_cuda:
-        flags["nvcc"] = ["-O3", "--use_fast_math", "-std=c++17", "-DVQ3DLIB_WITH_CUDA"]
+        flags["nvcc"] = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-DVQ3DLIB_WITH_CUDA"]
         flags["cxx"].append("-DVQ3DLIB_WITH_CUDA")
         sources = cpp + sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension("vq3dlib._C", sources, include_dirs=include, extra_compile_args=flags)
@@ -36,7 +36,7 @@ ext_modules, cmdclass = _extension_modules()
 setup(
     name="vq3dlib",
     version="0.1.0",
-    description="Composable, fast building blocks for 3D-aware generative models, and a VQ3D reference model.",
+    description="Fast building blocks for 3D-aware generative models and a VQ3D reference model.",
     long_description=open(os.path.join(HERE, "README.md"), encoding="utf-8").read(),
     long_description_content_type="text/markdown",
     python_requires=">=3.10",

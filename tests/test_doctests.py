@@ -24,5 +24,7 @@ def _modules() -> list[str]:
 @pytest.mark.parametrize("module_name", _modules())
 def test_docstring_examples(module_name: str) -> None:
     module = importlib.import_module(module_name)
-    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False)
+    result = doctest.testmod(
+        module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE, verbose=False
+    )
     assert result.failed == 0, f"{result.failed} docstring example(s) failed in {module_name}"

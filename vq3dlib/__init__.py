@@ -18,12 +18,25 @@ __version__ = "0.1.0"
 
 # public name -> module that defines it (one line per export; keep sorted by module)
 _EXPORTS: dict[str, str] = {
+    "Cameras": "vq3dlib.cameras",
+    "NovelViewSampler": "vq3dlib.cameras",
+    "Rays": "vq3dlib.cameras",
+    "canonical_cameras": "vq3dlib.cameras",
+    "look_at": "vq3dlib.cameras",
+    "orbit_cameras": "vq3dlib.cameras",
     "contract_l2": "vq3dlib.contraction",
     "contract_linf": "vq3dlib.contraction",
     "uncontract_l2": "vq3dlib.contraction",
     "uncontract_linf": "vq3dlib.contraction",
+    "ProceduralScenes": "vq3dlib.data.procedural",
     "triplane_sample": "vq3dlib.ops",
     "ContractedTriplane": "vq3dlib.triplane",
+    "CodePrior": "vq3dlib.models",
+    "TriplaneDecoder": "vq3dlib.models",
+    "TriplaneField": "vq3dlib.models",
+    "ViTEncoder": "vq3dlib.models",
+    "VQ3DConfig": "vq3dlib.models",
+    "get_config": "vq3dlib.models",
 }
 
 __all__ = sorted(_EXPORTS) + ["__version__"]

@@ -28,7 +28,13 @@ _PACKAGE_DIR = Path(__file__).resolve().parent
 CSRC_DIR = _PACKAGE_DIR.parent / "csrc"
 
 _lock = threading.Lock()
-_state: dict[str, Any] = {"attempted": set(), "loaded": False, "cuda_compiled": False, "path": None, "error": None}
+_state: dict[str, Any] = {
+    "attempted": set(),
+    "loaded": False,
+    "cuda_compiled": False,
+    "path": None,
+    "error": None,
+}
 
 
 def source_files(with_cuda: bool) -> list[str]:
@@ -93,8 +99,8 @@ def _jit_build(with_cuda: bool, verbose: bool) -> None:
             file=sys.stderr,
             flush=True,
         )
-    cflags = ["-O3", "-std=c++17"]
-    cuda_flags = ["-O3", "--use_fast_math", "-std=c++17", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
+    cflags = ["-O3"]
+    cuda_flags = ["-O3", "--use_fast_math", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
     if with_cuda:
         cflags.append("-DVQ3DLIB_WITH_CUDA")
     load(
@@ -146,12 +152,14 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False, raise_e
             _state["cuda_compiled"] = bool(torch.ops.vq3dlib.cuda_compiled())
             _state["error"] = None
         except Exception as exc:  # noqa: BLE001 - any build failure means: fall back
-            _state["error"] = f"{type(exc).__name__}: {exc}"
+            message = str(exc)
+            errors = [line for line in message.splitlines() if "error" in line.lower()]
+            _state["error"] = f"{type(exc).__name__}: " + ("\n".join(errors[-5:]) if errors else message)
             if raise_errors:
                 raise
             warnings.warn(
                 "vq3dlib: could not build/load the C++/CUDA extension; using the pure-torch reference ops "
-                f"(slower). Reason: {_state['error'].splitlines()[0][:300]}",
+                f"(slower). Reason: {_state['error'][:600]}",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -45,6 +45,21 @@ def finite_checks_enabled() -> bool:
     return _CHECK_FINITE and not torch.compiler.is_compiling()
 
 
+def has_values(x: torch.Tensor) -> bool:
+    """Whether ``x`` holds data that value checks can read (not a meta or fake tensor).
+
+    Example:
+        >>> import torch
+        >>> has_values(torch.zeros(1)), has_values(torch.zeros(1, device="meta"))
+        (True, False)
+    """
+    if x.device.type == "meta":
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    return not is_fake(x)
+
+
 def _fmt_shape(spec: Sequence[int | None]) -> str:
     return "[" + ", ".join("*" if s is None else str(s) for s in spec) + "]"
 
@@ -106,7 +121,8 @@ def check_tensor(
             want_dev.index is not None and value.device.index != want_dev.index
         ):
             raise ValueError(f"{name} must be on device {want_dev}, got {value.device}")
-    if finite and finite_checks_enabled() and value.is_floating_point() and value.numel() > 0:
+    checkable = value.is_floating_point() and value.numel() > 0 and has_values(value)
+    if finite and checkable and finite_checks_enabled():
         if not bool(torch.isfinite(value).all()):
             raise ValueError(f"{name} contains NaN or Inf values")
 
@@ -124,7 +140,9 @@ def check_same_device(**tensors: torch.Tensor) -> None:
     first_name, first = items[0]
     for k, v in items[1:]:
         if v.device != first.device:
-            raise ValueError(f"{k} is on {v.device} but {first_name} is on {first.device}; move them to one device")
+            raise ValueError(
+                f"{k} is on {v.device} but {first_name} is on {first.device}; move them to one device"
+            )
 
 
 def check_choice(name: str, value: object, choices: Sequence[object]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib
 import importlib.util
 import os
 import sys
@@ -188,22 +189,14 @@ def report(build: bool = True) -> str:
         lines.append("(no GPU: 'ext*' = CUDA kernels compiled in but not runnable here)")
     lines.append(f"nerfacc importable: {_importable('nerfacc')}")
     lines.append(f"tinycudann importable: {_importable('tinycudann')}")
-    for extra in _report_extras:
-        lines.append(extra())
+    for provider in _REPORT_LINES:
+        module, _, func = provider.partition(":")
+        lines.append(getattr(importlib.import_module(module), func)())
     return "\n".join(lines)
 
 
-_report_extras: list = []
-
-
-def add_report_line(fn) -> None:
-    """Adds a callable returning one extra line to :func:`report` (e.g. the MLP backend).
-
-    Example:
-        >>> add_report_line(lambda: "example line"); _report_extras.pop() is not None
-        True
-    """
-    _report_extras.append(fn)
+# Blocks with a backend choice of their own that the report describes ("module:function" -> one line).
+_REPORT_LINES = ("vq3dlib.models.field:mlp_backend_report",)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -215,7 +208,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.build:
         try:
-            _ext.load_extension(with_cuda=True if args.cuda else None, verbose=args.verbose, raise_errors=True)
+            _ext.load_extension(
+                with_cuda=True if args.cuda else None, verbose=args.verbose, raise_errors=True
+            )
         except Exception as exc:  # noqa: BLE001
             print(f"build failed: {exc}", file=sys.stderr)
             return 1
@@ -224,4 +219,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    # Run the imported module's main so ops register into the same registry as the library's.
+    from vq3dlib.backend import main as _main
+
+    raise SystemExit(_main())

@@ -7,3 +7,7 @@ Example:
     >>> isinstance(registered_ops(), dict)
     True
 """
+
+from vq3dlib.ops.triplane import triplane_sample, triplane_sample_reference
+
+__all__ = ["triplane_sample", "triplane_sample_reference"]

@@ -35,6 +35,9 @@ struct BilinearCorners {
   T w[4];
 
   VQ3D_HD void set(T px, T py, int width, int height) {
+    // far outside, every corner is invalid anyway; clamping keeps the integer conversion defined
+    px = clamp_value(px, T(-2), T(width + 1));
+    py = clamp_value(py, T(-2), T(height + 1));
     T fx0 = floor(px), fy0 = floor(py);
     x0 = static_cast<int>(fx0);
     y0 = static_cast<int>(fy0);

@@ -1,0 +1,139 @@
+"""Helpers shared by the benchmarks: device naming, timing, peak memory, output.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` around the measured call; on CPU each
+method runs in its own subprocess and reports its peak RSS (``ru_maxrss``) minus the RSS it had
+before the measured call, so methods cannot inflate each other's figures.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:  # run from a checkout without installing
+    sys.path.insert(0, str(REPO))
+
+
+def device_name(device: torch.device | str) -> str:
+    """A readable name of the device, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"CPU: ... (2 threads)"``."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    model = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU: {model} ({torch.get_num_threads()} threads)"
+
+
+def synchronize(device: torch.device | str) -> None:
+    """Waits for queued work on ``device`` (no-op on CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_ms(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, iters: int = 5) -> float:
+    """Median wall time of ``fn`` in milliseconds (device-synchronised)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    samples = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples.append((time.perf_counter() - start) * 1e3)
+    return statistics.median(samples)
+
+
+def rss_bytes() -> int:
+    """Current resident set size of this process (Linux), else 0."""
+    try:
+        pages = int(Path("/proc/self/statm").read_text().split()[1])
+        return pages * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):
+        return 0
+
+
+def peak_rss_bytes() -> int:
+    """Peak resident set size of this process so far."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak * 1024 if sys.platform != "darwin" else peak
+
+
+def measure(
+    fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, iters: int = 5
+) -> dict[str, float]:
+    """Times ``fn`` and measures its peak memory above the current level (bytes).
+
+    On CPU the peak is the process's peak RSS minus its RSS before the first call: call this once per
+    process (see :func:`run_worker`).
+    """
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        peak = torch.cuda.max_memory_allocated(device) - base
+    else:
+        base = rss_bytes()
+        fn()
+        peak = max(0, peak_rss_bytes() - base)
+    ms = time_ms(fn, device, warmup=warmup, iters=iters)
+    return {"ms": ms, "peak_bytes": float(peak)}
+
+
+def run_worker(script: str, args: Sequence[str], timeout: float = 1800) -> dict[str, Any]:
+    """Runs ``python script *args`` and parses the last line of its stdout as JSON."""
+    proc = subprocess.run(
+        [sys.executable, script, *args], capture_output=True, text=True, timeout=timeout, check=False
+    )
+    if proc.returncode != 0:
+        raise RuntimeError(f"benchmark worker failed ({' '.join(args)}):\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def copy_bandwidth_gbs(device: torch.device | str, megabytes: int = 1024) -> float:
+    """Measured device memory bandwidth (GB/s, read + write bytes) of a large copy on ``device``."""
+    n = megabytes * 2**20 // 4
+    src = torch.empty(n, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    ms = time_ms(lambda: dst.copy_(src), device, warmup=2, iters=10)
+    return 2 * src.numel() * 4 / (ms * 1e-3) / 1e9
+
+
+def fmt_bytes(n: float) -> str:
+    """``1536`` → ``"1.5 KiB"``."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if abs(n) < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
+def print_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
+    """Prints ``rows`` as an aligned table with ``(key, header)`` columns."""
+    cells = [[h for _, h in columns]] + [[str(r.get(k, "")) for k, _ in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    for i, row in enumerate(cells):
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+        if i == 0:
+            print("  ".join("-" * w for w in widths))

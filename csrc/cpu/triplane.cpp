@@ -1,0 +1,209 @@
+// Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
+// forward and backward (to planes and to points). Parallel over points with at::parallel_for;
+// plane gradients are accumulated in per-chunk buffers and summed (no atomics, deterministic for a
+// given thread count).
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "vq3dlib/triplane_host.h"
+
+namespace vq3dlib {
+namespace {
+
+constexpr int64_t kGrain = 512;
+constexpr int64_t kBlock = 16;  // points whose texels are prefetched together
+
+// The 12 texels (3 planes x 4 corners) one point reads, with their weights. Computing them for a
+// block of points first and prefetching every texel lets the memory system overlap the cache
+// misses of random lookups (the kernel is latency-bound otherwise).
+template <typename T>
+struct PointTexels {
+  bool ok;
+  T pc[3];
+  T dpx[3], dpy[3];
+  int64_t offset[12];  // element offset of the texel's first channel, -1 when outside
+  T weight[12], dwdx[12], dwdy[12];
+};
+
+template <typename T>
+void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i,
+                   PointTexels<T>& t) {
+  T q[3];
+  const int64_t scene = triplane_point_setup(a, points + 3 * i, i, scene_index, t.pc, q);
+  t.ok = scene >= 0;
+  if (!t.ok) return;
+  const T scale = a.plane_scale();
+  for (int p = 0; p < 3; ++p) {
+    BilinearCorners<T> bc;
+    triplane_plane_corners(a, q, p, &bc, &t.dpx[p], &t.dpy[p]);
+    const int64_t base = a.plane_offset(scene, p);
+    for (int k = 0; k < 4; ++k) {
+      const int j = p * 4 + k;
+      t.offset[j] = bc.valid[k] ? base + (static_cast<int64_t>(bc.cy(k)) * a.width + bc.cx(k)) * a.channels : -1;
+      t.weight[j] = bc.w[k] * scale;
+      t.dwdx[j] = bc.dwdx(k) * scale;
+      t.dwdy[j] = bc.dwdy(k) * scale;
+    }
+  }
+}
+
+template <typename T>
+void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, int rw) {
+  if (!t.ok) return;
+  const int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int j = 0; j < 12; ++j) {
+    if (t.offset[j] < 0) continue;
+    for (int64_t c = 0; c < channels; c += per_line) {
+      if (rw) __builtin_prefetch(data + t.offset[j] + c, 1, 1);
+      else __builtin_prefetch(data + t.offset[j] + c, 0, 1);
+    }
+  }
+}
+
+template <typename T>
+void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
+                   T* out, int64_t begin, int64_t end) {
+  const int64_t C = a.channels, OC = a.out_channels();
+  PointTexels<T> block[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, end - b0);
+    for (int64_t r = 0; r < n; ++r) {
+      locate_texels(a, points, scene_index, b0 + r, block[r]);
+      prefetch_texels(planes, block[r], C, 0);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const PointTexels<T>& t = block[r];
+      if (!t.ok) continue;
+      T* o_row = out + (b0 + r) * OC;
+      for (int p = 0; p < 3; ++p) {
+        T* o = o_row + a.plane_out_offset(p);
+        for (int k = 0; k < 4; ++k) {
+          const int j = p * 4 + k;
+          if (t.offset[j] < 0) continue;
+          const T w = t.weight[j];
+          const T* v = planes + t.offset[j];
+          for (int64_t c = 0; c < C; ++c) o[c] += w * v[c];
+        }
+      }
+    }
+  }
+}
+
+template <typename T>
+void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
+                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end) {
+  const int64_t C = a.channels, OC = a.out_channels();
+  PointTexels<T> block[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, end - b0);
+    for (int64_t r = 0; r < n; ++r) {
+      locate_texels(a, points, scene_index, b0 + r, block[r]);
+      if (grad_points != nullptr) prefetch_texels(planes, block[r], C, 0);
+      if (grad_planes != nullptr) prefetch_texels(grad_planes, block[r], C, 1);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const PointTexels<T>& t = block[r];
+      if (!t.ok) continue;
+      const int64_t i = b0 + r;
+      T gq[3] = {T(0), T(0), T(0)};
+      for (int p = 0; p < 3; ++p) {
+        const T* g = grad_out + i * OC + a.plane_out_offset(p);
+        T g_px = T(0), g_py = T(0);
+        for (int k = 0; k < 4; ++k) {
+          const int j = p * 4 + k;
+          if (t.offset[j] < 0) continue;
+          if (grad_planes != nullptr) {
+            const T w = t.weight[j];
+            T* gp = grad_planes + t.offset[j];
+            for (int64_t c = 0; c < C; ++c) gp[c] += w * g[c];
+          }
+          if (grad_points != nullptr) {
+            const T* v = planes + t.offset[j];
+            T dot = T(0);
+            for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
+            g_px += t.dwdx[j] * dot;
+            g_py += t.dwdy[j] * dot;
+          }
+        }
+        triplane_accumulate_coord_grad(p, g_px, g_py, t.dpx[p], t.dpy[p], gq);
+      }
+      if (grad_points != nullptr) triplane_point_grad(a, t.pc, gq, grad_points + 3 * i);
+    }
+  }
+}
+
+const int64_t* scene_ptr(const at::Tensor& scene_index, int64_t points_per_scene) {
+  return points_per_scene > 0 ? nullptr : scene_index.data_ptr<int64_t>();
+}
+
+at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& points, const at::Tensor& scene_index,
+                                   int64_t points_per_scene, int64_t contraction, double bound, bool align_corners,
+                                   int64_t padding, int64_t reduce) {
+  check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  const int64_t S = points.size(0);
+  const int64_t OC = reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4);
+  at::Tensor out = at::zeros({S, OC}, planes.options());
+  if (S == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
+    auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
+    const scalar_t* pl = planes.data_ptr<scalar_t>();
+    const scalar_t* pt = points.data_ptr<scalar_t>();
+    const int64_t* si = scene_ptr(scene_index, points_per_scene);
+    scalar_t* o = out.data_ptr<scalar_t>();
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(a, pl, pt, si, o, b, e); });
+  });
+  return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points, const at::Tensor& scene_index,
+    int64_t points_per_scene, int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce,
+    bool need_planes_grad, bool need_points_grad) {
+  check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  const int64_t S = points.size(0);
+  at::Tensor g = grad_out.contiguous();
+  at::Tensor grad_planes = need_planes_grad ? at::zeros_like(planes) : at::empty({0}, planes.options());
+  at::Tensor grad_points = need_points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
+  if (S == 0 || (!need_planes_grad && !need_points_grad)) return {grad_planes, grad_points};
+  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_bwd_cpu", [&] {
+    auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
+    const scalar_t* pl = planes.data_ptr<scalar_t>();
+    const scalar_t* pt = points.data_ptr<scalar_t>();
+    const int64_t* si = scene_ptr(scene_index, points_per_scene);
+    const scalar_t* go = g.data_ptr<scalar_t>();
+    scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
+    // Plane gradients: one private buffer per chunk of points, summed at the end.
+    const int64_t n_chunks =
+        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
+    std::vector<at::Tensor> buffers;
+    std::vector<scalar_t*> buffer_ptrs(n_chunks, nullptr);
+    if (need_planes_grad) {
+      buffer_ptrs[0] = grad_planes.data_ptr<scalar_t>();
+      for (int64_t k = 1; k < n_chunks; ++k) {
+        buffers.push_back(at::zeros_like(planes));
+        buffer_ptrs[k] = buffers.back().data_ptr<scalar_t>();
+      }
+    }
+    const int64_t per_chunk = (S + n_chunks - 1) / n_chunks;
+    at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t k = cb; k < ce; ++k) {
+        const int64_t b = k * per_chunk, e = std::min(S, b + per_chunk);
+        if (b < e) backward_range(a, pl, pt, si, go, buffer_ptrs[k], gpts, b, e);
+      }
+    });
+    for (auto& buffer : buffers) grad_planes.add_(buffer);
+  });
+  return {grad_planes, grad_points};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
+  m.impl("triplane_sample_fwd", &triplane_sample_fwd_cpu);
+  m.impl("triplane_sample_bwd", &triplane_sample_bwd_cpu);
+}
+
+}  // namespace vq3dlib

@@ -1,0 +1,43 @@
+// Host-side argument checks and TriplaneArgs construction shared by the CPU and CUDA entry points.
+#pragma once
+#include <torch/types.h>
+
+#include "vq3dlib/triplane.h"
+
+namespace vq3dlib {
+
+inline void check_triplane_inputs(const at::Tensor& planes, const at::Tensor& points,
+                                  const at::Tensor& scene_index, int64_t points_per_scene) {
+  TORCH_CHECK(planes.dim() == 5 && planes.size(1) == 3, "planes must be [B, 3, H, W, C] (channels-last)");
+  TORCH_CHECK(planes.is_contiguous(), "planes must be contiguous channels-last [B, 3, H, W, C]");
+  TORCH_CHECK(points.dim() == 2 && points.size(1) == 3 && points.is_contiguous(), "points must be contiguous [S, 3]");
+  TORCH_CHECK(points.scalar_type() == planes.scalar_type(), "points and planes must have the same dtype");
+  if (points_per_scene <= 0) {
+    TORCH_CHECK(scene_index.scalar_type() == at::kLong && scene_index.dim() == 1 &&
+                    scene_index.size(0) == points.size(0) && scene_index.is_contiguous(),
+                "scene_index must be a contiguous int64 [S] tensor when points are packed");
+  }
+}
+
+template <typename T>
+TriplaneArgs<T> make_triplane_args(const at::Tensor& planes, int64_t points_per_scene, int64_t contraction,
+                                   double bound, bool align_corners, int64_t padding, int64_t reduce) {
+  TORCH_CHECK(contraction >= 0 && contraction <= 2, "contraction code must be 0, 1 or 2");
+  TORCH_CHECK(padding == kPadZeros || padding == kPadBorder, "padding code must be 0 or 1");
+  TORCH_CHECK(reduce >= 0 && reduce <= 2, "reduce code must be 0, 1 or 2");
+  TORCH_CHECK(bound > 0, "bound must be > 0");
+  TriplaneArgs<T> a;
+  a.n_scenes = planes.size(0);
+  a.height = planes.size(2);
+  a.width = planes.size(3);
+  a.channels = planes.size(4);
+  a.points_per_scene = points_per_scene;
+  a.contraction = static_cast<int>(contraction);
+  a.bound = static_cast<T>(bound);
+  a.align_corners = align_corners;
+  a.padding = static_cast<int>(padding);
+  a.reduce = static_cast<int>(reduce);
+  return a;
+}
+
+}  // namespace vq3dlib

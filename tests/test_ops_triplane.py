@@ -1,0 +1,245 @@
+"""Fused triplane sampling: kernel vs reference vs F.grid_sample, gradients, double backward, errors."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from vq3dlib import backend
+from vq3dlib.contraction import contract
+from vq3dlib.ops import triplane_sample, triplane_sample_reference
+
+requires_ext = pytest.mark.skipif(
+    not backend.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
+)
+
+OPTIONS = [
+    dict(contraction=c, reduce=r, align_corners=a, padding_mode=p)
+    for c, r, a, p in itertools.product(
+        ["none", "l2", "linf"], ["sum", "mean", "concat"], [False, True], ["zeros", "border"]
+    )
+]
+
+
+def _inputs(device, dtype=torch.float64, n_scenes=2, n=64, channels=5, h=7, w=9, scale=1.5):
+    planes = torch.randn(n_scenes, 3, channels, h, w, dtype=dtype, device=device, requires_grad=True)
+    points = (torch.randn(n_scenes, n, 3, dtype=dtype, device=device) * scale).requires_grad_()
+    return planes, points
+
+
+def _grid_sample_triplane(planes, points, contraction, bound, reduce, align_corners, padding_mode):
+    q = points / bound
+    if contraction != "none":
+        q = contract(q, contraction) / 2
+    feats = []
+    for p, (a, b) in enumerate(((0, 1), (0, 2), (1, 2))):
+        grid = torch.stack([q[..., a], q[..., b]], dim=-1)[:, :, None, :]  # [B, N, 1, 2]
+        out = F.grid_sample(
+            planes[:, p], grid, mode="bilinear", align_corners=align_corners, padding_mode=padding_mode
+        )
+        feats.append(out[..., 0].transpose(1, 2))  # [B, N, C]
+    if reduce == "concat":
+        return torch.cat(feats, -1)
+    total = sum(feats)
+    return total / 3 if reduce == "mean" else total
+
+
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_reference_equals_grid_sample(opts):
+    planes, points = _inputs("cpu")
+    ours = triplane_sample_reference(planes, points, bound=1.3, **opts)
+    theirs = _grid_sample_triplane(planes, points, bound=1.3, **opts)
+    torch.testing.assert_close(ours, theirs)
+    g = torch.randn_like(ours)
+    for a, b in zip(
+        torch.autograd.grad(ours, (planes, points), g), torch.autograd.grad(theirs, (planes, points), g)
+    ):
+        torch.testing.assert_close(a, b)
+
+
+@requires_ext
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_kernel_equals_reference_dense(device, opts):
+    planes, points = _inputs(device)
+    with backend.forced("ext"):
+        ours = triplane_sample(planes, points, bound=1.3, **opts)
+    ref = triplane_sample_reference(planes, points, bound=1.3, **opts)
+    torch.testing.assert_close(ours, ref)
+    g = torch.randn_like(ours)
+    with backend.forced("ext"):
+        ours_grads = torch.autograd.grad(ours, (planes, points), g)
+    for a, b in zip(ours_grads, torch.autograd.grad(ref, (planes, points), g)):
+        torch.testing.assert_close(a, b)
+
+
+@requires_ext
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+def test_kernel_equals_reference_packed(device, contraction):
+    planes = torch.randn(3, 3, 6, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
+    points = (torch.randn(200, 3, dtype=torch.float64, device=device) * 2).requires_grad_()
+    scene = torch.randint(0, 3, (200,), device=device)
+    with backend.forced("ext"):
+        ours = triplane_sample(planes, points, scene, contraction=contraction)
+        grads = torch.autograd.grad(ours.square().sum(), (planes, points))
+    ref = triplane_sample_reference(planes, points, scene, contraction=contraction)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.square().sum(), (planes, points))):
+        torch.testing.assert_close(a, b)
+    # packed == dense for the same points
+    dense_pts = points.detach()[None].expand(3, -1, -1)
+    dense = triplane_sample(planes.detach(), dense_pts.contiguous(), contraction=contraction)
+    rows = dense[scene, torch.arange(200, device=device)]
+    torch.testing.assert_close(rows, ours.detach())
+
+
+@requires_ext
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+def test_gradcheck_kernel(device, contraction):
+    planes = torch.randn(2, 3, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
+    # keep points away from texel boundaries where bilinear interpolation has kinks
+    points = (torch.rand(2, 12, 3, dtype=torch.float64, device=device) * 3 - 1.5).requires_grad_()
+
+    def fn(pl, pt):
+        with backend.forced("ext"):
+            return triplane_sample(pl, pt, contraction=contraction, reduce="concat")
+
+    assert torch.autograd.gradcheck(fn, (planes, points), eps=1e-6, atol=1e-5)
+
+
+@requires_ext
+def test_double_backward_kernel_matches_reference(device):
+    planes = torch.randn(1, 3, 4, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
+    points = (torch.rand(1, 30, 3, dtype=torch.float64, device=device) * 1.6 - 0.8).requires_grad_()
+
+    def eikonal(impl):
+        out = impl(planes, points, contraction="l2")[..., 0]
+        (grad_pts,) = torch.autograd.grad(out.sum(), points, create_graph=True)
+        loss = (grad_pts.norm(dim=-1) - 1).square().mean()
+        return torch.autograd.grad(loss, (planes, points))
+
+    with backend.forced("ext"):
+        ours = eikonal(triplane_sample)
+    ref = eikonal(triplane_sample_reference)
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b)
+
+
+@requires_ext
+def test_gradgradcheck_kernel():
+    planes = torch.randn(1, 3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(1, 6, 3, dtype=torch.float64) * 1.6 - 0.8).requires_grad_()
+
+    def fn(pl, pt):
+        with backend.forced("ext"):
+            return triplane_sample(pl, pt, contraction="linf")
+
+    assert torch.autograd.gradgradcheck(fn, (planes, points), eps=1e-6, atol=1e-4)
+
+
+def test_grid_sample_cannot_double_backward_but_we_can():
+    planes = torch.randn(1, 3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(1, 5, 3, dtype=torch.float64) - 0.5).requires_grad_()
+    out = triplane_sample(planes, points).sum()
+    (g,) = torch.autograd.grad(out, points, create_graph=True)
+    (gg,) = torch.autograd.grad(g.square().sum(), planes)
+    assert gg.abs().sum() > 0
+
+
+def test_points_outside_bound_read_zero_or_border():
+    planes = torch.ones(1, 3, 2, 4, 4)
+    far = torch.tensor([[[5.0, 5.0, 5.0]]])
+    assert float(triplane_sample(planes, far).abs().max()) == 0.0
+    assert torch.allclose(triplane_sample(planes, far, padding_mode="border"), torch.full((1, 1, 2), 3.0))
+    # with contraction, far points land inside the contracted box
+    assert float(triplane_sample(planes, far * 100, contraction="linf").min()) > 0
+
+
+def test_empty_inputs(device):
+    planes = torch.randn(2, 3, 4, 8, 8, device=device, requires_grad=True)
+    out = triplane_sample(planes, torch.zeros(2, 0, 3, device=device))
+    assert out.shape == (2, 0, 4)
+    packed = triplane_sample(
+        planes, torch.zeros(0, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
+    )
+    assert packed.shape == (0, 4)
+    packed.sum().backward()
+    assert planes.grad is not None and float(planes.grad.abs().sum()) == 0.0
+
+
+def test_half_precision_computed_in_float32():
+    planes = torch.randn(1, 3, 4, 8, 8)
+    points = torch.rand(1, 10, 3) - 0.5
+    out = triplane_sample(planes.half(), points.half())
+    assert out.dtype == torch.float16
+    torch.testing.assert_close(out.float(), triplane_sample(planes, points), atol=1e-2, rtol=1e-2)
+
+
+def test_bad_inputs_raise_clear_errors():
+    planes = torch.randn(2, 3, 4, 8, 8)
+    with pytest.raises(ValueError, match="planes must have shape"):
+        triplane_sample(torch.randn(2, 2, 4, 8, 8), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match="planes must have 5 dimensions"):
+        triplane_sample(torch.randn(3, 4, 8, 8), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match=r"points must have shape \[..., 3\]"):
+        triplane_sample(planes, torch.zeros(2, 5, 2))
+    with pytest.raises(ValueError, match="B = planes.shape"):
+        triplane_sample(planes, torch.zeros(3, 5, 3))
+    with pytest.raises(TypeError, match="points must have the dtype of planes"):
+        triplane_sample(planes, torch.zeros(2, 5, 3, dtype=torch.float64))
+    with pytest.raises(TypeError, match="points must be a floating-point"):
+        triplane_sample(planes, torch.zeros(2, 5, 3, dtype=torch.long))
+    with pytest.raises(ValueError, match="points contains NaN"):
+        triplane_sample(planes, torch.full((2, 5, 3), float("nan")))
+    with pytest.raises(ValueError, match="planes contains NaN"):
+        triplane_sample(planes * float("nan"), torch.zeros(2, 5, 3))
+    with pytest.raises(ValueError, match=r"scene_index \[S\] is required"):
+        triplane_sample(planes, torch.zeros(5, 3))
+    with pytest.raises(ValueError, match="scene_index values must be in"):
+        triplane_sample(planes, torch.zeros(5, 3), torch.tensor([0, 1, 2, 0, 1]))
+    with pytest.raises(ValueError, match="scene_index must have shape"):
+        triplane_sample(planes, torch.zeros(5, 3), torch.tensor([0, 1]))
+    with pytest.raises(TypeError, match="scene_index must be an integer"):
+        triplane_sample(planes, torch.zeros(5, 3), torch.zeros(5))
+    with pytest.raises(ValueError, match="reduce must be one of"):
+        triplane_sample(planes, torch.zeros(2, 5, 3), reduce="max")
+    with pytest.raises(ValueError, match="contraction must be one of"):
+        triplane_sample(planes, torch.zeros(2, 5, 3), contraction="sphere")
+    with pytest.raises(ValueError, match="bound must be > 0"):
+        triplane_sample(planes, torch.zeros(2, 5, 3), bound=0.0)
+    with pytest.raises(TypeError, match="planes must be a torch.Tensor"):
+        triplane_sample(None, torch.zeros(2, 5, 3))
+
+
+@pytest.mark.cuda
+def test_device_mismatch_is_reported():
+    with pytest.raises(ValueError, match="points is on"):
+        triplane_sample(torch.randn(1, 3, 2, 4, 4, device="cuda"), torch.zeros(1, 5, 3))
+
+
+@requires_ext
+def test_torch_compile_traces_the_custom_op():
+    planes = torch.randn(1, 3, 4, 8, 8)
+    points = torch.rand(1, 20, 3) - 0.5
+
+    def fn(pl, pt):
+        return triplane_sample(pl, pt, contraction="l2").sum(-1)
+
+    with backend.forced("ext"):
+        expected = fn(planes, points)
+        compiled = torch.compile(fn, backend="eager", fullgraph=False)
+        torch.testing.assert_close(compiled(planes, points), expected)
+    from vq3dlib.ops._library import kernels
+
+    ops = kernels()
+    planes_cl = planes.double().permute(0, 1, 3, 4, 2).contiguous().requires_grad_()
+    pts = points[0].double().contiguous().requires_grad_()
+    empty = torch.empty(0, dtype=torch.long)
+    # schema, fake (meta) implementation and autograd registration, as torch.compile needs them
+    torch.library.opcheck(ops.triplane_sample_fwd.default, (planes_cl, pts, empty, 20, 1, 1.0, False, 0, 2))
+    grad = torch.randn(20, 12, dtype=torch.float64)
+    torch.library.opcheck(
+        ops.triplane_sample_bwd.default, (grad, planes_cl, pts, empty, 20, 1, 1.0, False, 0, 2, True, True)
+    )
