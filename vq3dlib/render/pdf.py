@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import torch
 
-from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled
+from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled, has_values
 
 __all__ = ["importance_sampling", "sample_from_pdf"]
 
@@ -40,7 +40,9 @@ def _check_count(name: str, value: object) -> None:
 
 
 def _check_sorted(name: str, values: torch.Tensor) -> None:
-    if finite_checks_enabled() and values.shape[-1] > 1 and bool((values[..., 1:] < values[..., :-1]).any()):
+    if not (finite_checks_enabled() and values.shape[-1] > 1 and has_values(values)):
+        return
+    if bool((values[..., 1:] < values[..., :-1]).any()):
         raise ValueError(f"{name} must be non-decreasing along the last dimension")
 
 
@@ -194,7 +196,7 @@ def sample_from_pdf(
     weights_shape = tuple(bins.shape[:-1]) + (bins.shape[-1] - 1,)
     check_tensor("weights", weights, shape=weights_shape, floating=True, finite=True)
     check_same_device(bins=bins, weights=weights)
-    if finite_checks_enabled() and weights.numel() > 0 and bool((weights < 0).any()):
+    if finite_checks_enabled() and weights.numel() > 0 and has_values(weights) and bool((weights < 0).any()):
         raise ValueError("weights must be non-negative")
     cdfs = torch.cat([torch.zeros_like(weights[..., :1]), torch.cumsum(weights, dim=-1)], dim=-1)
     return importance_sampling(bins, cdfs, n_samples, stratified, generator=generator)

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled
+from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled, has_values
 from vq3dlib.ops.volrend import pack_info, weights_from_alpha, weights_from_density
 
 __all__ = [
@@ -61,7 +61,7 @@ def _check_ray_indices(
     ray_indices: torch.Tensor, n_samples: int, n_rays: int | None, *, sorted_: bool
 ) -> None:
     check_tensor("ray_indices", ray_indices, shape=(n_samples,), integer=True)
-    if not finite_checks_enabled() or n_samples == 0:
+    if not finite_checks_enabled() or n_samples == 0 or not has_values(ray_indices):
         return
     lo, hi = int(ray_indices.min()), int(ray_indices.max())
     if lo < 0 or (n_rays is not None and hi >= n_rays):
