@@ -10,5 +10,6 @@ Example:
 
 from vq3dlib.ops.march import march_packed, march_packed_reference
 from vq3dlib.ops.triplane import triplane_sample, triplane_sample_reference
+from vq3dlib.ops.volrend import pack_info, weights_from_alpha, weights_from_density  # noqa: F401
 
 __all__ = ["march_packed", "march_packed_reference", "triplane_sample", "triplane_sample_reference"]

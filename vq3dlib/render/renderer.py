@@ -32,40 +32,14 @@ from torch import Tensor, nn
 from vq3dlib._validation import check_choice, check_positive, check_tensor, finite_checks_enabled
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
+from vq3dlib.render.volrend import (
+    accumulate_along_rays,
+    pack_info,
+    render_visibility_from_density,
+    render_weight_from_density,
+)
 
 Field = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
-
-
-# --- volume rendering with nerfacc's signatures (torch; vq3dlib.render.volrend replaces these) ---------
-def _render_weight_from_density(
-    t_starts: Tensor, t_ends: Tensor, sigmas: Tensor, ray_indices: Tensor, n_rays: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    sigma_delta = sigmas * (t_ends - t_starts)
-    alphas = 1 - torch.exp(-sigma_delta)
-    excl = torch.cumsum(sigma_delta.double(), dim=0) - sigma_delta.double()  # exclusive over all samples
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    first = (torch.cumsum(counts, 0) - counts)[ray_indices]  # each sample's ray's first sample
-    trans = torch.exp(-(excl - excl[first]).to(sigmas.dtype))
-    return trans * alphas, trans, alphas
-
-
-def _accumulate_along_rays(
-    weights: Tensor, values: Tensor | None, ray_indices: Tensor, n_rays: int
-) -> Tensor:
-    src = weights[:, None] if values is None else weights[:, None] * values
-    out = torch.zeros(n_rays, src.shape[-1], dtype=src.dtype, device=src.device)
-    return out.index_add(0, ray_indices, src)
-
-
-try:  # the volume-rendering kernels (branch volrend); same signatures as nerfacc's
-    from vq3dlib.render.volrend import accumulate_along_rays, render_weight_from_density
-except ImportError:  # pragma: no cover - until volrend is merged
-
-    def render_weight_from_density(t_starts, t_ends, sigmas, ray_indices=None, n_rays=None, **_):
-        return _render_weight_from_density(t_starts, t_ends, sigmas, ray_indices, n_rays)
-
-    def accumulate_along_rays(weights, values=None, ray_indices=None, n_rays=None):
-        return _accumulate_along_rays(weights, values, ray_indices, n_rays)
 
 
 @dataclass
@@ -304,15 +278,19 @@ class Renderer(nn.Module):
                     sig = sig[:, 0] if sig.dim() == 2 else sig
                 else:
                     sig, _ = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
-                _, trans, alphas = render_weight_from_density(ts, te, sig, ray_indices=ri, n_rays=n)
-                keep = trans >= self.early_stop_eps
-                if self.alpha_thre > 0:
-                    keep = keep & (alphas >= self.alpha_thre)
+                keep = render_visibility_from_density(
+                    ts,
+                    te,
+                    sig,
+                    packed_info=pack_info(ri, n),
+                    early_stop_eps=self.early_stop_eps,
+                    alpha_thre=self.alpha_thre,
+                )
                 ri, ts, te, field_scene = ri[keep], ts[keep], te[keep], field_scene[keep]
         t_mid = (ts + te) * 0.5
         pos = o[ri] + t_mid[:, None] * d[ri]
         density, rgb = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
-        weights, _, _ = render_weight_from_density(ts, te, density, ray_indices=ri, n_rays=n)
+        weights, _, _ = render_weight_from_density(ts, te, density, packed_info=pack_info(ri, n))
         color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
