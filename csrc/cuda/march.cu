@@ -1,8 +1,10 @@
 // Packed ray marching through an occupancy grid, CUDA kernel (two passes: count, cumsum, fill).
 // Math lives in csrc/include/vq3dlib/march.h; Python wrapper and reference: vq3dlib/ops/march.py.
 #include <ATen/ATen.h>
-#include <ATen/cuda/CUDAContext.h>
+#include <ATen/Dispatch.h>
+#include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
 #include "vq3dlib/march.h"
@@ -65,7 +67,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cuda(
   const int64_t scene_stride = static_cast<int64_t>(levels) * rx * ry * rz;
   const uint8_t* bin = reinterpret_cast<const uint8_t*>(binaries.data_ptr());
   const int64_t* sidx = scene_index.defined() ? scene_index.data_ptr<int64_t>() : nullptr;
-  auto stream = at::cuda::getCurrentCUDAStream();
+  auto stream = c10::cuda::getCurrentCUDAStream();
   const int blocks = static_cast<int>((n_rays + kThreads - 1) / kThreads);
 
   auto counts = at::zeros({n_rays}, origins.options().dtype(at::kLong));
