@@ -29,4 +29,22 @@ TORCH_LIBRARY(vq3dlib, m) {
       "bool need_planes_grad, bool need_points_grad) -> (Tensor, Tensor)");
 
   // ---- rendering (add render schemas below this line) ----
+  // ray marching (csrc/cpu/march.cpp, csrc/cuda/march.cu)
+  m.def(
+      "march_packed(Tensor origins, Tensor directions, Tensor near, Tensor far, Tensor binaries, "
+      "Tensor boxes, Tensor? scene_index, float step_size, int max_samples, int contraction, "
+      "int spacing) -> (Tensor, Tensor, Tensor)");
+  // volume-rendering weights (csrc/cpu/volrend.cpp, csrc/cuda/volrend.cu); packed_info [n_rays, 2]
+  // (start, count) when samples_per_ray == 0, else dense rays of samples_per_ray samples.
+  m.def(
+      "volrend_density_fwd(Tensor t_starts, Tensor t_ends, Tensor sigmas, Tensor packed_info, "
+      "int samples_per_ray) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "volrend_density_bwd(Tensor? grad_weights, Tensor? grad_trans, Tensor? grad_alphas, Tensor t_starts, "
+      "Tensor t_ends, Tensor sigmas, Tensor trans, Tensor packed_info, int samples_per_ray, "
+      "bool need_delta_grad) -> (Tensor, Tensor)");
+  m.def("volrend_alpha_fwd(Tensor alphas, Tensor packed_info, int samples_per_ray) -> (Tensor, Tensor)");
+  m.def(
+      "volrend_alpha_bwd(Tensor? grad_weights, Tensor? grad_trans, Tensor alphas, Tensor trans, "
+      "Tensor packed_info, int samples_per_ray) -> Tensor");
 }

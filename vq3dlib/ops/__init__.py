@@ -8,6 +8,8 @@ Example:
     True
 """
 
+from vq3dlib.ops.march import march_packed, march_packed_reference
 from vq3dlib.ops.triplane import triplane_sample, triplane_sample_reference
+from vq3dlib.ops.volrend import pack_info, weights_from_alpha, weights_from_density  # noqa: F401
 
-__all__ = ["triplane_sample", "triplane_sample_reference"]
+__all__ = ["march_packed", "march_packed_reference", "triplane_sample", "triplane_sample_reference"]

@@ -1,0 +1,143 @@
+// Volume-rendering weights on the CPU, forward and backward, for packed or dense samples.
+// Parallel over rays with at::parallel_for; each ray is one sequential O(n) pass (csrc/include/
+// vq3dlib/volrend.h holds the math, shared with the CUDA kernels).
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <tuple>
+
+#include "vq3dlib/volrend_host.h"
+
+namespace vq3dlib {
+namespace {
+
+// Rays per parallel task: about 16k samples of work per task.
+int64_t ray_grain(int64_t n_samples, int64_t n_rays) {
+  const int64_t per_ray = std::max<int64_t>(1, n_samples / std::max<int64_t>(1, n_rays));
+  return std::max<int64_t>(1, 16384 / per_ray);
+}
+
+template <typename T>
+const T* optional_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cpu(
+    const at::Tensor& t_starts, const at::Tensor& t_ends, const at::Tensor& sigmas, const at::Tensor& packed_info,
+    int64_t samples_per_ray) {
+  check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
+  auto weights = new_samples(sigmas, samples_per_ray);
+  auto trans = new_samples(sigmas, samples_per_ray);
+  auto alphas = new_samples(sigmas, samples_per_ray);
+  const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
+  const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_density_fwd_cpu", [&] {
+    const scalar_t* ts = t_starts.data_ptr<scalar_t>();
+    const scalar_t* te = t_ends.data_ptr<scalar_t>();
+    const scalar_t* sg = sigmas.data_ptr<scalar_t>();
+    scalar_t* w = weights.data_ptr<scalar_t>();
+    scalar_t* tr = trans.data_ptr<scalar_t>();
+    scalar_t* al = alphas.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RaySpan s = ray_span(r, info, samples_per_ray);
+        density_weights_forward<scalar_t>(s.count, ts + s.begin, te + s.begin, sg + s.begin, w + s.begin,
+                                          tr + s.begin, al + s.begin);
+      }
+    });
+  });
+  return {weights, trans, alphas};
+}
+
+std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
+    const c10::optional<at::Tensor>& grad_weights, const c10::optional<at::Tensor>& grad_trans,
+    const c10::optional<at::Tensor>& grad_alphas, const at::Tensor& t_starts, const at::Tensor& t_ends,
+    const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray,
+    bool need_delta_grad) {
+  check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
+  check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, trans);
+  auto grad_sigmas = new_samples(sigmas, samples_per_ray);
+  auto grad_deltas = need_delta_grad ? new_samples(sigmas, samples_per_ray) : at::empty({0}, sigmas.options());
+  const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
+  const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_density_bwd_cpu", [&] {
+    const scalar_t* gw = optional_ptr<scalar_t>(grad_weights);
+    const scalar_t* gt = optional_ptr<scalar_t>(grad_trans);
+    const scalar_t* ga = optional_ptr<scalar_t>(grad_alphas);
+    const scalar_t* ts = t_starts.data_ptr<scalar_t>();
+    const scalar_t* te = t_ends.data_ptr<scalar_t>();
+    const scalar_t* sg = sigmas.data_ptr<scalar_t>();
+    const scalar_t* tr = trans.data_ptr<scalar_t>();
+    scalar_t* gs = grad_sigmas.data_ptr<scalar_t>();
+    scalar_t* gd = need_delta_grad ? grad_deltas.data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RaySpan s = ray_span(r, info, samples_per_ray);
+        const int64_t b = s.begin;
+        density_weights_backward<scalar_t>(s.count, gw ? gw + b : nullptr, gt ? gt + b : nullptr,
+                                           ga ? ga + b : nullptr, ts + b, te + b, sg + b, tr + b, gs + b,
+                                           gd ? gd + b : nullptr);
+      }
+    });
+  });
+  return {grad_sigmas, grad_deltas};
+}
+
+std::tuple<at::Tensor, at::Tensor> volrend_alpha_fwd_cpu(const at::Tensor& alphas, const at::Tensor& packed_info,
+                                                         int64_t samples_per_ray) {
+  check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
+  auto weights = new_samples(alphas, samples_per_ray);
+  auto trans = new_samples(alphas, samples_per_ray);
+  const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
+  const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "volrend_alpha_fwd_cpu", [&] {
+    const scalar_t* al = alphas.data_ptr<scalar_t>();
+    scalar_t* w = weights.data_ptr<scalar_t>();
+    scalar_t* tr = trans.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RaySpan s = ray_span(r, info, samples_per_ray);
+        alpha_weights_forward<scalar_t>(s.count, al + s.begin, w + s.begin, tr + s.begin);
+      }
+    });
+  });
+  return {weights, trans};
+}
+
+at::Tensor volrend_alpha_bwd_cpu(const c10::optional<at::Tensor>& grad_weights,
+                                 const c10::optional<at::Tensor>& grad_trans, const at::Tensor& alphas,
+                                 const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray) {
+  check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
+  check_volrend_grads(alphas, {&grad_weights, &grad_trans}, trans);
+  auto grad_alphas = new_samples(alphas, samples_per_ray);
+  const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
+  const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
+  AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "volrend_alpha_bwd_cpu", [&] {
+    const scalar_t* gw = optional_ptr<scalar_t>(grad_weights);
+    const scalar_t* gt = optional_ptr<scalar_t>(grad_trans);
+    const scalar_t* al = alphas.data_ptr<scalar_t>();
+    const scalar_t* tr = trans.data_ptr<scalar_t>();
+    scalar_t* ga = grad_alphas.data_ptr<scalar_t>();
+    at::parallel_for(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) {
+        const RaySpan s = ray_span(r, info, samples_per_ray);
+        const int64_t b = s.begin;
+        alpha_weights_backward<scalar_t>(s.count, gw ? gw + b : nullptr, gt ? gt + b : nullptr, al + b, tr + b,
+                                         ga + b);
+      }
+    });
+  });
+  return grad_alphas;
+}
+
+}  // namespace
+}  // namespace vq3dlib
+
+TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
+  m.impl("volrend_density_fwd", &vq3dlib::volrend_density_fwd_cpu);
+  m.impl("volrend_density_bwd", &vq3dlib::volrend_density_bwd_cpu);
+  m.impl("volrend_alpha_fwd", &vq3dlib::volrend_alpha_fwd_cpu);
+  m.impl("volrend_alpha_bwd", &vq3dlib::volrend_alpha_bwd_cpu);
+}

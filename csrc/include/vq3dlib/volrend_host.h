@@ -1,0 +1,63 @@
+// Host-side argument checks shared by the CPU and CUDA volume-rendering entry points.
+#pragma once
+#include <torch/types.h>
+
+#include <initializer_list>
+
+#include "vq3dlib/volrend.h"
+
+namespace vq3dlib {
+
+inline void check_volrend_layout(const at::Tensor& values, const at::Tensor& packed_info, int64_t samples_per_ray,
+                                 const char* name) {
+  TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), name, " must be a contiguous 1-D tensor");
+  if (samples_per_ray > 0) {
+    TORCH_CHECK(values.numel() % samples_per_ray == 0, name, " must hold a multiple of samples_per_ray values");
+  } else {
+    TORCH_CHECK(packed_info.scalar_type() == at::kLong && packed_info.dim() == 2 && packed_info.size(1) == 2 &&
+                    packed_info.is_contiguous(),
+                "packed_info must be a contiguous int64 [n_rays, 2] tensor when samples_per_ray == 0");
+    TORCH_CHECK(packed_info.device() == values.device(), "packed_info must be on the device of ", name);
+  }
+}
+
+inline void check_volrend_density_inputs(const at::Tensor& t_starts, const at::Tensor& t_ends,
+                                         const at::Tensor& sigmas, const at::Tensor& packed_info,
+                                         int64_t samples_per_ray) {
+  check_volrend_layout(sigmas, packed_info, samples_per_ray, "sigmas");
+  for (const at::Tensor* t : {&t_starts, &t_ends}) {
+    TORCH_CHECK(t->sizes() == sigmas.sizes() && t->is_contiguous() && t->scalar_type() == sigmas.scalar_type() &&
+                    t->device() == sigmas.device(),
+                "t_starts and t_ends must be contiguous and match sigmas in shape, dtype and device");
+  }
+}
+
+inline void check_volrend_alpha_inputs(const at::Tensor& alphas, const at::Tensor& packed_info,
+                                       int64_t samples_per_ray) {
+  check_volrend_layout(alphas, packed_info, samples_per_ray, "alphas");
+}
+
+inline void check_volrend_grads(const at::Tensor& like, std::initializer_list<const c10::optional<at::Tensor>*> grads,
+                                const at::Tensor& trans) {
+  TORCH_CHECK(trans.sizes() == like.sizes() && trans.is_contiguous() && trans.scalar_type() == like.scalar_type(),
+              "trans must be contiguous and match the samples in shape and dtype");
+  for (const auto* g : grads) {
+    if (g->has_value() && (*g)->defined()) {
+      TORCH_CHECK((*g)->sizes() == like.sizes() && (*g)->is_contiguous() &&
+                      (*g)->scalar_type() == like.scalar_type() && (*g)->device() == like.device(),
+                  "incoming gradients must be contiguous and match the samples in shape, dtype and device");
+    }
+  }
+}
+
+inline int64_t volrend_n_rays(const at::Tensor& values, const at::Tensor& packed_info, int64_t samples_per_ray) {
+  return samples_per_ray > 0 ? values.numel() / samples_per_ray : packed_info.size(0);
+}
+
+// Output buffer shaped like the samples: packed layouts may leave samples outside every ray, which
+// stay zero; dense layouts cover every sample.
+inline at::Tensor new_samples(const at::Tensor& like, int64_t samples_per_ray) {
+  return samples_per_ray > 0 ? at::empty_like(like) : at::zeros_like(like);
+}
+
+}  // namespace vq3dlib

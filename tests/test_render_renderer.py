@@ -1,0 +1,191 @@
+"""Tests for vq3dlib.render.renderer (Renderer)."""
+
+from __future__ import annotations
+
+import math
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from vq3dlib.render.occupancy import OccupancyGrid
+from vq3dlib.render.renderer import Renderer
+
+BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+
+
+def box_field(sigma: float, color=(0.2, 0.4, 0.6)):
+    c = torch.tensor(color)
+
+    def field(x, d, s):
+        inside = (x.abs() <= 1).all(-1).to(x.dtype)
+        return sigma * inside, c.to(x).expand(len(x), 3)
+
+    return field
+
+
+def sphere_field(radius: float = 0.5, sigma: float = 200.0):
+    def field(x, d, s):
+        return sigma * (x.norm(dim=-1) < radius).to(x.dtype), torch.ones(len(x), 3, dtype=x.dtype)
+
+    return field
+
+
+def _rays(n: int, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    o = torch.randn(n, 3, generator=g) * 0.3 + torch.tensor([0.0, 0.0, -3.0])
+    d = torch.tensor([0.0, 0.0, 1.0]) + 0.2 * torch.randn(n, 3, generator=g)
+    d = torch.nn.functional.normalize(d, dim=-1)
+    return o, d
+
+
+def test_constant_density_box_matches_beer_lambert(device):
+    grid = OccupancyGrid(BOX, 8, contraction="none").to(device)
+    renderer = Renderer(grid, step_size=0.01, spacing="t", early_stop_eps=0.0, background=[1.0, 1.0, 1.0])
+    o, d = (t.to(device) for t in _rays(64))
+    out = renderer(box_field(0.7), (o, d))
+    from vq3dlib.render.aabb import ray_aabb_intersect
+
+    t0, t1, hit = ray_aabb_intersect(o, d, BOX)
+    length = torch.where(hit, t1 - t0, torch.zeros_like(t0))
+    opacity = 1 - torch.exp(-0.7 * length)
+    assert torch.allclose(out.opacity, opacity, atol=1e-4)
+    expected_rgb = torch.tensor([0.2, 0.4, 0.6], device=device) * opacity[:, None] + (1 - opacity)[:, None]
+    assert torch.allclose(out.rgb, expected_rgb, atol=1e-4)
+    # expected depth of an exponential distribution truncated to [t0, t1]
+    lam = 0.7
+    mean = t0 + 1 / lam - length * torch.exp(-lam * length) / (1 - torch.exp(-lam * length)).clamp(min=1e-12)
+    assert torch.allclose(out.depth[hit], mean[hit], atol=1e-3)
+    assert torch.allclose(out.disparity[hit], 1 / out.depth[hit])
+
+
+def test_opaque_sphere_depth_and_early_stop():
+    o = torch.tensor([[0.0, 0.0, -3.0], [0.0, 0.2, -3.0], [0.0, 2.0, -3.0]])
+    d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, 1.0]])
+    full = Renderer(step_size=0.005, early_stop_eps=0.0, far=10.0, spacing="t")(sphere_field(), (o, d))
+    early = Renderer(step_size=0.005, early_stop_eps=1e-4, far=10.0, spacing="t")(sphere_field(), (o, d))
+    surface = torch.tensor([2.5, 3 - math.sqrt(0.25 - 0.04)])
+    assert torch.allclose(full.depth[:2], surface, atol=0.01)
+    assert full.opacity[2] == 0 and full.depth[2] == 0 and full.disparity[2] == 0
+    assert (early.ray_indices < 2).sum() < (full.ray_indices < 2).sum() * 0.6  # hits stop early
+    assert torch.allclose(early.rgb, full.rgb, atol=1e-3)
+    assert torch.allclose(early.depth, full.depth, atol=1e-3)
+
+
+def test_grid_skipping_matches_dense_rendering():
+    field = sphere_field(0.6, sigma=5.0)
+    grid = OccupancyGrid.from_field(lambda x, s: field(x, x, s)[0], resolution=32, dilation=1)
+    o, d = _rays(200)
+    kw = dict(step_size=0.01, early_stop_eps=0.0, far=8.0)
+    dense = Renderer(None, **kw)(field, (o, d))
+    skipped = Renderer(grid, **kw)(field, (o, d))
+    assert skipped.weights.numel() < dense.weights.numel() / 3
+    assert torch.allclose(skipped.rgb, dense.rgb, atol=1e-5)
+    assert torch.allclose(skipped.opacity, dense.opacity, atol=1e-5)
+
+
+def test_multi_scene_batch_equals_separate_renders():
+    radii = torch.tensor([0.3, 0.6, 0.9])
+
+    def field(x, d, s):
+        return 20.0 * (x.norm(dim=-1) < radii[s]).float(), torch.stack([s.float() / 2] * 3, -1)
+
+    grid = OccupancyGrid.from_field(lambda x, s: field(x, x, s)[0], resolution=24, n_scenes=3, dilation=1)
+    o, d = _rays(90)
+    scene = torch.arange(3).repeat_interleave(30)
+    r = Renderer(grid, step_size=0.01, spacing="contracted")
+    both = r(field, (o, d, scene))
+    assert torch.equal(both.ray_indices.unique_consecutive(), both.ray_indices.unique())
+    for k in range(3):
+        single = OccupancyGrid(resolution=24)
+        single.binaries.copy_(grid.binaries[k : k + 1])
+        rays = slice(30 * k, 30 * (k + 1))
+        alone = r(lambda x, dd, s, k=k: field(x, dd, torch.full_like(s, k)), (o[rays], d[rays]), grid=single)
+        assert torch.allclose(alone.rgb, both.rgb[rays], atol=1e-6)
+        assert torch.allclose(alone.depth, both.depth[rays], atol=1e-5)
+    assert both.opacity[:30].mean() < both.opacity[60:].mean()
+
+
+def test_rays_objects_cameras_and_z_scale():
+    o, d = _rays(12)
+    z_scale = torch.rand(12) * 0.5 + 0.5
+    rays = SimpleNamespace(
+        origins=o.view(2, 2, 3, 3),
+        directions=d.view(2, 2, 3, 3),
+        scene_index=torch.zeros(2, 2, 3, dtype=torch.long),
+        z_scale=z_scale.view(2, 2, 3),
+    )
+    r = Renderer(step_size=0.01, spacing="t", far=8.0)
+    out = r(sphere_field(0.8), rays)
+    flat = r(sphere_field(0.8), (o, d))
+    assert out.rgb.shape == (2, 2, 3, 3) and out.depth.shape == (2, 2, 3)
+    assert torch.allclose(out.depth.reshape(-1), flat.depth * z_scale, atol=1e-6)
+    cams = SimpleNamespace(generate_rays=lambda: rays)
+    assert torch.equal(r(sphere_field(0.8), cams).rgb, out.rgb)
+
+
+def test_packed_outputs_reproduce_images_and_chunking():
+    o, d = _rays(50)
+    field = sphere_field(0.7, 3.0)
+    big = Renderer(step_size=0.02, far=8.0)(field, (o, d))
+    small = Renderer(step_size=0.02, far=8.0, chunk_size=7)(field, (o, d))
+    assert torch.equal(big.ray_indices, small.ray_indices)
+    assert torch.allclose(big.rgb, small.rgb, atol=1e-6) and torch.allclose(big.weights, small.weights)
+    acc = torch.zeros(50).index_add_(0, big.ray_indices, big.weights)
+    assert torch.allclose(acc, big.opacity, atol=1e-6)
+    # weights = T * alpha with T the product of (1 - alpha) of earlier samples of the same ray
+    ray0 = big.ray_indices == big.ray_indices[0]
+    mid = ((big.t_starts + big.t_ends)[ray0] / 2)[:, None]
+    dens = field(o[big.ray_indices[ray0]] + mid * d[big.ray_indices[ray0]], None, None)[0]
+    alpha = 1 - torch.exp(-dens * (big.t_ends - big.t_starts)[ray0])
+    trans = torch.cumprod(torch.cat([torch.ones(1), 1 - alpha[:-1]]), 0)
+    assert torch.allclose(big.weights[ray0], trans * alpha, atol=1e-6)
+
+
+def test_gradients_reach_field_parameters_and_rays():
+    sigma = torch.tensor(2.0, requires_grad=True)
+    color = torch.tensor([0.1, 0.5, 0.9], requires_grad=True)
+    o, d = _rays(16)
+    o.requires_grad_(True)
+
+    def field(x, dd, s):
+        return sigma * torch.exp(-(x * x).sum(-1)), color.expand(len(x), 3) * torch.ones_like(x)
+
+    out = Renderer(step_size=0.02, far=8.0, early_stop_eps=1e-3)(field, (o, d), background=0.5)
+    (out.rgb.sum() + out.depth.sum()).backward()
+    assert sigma.grad is not None and sigma.grad.abs() > 0
+    assert color.grad is not None and color.grad.abs().sum() > 0
+    assert o.grad is not None and o.grad.abs().sum() > 0
+
+
+def test_empty_batch_and_no_hits():
+    r = Renderer(OccupancyGrid(BOX, 4, contraction="none"), step_size=0.1)
+    out = r(box_field(1.0), (torch.zeros(0, 3), torch.zeros(0, 3)))
+    assert out.rgb.shape == (0, 3) and out.weights.shape == (0,)
+    miss = r(box_field(1.0), (torch.tensor([[5.0, 5, 5]]), torch.tensor([[0.0, 0, 1]])), background=0.25)
+    assert miss.rgb.tolist() == [[0.25, 0.25, 0.25]] and miss.opacity.item() == 0
+
+
+def test_bad_inputs():
+    r = Renderer(step_size=0.1, far=5.0)
+    o, d = _rays(4)
+    nan_field = lambda x, dd, s: (torch.full((len(x),), math.nan), torch.zeros(len(x), 3))  # noqa: E731
+    with pytest.raises(ValueError, match="NaN densities"):
+        Renderer(step_size=0.1, far=5.0, early_stop_eps=0.0)(nan_field, (o, d))
+    with pytest.raises(ValueError, match="NaN densities"):
+        r(nan_field, (o, d))
+    with pytest.raises(ValueError, match="density"):
+        r(lambda x, dd, s: (torch.zeros(len(x), 2), torch.zeros(len(x), 3)), (o, d))
+    with pytest.raises(TypeError, match="pair"):
+        r(lambda x, dd, s: torch.zeros(len(x)), (o, d))
+    with pytest.raises(TypeError, match="rays"):
+        r(box_field(1.0), o)
+    with pytest.raises(ValueError, match="scene_index"):
+        zeros = torch.zeros(4, dtype=torch.long)
+        r(box_field(1.0), (o, d, zeros), scene_index=zeros)
+    with pytest.raises(TypeError, match="field"):
+        r("field", (o, d))
+    with pytest.raises(ValueError, match="spacing"):
+        Renderer(spacing="log")
+    with pytest.raises(TypeError, match="grid"):
+        Renderer(grid="grid")

@@ -1,0 +1,297 @@
+"""A small renderer: cameras/rays → packed marching → field → weights → images (+ packed samples).
+
+The field is any callable ``field(positions [S, 3], directions [S, 3], scene_index [S]) -> (density [S],
+rgb [S, 3])`` (post-activation density ≥ 0, colour in any range); when it also has a
+``density(positions, scene_index)`` method, the early-stop pre-pass uses that instead of the full call.
+
+Early stop on transmittance (two passes, like nerfacc's ``OccGridEstimator.sampling``): after marching,
+densities are evaluated without grad, transmittance computed, and samples where it has fallen below
+``early_stop_eps`` (or whose alpha is below ``alpha_thre``) are dropped before the differentiable
+evaluation. ``early_stop_eps=0`` and ``alpha_thre=0`` turn the pre-pass off.
+
+Example:
+    >>> import torch
+    >>> from vq3dlib.render.renderer import Renderer
+    >>> def field(x, d, s):  # an opaque red ball of radius 0.5
+    ...     return 50.0 * (x.norm(dim=-1) < 0.5).float(), torch.tensor([1.0, 0, 0]).expand(len(x), 3)
+    >>> renderer = Renderer(step_size=0.01, spacing="t", far=6.0)
+    >>> o, d = torch.tensor([[0.0, 0, -3], [0, 2, -3]]), torch.tensor([[0.0, 0, 1], [0, 0, 1]])
+    >>> out = renderer(field, (o, d))
+    >>> out.rgb.round(decimals=2).tolist(), out.depth[0].round(decimals=1).item()
+    ([[1.0, 0.0, 0.0], [0.0, 0.0, 0.0]], 2.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from vq3dlib._validation import check_choice, check_positive, check_tensor, finite_checks_enabled
+from vq3dlib.render.march import ray_march
+from vq3dlib.render.occupancy import OccupancyGrid
+from vq3dlib.render.volrend import (
+    accumulate_along_rays,
+    pack_info,
+    render_visibility_from_density,
+    render_weight_from_density,
+)
+
+Field = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+
+@dataclass
+class RenderOutput:
+    """What :class:`Renderer` returns. Image-like fields have the rays' leading shape ``[...]``.
+
+    Attributes:
+        rgb: ``[..., 3]`` composited colour (background included).
+        depth: ``[...]`` expected depth ``Σ w t / opacity`` (``t`` at sample midpoints; z-depth when the rays
+            carry ``z_scale``; ``0`` where opacity is 0). Unnormalised when ``normalize_depth=False``.
+        disparity: ``[...]`` ``1 / depth`` (``0`` where nothing was hit).
+        opacity: ``[...]`` accumulated weight ``Σ w``.
+        ray_indices, t_starts, t_ends, weights: ``[S]`` packed samples over the flattened rays (for depth
+            and distortion losses); ``n_rays`` the number of flattened rays.
+    """
+
+    rgb: Tensor
+    depth: Tensor
+    disparity: Tensor
+    opacity: Tensor
+    ray_indices: Tensor
+    t_starts: Tensor
+    t_ends: Tensor
+    weights: Tensor
+    n_rays: int
+
+
+def _flatten_rays(rays: object, scene_index: Tensor | None):
+    """→ origins [N,3], directions [N,3], scene_index [N] | None, z_scale [N] | None, leading shape."""
+    if hasattr(rays, "generate_rays"):
+        rays = rays.generate_rays()
+    z_scale = None
+    if isinstance(rays, (tuple, list)):
+        if len(rays) not in (2, 3):
+            raise ValueError(
+                f"rays as a tuple must be (origins, directions[, scene_index]), got {len(rays)} items"
+            )
+        origins, directions = rays[0], rays[1]
+        if len(rays) == 3:
+            if scene_index is not None:
+                raise ValueError("scene_index given twice (in rays and as an argument)")
+            scene_index = rays[2]
+    elif hasattr(rays, "origins") and hasattr(rays, "directions"):
+        origins, directions = rays.origins, rays.directions
+        if scene_index is None:
+            scene_index = getattr(rays, "scene_index", None)
+        z_scale = getattr(rays, "z_scale", None)
+    else:
+        raise TypeError(
+            "rays must be (origins, directions[, scene_index]), an object with .origins/.directions "
+            f"(Rays) or with .generate_rays() (Cameras), got {type(rays).__name__}"
+        )
+    check_tensor("origins", origins, last_dim=3, floating=True, finite=True)
+    check_tensor("directions", directions, shape=tuple(origins.shape), dtypes=(origins.dtype,), finite=True)
+    lead = tuple(origins.shape[:-1])
+    if scene_index is not None:
+        check_tensor("scene_index", scene_index, shape=lead, dtypes=(torch.long,), device=origins.device)
+        scene_index = scene_index.reshape(-1)
+    if z_scale is not None:
+        check_tensor("z_scale", z_scale, shape=lead, floating=True)
+        z_scale = z_scale.reshape(-1)
+    return origins.reshape(-1, 3), directions.reshape(-1, 3), scene_index, z_scale, lead
+
+
+def _split_field_output(out: object, count: int) -> tuple[Tensor, Tensor]:
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise TypeError("field must return a pair (density [S], rgb [S, 3])")
+    density, rgb = out
+    check_tensor("field density", density, floating=True)
+    if density.dim() == 2 and density.shape[-1] == 1:
+        density = density[:, 0]
+    if density.shape != (count,):
+        raise ValueError(
+            f"field density must have shape [{count}] (or [{count}, 1]), got {list(density.shape)}"
+        )
+    check_tensor("field rgb", rgb, shape=(count, None), floating=True)
+    if finite_checks_enabled() and bool(torch.isnan(density).any()):
+        raise ValueError("field returned NaN densities (check the field's inputs/parameters)")
+    return density, rgb
+
+
+class Renderer(nn.Module):
+    """Renders a field along rays with occupancy-grid marching and volume rendering.
+
+    Args:
+        grid: default :class:`OccupancyGrid` (override per call; ``None``: dense marching).
+        step_size: marching step (see :func:`~vq3dlib.render.ray_march`).
+        spacing: ``"t"`` or ``"contracted"`` (default; steps grow with distance).
+        near, far: ray interval.
+        max_samples: most samples per ray.
+        aabb: world box for dense marching without a grid.
+        background: colour behind the scene: float, ``[C]`` or per-ray ``[..., C]``; ``None`` → 0.
+        early_stop_eps: drop samples whose transmittance is below this (pre-pass); 0 disables.
+        alpha_thre: drop samples whose alpha is below this (pre-pass); 0 disables.
+        normalize_depth: divide the expected depth by the opacity.
+        chunk_size: rays per chunk (bounds the memory of marching and of inference).
+        jitter: random start offset per ray while ``self.training`` (stratified sampling).
+
+    Example:
+        >>> field = lambda x, d, s: (torch.ones(len(x)), torch.full((len(x), 3), 0.5))
+        >>> grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=8, contraction="none")
+        >>> r = Renderer(grid, step_size=0.1)
+        >>> out = r(field, (torch.tensor([[0.0, 0, -2]]), torch.tensor([[0.0, 0, 1]])), background=1.0)
+        >>> round(out.opacity.item(), 3), out.rgb.shape
+        (0.865, torch.Size([1, 3]))
+    """
+
+    def __init__(
+        self,
+        grid: OccupancyGrid | None = None,
+        *,
+        step_size: float = 1e-2,
+        spacing: str = "contracted",
+        near: float = 0.0,
+        far: float = 1e10,
+        max_samples: int = 1024,
+        aabb: Sequence[float] | Tensor | None = None,
+        background: float | Sequence[float] | Tensor | None = None,
+        early_stop_eps: float = 1e-4,
+        alpha_thre: float = 0.0,
+        normalize_depth: bool = True,
+        chunk_size: int = 1 << 16,
+        jitter: bool = False,
+    ) -> None:
+        super().__init__()
+        check_positive("step_size", step_size)
+        check_choice("spacing", spacing, ("t", "contracted"))
+        check_positive("max_samples", max_samples)
+        check_positive("chunk_size", chunk_size)
+        check_positive("early_stop_eps", early_stop_eps, allow_zero=True)
+        check_positive("alpha_thre", alpha_thre, allow_zero=True)
+        if grid is not None and not isinstance(grid, OccupancyGrid):
+            raise TypeError(f"grid must be an OccupancyGrid or None, got {type(grid).__name__}")
+        self.grid = grid
+        self.step_size = step_size
+        self.spacing = spacing
+        self.near = near
+        self.far = far
+        self.max_samples = max_samples
+        self.aabb = aabb
+        self.background = background
+        self.early_stop_eps = early_stop_eps
+        self.alpha_thre = alpha_thre
+        self.normalize_depth = normalize_depth
+        self.chunk_size = chunk_size
+        self.jitter = jitter
+
+    def forward(
+        self,
+        field: Field,
+        rays: object,
+        *,
+        scene_index: Tensor | None = None,
+        grid: OccupancyGrid | None = None,
+        background: float | Sequence[float] | Tensor | None = None,
+    ) -> RenderOutput:
+        """Renders ``rays`` (``(origins, directions[, scene_index])``, ``Rays`` or ``Cameras``).
+
+        Args:
+            field: ``(positions [S, 3], directions [S, 3], scene_index [S]) -> (density [S], rgb [S, C])``.
+            rays: ``(origins [..., 3], directions [..., 3][, scene_index [...]])``, an object with
+                ``origins``/``directions`` (and optional ``scene_index``, ``z_scale``) such as ``Rays``,
+                or an object with ``generate_rays()`` such as ``Cameras``.
+            scene_index: ``[...]`` int64 scene of each ray (when ``rays`` does not carry one).
+            grid: occupancy grid for this call (default: the renderer's).
+            background: overrides the renderer's background.
+
+        Returns:
+            :class:`RenderOutput`.
+        """
+        if not callable(field):
+            raise TypeError(f"field must be callable, got {type(field).__name__}")
+        origins, directions, scene_index, z_scale, lead = _flatten_rays(rays, scene_index)
+        grid = self.grid if grid is None else grid
+        n_rays = origins.shape[0]
+        parts = [
+            self._render_chunk(
+                field, origins, directions, scene_index, grid, s, min(s + self.chunk_size, n_rays)
+            )
+            for s in range(0, n_rays, self.chunk_size)
+        ]
+        if not parts:
+            parts = [self._render_chunk(field, origins, directions, scene_index, grid, 0, 0)]
+        cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
+        rgb, wt, opacity = cat(0), cat(1), cat(2)
+        ray_indices, t_starts, t_ends, weights = cat(3), cat(4), cat(5), cat(6)
+        if z_scale is not None:
+            wt = wt * z_scale.to(wt.dtype)
+        hit = opacity > 0
+        depth = wt / opacity.clamp(min=1e-10) if self.normalize_depth else wt
+        depth = torch.where(hit, depth, torch.zeros_like(depth))
+        disparity = torch.where(hit & (depth > 0), 1 / depth.clamp(min=1e-10), torch.zeros_like(depth))
+        bg = self.background if background is None else background
+        if bg is not None:
+            bg_t = torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device)
+            if bg_t.dim() > 1:
+                bg_t = bg_t.reshape(n_rays, -1)
+            rgb = rgb + (1 - opacity)[:, None] * bg_t
+        return RenderOutput(
+            rgb=rgb.reshape(*lead, rgb.shape[-1]),
+            depth=depth.reshape(lead),
+            disparity=disparity.reshape(lead),
+            opacity=opacity.reshape(lead),
+            ray_indices=ray_indices,
+            t_starts=t_starts,
+            t_ends=t_ends,
+            weights=weights,
+            n_rays=n_rays,
+        )
+
+    def _render_chunk(self, field, origins, directions, scene_index, grid, start, end):
+        o, d = origins[start:end], directions[start:end]
+        sidx = scene_index[start:end] if scene_index is not None else None
+        n = o.shape[0]
+        with torch.no_grad():
+            samples = ray_march(
+                o.detach(),
+                d.detach(),
+                grid,
+                scene_index=sidx if grid is not None and grid.n_scenes > 1 else None,
+                near=self.near,
+                far=self.far,
+                step_size=self.step_size,
+                max_samples=self.max_samples,
+                spacing=self.spacing,
+                aabb=self.aabb if grid is None else None,
+                jitter=self.jitter and self.training,
+            )
+        ri, ts, te = samples
+        field_scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
+        if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
+            with torch.no_grad():
+                pos = o[ri] + ((ts + te) * 0.5)[:, None] * d[ri]
+                if hasattr(field, "density"):
+                    sig = field.density(pos, field_scene)
+                    sig = sig[:, 0] if sig.dim() == 2 else sig
+                else:
+                    sig, _ = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
+                keep = render_visibility_from_density(
+                    ts,
+                    te,
+                    sig,
+                    packed_info=pack_info(ri, n),
+                    early_stop_eps=self.early_stop_eps,
+                    alpha_thre=self.alpha_thre,
+                )
+                ri, ts, te, field_scene = ri[keep], ts[keep], te[keep], field_scene[keep]
+        t_mid = (ts + te) * 0.5
+        pos = o[ri] + t_mid[:, None] * d[ri]
+        density, rgb = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
+        weights, _, _ = render_weight_from_density(ts, te, density, packed_info=pack_info(ri, n))
+        color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
+        wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
+        opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
+        return color, wt, opacity, ri + start, ts, te, weights
