@@ -100,9 +100,10 @@ def _packing(
 
 
 def _check_samples(**tensors: torch.Tensor) -> None:
+    """Same shape, floating, one device; the first tensor (densities/opacities) must be finite."""
     first_name, first = next(iter(tensors.items()))
     for name, value in tensors.items():
-        check_tensor(name, value, floating=True, finite=True)
+        check_tensor(name, value, floating=True, finite=name == first_name)
         if value.shape != first.shape:
             raise ValueError(
                 f"{name} must have the shape of {first_name} {list(first.shape)}, got {list(value.shape)}"
