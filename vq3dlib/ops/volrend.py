@@ -12,8 +12,12 @@ Samples come dense, ``[..., n_samples]`` (each row one ray), or packed: 1-D ``[S
 ``packed_info [n_rays, 2]`` holding each ray's ``(start, count)`` (see :func:`pack_info`, which builds
 it from nerfacc-style sorted ``ray_indices``). The compiled kernels process one ray per task in one
 O(n) pass forward and one reverse O(n) pass backward (gradients to ``sigmas`` and to the interval
-ends, or to ``alphas``). The ``*_reference`` functions (torch ops: float64 segment cumsum for
-packed densities, padded ``cumprod`` for packed alphas) are the fallback and the test oracle.
+ends, or to ``alphas``; the backward reuses the forward's transmittance and opacities and evaluates
+no exponential). The kernels need packed rays stored as consecutive runs covering all samples (what
+:func:`pack_info` produces); other ``packed_info`` layouts run the reference. The ``*_reference``
+functions (torch ops: float64 segment cumsum for packed densities, padded ``cumprod`` for packed
+alphas) are the fallback and the test oracle. The kernel path is differentiable once; for
+double backward use the reference (``VQ3DLIB_BACKEND=torch``).
 
 These are the low-level ops; :mod:`vq3dlib.render.volrend` holds the nerfacc-compatible API.
 
