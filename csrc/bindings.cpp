@@ -41,7 +41,7 @@ TORCH_LIBRARY(vq3dlib, m) {
       "int samples_per_ray) -> (Tensor, Tensor, Tensor)");
   m.def(
       "volrend_density_bwd(Tensor? grad_weights, Tensor? grad_trans, Tensor? grad_alphas, Tensor t_starts, "
-      "Tensor t_ends, Tensor sigmas, Tensor trans, Tensor packed_info, int samples_per_ray, "
+      "Tensor t_ends, Tensor sigmas, Tensor trans, Tensor alphas, Tensor packed_info, int samples_per_ray, "
       "bool need_delta_grad) -> (Tensor, Tensor)");
   m.def("volrend_alpha_fwd(Tensor alphas, Tensor packed_info, int samples_per_ray) -> (Tensor, Tensor)");
   m.def(

@@ -383,3 +383,20 @@ def test_bad_inputs_raise():
         vr.composite_background(torch.zeros(4, 3), torch.zeros(4, 1), torch.zeros(2))
     with pytest.raises(ValueError, match="prefix_trans"):
         vr.render_weight_from_density(ts, te, sg, ray_indices=ri, prefix_trans=torch.ones(2))
+
+
+@pytest.mark.parametrize("mode", ["torch", "auto"])
+def test_packed_info_with_gaps_and_reordered_rays(mode):
+    # nerfacc-style packed_info may address any runs; samples outside every ray get zeros
+    ts, te, sg, _ = _packed([9], "cpu", torch.float64)
+    info = torch.tensor([[5, 3], [0, 2], [2, 0]])  # ray 0 = samples 5..7, ray 1 = samples 0..1; 2-4, 8 unused
+    with backend.forced(mode):
+        w, trans, alphas = vr.render_weight_from_density(ts, te, sg, packed_info=info)
+        wa, ta = vr.render_weight_from_alpha(alphas, packed_info=info)
+    for idx in ([5, 6, 7], [0, 1]):
+        ref = vr.render_weight_from_density(ts[idx], te[idx], sg[idx])
+        for a, b in zip((w, trans, alphas), ref, strict=True):
+            torch.testing.assert_close(a[idx], b)
+        torch.testing.assert_close(wa[idx], ref[0])
+    unused = [2, 3, 4, 8]
+    assert torch.all(w[unused] == 0) and torch.all(trans[unused] == 0) and torch.all(wa[unused] == 0)

@@ -1,7 +1,9 @@
 // Volume-rendering weights on the CPU, forward and backward, for packed or dense samples.
 // Parallel over rays with at::parallel_for; each ray is one sequential O(n) pass (csrc/include/
-// vq3dlib/volrend.h holds the math, shared with the CUDA kernels).
+// vq3dlib/volrend.h holds the math, shared with the CUDA kernels). The density forward scans the
+// optical depth per ray, then evaluates exp/expm1 with ATen's vectorised element-wise kernels.
 #include <ATen/Dispatch.h>
+#include <ATen/Functions.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -28,38 +30,41 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cpu(
     const at::Tensor& t_starts, const at::Tensor& t_ends, const at::Tensor& sigmas, const at::Tensor& packed_info,
     int64_t samples_per_ray) {
   check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
-  auto weights = new_samples(sigmas, samples_per_ray);
-  auto trans = new_samples(sigmas, samples_per_ray);
-  auto alphas = new_samples(sigmas, samples_per_ray);
+  auto weights = at::empty_like(sigmas);
+  auto trans = at::empty_like(sigmas);
+  auto alphas = at::empty_like(sigmas);
   const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
   const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_density_fwd_cpu", [&] {
     const scalar_t* ts = t_starts.data_ptr<scalar_t>();
     const scalar_t* te = t_ends.data_ptr<scalar_t>();
     const scalar_t* sg = sigmas.data_ptr<scalar_t>();
-    scalar_t* w = weights.data_ptr<scalar_t>();
     scalar_t* tr = trans.data_ptr<scalar_t>();
     scalar_t* al = alphas.data_ptr<scalar_t>();
     at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaySpan s = ray_span(r, info, samples_per_ray);
-        density_weights_forward<scalar_t>(s.count, ts + s.begin, te + s.begin, sg + s.begin, w + s.begin,
-                                          tr + s.begin, al + s.begin);
+        density_optical_depth<scalar_t>(s.count, ts + s.begin, te + s.begin, sg + s.begin, tr + s.begin,
+                                        al + s.begin);
       }
     });
   });
+  // Vectorised (ATen) element-wise passes: scalar exp/expm1 per sample would dominate the run time.
+  trans.exp_();
+  alphas.expm1_().neg_();
+  at::mul_out(weights, trans, alphas);
   return {weights, trans, alphas};
 }
 
 std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
     const c10::optional<at::Tensor>& grad_weights, const c10::optional<at::Tensor>& grad_trans,
     const c10::optional<at::Tensor>& grad_alphas, const at::Tensor& t_starts, const at::Tensor& t_ends,
-    const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray,
-    bool need_delta_grad) {
+    const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& alphas, const at::Tensor& packed_info,
+    int64_t samples_per_ray, bool need_delta_grad) {
   check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
-  check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, trans);
-  auto grad_sigmas = new_samples(sigmas, samples_per_ray);
-  auto grad_deltas = need_delta_grad ? new_samples(sigmas, samples_per_ray) : at::empty({0}, sigmas.options());
+  check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, {&trans, &alphas});
+  auto grad_sigmas = at::empty_like(sigmas);
+  auto grad_deltas = need_delta_grad ? at::empty_like(sigmas) : at::empty({0}, sigmas.options());
   const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
   const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(sigmas.scalar_type(), "volrend_density_bwd_cpu", [&] {
@@ -70,6 +75,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
     const scalar_t* te = t_ends.data_ptr<scalar_t>();
     const scalar_t* sg = sigmas.data_ptr<scalar_t>();
     const scalar_t* tr = trans.data_ptr<scalar_t>();
+    const scalar_t* al = alphas.data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.data_ptr<scalar_t>();
     scalar_t* gd = need_delta_grad ? grad_deltas.data_ptr<scalar_t>() : nullptr;
     at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
@@ -77,7 +83,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
         const RaySpan s = ray_span(r, info, samples_per_ray);
         const int64_t b = s.begin;
         density_weights_backward<scalar_t>(s.count, gw ? gw + b : nullptr, gt ? gt + b : nullptr,
-                                           ga ? ga + b : nullptr, ts + b, te + b, sg + b, tr + b, gs + b,
+                                           ga ? ga + b : nullptr, ts + b, te + b, sg + b, tr + b, al + b, gs + b,
                                            gd ? gd + b : nullptr);
       }
     });
@@ -88,8 +94,8 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
 std::tuple<at::Tensor, at::Tensor> volrend_alpha_fwd_cpu(const at::Tensor& alphas, const at::Tensor& packed_info,
                                                          int64_t samples_per_ray) {
   check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
-  auto weights = new_samples(alphas, samples_per_ray);
-  auto trans = new_samples(alphas, samples_per_ray);
+  auto weights = at::empty_like(alphas);
+  auto trans = at::empty_like(alphas);
   const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
   const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "volrend_alpha_fwd_cpu", [&] {
@@ -110,8 +116,8 @@ at::Tensor volrend_alpha_bwd_cpu(const c10::optional<at::Tensor>& grad_weights,
                                  const c10::optional<at::Tensor>& grad_trans, const at::Tensor& alphas,
                                  const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray) {
   check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
-  check_volrend_grads(alphas, {&grad_weights, &grad_trans}, trans);
-  auto grad_alphas = new_samples(alphas, samples_per_ray);
+  check_volrend_grads(alphas, {&grad_weights, &grad_trans}, {&trans});
+  auto grad_alphas = at::empty_like(alphas);
   const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
   const int64_t* info = samples_per_ray > 0 ? nullptr : packed_info.data_ptr<int64_t>();
   AT_DISPATCH_FLOATING_TYPES(alphas.scalar_type(), "volrend_alpha_bwd_cpu", [&] {

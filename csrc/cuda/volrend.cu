@@ -42,13 +42,13 @@ template <typename T>
 __global__ void density_bwd_kernel(int64_t n_rays, const int64_t* __restrict__ packed_info, int64_t per_ray,
                                    const T* gw, const T* gt, const T* ga, const T* __restrict__ ts,
                                    const T* __restrict__ te, const T* __restrict__ sg, const T* __restrict__ tr,
-                                   T* __restrict__ gs, T* gd) {
+                                   const T* __restrict__ al, T* __restrict__ gs, T* gd) {
   const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
   if (r >= n_rays) return;
   const RaySpan s = ray_span(r, packed_info, per_ray);
   const int64_t b = s.begin;
   density_weights_backward<T>(s.count, gw ? gw + b : nullptr, gt ? gt + b : nullptr, ga ? ga + b : nullptr, ts + b,
-                              te + b, sg + b, tr + b, gs + b, gd ? gd + b : nullptr);
+                              te + b, sg + b, tr + b, al + b, gs + b, gd ? gd + b : nullptr);
 }
 
 template <typename T>
@@ -80,9 +80,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cuda(
     int64_t samples_per_ray) {
   check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
   const c10::cuda::CUDAGuard guard(sigmas.device());
-  auto weights = new_samples(sigmas, samples_per_ray);
-  auto trans = new_samples(sigmas, samples_per_ray);
-  auto alphas = new_samples(sigmas, samples_per_ray);
+  auto weights = at::empty_like(sigmas);
+  auto trans = at::empty_like(sigmas);
+  auto alphas = at::empty_like(sigmas);
   const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
   if (n_rays == 0 || sigmas.numel() == 0) return {weights, trans, alphas};
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -99,13 +99,13 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cuda(
 std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cuda(
     const c10::optional<at::Tensor>& grad_weights, const c10::optional<at::Tensor>& grad_trans,
     const c10::optional<at::Tensor>& grad_alphas, const at::Tensor& t_starts, const at::Tensor& t_ends,
-    const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray,
-    bool need_delta_grad) {
+    const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& alphas, const at::Tensor& packed_info,
+    int64_t samples_per_ray, bool need_delta_grad) {
   check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
-  check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, trans);
+  check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, {&trans, &alphas});
   const c10::cuda::CUDAGuard guard(sigmas.device());
-  auto grad_sigmas = new_samples(sigmas, samples_per_ray);
-  auto grad_deltas = need_delta_grad ? new_samples(sigmas, samples_per_ray) : at::empty({0}, sigmas.options());
+  auto grad_sigmas = at::empty_like(sigmas);
+  auto grad_deltas = need_delta_grad ? at::empty_like(sigmas) : at::empty({0}, sigmas.options());
   const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
   if (n_rays == 0 || sigmas.numel() == 0) return {grad_sigmas, grad_deltas};
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -114,7 +114,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cuda(
         n_rays, info_ptr(packed_info, samples_per_ray), samples_per_ray, optional_ptr<scalar_t>(grad_weights),
         optional_ptr<scalar_t>(grad_trans), optional_ptr<scalar_t>(grad_alphas), t_starts.data_ptr<scalar_t>(),
         t_ends.data_ptr<scalar_t>(), sigmas.data_ptr<scalar_t>(), trans.data_ptr<scalar_t>(),
-        grad_sigmas.data_ptr<scalar_t>(), need_delta_grad ? grad_deltas.data_ptr<scalar_t>() : nullptr);
+        alphas.data_ptr<scalar_t>(), grad_sigmas.data_ptr<scalar_t>(), need_delta_grad ? grad_deltas.data_ptr<scalar_t>() : nullptr);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return {grad_sigmas, grad_deltas};
@@ -124,8 +124,8 @@ std::tuple<at::Tensor, at::Tensor> volrend_alpha_fwd_cuda(const at::Tensor& alph
                                                           int64_t samples_per_ray) {
   check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
   const c10::cuda::CUDAGuard guard(alphas.device());
-  auto weights = new_samples(alphas, samples_per_ray);
-  auto trans = new_samples(alphas, samples_per_ray);
+  auto weights = at::empty_like(alphas);
+  auto trans = at::empty_like(alphas);
   const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
   if (n_rays == 0 || alphas.numel() == 0) return {weights, trans};
   auto stream = c10::cuda::getCurrentCUDAStream();
@@ -142,9 +142,9 @@ at::Tensor volrend_alpha_bwd_cuda(const c10::optional<at::Tensor>& grad_weights,
                                   const c10::optional<at::Tensor>& grad_trans, const at::Tensor& alphas,
                                   const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray) {
   check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
-  check_volrend_grads(alphas, {&grad_weights, &grad_trans}, trans);
+  check_volrend_grads(alphas, {&grad_weights, &grad_trans}, {&trans});
   const c10::cuda::CUDAGuard guard(alphas.device());
-  auto grad_alphas = new_samples(alphas, samples_per_ray);
+  auto grad_alphas = at::empty_like(alphas);
   const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
   if (n_rays == 0 || alphas.numel() == 0) return grad_alphas;
   auto stream = c10::cuda::getCurrentCUDAStream();

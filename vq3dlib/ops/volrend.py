@@ -12,8 +12,12 @@ Samples come dense, ``[..., n_samples]`` (each row one ray), or packed: 1-D ``[S
 ``packed_info [n_rays, 2]`` holding each ray's ``(start, count)`` (see :func:`pack_info`, which builds
 it from nerfacc-style sorted ``ray_indices``). The compiled kernels process one ray per task in one
 O(n) pass forward and one reverse O(n) pass backward (gradients to ``sigmas`` and to the interval
-ends, or to ``alphas``). The ``*_reference`` functions (torch ops: float64 segment cumsum for
-packed densities, padded ``cumprod`` for packed alphas) are the fallback and the test oracle.
+ends, or to ``alphas``; the backward reuses the forward's transmittance and opacities and evaluates
+no exponential). The kernels need packed rays stored as consecutive runs covering all samples (what
+:func:`pack_info` produces); other ``packed_info`` layouts run the reference. The ``*_reference``
+functions (torch ops: float64 segment cumsum for packed densities, padded ``cumprod`` for packed
+alphas) are the fallback and the test oracle. The kernel path is differentiable once; for
+double backward use the reference (``VQ3DLIB_BACKEND=torch``).
 
 These are the low-level ops; :mod:`vq3dlib.render.volrend` holds the nerfacc-compatible API.
 
@@ -35,6 +39,7 @@ from __future__ import annotations
 import torch
 
 from vq3dlib import backend
+from vq3dlib._validation import has_values
 from vq3dlib.ops._library import kernels, on_extension_loaded
 
 backend.register_op(
@@ -173,6 +178,18 @@ def _layout(values: torch.Tensor, packed_info: torch.Tensor | None) -> tuple[tor
     return packed_info.long().contiguous(), 0
 
 
+def _kernel_layout_ok(packed_info: torch.Tensor | None, n_samples: int) -> bool:
+    """The kernels need packed rays to be consecutive runs covering all samples (what
+    :func:`pack_info` makes); anything else (gaps, overlaps, reordering) goes to the reference."""
+    if packed_info is None or not has_values(packed_info):
+        return True
+    starts, counts = packed_info[:, 0], packed_info[:, 1]
+    if packed_info.shape[0] == 0:
+        return n_samples == 0
+    expected = torch.cumsum(counts, 0) - counts
+    return bool((counts >= 0).all() & (starts == expected).all() & (counts.sum() == n_samples))
+
+
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return dtype if dtype in _KERNEL_DTYPES else torch.float32
 
@@ -205,7 +222,8 @@ def weights_from_density(
         >>> w.sum().backward(); sigmas.grad.shape
         torch.Size([4, 8])
     """
-    if not backend.use_extension("render_weight_from_density", sigmas.device):
+    use_kernel = backend.use_extension("render_weight_from_density", sigmas.device)
+    if not (use_kernel and _kernel_layout_ok(packed_info, sigmas.numel())):
         return weights_from_density_reference(t_starts, t_ends, sigmas, packed_info)
     out_dtype = torch.promote_types(torch.promote_types(t_starts.dtype, t_ends.dtype), sigmas.dtype)
     dtype = _compute_dtype(out_dtype)
@@ -238,7 +256,8 @@ def weights_from_alpha(
         >>> w
         tensor([0.5000, 0.2500, 0.2000])
     """
-    if not backend.use_extension("render_weight_from_alpha", alphas.device):
+    use_kernel = backend.use_extension("render_weight_from_alpha", alphas.device)
+    if not (use_kernel and _kernel_layout_ok(packed_info, alphas.numel())):
         return weights_from_alpha_reference(alphas, packed_info)
     out_dtype = alphas.dtype
     shape = alphas.shape
@@ -261,7 +280,7 @@ def _register_volrend_kernels() -> None:
         return torch.empty_like(sigmas), torch.empty_like(sigmas), torch.empty_like(sigmas)
 
     @torch.library.register_fake(lib + "volrend_density_bwd")
-    def _density_bwd_fake(gw, gt, ga, t_starts, t_ends, sigmas, trans, packed_info, per_ray, need_delta):
+    def _density_bwd_fake(gw, gt, ga, t_starts, t_ends, sigmas, trans, alphas, info, per_ray, need_delta):
         return torch.empty_like(sigmas), (torch.empty_like(sigmas) if need_delta else sigmas.new_empty(0))
 
     @torch.library.register_fake(lib + "volrend_alpha_fwd")
@@ -274,15 +293,18 @@ def _register_volrend_kernels() -> None:
 
     def _density_setup(ctx, inputs, output):
         t_starts, t_ends, sigmas, packed_info, per_ray = inputs
-        ctx.save_for_backward(t_starts, t_ends, sigmas, output[1], packed_info)
+        ctx.save_for_backward(t_starts, t_ends, sigmas, output[1], output[2], packed_info)
         ctx.per_ray = per_ray
+        ctx.set_materialize_grads(False)  # unused outputs pass None: the kernel skips them
 
     def _density_backward(ctx, grad_w, grad_trans, grad_alphas):
-        t_starts, t_ends, sigmas, trans, packed_info = ctx.saved_tensors
+        if grad_w is None and grad_trans is None and grad_alphas is None:
+            return None, None, None, None, None
+        t_starts, t_ends, sigmas, trans, alphas, packed_info = ctx.saved_tensors
         need_delta = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
         grad_sigmas, grad_deltas = torch.ops.vq3dlib.volrend_density_bwd(
             _contiguous_or_none(grad_w), _contiguous_or_none(grad_trans), _contiguous_or_none(grad_alphas),
-            t_starts, t_ends, sigmas, trans, packed_info, ctx.per_ray, need_delta,
+            t_starts, t_ends, sigmas, trans, alphas, packed_info, ctx.per_ray, need_delta,
         )
         grad_ts = -grad_deltas if ctx.needs_input_grad[0] else None
         grad_te = grad_deltas if ctx.needs_input_grad[1] else None
@@ -296,8 +318,11 @@ def _register_volrend_kernels() -> None:
         alphas, packed_info, per_ray = inputs
         ctx.save_for_backward(alphas, output[1], packed_info)
         ctx.per_ray = per_ray
+        ctx.set_materialize_grads(False)
 
     def _alpha_backward(ctx, grad_w, grad_trans):
+        if grad_w is None and grad_trans is None:
+            return None, None, None
         alphas, trans, packed_info = ctx.saved_tensors
         grad_alphas = torch.ops.vq3dlib.volrend_alpha_bwd(
             _contiguous_or_none(grad_w), _contiguous_or_none(grad_trans), alphas, trans, packed_info,

@@ -5,8 +5,9 @@ nerfacc 0.5's ``nerfacc.volrend`` (so code can switch by changing the import), o
 ``[..., n_samples]`` (one row per ray) or on packed samples ``[S]`` sorted by ray and described by
 ``ray_indices [S]`` (+ ``n_rays``) or ``packed_info [n_rays, 2]`` (start, count per ray). Unlike
 nerfacc, packed inputs also run on the CPU (compiled kernel or torch reference), inputs are validated
-(shapes, devices, sorted ray indices, NaN/Inf → ``ValueError`` naming the argument), and gradients
-from alpha are exact where an opacity equals 1.
+(shapes, devices, sorted ray indices; NaN/Inf densities or opacities → ``ValueError`` naming the
+argument; the value checks can be turned off with ``vq3dlib._validation.set_finite_checks``), and
+gradients from alpha are exact where an opacity equals 1.
 
 Weights come from the fused kernels of :mod:`vq3dlib.ops.volrend` (one O(n) pass per ray forward
 and backward) when the extension is available, else from the torch reference.
@@ -100,9 +101,10 @@ def _packing(
 
 
 def _check_samples(**tensors: torch.Tensor) -> None:
+    """Same shape, floating, one device; the first tensor (densities/opacities) must be finite."""
     first_name, first = next(iter(tensors.items()))
     for name, value in tensors.items():
-        check_tensor(name, value, floating=True, finite=True)
+        check_tensor(name, value, floating=True, finite=name == first_name)
         if value.shape != first.shape:
             raise ValueError(
                 f"{name} must have the shape of {first_name} {list(first.shape)}, got {list(value.shape)}"

@@ -4,7 +4,8 @@
 // Density form, per sample i of a ray (tau_i = sigma_i * (t_end_i - t_start_i)):
 //   T_i = exp(-sum_{j<i} tau_j)      a_i = 1 - exp(-tau_i)      w_i = T_i a_i
 // Backward, with incoming gradients gw, gT, ga (dT_i/dtau_k = -T_i and dw_i/dtau_k = -w_i for i > k):
-//   dL/dtau_k = (ga_k + gw_k T_k) exp(-tau_k) - sum_{i>k} (gw_i w_i + gT_i T_i)
+//   dL/dtau_k = (ga_k + gw_k T_k) (1 - a_k) - sum_{i>k} (gw_i w_i + gT_i T_i)
+// using the forward's T and a, so the backward pass evaluates no transcendental function.
 //
 // Alpha form:
 //   T_i = prod_{j<i} (1 - a_j)       w_i = T_i a_i
@@ -38,6 +39,22 @@ VQ3D_HD RaySpan ray_span(int64_t ray, const int64_t* packed_info, int64_t per_ra
   return RaySpan{packed_info[2 * ray], packed_info[2 * ray + 1]};
 }
 
+// First half of the forward, without transcendental functions: writes the negated exclusive optical
+// depth -sum_{j<i} tau_j into neg_depth and -tau_i into neg_tau. The CPU kernel finishes with
+// vectorised passes (T = exp(neg_depth), a = -expm1(neg_tau), w = T a) over all samples at once.
+template <typename T>
+VQ3D_HD void density_optical_depth(int64_t n, const T* t_starts, const T* t_ends, const T* sigmas, T* neg_depth,
+                                   T* neg_tau) {
+  T optical_depth = T(0);
+  for (int64_t i = 0; i < n; ++i) {
+    const T tau = sigmas[i] * (t_ends[i] - t_starts[i]);
+    neg_depth[i] = -optical_depth;
+    neg_tau[i] = -tau;
+    optical_depth += tau;
+  }
+}
+
+// The whole forward in one pass (CUDA: one thread per ray).
 template <typename T>
 VQ3D_HD void density_weights_forward(int64_t n, const T* t_starts, const T* t_ends, const T* sigmas,
                                      T* weights, T* trans, T* alphas) {
@@ -54,18 +71,20 @@ VQ3D_HD void density_weights_forward(int64_t n, const T* t_starts, const T* t_en
 }
 
 // Writes dL/dsigma_i into grad_sigmas and, when grad_deltas is not null, dL/d(t_end_i - t_start_i).
-// Any of grad_weights / grad_trans / grad_alphas may be null (treated as zero).
+// trans and alphas are the forward's outputs. Any of grad_weights / grad_trans / grad_alphas may be
+// null (treated as zero).
 template <typename T>
 VQ3D_HD void density_weights_backward(int64_t n, const T* grad_weights, const T* grad_trans,
                                       const T* grad_alphas, const T* t_starts, const T* t_ends,
-                                      const T* sigmas, const T* trans, T* grad_sigmas, T* grad_deltas) {
+                                      const T* sigmas, const T* trans, const T* alphas, T* grad_sigmas,
+                                      T* grad_deltas) {
   T suffix = T(0);  // sum_{i>k} (gw_i w_i + gT_i T_i)
   for (int64_t k = n - 1; k >= 0; --k) {
     const T delta = t_ends[k] - t_starts[k];
-    const T tau = sigmas[k] * delta;
-    const T keep = exp_of(-tau);  // 1 - a_k
+    const T a_k = alphas[k];
+    const T keep = T(1) - a_k;
     const T t_k = trans[k];
-    const T w_k = t_k * -expm1_of(-tau);
+    const T w_k = t_k * a_k;
     const T gw = grad_weights ? grad_weights[k] : T(0);
     const T gt = grad_trans ? grad_trans[k] : T(0);
     const T ga = grad_alphas ? grad_alphas[k] : T(0);

@@ -10,6 +10,8 @@ namespace vq3dlib {
 
 inline void check_volrend_layout(const at::Tensor& values, const at::Tensor& packed_info, int64_t samples_per_ray,
                                  const char* name) {
+  // Packed layouts must be consecutive runs covering every sample (as pack_info makes them): the
+  // kernels write each sample exactly once and do not zero-initialise their outputs.
   TORCH_CHECK(values.dim() == 1 && values.is_contiguous(), name, " must be a contiguous 1-D tensor");
   if (samples_per_ray > 0) {
     TORCH_CHECK(values.numel() % samples_per_ray == 0, name, " must hold a multiple of samples_per_ray values");
@@ -38,9 +40,11 @@ inline void check_volrend_alpha_inputs(const at::Tensor& alphas, const at::Tenso
 }
 
 inline void check_volrend_grads(const at::Tensor& like, std::initializer_list<const c10::optional<at::Tensor>*> grads,
-                                const at::Tensor& trans) {
-  TORCH_CHECK(trans.sizes() == like.sizes() && trans.is_contiguous() && trans.scalar_type() == like.scalar_type(),
-              "trans must be contiguous and match the samples in shape and dtype");
+                                std::initializer_list<const at::Tensor*> saved) {
+  for (const at::Tensor* s : saved) {
+    TORCH_CHECK(s->sizes() == like.sizes() && s->is_contiguous() && s->scalar_type() == like.scalar_type(),
+                "saved forward outputs must be contiguous and match the samples in shape and dtype");
+  }
   for (const auto* g : grads) {
     if (g->has_value() && (*g)->defined()) {
       TORCH_CHECK((*g)->sizes() == like.sizes() && (*g)->is_contiguous() &&
@@ -52,12 +56,6 @@ inline void check_volrend_grads(const at::Tensor& like, std::initializer_list<co
 
 inline int64_t volrend_n_rays(const at::Tensor& values, const at::Tensor& packed_info, int64_t samples_per_ray) {
   return samples_per_ray > 0 ? values.numel() / samples_per_ray : packed_info.size(0);
-}
-
-// Output buffer shaped like the samples: packed layouts may leave samples outside every ray, which
-// stay zero; dense layouts cover every sample.
-inline at::Tensor new_samples(const at::Tensor& like, int64_t samples_per_ray) {
-  return samples_per_ray > 0 ? at::empty_like(like) : at::zeros_like(like);
 }
 
 }  // namespace vq3dlib
