@@ -122,6 +122,8 @@ class VQ3DConfig:
     # $VQ3DLIB_LPIPS_WEIGHTS; adversarial terms start at adversarial_start_step)
     perceptual_weights: str | None = None
     adversarial_loss: str = "hinge"
+    disc_channels: int = 64
+    disc_max_channels: int = 512
     adversarial_start_step: int = 0
     r1_weight: float = 0.0
     l2_weight: float = 1.0
@@ -162,6 +164,8 @@ class VQ3DConfig:
         ):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_positive("scene_bound", self.scene_bound)
+        check_positive("disc_channels", self.disc_channels)
+        check_positive("disc_max_channels", self.disc_max_channels)
         check_choice("adversarial_loss", self.adversarial_loss, ("hinge", "nonsaturating"))
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         check_choice("codebook_update", self.codebook_update, CODEBOOK_UPDATES)
@@ -273,6 +277,8 @@ def _tiny() -> VQ3DConfig:
         camera_distance=2.7,
         perceptual_weight=0.0,
         adversarial_start_step=400,
+        disc_channels=32,
+        disc_max_channels=128,
     )
 
 

@@ -230,8 +230,9 @@ class VQ3DModel(nn.Module):
             jitter=True,
         )
         self.super_resolution = SuperResolution(cfg.image_size) if cfg.super_resolution else None
-        self.disc_canonical = StyleGANDiscriminator(cfg.image_size)
-        self.disc_novel = StyleGANDiscriminator(cfg.render_resolution)
+        disc = {"channels": cfg.disc_channels, "max_channels": cfg.disc_max_channels}
+        self.disc_canonical = StyleGANDiscriminator(cfg.image_size, **disc)
+        self.disc_novel = StyleGANDiscriminator(cfg.render_resolution, **disc)
         self.perceptual = LPIPS(weights=cfg.perceptual_weights) if cfg.perceptual_weight > 0 else None
         self.novel_sampler = NovelViewSampler(
             cfg.camera_distance,
@@ -350,7 +351,7 @@ class VQ3DModel(nn.Module):
             lambda x, s: self.density(planes.detach(), x, s),
             cfg.occupancy_resolution,
             n_scenes=planes.shape[0],
-            aabb=[-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
+            aabb=None if cfg.contraction != "none" else [-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
             contraction=cfg.contraction,
             threshold=cfg.occupancy_threshold,
             device=planes.device,
