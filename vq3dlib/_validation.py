@@ -16,8 +16,10 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 
 import torch
 
@@ -40,9 +42,31 @@ def set_finite_checks(enabled: bool) -> None:
     _CHECK_FINITE = bool(enabled)
 
 
+_suppressed = threading.local()
+
+
 def finite_checks_enabled() -> bool:
-    """Whether NaN/Inf input checks run (see :func:`set_finite_checks`)."""
-    return _CHECK_FINITE and not torch.compiler.is_compiling()
+    """Whether NaN/Inf input checks run (see :func:`set_finite_checks` and :func:`inner_checks_off`)."""
+    return _CHECK_FINITE and not getattr(_suppressed, "depth", 0) and not torch.compiler.is_compiling()
+
+
+@contextlib.contextmanager
+def inner_checks_off() -> Iterator[None]:
+    """Skips value checks (NaN/Inf, index ranges) of the blocks called inside, in this thread.
+
+    A model that validated its own inputs wraps its internals in this, so the value checks of
+    every block it calls do not cost a reduction each (shape/dtype checks still run).
+
+    Example:
+        >>> with inner_checks_off():
+        ...     finite_checks_enabled()
+        False
+    """
+    _suppressed.depth = getattr(_suppressed, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _suppressed.depth -= 1
 
 
 def has_values(x: torch.Tensor) -> bool:

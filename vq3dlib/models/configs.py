@@ -131,6 +131,13 @@ class VQ3DConfig:
     adversarial_weight: float = 0.1
     novel_adversarial_weight: float = 0.1
     depth_weight: float = 0.5
+    # how the pseudo-GT disparity is put into the renderer's frame before the pointwise loss:
+    #   "lsq"   per-image least-squares scale/shift onto the rendered disparity (VQ3D); can collapse
+    #           to a flat target while the rendering is still flat, so start from a trained model
+    #   "range" per-image robust range (2nd-98th percentile) mapped onto 1/depth_range (no collapse)
+    #   "none"  the disparity is already metric in the renderer's frame
+    depth_align: str = "lsq"
+    depth_range: tuple[float, float] = (1.0, 20.0)
     distortion_weight: float = 0.0
     quantizer_weight: float = 1.0
 
@@ -167,6 +174,10 @@ class VQ3DConfig:
         check_positive("disc_channels", self.disc_channels)
         check_positive("disc_max_channels", self.disc_max_channels)
         check_choice("adversarial_loss", self.adversarial_loss, ("hinge", "nonsaturating"))
+        check_choice("depth_align", self.depth_align, ("lsq", "range", "none"))
+        self.depth_range = tuple(float(v) for v in self.depth_range)
+        if len(self.depth_range) != 2 or not 0 < self.depth_range[0] < self.depth_range[1]:
+            raise ValueError(f"depth_range must be (near, far) with 0 < near < far, got {self.depth_range}")
         check_choice("quantizer", self.quantizer, QUANTIZERS)
         check_choice("codebook_update", self.codebook_update, CODEBOOK_UPDATES)
         check_choice("density_activation", self.density_activation, DENSITY_ACTIVATIONS)
@@ -279,6 +290,10 @@ def _tiny() -> VQ3DConfig:
         adversarial_start_step=400,
         disc_channels=32,
         disc_max_channels=128,
+        samples_per_ray=64,
+        march_step_size=0.08,
+        depth_align="range",
+        depth_range=(1.5, 20.0),
     )
 
 

@@ -19,6 +19,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -29,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_tensor
+from vq3dlib._validation import check_tensor, inner_checks_off
 from vq3dlib.cameras import Cameras, NovelViewSampler, canonical_cameras
 from vq3dlib.losses import (
     LPIPS,
@@ -84,6 +85,29 @@ def build_quantizer(cfg: VQ3DConfig, dim: int) -> nn.Module:
     )
 
 
+def map_disparity_range(disparity: Tensor, depth_range: tuple[float, float], low: float = 0.02) -> Tensor:
+    """Maps each image's disparity robustly onto ``[1/far, 1/near]`` (no gradient).
+
+    The ``low`` and ``1 - low`` quantiles of every image go to ``1/far`` and ``1/near``: a relative
+    (scale/shift-free) pseudo disparity becomes a plausible metric one for the canonical camera,
+    without depending on the current rendering (least-squares alignment to a flat rendering
+    collapses the target to a constant early in training).
+
+    Example:
+        >>> import torch
+        >>> d = map_disparity_range(torch.linspace(0, 1, 101).reshape(1, 1, 101), (1.0, 10.0), low=0.0)
+        >>> round(float(d.min()), 3), round(float(d.max()), 3)
+        (0.1, 1.0)
+    """
+    flat = disparity.detach().reshape(disparity.shape[0], -1)
+    lo = torch.quantile(flat, low, dim=1)
+    hi = torch.quantile(flat, 1 - low, dim=1)
+    shape = (-1,) + (1,) * (disparity.dim() - 1)
+    unit = ((disparity.detach() - lo.reshape(shape)) / (hi - lo).clamp_min(1e-8).reshape(shape)).clamp(0, 1)
+    near, far = depth_range
+    return 1 / far + unit * (1 / near - 1 / far)
+
+
 class SuperResolution(nn.Module):
     """Optional 2D refiner: bilinear upsampling of the low-resolution render + a residual conv stack.
 
@@ -109,6 +133,20 @@ class SuperResolution(nn.Module):
     def forward(self, rgb: Tensor) -> Tensor:
         up = F.interpolate(rgb, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
         return up + self.net(up)
+
+
+@contextlib.contextmanager
+def _frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters of ``modules`` record no gradient for graphs built inside (restored after)."""
+    params = [p for m in modules for p in m.parameters()]
+    states = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, state in zip(params, states):
+            p.requires_grad_(state)
 
 
 @dataclass
@@ -304,9 +342,17 @@ class VQ3DModel(nn.Module):
 
     def encode(self, images: Tensor) -> tuple[Tensor, Tensor, Any]:
         """``images [B, 3, H, W]`` in [0, 1] → quantised tokens ``[B, N, D]``, indices, quantizer aux."""
+        self._check_images(images)
+        with inner_checks_off():
+            return self._encode(images)
+
+    def _check_images(self, images: Tensor) -> None:
         cfg = self.config
-        check_tensor("images", images, shape=(None, cfg.in_channels, cfg.image_size, cfg.image_size), floating=True,
-                     finite=True)
+        size = (None, cfg.in_channels, cfg.image_size, cfg.image_size)
+        check_tensor("images", images, shape=size, floating=True, finite=True)
+
+    def _encode(self, images: Tensor) -> tuple[Tensor, Tensor, Any]:
+        cfg = self.config
         tokens = self.encoder(images * 2 - 1)
         z_q, indices, aux = self.quantizer(tokens)
         grid = cfg.grid_size
@@ -326,7 +372,9 @@ class VQ3DModel(nn.Module):
             torch.Size([1, 3, 16, 32, 32])
         """
         b = indices.shape[0]
-        codes = self.quantizer.indices_to_codes(indices.reshape(b, self.config.num_tokens, *indices.shape[3:]))
+        codes = self.quantizer.indices_to_codes(
+            indices.reshape(b, self.config.num_tokens, *indices.shape[3:])
+        )
         return self.decode_planes(codes)
 
     def density(self, planes: Tensor, points: Tensor, scene_index: Tensor) -> Tensor:
@@ -337,8 +385,10 @@ class VQ3DModel(nn.Module):
         use_dirs = self.config.use_view_dirs
 
         def field(positions: Tensor, directions: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
-            out = self.field(self.triplane(positions, planes=planes, scene_index=scene_index),
-                             directions if use_dirs else None)
+            out = self.field(
+                self.triplane(positions, planes=planes, scene_index=scene_index),
+                directions if use_dirs else None,
+            )
             return out.density, out.rgb
 
         field.density = lambda positions, scene_index: self.density(planes, positions, scene_index)
@@ -365,12 +415,15 @@ class VQ3DModel(nn.Module):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
         n_scenes = planes.shape[0]
         if len(cameras) % max(n_scenes, 1):
-            raise ValueError(f"the number of cameras ({len(cameras)}) must be a multiple of the scenes ({n_scenes})")
+            raise ValueError(
+                f"the number of cameras ({len(cameras)}) must be a multiple of the scenes ({n_scenes})"
+            )
         rays = cameras.to(planes.device).generate_rays()
         scene_index = rays.scene_index % max(n_scenes, 1)
         grid = self.occupancy(planes)
-        out = self.renderer(self._field_fn(planes), rays, scene_index=scene_index, grid=grid,
-                            background=background)
+        out = self.renderer(
+            self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
+        )
         n, h, w = rays.origins.shape[:3]
         images = {
             "rgb": out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2),
@@ -405,9 +458,18 @@ class VQ3DModel(nn.Module):
             step: training step (the adversarial terms start at ``config.adversarial_start_step``).
             cameras: canonical cameras (default: :meth:`canonical_cameras`).
         """
+        self._check_images(images)
+        if depth is not None:
+            check_tensor("depth", depth, shape=(images.shape[0], 1, None, None), floating=True, finite=True)
+        with inner_checks_off():  # inputs are checked; skip the per-block value checks inside
+            return self._forward(images, depth, step, cameras)
+
+    def _forward(
+        self, images: Tensor, depth: Tensor | None, step: int, cameras: Cameras | None
+    ) -> dict[str, Any]:
         cfg = self.config
         b = images.shape[0]
-        z_q, indices, aux = self.encode(images)
+        z_q, indices, aux = self._encode(images)
         planes = self.decode_planes(z_q)
         cams = cameras if cameras is not None else self.canonical_cameras(b)
         canonical = self.render(planes, cams)
@@ -423,11 +485,17 @@ class VQ3DModel(nn.Module):
         samples = canonical.samples
         if depth is not None and cfg.depth_weight > 0:
             r = cfg.render_resolution
-            check_tensor("depth", depth, shape=(b, 1, None, None), floating=True, finite=True)
             target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
+            if cfg.depth_align == "range":
+                target = map_disparity_range(target, cfg.depth_range)
             losses["depth"] = cfg.depth_weight * pointwise_depth_loss(
-                samples.weights, samples.t_starts, samples.t_ends, target, samples.ray_indices,
+                samples.weights,
+                samples.t_starts,
+                samples.t_ends,
+                target,
+                samples.ray_indices,
                 target_space="disparity",
+                align=cfg.depth_align == "lsq",
             )
         if cfg.distortion_weight > 0:
             losses["distortion"] = cfg.distortion_weight * distortion_loss(
@@ -436,22 +504,17 @@ class VQ3DModel(nn.Module):
 
         novel_rgb = None
         if cfg.novel_views > 0:
-            base = cams.resize((cfg.render_resolution, cfg.render_resolution)) if cameras is not None else None
+            base = (
+                cams.resize((cfg.render_resolution, cfg.render_resolution)) if cameras is not None else None
+            )
             base = None if base is None else Cameras.cat([base] * cfg.novel_views)
             novel_cams = self.novel_sampler.sample(b * cfg.novel_views, base=base, device=images.device)
             novel_rgb = self.render(planes, novel_cams).images["rgb"]
 
         adversarial_on = step >= cfg.adversarial_start_step and cfg.adversarial_weight > 0
         if adversarial_on:
-            g_loss = generator_loss(self.disc_canonical(recon * 2 - 1), cfg.adversarial_loss)
-            if self.training and torch.is_grad_enabled():
-                weight = adaptive_generator_weight(rec_loss, g_loss, self.decoder.last_layer_weight)
-            else:
-                weight = torch.ones((), device=images.device)
-            losses["adversarial"] = cfg.adversarial_weight * weight * g_loss
-            if novel_rgb is not None and cfg.novel_adversarial_weight > 0:
-                g_novel = generator_loss(self.disc_novel(novel_rgb * 2 - 1), cfg.adversarial_loss)
-                losses["adversarial_novel"] = cfg.novel_adversarial_weight * weight * g_novel
+            with _frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
+                losses.update(self._generator_adversarial(recon, rec_loss, novel_rgb))
 
         return {
             "reconstruction": recon,
@@ -467,6 +530,22 @@ class VQ3DModel(nn.Module):
             "quantizer_stats": {k: v.detach() for k, v in aux.stats.items()},
         }
 
+    def _generator_adversarial(
+        self, recon: Tensor, rec_loss: Tensor, novel_rgb: Tensor | None
+    ) -> dict[str, Tensor]:
+        cfg = self.config
+        losses = {}
+        g_loss = generator_loss(self.disc_canonical(recon * 2 - 1), cfg.adversarial_loss)
+        if self.training and torch.is_grad_enabled():
+            weight = adaptive_generator_weight(rec_loss, g_loss, self.decoder.last_layer_weight)
+        else:
+            weight = torch.ones((), device=recon.device)
+        losses["adversarial"] = cfg.adversarial_weight * weight * g_loss
+        if novel_rgb is not None and cfg.novel_adversarial_weight > 0:
+            g_novel = generator_loss(self.disc_novel(novel_rgb * 2 - 1), cfg.adversarial_loss)
+            losses["adversarial_novel"] = cfg.novel_adversarial_weight * weight * g_novel
+        return losses
+
     def discriminator_loss(self, images: Tensor, outputs: dict[str, Any]) -> dict[str, Tensor]:
         """Discriminator losses for one step, from real ``images`` and the generator's ``outputs``.
 
@@ -480,14 +559,18 @@ class VQ3DModel(nn.Module):
         if cfg.r1_weight > 0:
             real = real.detach().requires_grad_(True)
         logits_real = self.disc_canonical(real)
-        losses = {"canonical": discriminator_loss(logits_real, self.disc_canonical(fake), cfg.adversarial_loss)}
+        losses = {
+            "canonical": discriminator_loss(logits_real, self.disc_canonical(fake), cfg.adversarial_loss)
+        }
         if cfg.r1_weight > 0:
             losses["r1"] = cfg.r1_weight / 2 * r1_penalty(logits_real, real)
         if outputs.get("novel_rgb") is not None:
             r = cfg.render_resolution
             small = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False) * 2 - 1
             novel = outputs["novel_rgb"].detach() * 2 - 1
-            losses["novel"] = discriminator_loss(self.disc_novel(small), self.disc_novel(novel), cfg.adversarial_loss)
+            losses["novel"] = discriminator_loss(
+                self.disc_novel(small), self.disc_novel(novel), cfg.adversarial_loss
+            )
         losses["loss"] = sum(losses.values())
         return losses
 
