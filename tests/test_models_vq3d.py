@@ -28,7 +28,14 @@ def test_forward_outputs_and_loss_terms():
     assert out["indices"].shape == (2, 4, 4) and out["indices"].dtype == torch.long
     assert out["planes"].shape == (2, 3, 16, 16, 16)
     assert out["novel_rgb"].shape == (2, 3, 8, 8)
-    assert set(out["losses"]) == {"l2", "quantizer", "depth", "distortion", "adversarial", "adversarial_novel"}
+    assert set(out["losses"]) == {
+        "l2",
+        "quantizer",
+        "depth",
+        "distortion",
+        "adversarial",
+        "adversarial_novel",
+    }
     assert torch.isclose(out["loss"], sum(out["losses"].values()))
     out["loss"].backward()
     grads = [p.grad for p in model.encoder.parameters()]
@@ -147,7 +154,7 @@ def test_micro_model_learns_quickly():
     model = _micro(novel_views=0, adversarial_weight=0.0)
     opt = torch.optim.Adam(model.generator_parameters(), lr=2e-3)
     losses = []
-    for step in range(40):
+    for step in range(25):
         out = model(images, step=step)
         opt.zero_grad()
         out["loss"].backward()
@@ -163,3 +170,17 @@ def test_tiny_overfits_one_scene_and_depth_loss_helps():
     assert corr > 0.6, corr
     _, corr_without, _ = _fit_one_scene(100, use_depth=False)
     assert corr > corr_without + 0.3, (corr, corr_without)
+
+
+def test_stage2_samples_decode_to_renderable_scenes():
+    from vq3dlib.models import CodePrior
+
+    model = _micro().eval()
+    prior = CodePrior.from_config(model.config).eval()
+    indices = prior.sample(
+        2, labels=torch.tensor([0, 3]), top_k=20, generator=torch.Generator().manual_seed(0)
+    )
+    assert indices.shape == (2, model.config.num_tokens)
+    scene = model.decode_indices(indices)
+    views = scene.render(model.canonical_cameras(2))
+    assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()

@@ -153,7 +153,8 @@ class TriplaneDecoder(nn.Module):
         """Weight of the layer nearest the output (VQGAN's adaptive GAN weight is measured there).
 
         Example:
-            >>> TriplaneDecoder(grid_size=2, width=8, depth=1, heads=2, plane_resolution=4).last_layer_weight.dim()
+            >>> dec = TriplaneDecoder(grid_size=2, width=8, depth=1, heads=2, plane_resolution=4)
+            >>> dec.last_layer_weight.dim()
             2
         """
         if isinstance(self.refine, PlaneRefiner):
