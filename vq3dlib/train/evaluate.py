@@ -6,7 +6,8 @@
 * ``novel_psnr``: the reconstructed scene rendered from the dataset's true novel cameras (procedural
   scenes) against the true novel views — the test of 3D consistency;
 * ``depth_abs_rel``/``depth_delta1``: the rendered depth against the true depth after a per-image
-  scale/shift alignment in disparity space (:func:`vq3dlib.metrics.depth_abs_rel`);
+  scale/shift alignment in disparity space (:func:`vq3dlib.metrics.depth_abs_rel`), on the pixels
+  closer than ``max_depth`` (scene content; the far sky is left out);
 * ``codebook_perplexity``/``codebook_used``: code usage over the dataset;
 
 and the baselines ``baseline_psnr``/``baseline_novel_psnr`` (predict the mean image of the evaluated
@@ -50,6 +51,7 @@ def evaluate_stage1(
     batch_size: int = 8,
     max_items: int | None = None,
     device: torch.device | str | None = None,
+    max_depth: float = 10.0,
 ) -> dict[str, Any]:
     """Metrics of ``model`` (a :class:`~vq3dlib.models.VQ3DModel`) on ``dataset`` (see the module docstring).
 
@@ -61,6 +63,8 @@ def evaluate_stage1(
         batch_size: images per forward pass.
         max_items: evaluate the first ``max_items`` items only.
         device: where to run (default: the model's device).
+        max_depth: depth is evaluated on pixels whose true depth is below this (the procedural sky
+            sphere, at 20, is left out, like the depth cap of driving benchmarks).
 
     Returns:
         ``{metric: float}`` averaged over images, plus ``"n_images"``; metrics whose inputs are
@@ -100,12 +104,13 @@ def evaluate_stage1(
                 images_all.append(images.cpu())
                 if "depth" in batch:
                     gt = _resize(batch["depth"].to(device), (r, r), "nearest")
+                    mask = gt < max_depth
                     pred = view["depth"]
-                    add("depth_abs_rel", depth_abs_rel(pred, gt))
-                    add("depth_delta1", depth_delta(pred, gt))
+                    add("depth_abs_rel", depth_abs_rel(pred, gt, mask))
+                    add("depth_delta1", depth_delta(pred, gt, mask))
                     const = torch.ones_like(gt)
-                    add("baseline_depth_abs_rel", depth_abs_rel(const, gt))
-                    add("baseline_depth_delta1", depth_delta(const, gt))
+                    add("baseline_depth_abs_rel", depth_abs_rel(const, gt, mask))
+                    add("baseline_depth_delta1", depth_delta(const, gt, mask))
                 if "novel_images" in batch and batch["novel_images"].shape[1] > 0:
                     target = batch["novel_images"].flatten(0, 1).to(device)
                     v = batch["novel_images"].shape[1]

@@ -67,7 +67,11 @@ def image_grid(images: Tensor, nrow: int | None = None, pad: int = 1) -> Tensor:
     grid = torch.ones(3, rows * (h + pad) + pad, nrow * (w + pad) + pad)
     for i in range(n):
         r, col = divmod(i, nrow)
-        grid[:, pad + r * (h + pad): pad + r * (h + pad) + h, pad + col * (w + pad): pad + col * (w + pad) + w] = x[i]
+        grid[
+            :,
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + col * (w + pad) : pad + col * (w + pad) + w,
+        ] = x[i]
     return grid
 
 
@@ -103,7 +107,9 @@ class TrainLogger:
         enabled: ``False`` turns every call into a no-op (e.g. on non-zero DDP ranks).
     """
 
-    def __init__(self, log_dir: str | os.PathLike, tensorboard: bool | None = None, enabled: bool = True) -> None:
+    def __init__(
+        self, log_dir: str | os.PathLike, tensorboard: bool | None = None, enabled: bool = True
+    ) -> None:
         self.dir = Path(log_dir)
         self.enabled = enabled
         self.writer = None

@@ -118,8 +118,9 @@ def apply_overrides(config: Any, overrides: Iterable[str] | Mapping[str, Any]) -
             if head == "model" and "model_overrides" in fields:
                 head = "model_overrides"
             if head not in fields or not isinstance(getattr(config, head), dict):
-                raise ValueError(f"unknown config key {key!r}: {head!r} is not a dict field of "
-                                 f"{type(config).__name__}")
+                raise ValueError(
+                    f"unknown config key {key!r}: {head!r} is not a dict field of {type(config).__name__}"
+                )
             target = dict(changes.get(head, getattr(config, head)))
             target[sub] = _parse_model_value(sub, raw) if parsed_from_text else raw
             changes[head] = target
@@ -217,7 +218,9 @@ class MemoryDataset(Dataset):
     def batch(self, indices: Tensor | Sequence[int]) -> dict[str, Any]:
         """The collated batch of ``indices`` (faster than collating items one by one)."""
         idx = torch.as_tensor(indices, dtype=torch.long)
-        return {k: v[idx] if isinstance(v, Tensor) else [v[int(i)] for i in idx] for k, v in self.columns.items()}
+        return {
+            k: v[idx] if isinstance(v, Tensor) else [v[int(i)] for i in idx] for k, v in self.columns.items()
+        }
 
 
 def get_batch(dataset: Dataset, indices: Tensor) -> dict[str, Any]:
@@ -237,7 +240,9 @@ def get_batch(dataset: Dataset, indices: Tensor) -> dict[str, Any]:
 
 
 def warmup_cosine(warmup_steps: int, total_steps: int, min_ratio: float = 0.1) -> Callable[[int], float]:
-    """LR multiplier: linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio`` at ``total_steps``.
+    """LR multiplier: linear warmup over ``warmup_steps``, then cosine decay to ``min_ratio``.
+
+    The decay reaches ``min_ratio`` at ``total_steps`` and stays there.
 
     Example:
         >>> f = warmup_cosine(10, 100, min_ratio=0.0)

@@ -34,6 +34,7 @@ import dataclasses
 import json
 import math
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -100,6 +101,8 @@ class Stage1Config:
         device: ``"auto"``, ``"cpu"``, ``"cuda"``.
         time_budget_s: stop (with a checkpoint) after this many seconds of training (0: no limit); the
             run then ends before ``steps``.
+        stop_at_step: end this invocation (with a checkpoint) once this step is reached, keeping the
+            schedule of ``steps`` (0: run to ``steps``); for jobs split into several runs with ``resume``.
         resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (if any).
         progress: show a progress bar.
     """
@@ -134,6 +137,7 @@ class Stage1Config:
     seed: int = 0
     device: str = "auto"
     time_budget_s: float = 0.0
+    stop_at_step: int = 0
     resume: bool = False
     progress: bool = True
 
@@ -142,9 +146,23 @@ class Stage1Config:
         self.disc_betas = tuple(float(b) for b in self.disc_betas)  # type: ignore[assignment]
         for name in ("steps", "batch_size", "lr", "disc_lr", "keep_last"):
             check_positive(name, getattr(self, name))
-        for name in ("train_size", "eval_size", "warmup_steps", "grad_clip", "weight_decay", "ema_decay",
-                     "ema_warmup", "log_every", "image_every", "eval_every", "ckpt_every", "seed",
-                     "time_budget_s", "data_seed"):
+        for name in (
+            "train_size",
+            "eval_size",
+            "warmup_steps",
+            "grad_clip",
+            "weight_decay",
+            "ema_decay",
+            "ema_warmup",
+            "log_every",
+            "image_every",
+            "eval_every",
+            "ckpt_every",
+            "seed",
+            "time_budget_s",
+            "data_seed",
+            "stop_at_step",
+        ):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_choice("amp", self.amp, AMP_MODES)
         if not 0.0 <= self.ema_decay < 1.0:
@@ -158,7 +176,8 @@ class Stage1Config:
         """The :class:`~vq3dlib.models.VQ3DConfig` of this run (validated).
 
         Example:
-            >>> Stage1Config(model_overrides={"image_size": 16, "plane_resolution": 16}).model_config().num_tokens
+            >>> cfg = Stage1Config(model_overrides={"image_size": 16, "plane_resolution": 16})
+            >>> cfg.model_config().num_tokens
             16
         """
         from vq3dlib.models.configs import get_config
@@ -186,14 +205,21 @@ def build_datasets(cfg: Stage1Config, image_size: int) -> tuple[Dataset, Dataset
         if cfg.train_size == 0:
             raise ValueError("train_size must be > 0 for procedural data")
         train: Dataset = ProceduralScenes(cfg.train_size, image_size, n_novel_views=1, seed=cfg.data_seed)
-        held = (ProceduralScenes(cfg.eval_size, image_size, n_novel_views=1, seed=cfg.data_seed + 1)
-                if cfg.eval_size else None)
+        held = (
+            ProceduralScenes(cfg.eval_size, image_size, n_novel_views=1, seed=cfg.data_seed + 1)
+            if cfg.eval_size
+            else None
+        )
     else:
         root = Path(cfg.data)
         if not root.is_dir():
-            raise FileNotFoundError(f"data must be 'procedural' or an existing image folder, got {cfg.data!r}")
+            raise FileNotFoundError(
+                f"data must be 'procedural' or an existing image folder, got {cfg.data!r}"
+            )
         train = ImageFolderDataset(root, image_size, depth="auto" if cfg.use_depth else "none")
-        held = torch.utils.data.Subset(train, range(min(cfg.eval_size, len(train)))) if cfg.eval_size else None
+        held = (
+            torch.utils.data.Subset(train, range(min(cfg.eval_size, len(train)))) if cfg.eval_size else None
+        )
     return train, held
 
 
@@ -215,8 +241,10 @@ def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
 # ------------------------------------------------------------------------------- model I/O
 
 
-def load_stage1_model(path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True) -> nn.Module:
-    """A :class:`~vq3dlib.models.VQ3DModel` from a run folder, a training checkpoint or a ``model.safetensors``.
+def load_stage1_model(
+    path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True
+) -> nn.Module:
+    """A :class:`~vq3dlib.models.VQ3DModel` from a run folder, a checkpoint or a ``model.safetensors``.
 
     A folder: its ``model.safetensors`` if present, else its latest checkpoint (``checkpoints/``).
     A checkpoint: the EMA weights when it has them and ``ema`` is true, else the raw weights.
@@ -257,7 +285,9 @@ def load_stage1_model(path: str | Path, map_location: str | torch.device = "cpu"
         raise ValueError(f"{p} is not a stage-1 checkpoint (no model / model_config)")
     model = VQ3DModel(VQ3DConfig.from_dict(model_cfg))
     if ema and "ema" in ckpt.states:
-        state = {k.removeprefix("module."): v for k, v in ckpt.states["ema"].items() if k.startswith("module.")}
+        state = {
+            k.removeprefix("module."): v for k, v in ckpt.states["ema"].items() if k.startswith("module.")
+        }
     else:
         state = ckpt.states["model"]
     model.load_state_dict(state)
@@ -311,8 +341,12 @@ def _preview(model: nn.Module, batch: dict[str, Any], device: torch.device) -> d
             out = model(batch["image"].to(device), step=0)
     finally:
         model.train(was)
-    views = {"input": batch["image"], "reconstruction": out["reconstruction"].clamp(0, 1),
-             "depth": out["depth"], "opacity": out["opacity"]}
+    views = {
+        "input": batch["image"],
+        "reconstruction": out["reconstruction"].clamp(0, 1),
+        "depth": out["depth"],
+        "opacity": out["opacity"],
+    }
     if out.get("novel_rgb") is not None:
         views["novel_view"] = out["novel_rgb"].clamp(0, 1)
     return views
@@ -368,8 +402,14 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
         if held_out is not None:
             held_out = MemoryDataset(held_out, progress=False)
 
-    state_objects: dict[str, Any] = {"model": model, "opt_g": opt_g, "opt_d": opt_d, "sched_g": sched_g,
-                                     "sched_d": sched_d, "scaler": scaler}
+    state_objects: dict[str, Any] = {
+        "model": model,
+        "opt_g": opt_g,
+        "opt_d": opt_d,
+        "sched_g": sched_g,
+        "sched_d": sched_d,
+        "scaler": scaler,
+    }
     if ema is not None:
         state_objects["ema"] = ema
     start_step, skipped = 0, 0
@@ -390,21 +430,29 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
         ignore = [f"disc_canonical.{n}" for n, _ in model.disc_canonical.named_parameters()]
         ignore += [f"disc_novel.{n}" for n, _ in model.disc_novel.named_parameters()]
         DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
-        ddp_model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None,
-                        find_unused_parameters=False)
+        ddp_model = DDP(
+            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
+        )
 
     logger = TrainLogger(out_dir / "logs", enabled=main)
     if main:
         out_dir.mkdir(parents=True, exist_ok=True)
         (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    preview_batch = get_batch(held_out if held_out is not None else train_set,
-                              torch.arange(min(8, len(held_out if held_out is not None else train_set))))
+    preview_batch = get_batch(
+        held_out if held_out is not None else train_set,
+        torch.arange(min(8, len(held_out if held_out is not None else train_set))),
+    )
 
     def save(step: int) -> None:
         if main:
-            save_checkpoint(checkpoint_path(ckpt_dir, step), state_objects, step=step, config=cfg,
-                            extra={"skipped_steps": skipped, "model_config": model_cfg.to_dict()},
-                            keep_last=cfg.keep_last)
+            save_checkpoint(
+                checkpoint_path(ckpt_dir, step),
+                state_objects,
+                step=step,
+                config=cfg,
+                extra={"skipped_steps": skipped, "model_config": model_cfg.to_dict()},
+                keep_last=cfg.keep_last,
+            )
 
     def evaluate(step: int) -> dict[str, Any]:
         from vq3dlib.train.evaluate import evaluate_stage1
@@ -426,6 +474,8 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
     try:
         while step < cfg.steps:
             if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+                break
+            if cfg.stop_at_step and step >= cfg.stop_at_step:
                 break
             idx = step_indices(step, len(train_set), cfg.batch_size, cfg.seed, rank, world)
             batch = get_batch(train_set, idx)
@@ -474,8 +524,10 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
                 scaler.update()
             opt_g.zero_grad(set_to_none=True)
             opt_d.zero_grad(set_to_none=True)
-            sched_g.step()
-            sched_d.step()
+            with warnings.catch_warnings():  # the discriminator optimizer idles until the adversarial start
+                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+                sched_g.step()
+                sched_d.step()
             step += 1
             images_seen += images.shape[0] * world
 
@@ -488,10 +540,22 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
             bar.update(1)
             bar.set_postfix(loss=f"{losses['loss/total']:.4f}", img_s=f"{ips:.1f}", skipped=skipped)
             if cfg.log_every and step % cfg.log_every == 0:
-                stats = {f"quantizer/{k}": float(v.float().mean()) for k, v in out["quantizer_stats"].items()
-                         if v.numel() >= 1}
-                logger.scalars(step, {**losses, **stats, "lr": sched_g.get_last_lr()[0], "grad_norm": gnorm,
-                                      "skipped_steps": skipped, "images_per_second": ips})
+                stats = {
+                    f"quantizer/{k}": float(v.float().mean())
+                    for k, v in out["quantizer_stats"].items()
+                    if v.numel() >= 1
+                }
+                logger.scalars(
+                    step,
+                    {
+                        **losses,
+                        **stats,
+                        "lr": sched_g.get_last_lr()[0],
+                        "grad_norm": gnorm,
+                        "skipped_steps": skipped,
+                        "images_per_second": ips,
+                    },
+                )
             del out
             if cfg.image_every and step % cfg.image_every == 0 and main and step < cfg.steps:
                 logger.images(step, _preview(model, preview_batch, device))
@@ -507,9 +571,14 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
             final_model.save(out_dir / MODEL_FILE)
             logger.images(step, _preview(final_model, preview_batch, device))
             metrics = evaluate(step)
-            summary = {"step": step, "skipped_steps": skipped, "train_seconds": train_seconds,
-                       "images_per_second": images_seen / max(train_seconds, 1e-9), "losses": losses,
-                       "held_out": metrics}
+            summary = {
+                "step": step,
+                "skipped_steps": skipped,
+                "train_seconds": train_seconds,
+                "images_per_second": images_seen / max(train_seconds, 1e-9),
+                "losses": losses,
+                "held_out": metrics,
+            }
             (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
     finally:
         bar.close()
