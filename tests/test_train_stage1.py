@@ -100,7 +100,9 @@ def test_non_finite_loss_step_is_skipped_and_not_written(tmp_path, monkeypatch):
     assert result["step"] == 2 and result["skipped_steps"] == 1
     # step 1 was skipped: weights AND buffers (quantizer EMA statistics) equal those after step 0
     assert not _states_equal(reference["model"].state_dict(), result["model"].state_dict())
-    assert all(torch.isfinite(v).all() for v in result["model"].state_dict().values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in result["model"].state_dict().values() if v.is_floating_point()
+    )
     ckpt_extra = json.loads((tmp_path / "nan" / "metrics.json").read_text())
     assert ckpt_extra["skipped_steps"] == 1
 

@@ -122,13 +122,19 @@ def apply_overrides(config: Any, overrides: Iterable[str] | Mapping[str, Any]) -
                     f"unknown config key {key!r}: {head!r} is not a dict field of {type(config).__name__}"
                 )
             target = dict(changes.get(head, getattr(config, head)))
-            target[sub] = _parse_model_value(sub, raw) if parsed_from_text else raw
+            try:
+                target[sub] = _parse_model_value(sub, raw) if parsed_from_text else raw
+            except ValueError as exc:
+                raise ValueError(f"bad value for {key!r}: {exc}") from None
             changes[head] = target
             continue
         if key not in fields:
             raise ValueError(f"unknown config key {key!r}; known keys: {', '.join(sorted(fields))}")
         current = getattr(config, key)
-        changes[key] = parse_value(raw, current) if parsed_from_text else raw
+        try:
+            changes[key] = parse_value(raw, current) if parsed_from_text else raw
+        except ValueError as exc:
+            raise ValueError(f"bad value for {key!r}: {exc}") from None
     return dataclasses.replace(config, **changes)
 
 

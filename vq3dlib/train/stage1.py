@@ -19,13 +19,11 @@ resume, and N/2 more). Under DDP the discriminators are kept out of DDP's gradie
 gradients are averaged explicitly in the discriminator step) and the quantizer synchronises its own
 EMA statistics across processes.
 
-Example:
-    >>> import tempfile
-    >>> cfg = Stage1Config(steps=1, batch_size=2, train_size=2, eval_size=0, out_dir=tempfile.mkdtemp(),
-    ...                    progress=False, model_overrides=dict(image_size=16, render_resolution=8,
-    ...                    plane_resolution=16, samples_per_ray=8))
-    >>> train_stage1(cfg)["step"]
-    1
+Example (``train_stage1(cfg)`` runs it; ``vq3d train --set steps=100`` from a shell):
+    >>> from vq3dlib.train.loop import apply_overrides
+    >>> cfg = apply_overrides(Stage1Config(), ["steps=100", "amp=bf16", "model.image_size=16"])
+    >>> cfg.steps, cfg.amp, cfg.model_config().image_size
+    (100, 'bf16', 16)
 """
 
 from __future__ import annotations

@@ -11,15 +11,10 @@ clipping, NaN/Inf steps skipped and counted, bf16/fp16 autocast, DDP under ``tor
 checkpoints with bit-exact resume on CPU. The result is ``out_dir/prior.safetensors``
 (:func:`load_prior`).
 
-Example:
-    >>> import tempfile, os
-    >>> from vq3dlib.models import VQ3DModel
-    >>> d = tempfile.mkdtemp(); stage1 = os.path.join(d, "model.safetensors")
-    >>> VQ3DModel.from_config("tiny", image_size=16, plane_resolution=16, render_resolution=8).save(stage1)
-    >>> cfg = Stage2Config(stage1=stage1, steps=2, batch_size=2, train_size=4, out_dir=d, progress=False,
-    ...                    prior_overrides={"prior_width": 32, "prior_depth": 1})
-    >>> train_stage2(cfg)["step"]
-    2
+Example (``train_stage2(cfg)`` runs it; ``vq3d train --stage 2 --stage1 runs/stage1`` from a shell):
+    >>> cfg = Stage2Config(stage1="runs/stage1", steps=500, prior_overrides={"prior_width": 64})
+    >>> cfg.batch_size, cfg.prior_overrides
+    (32, {'prior_width': 64})
 """
 
 from __future__ import annotations
@@ -134,8 +129,8 @@ def extract_codes(
     Example:
         >>> from vq3dlib.data import ProceduralScenes
         >>> from vq3dlib.models import VQ3DModel
-        >>> model = VQ3DModel.from_config("tiny", image_size=16, plane_resolution=16)
-        >>> extract_codes(model, ProceduralScenes(3, 16))["indices"].shape
+        >>> model = VQ3DModel.from_config("tiny", image_size=16, plane_resolution=16, encoder_depth=1)
+        >>> extract_codes(model, ProceduralScenes(3, 16, n_novel_views=0))["indices"].shape
         torch.Size([3, 16])
     """
     from vq3dlib.train.loop import get_batch
