@@ -15,6 +15,14 @@ MICRO = dict(image_size=16, render_resolution=8, plane_resolution=16, plane_chan
              codebook_size=32, code_dim=8, field_hidden_dim=16)  # fmt: skip
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)  # micro tensors: one thread is fastest and immune to a busy machine
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
