@@ -10,7 +10,7 @@ import pytest
 
 import vq3dlib
 
-SKIP_PREFIXES = ("vq3dlib.cli",)
+SKIP_PREFIXES: tuple[str, ...] = ()
 
 
 def _modules() -> list[str]:

@@ -418,12 +418,14 @@ class VQ3DModel(nn.Module):
             raise ValueError(
                 f"the number of cameras ({len(cameras)}) must be a multiple of the scenes ({n_scenes})"
             )
-        rays = cameras.to(planes.device).generate_rays()
-        scene_index = rays.scene_index % max(n_scenes, 1)
-        grid = self.occupancy(planes)
-        out = self.renderer(
-            self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
-        )
+        with torch.autocast(planes.device.type, enabled=False):  # geometry and compositing in float32
+            planes = planes.float()
+            rays = cameras.to(planes.device).generate_rays()
+            scene_index = rays.scene_index % max(n_scenes, 1)
+            grid = self.occupancy(planes)
+            out = self.renderer(
+                self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
+            )
         n, h, w = rays.origins.shape[:3]
         images = {
             "rgb": out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2),

@@ -1,0 +1,120 @@
+"""Tests for vq3dlib.train.stage2: code extraction and caching, labels, resume, NaN skip, prior I/O."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from vq3dlib.data import ProceduralScenes
+from vq3dlib.models import CodePrior, VQ3DModel
+from vq3dlib.train import stage2 as S2
+from vq3dlib.train.stage2 import Stage2Config, extract_codes, load_prior, train_stage2
+
+MICRO = dict(
+    image_size=16, render_resolution=8, plane_resolution=16, plane_channels=8, samples_per_ray=8,
+    occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32, decoder_heads=2,
+    codebook_size=32, code_dim=8, disc_channels=8, disc_max_channels=16, field_hidden_dim=16,
+    prior_width=32, prior_depth=1, prior_heads=2,
+)  # fmt: skip
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture
+def stage1_file(tmp_path):
+    path = tmp_path / "stage1" / "model.safetensors"
+    path.parent.mkdir()
+    VQ3DModel.from_config("tiny", **MICRO).save(path)
+    return path
+
+
+def config(stage1, out, **kw) -> Stage2Config:
+    base = dict(stage1=str(stage1), out_dir=str(out), steps=4, batch_size=4, train_size=6, progress=False,
+                log_every=1, ckpt_every=0, warmup_steps=1, device="cpu")  # fmt: skip
+    base.update(kw)
+    return Stage2Config(**base)
+
+
+def test_codes_match_the_frozen_model_and_labels_come_from_the_dataset(stage1_file):
+    model = VQ3DModel.load(stage1_file)
+    data = ProceduralScenes(5, 16, seed=0)
+    codes = extract_codes(model, data, batch_size=2)
+    assert codes["indices"].shape == (5, model.config.num_tokens) and codes["indices"].dtype == torch.int64
+    assert codes["labels"].tolist() == [int(data[i]["label"]) for i in range(5)]
+    _, direct, _ = model.eval().encode(torch.stack([data[i]["image"] for i in range(5)]))
+    assert torch.equal(codes["indices"], direct.reshape(5, -1))
+
+
+def test_codes_extracted_once_and_cached(stage1_file, tmp_path, monkeypatch):
+    calls = []
+    original = S2.extract_codes
+    monkeypatch.setattr(S2, "extract_codes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    first = train_stage2(config(stage1_file, tmp_path / "a"))
+    assert len(calls) == 1 and first["codes_path"].is_file() and first["n_codes"] == 6
+    assert first["conditional"]
+    train_stage2(config(stage1_file, tmp_path / "a", steps=6, resume=True))
+    assert len(calls) == 1  # same stage-1 weights and data: the cache is reused
+    train_stage2(config(stage1_file, tmp_path / "a", steps=6, train_size=5))
+    assert len(calls) == 2  # different data: extracted again
+    VQ3DModel.from_config("tiny", **MICRO).save(stage1_file)  # new stage-1 weights
+    train_stage2(config(stage1_file, tmp_path / "a", steps=6, train_size=5))
+    assert len(calls) == 3
+
+
+def test_resume_is_bit_exact_and_prior_file_loads(stage1_file, tmp_path):
+    straight = train_stage2(config(stage1_file, tmp_path / "a", steps=6))
+    half = train_stage2(config(stage1_file, tmp_path / "b", steps=6, stop_at_step=3))
+    assert half["step"] == 3
+    resumed = train_stage2(config(stage1_file, tmp_path / "b", steps=6, resume=True))
+    assert resumed["step"] == 6 and resumed["loss"] == straight["loss"]
+    a, b = straight["prior"].state_dict(), resumed["prior"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    loaded = load_prior(tmp_path / "a")  # run folder -> prior.safetensors
+    assert all(torch.equal(a[k], v) for k, v in loaded.state_dict().items())
+    assert loaded.vq3d_config.image_size == 16
+    from_ckpt = load_prior(tmp_path / "a" / "checkpoints" / "step_000000006.safetensors")
+    assert all(torch.equal(a[k], v) for k, v in from_ckpt.state_dict().items())
+    init = CodePrior.from_config(VQ3DModel.load(stage1_file).config)
+    assert any(not torch.equal(init.state_dict()[k], a[k]) for k in a)  # training changed the weights
+
+
+def test_training_lowers_the_loss(stage1_file, tmp_path):
+    short = train_stage2(config(stage1_file, tmp_path / "s", steps=1, lr=3e-3))
+    long = train_stage2(config(stage1_file, tmp_path / "l", steps=40, lr=3e-3))
+    assert long["loss"] < short["loss"]
+
+
+def test_non_finite_step_is_skipped(stage1_file, tmp_path, monkeypatch):
+    reference = train_stage2(config(stage1_file, tmp_path / "ref", steps=3, stop_at_step=1))
+    original = CodePrior.forward
+    calls = {"n": 0}
+
+    def poisoned(self, indices, labels=None):
+        calls["n"] += 1
+        out = original(self, indices, labels)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(CodePrior, "forward", poisoned)
+    result = train_stage2(config(stage1_file, tmp_path / "nan", steps=3, stop_at_step=2))
+    assert result["skipped_steps"] == 1
+    a, b = reference["prior"].state_dict(), result["prior"].state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_errors(stage1_file, tmp_path):
+    with pytest.raises(ValueError, match="prior_overrides"):
+        config(stage1_file, tmp_path, prior_overrides={"image_size": 8})
+    with pytest.raises(FileNotFoundError):
+        train_stage2(config(tmp_path / "missing.safetensors", tmp_path / "x"))
+    with pytest.raises(ValueError, match="num_classes"):
+        train_stage2(config(stage1_file, tmp_path / "y", prior_overrides={"num_classes": 2}, train_size=12))
+    with pytest.raises(FileNotFoundError):
+        load_prior(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="amp"):
+        config(stage1_file, tmp_path, amp="int8")

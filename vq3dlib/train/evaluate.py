@@ -1,0 +1,148 @@
+"""Held-out evaluation of a stage-1 model, each metric next to a trivial baseline.
+
+:func:`evaluate_stage1` reconstructs every image of a dataset and reports
+
+* ``psnr``/``ssim`` of the reconstruction against the input;
+* ``novel_psnr``: the reconstructed scene rendered from the dataset's true novel cameras (procedural
+  scenes) against the true novel views — the test of 3D consistency;
+* ``depth_abs_rel``/``depth_delta1``: the rendered depth against the true depth after a per-image
+  scale/shift alignment in disparity space (:func:`vq3dlib.metrics.depth_abs_rel`), on the pixels
+  closer than ``max_depth`` (scene content; the far sky is left out);
+* ``codebook_perplexity``/``codebook_used``: code usage over the dataset;
+
+and the baselines ``baseline_psnr``/``baseline_novel_psnr`` (predict the mean image of the evaluated
+views — a baseline that has seen the test set) and ``baseline_depth_abs_rel``/``baseline_depth_delta1``
+(a constant depth, aligned like the prediction, i.e. the best constant per image).
+
+Example:
+    >>> from vq3dlib.data import ProceduralScenes
+    >>> from vq3dlib.models import VQ3DModel
+    >>> small = dict(render_resolution=4, plane_resolution=16, samples_per_ray=4, occupancy_resolution=8)
+    >>> model = VQ3DModel.from_config("tiny", image_size=16, encoder_depth=1, decoder_depth=1, **small)
+    >>> m = evaluate_stage1(model, ProceduralScenes(1, 16, n_novel_views=1), batch_size=1)
+    >>> sorted(k for k in m if k.startswith("baseline"))[:2]
+    ['baseline_depth_abs_rel', 'baseline_depth_delta1']
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from vq3dlib.metrics import codebook_usage, depth_abs_rel, depth_delta, psnr, ssim
+from vq3dlib.train.loop import get_batch
+
+
+def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if mode == "nearest":
+        return F.interpolate(x, size=size, mode="nearest-exact")
+    return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=True)
+
+
+@torch.no_grad()
+def evaluate_stage1(
+    model: torch.nn.Module,
+    dataset: Dataset,
+    batch_size: int = 8,
+    max_items: int | None = None,
+    device: torch.device | str | None = None,
+    max_depth: float = 10.0,
+) -> dict[str, Any]:
+    """Metrics of ``model`` (a :class:`~vq3dlib.models.VQ3DModel`) on ``dataset`` (see the module docstring).
+
+    Args:
+        model: the stage-1 model (evaluated in eval mode; its train/eval mode is restored).
+        dataset: items with ``image [3, H, W]``; optional ``depth [1, H, W]`` (true depth), and
+            ``novel_images [V, 3, H, W]`` + cameras (``novel_intrinsics``, ``novel_cam_to_world``) as
+            in :class:`~vq3dlib.data.ProceduralScenes`.
+        batch_size: images per forward pass.
+        max_items: evaluate the first ``max_items`` items only.
+        device: where to run (default: the model's device).
+        max_depth: depth is evaluated on pixels whose true depth is below this (the procedural sky
+            sphere, at 20, is left out, like the depth cap of driving benchmarks).
+
+    Returns:
+        ``{metric: float}`` averaged over images, plus ``"n_images"``; metrics whose inputs are
+        missing from the dataset are left out.
+
+    The global RNG is left untouched (the renderer's sample jitter runs under ``fork_rng``).
+    """
+    from vq3dlib.cameras import Cameras
+
+    n = len(dataset) if max_items is None else min(len(dataset), int(max_items))  # type: ignore[arg-type]
+    if n <= 0:
+        raise ValueError("dataset is empty")
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    sums: dict[str, list[Tensor]] = {}
+    images_all, novel_all, indices_all = [], [], []
+    cfg = model.config
+    r = cfg.render_resolution
+
+    def add(name: str, values: Tensor) -> None:
+        sums.setdefault(name, []).append(values.detach().float().cpu())
+
+    try:
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+            torch.manual_seed(0)
+            for start in range(0, n, batch_size):
+                batch = get_batch(dataset, torch.arange(start, min(start + batch_size, n)))
+                images = batch["image"].to(device)
+                b = images.shape[0]
+                scene = model.reconstruct(images)
+                indices_all.append(scene.indices.reshape(b, -1).cpu())
+                view = scene.render(model.canonical_cameras(b))
+                recon = _resize(view["rgb"], tuple(images.shape[-2:])).clamp(0, 1)
+                add("psnr", psnr(recon, images))
+                add("ssim", ssim(recon, images))
+                images_all.append(images.cpu())
+                if "depth" in batch:
+                    gt = _resize(batch["depth"].to(device), (r, r), "nearest")
+                    mask = gt < max_depth
+                    pred = view["depth"]
+                    add("depth_abs_rel", depth_abs_rel(pred, gt, mask))
+                    add("depth_delta1", depth_delta(pred, gt, mask))
+                    const = torch.ones_like(gt)
+                    add("baseline_depth_abs_rel", depth_abs_rel(const, gt, mask))
+                    add("baseline_depth_delta1", depth_delta(const, gt, mask))
+                if "novel_images" in batch and batch["novel_images"].shape[1] > 0:
+                    target = batch["novel_images"].flatten(0, 1).to(device)
+                    v = batch["novel_images"].shape[1]
+                    cams = Cameras(
+                        batch["novel_intrinsics"].reshape(-1, 3, 3),
+                        batch["novel_cam_to_world"].reshape(-1, 4, 4),
+                        tuple(target.shape[-2:]),
+                    ).resize((r, r))
+                    # camera i of the flattened [B, V] list sees scene i // V; render() maps camera
+                    # j to scene j mod B, so reorder to view-major and back
+                    order = torch.arange(b * v).reshape(b, v).t().reshape(-1)
+                    novel = scene.render(cams[order])["rgb"]
+                    novel = novel[torch.argsort(order)]
+                    novel = _resize(novel, tuple(target.shape[-2:])).clamp(0, 1)
+                    add("novel_psnr", psnr(novel, target))
+                    novel_all.append(target.cpu())
+    finally:
+        model.train(was_training)
+
+    out: dict[str, Any] = {k: float(torch.cat(v).nanmean()) for k, v in sums.items()}
+    images = torch.cat(images_all)
+    mean_image = images.mean(0, keepdim=True).expand_as(images)
+    out["baseline_psnr"] = float(psnr(mean_image, images).mean())
+    if novel_all:
+        novel = torch.cat(novel_all)
+        out["baseline_novel_psnr"] = float(psnr(novel.mean(0, keepdim=True).expand_as(novel), novel).mean())
+    usage = codebook_usage(torch.cat(indices_all), cfg.vocab_size)
+    out["codebook_perplexity"] = float(usage["perplexity"])
+    out["codebook_used"] = float(usage["used_fraction"])
+    out["n_images"] = n
+    return dict(sorted(out.items()))
+
+
+__all__ = ["evaluate_stage1"]
