@@ -294,6 +294,7 @@ def _tiny() -> VQ3DConfig:
         march_step_size=0.08,
         depth_align="range",
         depth_range=(1.5, 20.0),
+        dead_code_steps=20,
     )
 
 
