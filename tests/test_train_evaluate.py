@@ -42,7 +42,9 @@ def test_metrics_and_baselines(model):
         "depth_abs_rel",
         "depth_delta1",
         "baseline_psnr",
+        "baseline_colour_psnr",
         "baseline_novel_psnr",
+        "baseline_novel_colour_psnr",
         "baseline_depth_abs_rel",
         "baseline_depth_delta1",
         "codebook_perplexity",
@@ -53,6 +55,8 @@ def test_metrics_and_baselines(model):
     images = torch.stack([data[i]["image"] for i in range(3)])
     expected = psnr(images.mean(0, keepdim=True).expand_as(images), images).mean()
     assert m["baseline_psnr"] == pytest.approx(float(expected), rel=1e-5)
+    own_colour = psnr(images.mean((2, 3), keepdim=True).expand_as(images), images).mean()
+    assert m["baseline_colour_psnr"] == pytest.approx(float(own_colour), rel=1e-5)
     assert 0 <= m["depth_delta1"] <= 1 and 0 <= m["codebook_used"] <= 1
     assert all(v == v for v in m.values())  # no NaN
     # deterministic: same numbers twice

@@ -211,8 +211,15 @@ def _model(path: str, device: str = "cpu"):
 
 def _print_metrics(metrics: dict[str, Any], n: int) -> None:
     rows = [
-        ("reconstruction PSNR [dB] (higher is better)", "psnr", "baseline_psnr", "mean image"),
-        ("novel-view PSNR [dB] (true novel cameras)", "novel_psnr", "baseline_novel_psnr", "mean image"),
+        ("reconstruction PSNR [dB] (higher is better)", "psnr", "baseline_colour_psnr", "mean colour"),
+        ("", "psnr", "baseline_psnr", "mean image of the test set"),
+        (
+            "novel-view PSNR [dB] (true novel cameras)",
+            "novel_psnr",
+            "baseline_novel_colour_psnr",
+            "mean colour",
+        ),
+        ("", "novel_psnr", "baseline_novel_psnr", "mean image of the test set"),
         (
             "depth AbsRel, aligned (lower is better)",
             "depth_abs_rel",

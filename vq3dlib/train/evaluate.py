@@ -10,9 +10,11 @@
   closer than ``max_depth`` (scene content; the far sky is left out);
 * ``codebook_perplexity``/``codebook_used``: code usage over the dataset;
 
-and the baselines ``baseline_psnr``/``baseline_novel_psnr`` (predict the mean image of the evaluated
-views — a baseline that has seen the test set) and ``baseline_depth_abs_rel``/``baseline_depth_delta1``
-(a constant depth, aligned like the prediction, i.e. the best constant per image).
+and the baselines ``baseline_colour_psnr``/``baseline_novel_colour_psnr`` (each view predicted by its
+own mean colour), ``baseline_psnr``/``baseline_novel_psnr`` (predict the mean image of the evaluated
+views — a stronger baseline that has seen the test set) and
+``baseline_depth_abs_rel``/``baseline_depth_delta1`` (a constant depth, aligned like the
+prediction, i.e. the best constant per image).
 
 Example:
     >>> from vq3dlib.data import ProceduralScenes
@@ -35,6 +37,11 @@ from torch.utils.data import Dataset
 
 from vq3dlib.metrics import codebook_usage, depth_abs_rel, depth_delta, psnr, ssim
 from vq3dlib.train.loop import get_batch
+
+
+def _mean_colour(images: Tensor) -> Tensor:
+    """Each image replaced by its own mean colour (the trivial per-image baseline)."""
+    return images.mean((2, 3), keepdim=True).expand_as(images)
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
@@ -135,9 +142,11 @@ def evaluate_stage1(
     images = torch.cat(images_all)
     mean_image = images.mean(0, keepdim=True).expand_as(images)
     out["baseline_psnr"] = float(psnr(mean_image, images).mean())
+    out["baseline_colour_psnr"] = float(psnr(_mean_colour(images), images).mean())
     if novel_all:
         novel = torch.cat(novel_all)
         out["baseline_novel_psnr"] = float(psnr(novel.mean(0, keepdim=True).expand_as(novel), novel).mean())
+        out["baseline_novel_colour_psnr"] = float(psnr(_mean_colour(novel), novel).mean())
     usage = codebook_usage(torch.cat(indices_all), cfg.vocab_size)
     out["codebook_perplexity"] = float(usage["perplexity"])
     out["codebook_used"] = float(usage["used_fraction"])
