@@ -3,7 +3,7 @@
 Both run the same configuration (default: 2^16 input vectors of width 768, codebook 8192 x 32,
 l2-normalised / cosine codes, EMA decay 0.99, commitment weight 0.25, plain straight-through
 gradient) side by side in one invocation. On CPU every method runs in its own subprocess and its
-peak memory is the peak RSS (``resource.getrusage().ru_maxrss``) minus that of a baseline process
+peak memory is the peak RSS (``resource.getrusage().VmHWM``) minus that of a baseline process
 that imports the same libraries and allocates the same input and output gradient. On CUDA the
 peak is ``torch.cuda.max_memory_allocated`` above the same baseline.
 
@@ -17,31 +17,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import resource
 import statistics
 import subprocess
 import sys
 import time
 
+from common import device_name, peak_rss_bytes
+
 METHODS = ("baseline", "vq3dlib", "vector-quantize-pytorch")
-
-
-def _device_name(device: str) -> str:
-    import torch
-
-    if device.startswith("cuda"):
-        return torch.cuda.get_device_name(torch.device(device))
-    model = platform.processor() or "cpu"
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    model = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    return f"{model} ({torch.get_num_threads()} torch threads, {os.cpu_count()} cpus)"
 
 
 def _build(method: str, args: argparse.Namespace):
@@ -135,7 +118,7 @@ def worker(args: argparse.Namespace) -> dict:
     peak = (
         torch.cuda.max_memory_allocated(dev)
         if cuda
-        else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        else peak_rss_bytes()  # per process (VmHWM); ru_maxrss is inherited across exec
     )
     return {
         "method": args.worker,
@@ -143,7 +126,7 @@ def worker(args: argparse.Namespace) -> dict:
         "ms_min": min(times) if times else None,
         "cpu_ms_median": statistics.median(cpu_times) if cpu_times else None,
         "peak_bytes": peak,
-        "device": _device_name(args.device),
+        "device": device_name(args.device),
         "threads": torch.get_num_threads(),
     }
 
