@@ -250,6 +250,7 @@ def render_nerfacc(estimators, field: SceneField, rays, step: float, cone: float
             o, d, sigma_fn=sigma_fn, render_step_size=step, cone_angle=cone, early_stop_eps=1e-4,
             alpha_thre=0.0,
         )
+        ray_indices = ray_indices.long()
         rgb, _, _, _ = nerfacc.rendering(t_starts, t_ends, ray_indices, n_rays=per, rgb_sigma_fn=rgb_sigma_fn)
         images.append(rgb)
         total += int(ray_indices.numel())
