@@ -239,11 +239,11 @@ def render_nerfacc(estimators, field: SceneField, rays, step: float, cone: float
 
         def sigma_fn(t_starts, t_ends, ray_indices, b=b):
             x = positions(t_starts, t_ends, ray_indices)
-            return field.density(x, torch.full_like(ray_indices, b))
+            return field.density(x, torch.full_like(ray_indices, b, dtype=torch.long))
 
         def rgb_sigma_fn(t_starts, t_ends, ray_indices, b=b, d=d):
             x = positions(t_starts, t_ends, ray_indices)
-            sigma, rgb = field(x, d[ray_indices], torch.full_like(ray_indices, b))
+            sigma, rgb = field(x, d[ray_indices], torch.full_like(ray_indices, b, dtype=torch.long))
             return rgb, sigma
 
         ray_indices, t_starts, t_ends = est.sampling(
