@@ -155,6 +155,31 @@ def test_long_packed_ray_is_accurate_in_float32():
             torch.testing.assert_close(a.double(), b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_packed_reference_is_per_ray_next_to_huge_optical_depths(device, dtype):
+    # Far contracted steps (delta ~ 1e9) give huge sigma * delta on some rays; a ray packed after them
+    # must keep its own precision (a flat cumsum over all rays minus the ray's start returned T = 1).
+    far_ts = torch.tensor([0.0, 1e9, 2e9, 3e9], dtype=torch.float64)
+    far_sg = torch.tensor([1e8, 1e8, 5e7, 1e8], dtype=torch.float64)  # sigma * delta up to 1e17
+    near_ts = torch.arange(10, dtype=torch.float64) * 0.1
+    near_sg = torch.full((10,), 19.2, dtype=torch.float64)  # optical depth 1.92 per sample
+    ts = torch.cat([far_ts, near_ts, far_ts])
+    te = torch.cat([far_ts + 1e9, near_ts + 0.1, far_ts + 1e9])
+    sg = torch.cat([far_sg, near_sg, far_sg])
+    ri = torch.repeat_interleave(torch.arange(3), torch.tensor([4, 10, 4]))
+    tau = near_sg * 0.1
+    expected_near = torch.exp(-(torch.cumsum(tau, 0) - tau))  # last sample: exp(-17.28) = 3.1e-8
+    expected_far = torch.tensor([1.0, 0.0, 0.0, 0.0], dtype=torch.float64)
+    expected = torch.cat([expected_far, expected_near, expected_far])
+    to = dict(device=device, dtype=dtype)
+    args = (ts.to(**to), te.to(**to), sg.to(**to))
+    _, trans_ref, _ = ops.weights_from_density_reference(*args, ops.pack_info(ri.to(device), 3))
+    torch.testing.assert_close(trans_ref.double().cpu(), expected, rtol=1e-5, atol=0.0)
+    if backend.extension_supports("render_weight_from_density", device):
+        _, trans_ext, _ = _run(vr.render_weight_from_density, "ext", *args, ray_indices=ri.to(device))
+        torch.testing.assert_close(trans_ref, trans_ext, rtol=1e-5, atol=0.0)
+
+
 # --------------------------------------------------------------------------- nerfacc equality
 
 

@@ -15,8 +15,8 @@ O(n) pass forward and one reverse O(n) pass backward (gradients to ``sigmas`` an
 ends, or to ``alphas``; the backward reuses the forward's transmittance and opacities and evaluates
 no exponential). The kernels need packed rays stored as consecutive runs covering all samples (what
 :func:`pack_info` produces); other ``packed_info`` layouts run the reference. The ``*_reference``
-functions (torch ops: float64 segment cumsum for packed densities, padded ``cumprod`` for packed
-alphas) are the fallback and the test oracle. The kernel path is differentiable once; for
+functions (torch ops: padded per-ray float64 ``cumsum`` for packed densities, padded ``cumprod``
+for packed alphas) are the fallback and the test oracle. The kernel path is differentiable once; for
 double backward use the reference (``VQ3DLIB_BACKEND=torch``).
 
 These are the low-level ops; :mod:`vq3dlib.render.volrend` holds the nerfacc-compatible API.
@@ -114,9 +114,9 @@ def weights_from_density_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-torch reference of :func:`weights_from_density` (same arguments and results).
 
-    Dense: ``torch.cumsum`` over the last dimension. Packed: one float64 ``cumsum`` over the flat
-    samples minus each ray's running total at its first sample (exact to float32 precision for any
-    number of samples). Differentiable with autograd.
+    Dense: ``torch.cumsum`` over the last dimension. Packed: a float64 ``cumsum`` per ray, on the
+    samples padded to ``[n_rays, max_count]`` (so each ray's precision is independent of the other
+    rays' optical depths, however large). Differentiable with autograd.
 
     Example:
         >>> import torch
@@ -132,12 +132,16 @@ def weights_from_density_reference(
         trans = torch.exp(-depth)
         return trans * alphas, trans, alphas
     n = tau.shape[0]
-    positions, _, _, first = _segments(packed_info, n)
-    tau_g = tau[positions].double()
-    exclusive = torch.cumsum(tau_g, 0) - tau_g
-    depth = exclusive - exclusive[first]
+    positions, rays, rank, _ = _segments(packed_info, n)
+    # Per-ray cumsum on a [n_rays, max_count + 1] padding: one flat cumsum over all rays minus each
+    # ray's start would lose a ray's precision to huge optical depths of the rays before it.
+    n_rays = packed_info.shape[0]
+    width = int(packed_info[:, 1].max()) if n_rays > 0 else 0
+    padded = tau.new_zeros(n_rays, width + 1, dtype=torch.float64)
+    padded = padded.index_put((rays, rank + 1), tau[positions].double())
+    depth = torch.cumsum(padded, dim=-1)[rays, rank]  # column k = optical depth before sample k
     trans = _scatter(torch.exp(-depth).to(tau.dtype), positions, n)
-    covered = _scatter(torch.ones_like(tau_g, dtype=tau.dtype), positions, n)
+    covered = _scatter(torch.ones_like(depth, dtype=tau.dtype), positions, n)
     alphas = alphas * covered
     return trans * alphas, trans, alphas
 

@@ -1,0 +1,65 @@
+"""The speed benchmarks run end to end (CPU, quick sizes) and report the documented JSON fields."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from vq3dlib import backend
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+def _run(script: str, *args: str) -> dict:
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args, "--device", "cpu", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_render_speed_quick_run_reports_every_method():
+    quick = ["--resolution", "16", "--grid-resolution", "64", "--plane-resolution", "128"]
+    out = _run("render_speed.py", *quick, "--reference-samples", "256", "--rounds", "1")
+    assert out["benchmark"] == "render_speed" and out["device"].startswith("CPU")
+    assert out["resolution"] == 16 and out["batch"] == 1
+    rows = {r["method"]: r for r in out["rows"]}
+    expected = {"dense torch", "vq3dlib (torch)"}
+    if backend.extension_supports("ray_march", "cpu"):
+        expected.add("vq3dlib (ext)")
+    assert set(rows) == expected  # nerfacc needs CUDA: skipped with a note
+    assert any("nerfacc" in note for note in out["notes"])
+    for r in rows.values():
+        assert r["ms_per_frame"] > 0 and r["rays_per_s"] > 0 and r["peak_bytes"] >= 0
+        assert r["samples_per_ray"] > 0 and math.isfinite(r["psnr"]) and r["psnr"] > 10
+        assert r["speedup_vs_dense"] > 0 and "speedup_vs_nerfacc" not in r
+    assert rows["dense torch"]["samples_per_ray"] == out["dense_samples"]
+    assert rows["dense torch"]["speedup_vs_dense"] == pytest.approx(1.0)
+    if "vq3dlib (ext)" in rows:  # both backends march the same samples and render the same image
+        ext, ref = rows["vq3dlib (ext)"], rows["vq3dlib (torch)"]
+        assert ext["samples_per_ray"] == ref["samples_per_ray"]
+        assert ext["psnr"] == pytest.approx(ref["psnr"], abs=0.05)
+        target = out["targets"]["speedup_vs_dense"]
+        assert target["target"] == 5.0 and target["value"] == pytest.approx(ext["speedup_vs_dense"])
+        assert target["met"] == (target["value"] >= 5.0 and target["equal_psnr"])
+
+
+def test_triplane_speed_quick_run_reports_every_method():
+    quick = ["--points", "4096", "--resolution", "32", "--channels", "8", "--iters", "1"]
+    out = _run("triplane_speed.py", *quick)
+    assert out["benchmark"] == "triplane_speed" and out["points"] == 4096
+    rows = {r["method"]: r for r in out["rows"]}
+    assert {"torch reference", "F.grid_sample x3"} <= set(rows)
+    for r in rows.values():
+        assert r["ms_value"] > 0 and r["peak_value"] >= 0
+    if "vq3dlib (ext)" in rows:
+        assert out["speedup_ext_vs_reference"] > 0 and isinstance(out["target_met"], bool)
