@@ -20,7 +20,11 @@ def _run(script: str, out: Path, *extra: str) -> str:
     env = {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     proc = subprocess.run(
         [sys.executable, str(EXAMPLES / script), "--quick", "--device", "cpu", "--out", str(out), *extra],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, f"{script} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc.stdout
@@ -51,9 +55,21 @@ def test_fit_scene_quick(tmp_path):
 def test_fit_scene_compare_nerfacc_needs_cuda(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     proc = subprocess.run(
-        [sys.executable, str(EXAMPLES / "fit_scene.py"), "--quick", "--device", "cpu", "--compare-nerfacc",
-         "--out", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(EXAMPLES / "fit_scene.py"),
+            "--quick",
+            "--device",
+            "cpu",
+            "--compare-nerfacc",
+            "--out",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0 and "needs --device cuda" in proc.stderr
 

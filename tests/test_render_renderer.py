@@ -197,7 +197,8 @@ def test_step_length_matches_the_marched_steps(spacing):
 
     renderer = Renderer(step_size=0.05, spacing=spacing, far=1e3 if spacing == "t" else 1e10)
     origins = torch.tensor([[0.2, 0.1, -0.3], [0.0, -3.0, 1.0], [5.0, 2.0, -7.5]])
-    directions = torch.nn.functional.normalize(torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 1.0]]), dim=-1)
+    directions = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 1.0]])
+    directions = directions / directions.norm(dim=-1, keepdim=True)
     samples = ray_march(origins, directions, None, step_size=0.05, spacing=spacing, far=renderer.far)
     first = torch.stack([(samples.ray_indices == i).nonzero()[0, 0] for i in range(3)])
     marched = (samples.t_ends - samples.t_starts)[first]

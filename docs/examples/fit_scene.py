@@ -76,10 +76,13 @@ class TriplaneNeRF(nn.Module):
 def make_data(args: argparse.Namespace, device: torch.device) -> dict:
     """Ground-truth renders: training orbit rings and held-out novel views of one scene."""
     size = (args.resolution, args.resolution)
-    scene = ProceduralScenes(size=args.scene + 1, resolution=args.resolution, seed=args.seed).scene(args.scene)
-    per_ring = max(args.train_views // 2, 1)
+    scene = ProceduralScenes(size=args.scene + 1, resolution=args.resolution, seed=args.seed).scene(
+        args.scene
+    )
+    rings = ((5.0, 0.0), (22.0, 7.0), (40.0, 14.0))  # (elevation, first azimuth) of each orbit ring
+    per_ring = max(args.train_views // len(rings), 1)
     train = Cameras.cat(
-        [orbit_cameras(per_ring, DISTANCE, el, FOV, size, start_azimuth_degrees=az) for el, az in ((10, 0), (35, 11))]
+        [orbit_cameras(per_ring, DISTANCE, el, FOV, size, start_azimuth_degrees=az) for el, az in rings]
     )
     sampler = NovelViewSampler(DISTANCE, FOV, size, yaw=180.0, pitch=(5.0, 40.0), seed=args.seed + 1)
     test = sampler.sample(args.test_views)
@@ -111,7 +114,7 @@ class VQ3DPipeline:
         self.field, self.args = field, args
         self.grid = OccupancyGrid(resolution=args.grid_resolution).to(device)  # contracted cube [-2, 2]^3
         self.renderer = Renderer(
-            self.grid, step_size=args.step_size, spacing="contracted", near=0.05, jitter=True
+            self.grid, step_size=args.step_size, spacing="contracted", near=args.near, jitter=True
         ).to(device)
 
     def occupancy(self, x: Tensor) -> Tensor:
@@ -161,7 +164,9 @@ class NerfaccPipeline:
         self.step_size = math.sqrt(3) * 2 / 1024  # nerfacc's unbounded examples: cone_angle 0.004
         self.cone_angle = 0.004
 
-    def _render(self, origins: Tensor, directions: Tensor, train: bool) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    def _render(
+        self, origins: Tensor, directions: Tensor, train: bool
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         def sigma_fn(t_starts, t_ends, ray_indices):
             x = origins[ray_indices] + directions[ray_indices] * ((t_starts + t_ends) / 2)[:, None]
             return self.field.density(x)
@@ -172,8 +177,13 @@ class NerfaccPipeline:
             return rgb, density
 
         ray_indices, t_starts, t_ends = self.estimator.sampling(
-            origins, directions, sigma_fn=sigma_fn, near_plane=0.05, render_step_size=self.step_size,
-            stratified=train, cone_angle=self.cone_angle,
+            origins,
+            directions,
+            sigma_fn=sigma_fn,
+            near_plane=self.args.near,
+            render_step_size=self.step_size,
+            stratified=train,
+            cone_angle=self.cone_angle,
         )
         rgb, _, depth, extras = self.nerfacc.rendering(
             t_starts, t_ends, ray_indices, n_rays=origins.shape[0], rgb_sigma_fn=rgb_sigma_fn
@@ -199,7 +209,9 @@ class NerfaccPipeline:
     def render_views(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
         rays = cameras.generate_rays()
         o, d = rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3)
-        parts = [self._render(o[i : i + 65536], d[i : i + 65536], train=False) for i in range(0, len(o), 65536)]
+        parts = [
+            self._render(o[i : i + 65536], d[i : i + 65536], train=False) for i in range(0, len(o), 65536)
+        ]
         rgb = torch.cat([p[0] for p in parts]).reshape(*rays.shape, 3).permute(0, 3, 1, 2)
         depth = (torch.cat([p[1] for p in parts]) * rays.z_scale.reshape(-1)).reshape(rays.shape)[:, None]
         return rgb, depth
@@ -259,20 +271,28 @@ def fit(pipe, data: dict, params: list[dict], args: argparse.Namespace, log: Cal
             log(
                 f"[{pipe.name}] step {step + 1:5d}/{args.steps}  loss {loss.item():.4f}  "
                 f"batch_psnr {-10 * math.log10(max(mse.item(), 1e-10)):5.2f}  "
-                f"samples/ray {n_samples / args.batch_rays:5.1f}  occupied {100 * pipe.occupied_fraction():5.1f}%  "
+                f"samples/ray {n_samples / args.batch_rays:5.1f}  "
+                f"occupied {100 * pipe.occupied_fraction():5.1f}%  "
                 f"{train_time:6.1f}s"
             )
         if args.target_psnr and reached is None and ((step + 1) % args.eval_every == 0 or last):
             held = evaluate(pipe, data["test"], data["test_rgb"])["psnr"]
             history.append((step + 1, train_time, held))
-            log(f"[{pipe.name}] held-out PSNR {held:.2f} dB at step {step + 1} ({train_time:.1f}s of training)")
+            log(f"[{pipe.name}] held-out PSNR {held:.2f} dB at step {step + 1} ({train_time:.1f}s)")
             if held >= args.target_psnr:
                 reached = (step + 1, train_time)
-                log(f"[{pipe.name}] reached held-out PSNR {held:.2f} >= {args.target_psnr} at step {step + 1}, "
-                    f"{train_time:.1f}s of training")
+                log(
+                    f"[{pipe.name}] reached held-out PSNR {held:.2f} >= {args.target_psnr} "
+                    f"at step {step + 1}, {train_time:.1f}s of training"
+                )
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
-    return {"initial_train_psnr": first, "train_time_s": train_time, "reached": reached,
-            "history": history, "peak_memory_mib": peak}
+    return {
+        "initial_train_psnr": first,
+        "train_time_s": train_time,
+        "reached": reached,
+        "history": history,
+        "peak_memory_mib": peak,
+    }
 
 
 def save_turntable(pipe, data: dict, args: argparse.Namespace, path: Path) -> None:
@@ -296,28 +316,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="a few steps at a tiny resolution (tests)")
     p.add_argument("--scene", type=int, default=0, help="index of the procedural scene")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--train-views", type=int, default=32)
+    p.add_argument("--train-views", type=int, default=48)
     p.add_argument("--test-views", type=int, default=8)
     p.add_argument("--batch-rays", type=int, default=1024)
-    p.add_argument("--plane-resolution", type=int, default=128)
+    p.add_argument("--plane-resolution", type=int, default=64)
     p.add_argument("--channels", type=int, default=16)
     p.add_argument("--hidden", type=int, default=64)
     p.add_argument("--grid-resolution", type=int, default=64, help="occupancy grid cells per side")
     p.add_argument("--step-size", type=float, default=1 / 64, help="marching step (contracted space)")
+    p.add_argument("--near", type=float, default=1.0, help="ray start (keeps floaters off the cameras)")
     p.add_argument("--warmup", type=int, default=256, help="occupancy warm-up steps (all cells evaluated)")
     p.add_argument("--lr", type=float, default=2e-2, help="triplane learning rate (MLP: lr / 4)")
-    p.add_argument("--distortion", type=float, default=0.0, help="distortion loss weight (0: off)")
+    p.add_argument("--distortion", type=float, default=1e-2, help="distortion loss weight (0: off)")
     p.add_argument("--frames", type=int, default=24, help="turntable frames")
     p.add_argument("--check-finite", action="store_true", help="keep vq3dlib's NaN/Inf input checks on")
     p.add_argument("--log-every", type=int, default=100)
-    p.add_argument("--compare-nerfacc", action="store_true",
-                   help="also train nerfacc's OccGridEstimator on the same field and data (CUDA)")
-    p.add_argument("--target-psnr", type=float, default=0.0,
-                   help="report the training time to reach this held-out PSNR (0: off; 24 with --compare-nerfacc)")
+    p.add_argument(
+        "--compare-nerfacc",
+        action="store_true",
+        help="also train nerfacc's OccGridEstimator on the same field and data (CUDA)",
+    )
+    p.add_argument(
+        "--target-psnr",
+        type=float,
+        default=0.0,
+        help="report the training time to reach this held-out PSNR (0: off; 24 with --compare-nerfacc)",
+    )
     p.add_argument("--eval-every", type=int, default=100, help="held-out evaluation period for --target-psnr")
     args = p.parse_args(argv)
     if args.quick:
-        args.steps, args.resolution, args.train_views, args.test_views = min(args.steps, 30), 16, 8, 2
+        args.steps, args.resolution, args.train_views, args.test_views = min(args.steps, 30), 16, 9, 2
         args.batch_rays, args.plane_resolution, args.grid_resolution = 512, 32, 16
         args.step_size, args.warmup, args.frames, args.log_every = 1 / 32, 8, 4, 10
     if args.compare_nerfacc and not args.target_psnr:
@@ -329,7 +357,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     device = torch.device(args.device)
     if args.compare_nerfacc and device.type != "cuda":
-        raise SystemExit("--compare-nerfacc needs --device cuda (nerfacc's OccGridEstimator has CUDA kernels only)")
+        raise SystemExit(
+            "--compare-nerfacc needs --device cuda (nerfacc's OccGridEstimator has CUDA kernels only)"
+        )
     torch.manual_seed(args.seed)
     set_finite_checks(args.check_finite)  # NaN/Inf input checks cost a reduction per op call
     out_dir = Path(args.out)
@@ -337,8 +367,10 @@ def main(argv: list[str] | None = None) -> dict:
     data = make_data(args, device)
     mean_colour = data["train_rgb"].mean(dim=(0, 2, 3))[None, :, None, None].expand_as(data["test_rgb"])
     baseline = float(psnr(mean_colour, data["test_rgb"]).mean())
-    print(f"scene {args.scene}: {len(data['train'])} training views, {len(data['test'])} held-out views, "
-          f"{args.resolution}x{args.resolution}, device {device}")
+    print(
+        f"scene {args.scene}: {len(data['train'])} training views, {len(data['test'])} held-out views, "
+        f"{args.resolution}x{args.resolution}, device {device}"
+    )
     print(f"baseline (mean training colour) held-out PSNR: {baseline:.2f} dB")
 
     field = TriplaneNeRF(args.plane_resolution, args.channels, args.hidden).to(device)
@@ -357,14 +389,17 @@ def main(argv: list[str] | None = None) -> dict:
         prefix = "" if pipe.name == "vq3dlib" else f"[{pipe.name}] "
         print(f"{prefix}train PSNR: {train:.2f} dB (initial {run['initial_train_psnr']:.2f} dB)")
         print(f"{prefix}held-out PSNR: {held['psnr']:.2f} dB (baseline {baseline:.2f} dB)")
-        print(f"{prefix}held-out depth abs-rel: {held['depth_abs_rel']:.4f}, "
-              f"delta<1.25: {held['depth_delta']:.3f} (objects and ground)")
+        print(
+            f"{prefix}held-out depth abs-rel: {held['depth_abs_rel']:.4f}, "
+            f"delta<1.25: {held['depth_delta']:.3f} (objects and ground)"
+        )
         print(f"{prefix}training time: {run['train_time_s']:.1f}s for {args.steps} steps")
         results[pipe.name] = {**run, "train_psnr": train, "heldout": held}
     save_turntable(pipes[0], data, args, out_dir / "turntable.gif")
     print(f"wrote {out_dir / 'turntable.gif'}")
     if args.compare_nerfacc:
-        print(f"{'pipeline':10s} {'time to ' + str(args.target_psnr) + ' dB':>18s} {'peak MiB':>10s} {'held-out PSNR':>14s}")
+        target = f"time to {args.target_psnr} dB"
+        print(f"{'pipeline':10s} {target:>18s} {'peak MiB':>10s} {'held-out PSNR':>14s}")
         for pipe in pipes:
             r = results[pipe.name]
             when = f"{r['reached'][1]:.1f}s @ {r['reached'][0]}" if r["reached"] else "not reached"

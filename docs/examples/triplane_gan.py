@@ -64,8 +64,13 @@ class TriplaneGenerator(nn.Module):
             nn.Linear(args.z_dim, width), nn.LeakyReLU(0.2), nn.Linear(width, g * g * width)
         )
         self.decoder = TriplaneDecoder(
-            grid_size=g, width=width, depth=args.depth, heads=4, plane_channels=args.channels,
-            plane_resolution=args.plane_resolution, conv_refine=True,
+            grid_size=g,
+            width=width,
+            depth=args.depth,
+            heads=4,
+            plane_channels=args.channels,
+            plane_resolution=args.plane_resolution,
+            conv_refine=True,
         )
         self.triplane = ContractedTriplane(channels=args.channels, learnable=False, contraction="linf")
         self.field = TriplaneField(args.channels, args.hidden, density_bias=-1.0)
@@ -79,11 +84,13 @@ class TriplaneGenerator(nn.Module):
         return self.field.density(self.triplane(x, planes=planes, scene_index=scene_index))
 
     def render(self, planes: Tensor, cameras: Cameras) -> Tensor:
-        """Camera ``i`` sees scene ``i``: ``planes [B, ...]``, ``len(cameras) == B`` → rgb ``[B, 3, H, W]``."""
+        """Camera ``i`` sees scene ``i`` (``len(cameras) == B``) → rgb ``[B, 3, H, W]`` in [-1, 1]."""
         # new scenes every step: evaluate each scene's occupancy afresh (no gradient), one grid per scene
         grid = OccupancyGrid.from_field(
-            lambda x, s: self.density(planes.detach(), x, s), self.grid_resolution,
-            n_scenes=planes.shape[0], device=planes.device,
+            lambda x, s: self.density(planes.detach(), x, s),
+            self.grid_resolution,
+            n_scenes=planes.shape[0],
+            device=planes.device,
         )
 
         def field(x: Tensor, d: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
@@ -159,9 +166,11 @@ def main(argv: list[str] | None = None) -> dict:
     disc = StyleGANDiscriminator(args.resolution, channels=16, max_channels=64).to(device)
     opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.0, 0.99))
-    print(f"{len(reals)} real images {args.resolution}x{args.resolution}; generator "
-          f"{sum(p.numel() for p in gen.parameters()) / 1e3:.0f}k params, discriminator "
-          f"{sum(p.numel() for p in disc.parameters()) / 1e3:.0f}k; device {device}")
+    print(
+        f"{len(reals)} real images {args.resolution}x{args.resolution}; generator "
+        f"{sum(p.numel() for p in gen.parameters()) / 1e3:.0f}k params, discriminator "
+        f"{sum(p.numel() for p in disc.parameters()) / 1e3:.0f}k; device {device}"
+    )
     history, t0 = [], time.perf_counter()
     for step in range(args.steps):
         real = reals[torch.randint(len(reals), (args.batch,))]
@@ -184,11 +193,16 @@ def main(argv: list[str] | None = None) -> dict:
         opt_g.step()
         history.append({"step": step + 1, "d_loss": d_loss.item(), "g_loss": g_loss.item(), "r1": r1.item()})
         if step % args.log_every == 0 or step == args.steps - 1:
-            print(f"step {step + 1:4d}/{args.steps}  d_loss {d_loss.item():.4f}  g_loss {g_loss.item():.4f}  "
-                  f"r1 {r1.item():.4f}  {time.perf_counter() - t0:6.1f}s", flush=True)
+            print(
+                f"step {step + 1:4d}/{args.steps}  d_loss {d_loss.item():.4f}  g_loss {g_loss.item():.4f}  "
+                f"r1 {r1.item():.4f}  {time.perf_counter() - t0:6.1f}s",
+                flush=True,
+            )
     first, last = history[0], history[-1]
-    print(f"losses moved: d_loss {first['d_loss']:.4f} -> {last['d_loss']:.4f}, "
-          f"g_loss {first['g_loss']:.4f} -> {last['g_loss']:.4f}")
+    print(
+        f"losses moved: d_loss {first['d_loss']:.4f} -> {last['d_loss']:.4f}, "
+        f"g_loss {first['g_loss']:.4f} -> {last['g_loss']:.4f}"
+    )
 
     # samples: 4 latents, each seen from 5 azimuths (-60 .. 60 degrees) in one batched render
     gen.eval()
@@ -199,7 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         images = gen.render(planes.repeat_interleave(len(views), 0), Cameras.cat([views] * n_latents))
     save_grid(images, n_latents, out_dir / "samples.png")
     save_grid(reals[: 5 * n_latents], n_latents, out_dir / "reals.png")
-    print(f"wrote {out_dir / 'samples.png'} ({n_latents} latents x {len(views)} views) and {out_dir / 'reals.png'}")
+    print(f"wrote {out_dir / 'samples.png'} ({n_latents} latents x {len(views)} views), reals.png")
     (out_dir / "losses.json").write_text(json.dumps(history))
     return {"history": history}
 
