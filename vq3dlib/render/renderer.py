@@ -196,8 +196,8 @@ class Renderer(nn.Module):
 
         Example:
             >>> r = Renderer(step_size=0.01)
-            >>> r.step_length(torch.tensor([[0.5, 0.0, 0.0], [0.0, -3.0, 1.0]])).round(decimals=4).tolist()
-            [0.01, 0.09]
+            >>> r.step_length(torch.tensor([[0.5, 0.0, 0.0], [0.0, -3.0, 1.0]]))
+            tensor([0.0100, 0.0900])
         """
         check_tensor("positions", positions, shape=(None, 3), floating=True)
         if self.spacing == "t":
