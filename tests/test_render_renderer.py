@@ -189,3 +189,19 @@ def test_bad_inputs():
         Renderer(spacing="log")
     with pytest.raises(TypeError, match="grid"):
         Renderer(grid="grid")
+
+
+@pytest.mark.parametrize("spacing", ["t", "contracted"])
+def test_step_length_matches_the_marched_steps(spacing):
+    from vq3dlib.render import ray_march
+
+    renderer = Renderer(step_size=0.05, spacing=spacing, far=1e3 if spacing == "t" else 1e10)
+    origins = torch.tensor([[0.2, 0.1, -0.3], [0.0, -3.0, 1.0], [5.0, 2.0, -7.5]])
+    directions = torch.tensor([[1.0, 0, 0], [0, 0, 1.0], [0, 1.0, 1.0]])
+    directions = directions / directions.norm(dim=-1, keepdim=True)
+    samples = ray_march(origins, directions, None, step_size=0.05, spacing=spacing, far=renderer.far)
+    first = torch.stack([(samples.ray_indices == i).nonzero()[0, 0] for i in range(3)])
+    marched = (samples.t_ends - samples.t_starts)[first]
+    torch.testing.assert_close(renderer.step_length(origins), marched)
+    with pytest.raises(ValueError, match="positions"):
+        renderer.step_length(torch.zeros(4, 2))

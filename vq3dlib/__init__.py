@@ -29,6 +29,8 @@ _EXPORTS: dict[str, str] = {
     "uncontract_l2": "vq3dlib.contraction",
     "uncontract_linf": "vq3dlib.contraction",
     "ProceduralScenes": "vq3dlib.data.procedural",
+    "finite_checks_enabled": "vq3dlib._validation",
+    "set_finite_checks": "vq3dlib._validation",
     "triplane_sample": "vq3dlib.ops",
     "OccupancyGrid": "vq3dlib.render",
     "Renderer": "vq3dlib.render",

@@ -187,6 +187,23 @@ class Renderer(nn.Module):
         self.chunk_size = chunk_size
         self.jitter = jitter
 
+    def step_length(self, positions: Tensor) -> Tensor:
+        """World-space length ``[P]`` of a marching step that starts at ``positions [P, 3]``.
+
+        ``step_size`` for ``spacing="t"``; ``step_size * max(1, |x|_inf^2)`` for ``"contracted"`` (see
+        :func:`~vq3dlib.render.ray_march`). ``field.density(x) * step_length(x)`` is the opacity-like
+        occupancy that :meth:`OccupancyGrid.update_every_n_steps` expects (nerfacc's ``density * step``).
+
+        Example:
+            >>> r = Renderer(step_size=0.01)
+            >>> r.step_length(torch.tensor([[0.5, 0.0, 0.0], [0.0, -3.0, 1.0]]))
+            tensor([0.0100, 0.0900])
+        """
+        check_tensor("positions", positions, shape=(None, 3), floating=True)
+        if self.spacing == "t":
+            return torch.full_like(positions[:, 0], self.step_size)
+        return self.step_size * positions.abs().amax(dim=-1).square().clamp(min=1.0)
+
     def forward(
         self,
         field: Field,
