@@ -22,8 +22,8 @@ Example:
     >>> small = dict(render_resolution=4, plane_resolution=16, samples_per_ray=4, occupancy_resolution=8)
     >>> model = VQ3DModel.from_config("tiny", image_size=16, encoder_depth=1, decoder_depth=1, **small)
     >>> m = evaluate_stage1(model, ProceduralScenes(1, 16, n_novel_views=1), batch_size=1)
-    >>> sorted(k for k in m if k.startswith("baseline"))[:2]
-    ['baseline_depth_abs_rel', 'baseline_depth_delta1']
+    >>> sorted(k for k in m if k.startswith("baseline"))[:3]
+    ['baseline_colour_psnr', 'baseline_depth_abs_rel', 'baseline_depth_delta1']
 """
 
 from __future__ import annotations
