@@ -1,7 +1,7 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
 // forward and backward (to planes and to points). Parallel over points with at::parallel_for;
-// plane gradients are accumulated in per-chunk buffers and summed (no atomics, deterministic for a
-// given thread count).
+// plane gradients are parallel over texel rows (each thread owns a band of rows of every plane), so
+// no two threads write one texel: no atomics, no private buffers, deterministic.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -26,6 +26,7 @@ struct PointTexels {
   T pc[3];
   T dpx[3], dpy[3];
   int64_t offset[12];  // element offset of the texel's first channel, -1 when outside
+  int row[12];         // texel row (height index) in its plane
   T weight[12], dwdx[12], dwdy[12];
 };
 
@@ -44,6 +45,7 @@ void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* sce
     for (int k = 0; k < 4; ++k) {
       const int j = p * 4 + k;
       t.offset[j] = bc.valid[k] ? base + (static_cast<int64_t>(bc.cy(k)) * a.width + bc.cx(k)) * a.channels : -1;
+      t.row[j] = bc.cy(k);
       t.weight[j] = bc.w[k] * scale;
       t.dwdx[j] = bc.dwdx(k) * scale;
       t.dwdy[j] = bc.dwdy(k) * scale;
@@ -93,9 +95,11 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
+// Point gradients of points [begin, end) and/or plane gradients of texel rows [row_lo, row_hi).
 template <typename T>
 void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end) {
+                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
+                    int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
@@ -103,7 +107,7 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
       if (grad_points != nullptr) prefetch_texels(planes, block[r], C, 0);
-      if (grad_planes != nullptr) prefetch_texels(grad_planes, block[r], C, 1);
+      if (grad_planes != nullptr && row_hi - row_lo >= a.height) prefetch_texels(grad_planes, block[r], C, 1);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
@@ -116,7 +120,7 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
         for (int k = 0; k < 4; ++k) {
           const int j = p * 4 + k;
           if (t.offset[j] < 0) continue;
-          if (grad_planes != nullptr) {
+          if (grad_planes != nullptr && t.row[j] >= row_lo && t.row[j] < row_hi) {
             const T w = t.weight[j];
             T* gp = grad_planes + t.offset[j];
             for (int64_t c = 0; c < C; ++c) gp[c] += w * g[c];
@@ -177,26 +181,26 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     const scalar_t* go = g.data_ptr<scalar_t>();
     scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
-    // Plane gradients: one private buffer per chunk of points, summed at the end.
-    const int64_t n_chunks =
+    const int64_t n_parts =
         std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
-    std::vector<at::Tensor> buffers;
-    std::vector<scalar_t*> buffer_ptrs(n_chunks, nullptr);
-    if (need_planes_grad) {
-      buffer_ptrs[0] = grad_planes.data_ptr<scalar_t>();
-      for (int64_t k = 1; k < n_chunks; ++k) {
-        buffers.push_back(empty_hugepages(planes.sizes(), planes.options()).zero_());
-        buffer_ptrs[k] = buffers.back().data_ptr<scalar_t>();
-      }
+    // Point gradients: parallel over contiguous chunks of points (each writes its own rows).
+    if (gpts != nullptr) {
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+        backward_range(a, pl, pt, si, go, static_cast<scalar_t*>(nullptr), gpts, b, e);
+      });
     }
-    const int64_t per_chunk = (S + n_chunks - 1) / n_chunks;
-    at::parallel_for(0, n_chunks, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t k = cb; k < ce; ++k) {
-        const int64_t b = k * per_chunk, e = std::min(S, b + per_chunk);
-        if (b < e) backward_range(a, pl, pt, si, go, buffer_ptrs[k], gpts, b, e);
-      }
-    });
-    for (auto& buffer : buffers) grad_planes.add_(buffer);
+    // Plane gradients: part k owns the texel rows [k*H/n, (k+1)*H/n) of every plane and visits all
+    // points, so no two threads write the same texel: no atomics, no private buffers to zero and sum.
+    if (need_planes_grad) {
+      scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
+      const int64_t H = planes.size(2);
+      at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
+        for (int64_t k = pb; k < pe; ++k) {
+          const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
+          backward_range(a, pl, pt, si, go, gpl, static_cast<scalar_t*>(nullptr), 0, S, lo, hi);
+        }
+      });
+    }
   });
   return {grad_planes, grad_points};
 }
