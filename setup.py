@@ -53,7 +53,8 @@ setup(
         "ninja",
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch", "scikit-image"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch", "scikit-image",
+                 "tensorboard"],
         "mesh": ["scikit-image", "trimesh"],
         "bench": ["vector-quantize-pytorch", "psutil"],
         "fid": ["torchvision"],

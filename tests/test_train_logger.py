@@ -36,7 +36,15 @@ def test_tensorboard_is_optional(tmp_path):
     if tensorboard_available():
         log = TrainLogger(tmp_path, tensorboard=True)
         assert log.backend == "tensorboard+files"
+        log.scalars(3, {"loss": 0.5})
+        log.images(3, {"recon": torch.rand(2, 3, 4, 4)})
         log.close()
+        from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+        events = EventAccumulator(str(tmp_path / "tb"))
+        events.Reload()
+        assert [e.value for e in events.Scalars("loss")] == [0.5]
+        assert events.Tags()["images"]
     else:
         with pytest.raises(ImportError, match="tensorboard"):
             TrainLogger(tmp_path, tensorboard=True)
