@@ -384,6 +384,11 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
         raise TypeError(f"model must be a VQ3DModel, got {type(model).__name__}")
     model_cfg = model.config
     model.to(device).train()
+    if main:
+        counts = model.param_counts()
+        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if v)
+        total = sum(counts.values()) / 1e6
+        print(f"VQ3D '{model_cfg.name}' parameters: {parts} (total {total:.2f}M)", flush=True)
     gen_params = list(model.generator_parameters())
     disc_params = list(model.discriminator_parameters())
     opt_g = torch.optim.AdamW(gen_params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
