@@ -7,7 +7,7 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "vq3dlib/march.h"
+#include "vq3dlib/march_host.h"
 
 namespace vq3dlib {
 namespace {
@@ -47,10 +47,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cuda(
     const at::Tensor& far_in, const at::Tensor& binaries_in, const at::Tensor& boxes_in,
     const c10::optional<at::Tensor>& scene_index_in, double step_size, int64_t max_samples,
     int64_t contraction, int64_t spacing) {
-  TORCH_CHECK(origins_in.dim() == 2 && origins_in.size(1) == 3, "origins must be [N, 3]");
-  TORCH_CHECK(binaries_in.dim() == 5, "binaries must be [n_scenes, levels, rx, ry, rz]");
-  TORCH_CHECK(binaries_in.scalar_type() == at::kBool || binaries_in.scalar_type() == at::kByte,
-              "binaries must be bool or uint8");
+  check_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in, scene_index_in);
   const c10::cuda::CUDAGuard guard(origins_in.device());
   auto origins = origins_in.contiguous();
   auto directions = directions_in.contiguous();
