@@ -66,6 +66,9 @@ def main() -> None:
     assert restarted > 0
     if rank == 0:
         print("DDP-OK")
+    # every rank must be done with its collectives before any rank tears gloo down: without this
+    # barrier a rank that exits first can abort its peer mid-teardown (a flaky SIGABRT in CI)
+    dist.barrier()
     dist.destroy_process_group()
 
 

@@ -177,10 +177,14 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
 def cleanup() -> None:
     """Destroys the process group if one exists (call at the end of a run).
 
+    Waits for every rank first: with gloo, a rank that tears the group down while a peer is still in
+    its last collective can make that peer abort ("terminate called without an active exception").
+
     Example:
         >>> cleanup()
     """
     if is_distributed():
+        dist.barrier()
         dist.destroy_process_group()
 
 
