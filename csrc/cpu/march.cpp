@@ -1,6 +1,10 @@
-// Packed ray marching through an occupancy grid, CPU kernel (two passes: count, then fill).
+// Packed ray marching through an occupancy grid, CPU kernel (one pass over blocks of rays).
 // Math lives in csrc/include/vq3dlib/march.h; Python wrapper and reference: vq3dlib/ops/march.py.
 #include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <vector>
 #include <torch/library.h>
 
 #include <ATen/ATen.h>
@@ -33,7 +37,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
   const uint8_t* bin = reinterpret_cast<const uint8_t*>(binaries.data_ptr());
   const int64_t* sidx = scene_index.defined() ? scene_index.data_ptr<int64_t>() : nullptr;
 
-  auto counts = at::zeros({n_rays}, origins.options().dtype(at::kLong));
+  // One pass: rays are marched in blocks, handed out dynamically to the threads (ray costs vary a lot
+  // across an image); each block appends its samples to its own buffers, which are then copied into
+  // the packed outputs at the block's offset. (A count pass + fill pass would march every ray twice.)
+  const int64_t block_rays = 512;
+  const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
   at::Tensor ray_indices, t_starts, t_ends;
   AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "march_packed_cpu", [&] {
     using T = scalar_t;
@@ -43,33 +51,56 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
     const T* fr = far.data_ptr<T>();
     MarchGrid<T> grid{bin, boxes.data_ptr<T>(), levels, rx, ry, rz, static_cast<int>(contraction)};
     const T step = static_cast<T>(step_size);
-    int64_t* cnt = counts.data_ptr<int64_t>();
-    auto scene_of = [&](int64_t i) {
-      int64_t s = sidx != nullptr ? sidx[i] : 0;
-      TORCH_CHECK(s >= 0 && s < n_scenes, "scene_index out of range");
-      return bin + s * scene_stride;
+    for (int64_t i = 0; i < (sidx != nullptr ? n_rays : 0); ++i) {
+      TORCH_CHECK(sidx[i] >= 0 && sidx[i] < n_scenes, "scene_index out of range");
+    }
+
+    struct BlockSamples {
+      std::vector<int64_t> ray;
+      std::vector<T> t0, t1;
     };
-    at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        cnt[i] = march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_of(i), step, step_size,
-                              static_cast<int>(spacing), max_samples, i, nullptr, nullptr, nullptr);
+    struct AppendSamples {
+      BlockSamples* out;
+      int64_t ray_id;
+      void operator()(int64_t, T ts, T te) const {
+        out->ray.push_back(ray_id);
+        out->t0.push_back(ts);
+        out->t1.push_back(te);
+      }
+    };
+    std::vector<BlockSamples> blocks(static_cast<size_t>(n_blocks));
+    std::atomic<int64_t> next_block{0};
+    const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
+    at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+      for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
+        BlockSamples& buf = blocks[static_cast<size_t>(b)];
+        const int64_t end = std::min(n_rays, (b + 1) * block_rays);
+        for (int64_t i = b * block_rays; i < end; ++i) {
+          AppendSamples emit{&buf, i};
+          const uint8_t* scene_bin = bin + (sidx != nullptr ? sidx[i] : 0) * scene_stride;
+          march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_size,
+                       static_cast<int>(spacing), max_samples, emit);
+        }
       }
     });
-    auto offsets = counts.cumsum(0);
-    const int64_t total = n_rays > 0 ? offsets[n_rays - 1].item<int64_t>() : 0;
-    ray_indices = at::empty({total}, counts.options());
+    std::vector<int64_t> block_offsets(static_cast<size_t>(n_blocks) + 1, 0);
+    for (int64_t b = 0; b < n_blocks; ++b) {
+      block_offsets[b + 1] = block_offsets[b] + static_cast<int64_t>(blocks[b].ray.size());
+    }
+    const int64_t total = block_offsets[n_blocks];
+    ray_indices = at::empty({total}, origins.options().dtype(at::kLong));
     t_starts = at::empty({total}, origins.options());
     t_ends = at::empty({total}, origins.options());
-    const int64_t* off = offsets.data_ptr<int64_t>();
     int64_t* ri = ray_indices.data_ptr<int64_t>();
     T* ts = t_starts.data_ptr<T>();
     T* te = t_ends.data_ptr<T>();
-    at::parallel_for(0, n_rays, 256, [&](int64_t begin, int64_t end) {
-      for (int64_t i = begin; i < end; ++i) {
-        if (cnt[i] == 0) continue;
-        const int64_t start = off[i] - cnt[i];
-        march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_of(i), step, step_size,
-                     static_cast<int>(spacing), max_samples, i, ri + start, ts + start, te + start);
+    at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t b = begin; b < end; ++b) {
+        const BlockSamples& buf = blocks[b];
+        const int64_t at_ = block_offsets[b];
+        std::copy(buf.ray.begin(), buf.ray.end(), ri + at_);
+        std::copy(buf.t0.begin(), buf.t0.end(), ts + at_);
+        std::copy(buf.t1.begin(), buf.t1.end(), te + at_);
       }
     });
   });

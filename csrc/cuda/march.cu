@@ -31,14 +31,15 @@ __global__ void march_packed_kernel(int64_t n_rays, const T* __restrict__ o, con
   }
   const uint8_t* scene_bin = grid.binaries + s * scene_stride;
   if (offsets == nullptr) {
+    DiscardSamples discard;
     counts[i] = march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_d, spacing,
-                             max_samples, i, nullptr, nullptr, nullptr);
+                             max_samples, discard);
   } else {
     const int64_t c = counts[i];
     if (c == 0) return;
     const int64_t start = offsets[i] - c;
-    march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_d, spacing, max_samples, i,
-                 ray_indices + start, t_starts + start, t_ends + start);
+    WriteSamples<T> write{i, ray_indices + start, t_starts + start, t_ends + start};
+    march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_d, spacing, max_samples, write);
   }
 }
 

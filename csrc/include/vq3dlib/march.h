@@ -108,15 +108,33 @@ struct MarchGrid {
   int contraction;
 };
 
-// Marches one ray and returns its number of samples (at most max_samples). When out_t0/out_t1 are
-// non-null, the samples' intervals are written there (and ray_id into out_ray).
+// Where march_ray sends each kept sample: emit(k, t_start, t_end) with k = 0, 1, ... per ray.
+struct DiscardSamples {  // counting pass
+  template <typename T>
+  VQ3D_HD void operator()(int64_t, T, T) const {}
+};
+
+template <typename T>
+struct WriteSamples {  // fill pass: the ray's slice of the packed outputs
+  int64_t ray_id;
+  int64_t* ray_indices;
+  T* t_starts;
+  T* t_ends;
+  VQ3D_HD void operator()(int64_t k, T ts, T te) const {
+    ray_indices[k] = ray_id;
+    t_starts[k] = ts;
+    t_ends[k] = te;
+  }
+};
+
+// Marches one ray, hands every kept sample to `emit` and returns their number (at most max_samples).
 //   spacing kSpacingT:          t_k = t0 + k * step, t_{k+1} likewise (lattice from the clipped near).
 //   spacing kSpacingContracted: t_{k+1} = t_k + step * max(1, |x(t_k)|_inf^2).
 // A sample [t_k, min(t_{k+1}, t1)] is kept when the grid is occupied at its midpoint.
-template <typename T>
+template <typename T, typename Emit>
 VQ3D_HD int64_t march_ray(const T o[3], const T d[3], T near, T far, const MarchGrid<T>& g,
                           const uint8_t* scene_binaries, T step, double step_d, int spacing,
-                          int64_t max_samples, int64_t ray_id, int64_t* out_ray, T* out_t0, T* out_t1) {
+                          int64_t max_samples, Emit& emit) {
   T t0 = near, t1 = far;
   if (g.contraction == kContractNone) {
     if (!ray_box_clip(o, d, g.boxes + 6 * (g.levels - 1), near, far, &t0, &t1)) return 0;
@@ -135,7 +153,7 @@ VQ3D_HD int64_t march_ray(const T o[3], const T d[3], T near, T far, const March
       T x[3] = {add_rn(o[0], mul_rn(mid, d[0])), add_rn(o[1], mul_rn(mid, d[1])),
                 add_rn(o[2], mul_rn(mid, d[2]))};
       if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x)) {
-        if (out_t0 != nullptr) { out_ray[count] = ray_id; out_t0[count] = ts; out_t1[count] = te; }
+        emit(count, ts, te);
         ++count;
       }
     }
@@ -155,7 +173,7 @@ VQ3D_HD int64_t march_ray(const T o[3], const T d[3], T near, T far, const March
       T x[3] = {add_rn(o[0], mul_rn(mid, d[0])), add_rn(o[1], mul_rn(mid, d[1])),
                 add_rn(o[2], mul_rn(mid, d[2]))};
       if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x)) {
-        if (out_t0 != nullptr) { out_ray[count] = ray_id; out_t0[count] = t; out_t1[count] = te; }
+        emit(count, t, te);
         ++count;
       }
       t = tn;
