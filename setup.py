@@ -6,6 +6,7 @@ Plain ``pip install -e .`` needs no compiler: the C++/CUDA extension is JIT-buil
 
 import glob
 import os
+import sys
 
 from setuptools import find_packages, setup
 
@@ -17,17 +18,25 @@ def _extension_modules():
         return [], {}
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
+    sys.path.insert(0, HERE)
+    from vq3dlib._ext import cpu_parallel_flags  # -fopenmp when torch's CPU backend is OpenMP
+
+    parallel = cpu_parallel_flags()
     include = [os.path.join(HERE, "csrc", "include")]
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     with_cuda = CUDA_HOME is not None and os.environ.get("VQ3DLIB_BUILD_CUDA", "1") == "1"
-    flags = {"cxx": ["-O3"]}
+    flags = {"cxx": ["-O3", *parallel]}
     if with_cuda:
         flags["nvcc"] = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-DVQ3DLIB_WITH_CUDA"]
         flags["cxx"].append("-DVQ3DLIB_WITH_CUDA")
         sources = cpp + sorted(glob.glob("csrc/cuda/*.cu"))
-        ext = CUDAExtension("vq3dlib._C", sources, include_dirs=include, extra_compile_args=flags)
+        ext = CUDAExtension(
+            "vq3dlib._C", sources, include_dirs=include, extra_compile_args=flags, extra_link_args=parallel
+        )
     else:
-        ext = CppExtension("vq3dlib._C", cpp, include_dirs=include, extra_compile_args=flags)
+        ext = CppExtension(
+            "vq3dlib._C", cpp, include_dirs=include, extra_compile_args=flags, extra_link_args=parallel
+        )
     return [ext], {"build_ext": BuildExtension}
 
 

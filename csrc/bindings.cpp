@@ -2,7 +2,10 @@
 // ops lives in one place. Kernels register implementations with TORCH_LIBRARY_IMPL in
 // csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA). Fake (meta) implementations and autograd are
 // registered from Python in vq3dlib/ops/, which makes the ops usable under torch.compile.
+#include <ATen/Parallel.h>
 #include <torch/library.h>
+
+#include <atomic>
 
 namespace vq3dlib {
 bool cuda_compiled() {
@@ -12,10 +15,20 @@ bool cuda_compiled() {
   return false;
 #endif
 }
+
+// How many threads the CPU kernels' at::parallel_for really runs on: the number of chunks one call
+// over [0, get_num_threads()) with grain 1 is split into. It is 1 when the extension was compiled
+// without the flags of torch's parallel backend (e.g. -fopenmp), which silently serialises it.
+int64_t cpu_parallel_threads() {
+  std::atomic<int64_t> chunks{0};
+  at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { ++chunks; });
+  return chunks.load();
+}
 }  // namespace vq3dlib
 
 TORCH_LIBRARY(vq3dlib, m) {
   m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
+  m.def("cpu_parallel_threads() -> int", &vq3dlib::cpu_parallel_threads);
 
   // ---- triplane (csrc/cpu/triplane.cpp, csrc/cuda/triplane.cu) ----
   // [B, 3, C, H, W] -> contiguous [B, 3, H, W, C] (CPU: in huge-page-advised memory)

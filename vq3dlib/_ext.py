@@ -8,7 +8,7 @@ wants a kernel calls :func:`load_extension`.
 Example:
     >>> from vq3dlib._ext import extension_status
     >>> sorted(extension_status())
-    ['cuda_compiled', 'error', 'loaded', 'path']
+    ['cpu_parallel', 'cuda_compiled', 'error', 'loaded', 'path']
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ _state: dict[str, Any] = {
     "attempted": set(),
     "loaded": False,
     "cuda_compiled": False,
+    "cpu_parallel": None,  # whether the CPU kernels' at::parallel_for uses several threads
     "path": None,
     "error": None,
 }
@@ -50,11 +51,35 @@ def source_files(with_cuda: bool) -> list[str]:
     return files
 
 
-def _sources_hash(files: list[str]) -> str:
+def cpu_parallel_flags() -> list[str]:
+    """Compiler/linker flags that make the CPU kernels' ``at::parallel_for`` run in parallel.
+
+    ATen's OpenMP backend implements ``at::parallel_for`` inline with ``#pragma omp parallel``: an
+    extension compiled without ``-fopenmp`` runs every CPU kernel on one thread, silently.
+
+    Example:
+        >>> cpu_parallel_flags() in ([], ["-fopenmp"])
+        True
+    """
+    openmp = "OpenMP" in torch.__config__.parallel_info().split("ATen parallel backend:")[-1]
+    return ["-fopenmp"] if openmp and sys.platform != "darwin" else []
+
+
+def _compile_flags(with_cuda: bool) -> tuple[list[str], list[str], list[str]]:
+    """``(cxx flags, nvcc flags, linker flags)`` of a JIT build."""
+    parallel = cpu_parallel_flags()
+    cflags = ["-O3", *parallel] + (["-DVQ3DLIB_WITH_CUDA"] if with_cuda else [])
+    cuda_flags = ["-O3", "--use_fast_math", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
+    return cflags, cuda_flags, parallel
+
+
+def _sources_hash(files: list[str], flags: tuple[list[str], ...] = ()) -> str:
+    """Hash of the sources, every header under ``csrc/`` and the build flags (a new build per change)."""
     digest = hashlib.sha1()
-    headers = sorted(glob.glob(str(CSRC_DIR / "include" / "**" / "*.h"), recursive=True))
+    headers = sorted(glob.glob(str(CSRC_DIR / "**" / "*.h"), recursive=True))
     for f in files + headers:
         digest.update(Path(f).read_bytes())
+    digest.update(repr(flags).encode())
     return digest.hexdigest()[:10]
 
 
@@ -87,7 +112,8 @@ def _jit_build(with_cuda: bool, verbose: bool) -> None:
     from torch.utils.cpp_extension import load
 
     files = source_files(with_cuda)
-    tag = f"{'cuda' if with_cuda else 'cpu'}_{_sources_hash(files)}"
+    cflags, cuda_flags, ldflags = _compile_flags(with_cuda)
+    tag = f"{'cuda' if with_cuda else 'cpu'}_{_sources_hash(files, (cflags, cuda_flags, ldflags))}"
     name = f"vq3dlib_C_{tag}"
     build_dir = cache_dir() / f"torch{torch.__version__.replace('+', '_')}" / tag
     build_dir.mkdir(parents=True, exist_ok=True)
@@ -99,16 +125,13 @@ def _jit_build(with_cuda: bool, verbose: bool) -> None:
             file=sys.stderr,
             flush=True,
         )
-    cflags = ["-O3"]
-    cuda_flags = ["-O3", "--use_fast_math", "-DVQ3DLIB_WITH_CUDA", "--expt-relaxed-constexpr"]
-    if with_cuda:
-        cflags.append("-DVQ3DLIB_WITH_CUDA")
     load(
         name=name,
         sources=files,
         extra_include_paths=[str(CSRC_DIR / "include")],
         extra_cflags=cflags,
         extra_cuda_cflags=cuda_flags,
+        extra_ldflags=ldflags,
         build_directory=str(build_dir),
         with_cuda=with_cuda,
         is_python_module=False,
@@ -151,6 +174,7 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False, raise_e
             _state["loaded"] = True
             _state["cuda_compiled"] = bool(torch.ops.vq3dlib.cuda_compiled())
             _state["error"] = None
+            _check_cpu_parallel()
         except Exception as exc:  # noqa: BLE001 - any build failure means: fall back
             message = str(exc)
             errors = [line for line in message.splitlines() if "error" in line.lower()]
@@ -166,6 +190,20 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False, raise_e
         return _state["loaded"]
 
 
+def _check_cpu_parallel() -> None:
+    """Records whether the CPU kernels run multi-threaded; warns once if a build runs them on one."""
+    if torch.get_num_threads() < 2:
+        return
+    _state["cpu_parallel"] = int(torch.ops.vq3dlib.cpu_parallel_threads()) > 1
+    if not _state["cpu_parallel"]:
+        warnings.warn(
+            f"vq3dlib: the extension at {_state['path']} runs its CPU kernels on one thread (built without "
+            f"{cpu_parallel_flags() or 'the flags of torch parallel backend'}); delete it to rebuild.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
 def extension_status() -> dict[str, Any]:
     """Build/load status of the extension (no build is triggered).
 
@@ -173,4 +211,4 @@ def extension_status() -> dict[str, Any]:
         >>> extension_status()["loaded"] in (True, False)
         True
     """
-    return {k: _state[k] for k in ("loaded", "cuda_compiled", "path", "error")}
+    return {k: _state[k] for k in ("loaded", "cuda_compiled", "cpu_parallel", "path", "error")}

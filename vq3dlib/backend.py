@@ -175,7 +175,8 @@ def report(build: bool = True) -> str:
     lines = [
         f"vq3dlib backend report (torch {torch.__version__}, CUDA runtime {torch.version.cuda}, "
         f"GPU available: {cuda_ok}, requested backend: {requested_backend()})",
-        f"extension: loaded={status['loaded']} cuda_compiled={status['cuda_compiled']} path={status['path']}",
+        f"extension: loaded={status['loaded']} cuda_compiled={status['cuda_compiled']} "
+        f"cpu_parallel={status['cpu_parallel']} path={status['path']}",
     ]
     if status["error"]:
         lines.append(f"extension error: {status['error'].splitlines()[0][:300]}")

@@ -371,7 +371,7 @@ class CodePrior(nn.Module):
 
         Example:
             >>> prior = CodePrior(vocab_size=8, seq_len=4, num_classes=3, width=16, depth=1, heads=2)
-            >>> float(prior.loss(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 2]))) > 0
+            >>> prior.loss(torch.zeros(2, 4, dtype=torch.long), torch.tensor([0, 2])).item() > 0
             True
         """
         self._check_indices("indices", indices, self.seq_len)

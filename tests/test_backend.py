@@ -1,0 +1,101 @@
+"""Backend dispatch and the extension loader: forcing, the one-warning fallback, the report, threading."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+
+from vq3dlib import _ext, backend
+
+ROOT = Path(__file__).resolve().parents[1]
+requires_ext = pytest.mark.skipif(
+    not backend.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
+)
+
+
+def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
+    full_env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **env)
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=600,
+    )
+
+
+def test_forced_torch_backend_skips_the_extension():
+    with backend.forced("torch"):
+        assert backend.requested_backend() == "torch"
+        assert not backend.use_extension("triplane_sample", "cpu")
+    assert backend.requested_backend() in backend.BACKENDS
+
+
+def test_bad_backend_names_raise():
+    with pytest.raises(ValueError, match="backend must be one of"):
+        with backend.forced("cuda"):
+            pass
+    with pytest.raises(KeyError, match="unknown op"):
+        backend.extension_supports("no_such_op", "cpu")
+
+
+@requires_ext
+def test_cpu_kernels_run_on_every_thread():
+    # ATen's OpenMP parallel_for is inline: an extension compiled without -fopenmp runs on one thread.
+    if torch.get_num_threads() < 2:
+        pytest.skip("needs at least two torch threads")
+    assert torch.ops.vq3dlib.cpu_parallel_threads() == torch.get_num_threads()
+    assert _ext.extension_status()["cpu_parallel"] is True
+
+
+def test_report_names_every_op_and_the_extension_state():
+    text = backend.report(build=False)
+    for op in backend.registered_ops():
+        assert op in text
+    assert "cpu_parallel=" in text and "nerfacc importable" in text
+
+
+def test_failed_build_falls_back_with_one_warning(tmp_path):
+    # A compiler that always fails, an empty build cache: every op must still run (reference path),
+    # with exactly one warning for the whole process, and give the reference's values.
+    code = """
+        import warnings, torch
+        from vq3dlib.ops import triplane_sample, triplane_sample_reference
+        from vq3dlib import backend
+        planes, pts = torch.randn(1, 3, 4, 8, 8), torch.randn(20, 3)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            a = triplane_sample(planes, pts, contraction="linf")
+            b = triplane_sample(planes, pts, contraction="linf")
+        ours = [w for w in caught if "vq3dlib" in str(w.message)]
+        assert len(ours) == 1, [str(w.message) for w in ours]
+        assert "pure-torch reference" in str(ours[0].message)
+        assert not backend.use_extension("triplane_sample", "cpu")
+        torch.testing.assert_close(a, triplane_sample_reference(planes, pts, contraction="linf"))
+        torch.testing.assert_close(a, b)
+        print("FALLBACK-OK")
+    """
+    res = _run_python(code, CXX="false", CC="false", VQ3DLIB_CACHE=str(tmp_path), VQ3DLIB_BACKEND="auto")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "FALLBACK-OK" in res.stdout
+
+
+def test_required_extension_that_cannot_build_is_an_error(tmp_path):
+    code = """
+        import torch
+        from vq3dlib.ops import triplane_sample
+        try:
+            triplane_sample(torch.randn(1, 3, 4, 8, 8), torch.randn(5, 3))
+        except RuntimeError as exc:
+            assert "VQ3DLIB_BACKEND=ext" in str(exc), exc
+            print("ERROR-OK")
+    """
+    res = _run_python(code, CXX="false", CC="false", VQ3DLIB_CACHE=str(tmp_path), VQ3DLIB_BACKEND="ext")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "ERROR-OK" in res.stdout
