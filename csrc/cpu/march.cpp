@@ -19,23 +19,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
     const at::Tensor& far_in, const at::Tensor& binaries_in, const at::Tensor& boxes_in,
     const c10::optional<at::Tensor>& scene_index_in, double step_size, int64_t max_samples,
     int64_t contraction, int64_t spacing) {
-  check_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in, scene_index_in);
-  auto origins = origins_in.contiguous();
-  auto directions = directions_in.contiguous();
-  auto near = near_in.contiguous();
-  auto far = far_in.contiguous();
-  auto binaries = binaries_in.contiguous();
-  auto boxes = boxes_in.contiguous();
-  at::Tensor scene_index;
-  if (scene_index_in.has_value()) scene_index = scene_index_in->contiguous();
-  const int64_t n_rays = origins.size(0);
-  const int64_t n_scenes = binaries.size(0);
-  const int levels = static_cast<int>(binaries.size(1));
-  const int rx = static_cast<int>(binaries.size(2)), ry = static_cast<int>(binaries.size(3)),
-            rz = static_cast<int>(binaries.size(4));
-  const int64_t scene_stride = static_cast<int64_t>(levels) * rx * ry * rz;
-  const uint8_t* bin = reinterpret_cast<const uint8_t*>(binaries.data_ptr());
-  const int64_t* sidx = scene_index.defined() ? scene_index.data_ptr<int64_t>() : nullptr;
+  const MarchInputs in = prepare_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in,
+                                              scene_index_in);
+  const int64_t n_rays = in.n_rays;
+  const uint8_t* bin = in.binaries_data();
+  const int64_t* sidx = in.scene_index_data();
 
   // One pass: rays are marched in blocks, handed out dynamically to the threads (ray costs vary a lot
   // across an image); each block appends its samples to its own buffers, which are then copied into
@@ -43,16 +31,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
   const int64_t block_rays = 512;
   const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
   at::Tensor ray_indices, t_starts, t_ends;
-  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "march_packed_cpu", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.origins.scalar_type(), "march_packed_cpu", [&] {
     using T = scalar_t;
-    const T* o = origins.data_ptr<T>();
-    const T* d = directions.data_ptr<T>();
-    const T* nr = near.data_ptr<T>();
-    const T* fr = far.data_ptr<T>();
-    MarchGrid<T> grid{bin, boxes.data_ptr<T>(), levels, rx, ry, rz, static_cast<int>(contraction)};
+    const T* o = in.origins.data_ptr<T>();
+    const T* d = in.directions.data_ptr<T>();
+    const T* nr = in.near.data_ptr<T>();
+    const T* fr = in.far.data_ptr<T>();
+    const MarchGrid<T> grid = in.grid<T>(contraction);
     const T step = static_cast<T>(step_size);
     for (int64_t i = 0; i < (sidx != nullptr ? n_rays : 0); ++i) {
-      TORCH_CHECK(sidx[i] >= 0 && sidx[i] < n_scenes, "scene_index out of range");
+      TORCH_CHECK(sidx[i] >= 0 && sidx[i] < in.n_scenes, "scene_index out of range");
     }
 
     struct BlockSamples {
@@ -77,7 +65,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
         const int64_t end = std::min(n_rays, (b + 1) * block_rays);
         for (int64_t i = b * block_rays; i < end; ++i) {
           AppendSamples emit{&buf, i};
-          const uint8_t* scene_bin = bin + (sidx != nullptr ? sidx[i] : 0) * scene_stride;
+          const uint8_t* scene_bin = bin + (sidx != nullptr ? sidx[i] : 0) * in.scene_stride;
           march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_size,
                        static_cast<int>(spacing), max_samples, emit);
         }
@@ -88,9 +76,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
       block_offsets[b + 1] = block_offsets[b] + static_cast<int64_t>(blocks[b].ray.size());
     }
     const int64_t total = block_offsets[n_blocks];
-    ray_indices = at::empty({total}, origins.options().dtype(at::kLong));
-    t_starts = at::empty({total}, origins.options());
-    t_ends = at::empty({total}, origins.options());
+    ray_indices = at::empty({total}, in.origins.options().dtype(at::kLong));
+    t_starts = at::empty({total}, in.origins.options());
+    t_ends = at::empty({total}, in.origins.options());
     int64_t* ri = ray_indices.data_ptr<int64_t>();
     T* ts = t_starts.data_ptr<T>();
     T* te = t_ends.data_ptr<T>();

@@ -48,51 +48,36 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cuda(
     const at::Tensor& far_in, const at::Tensor& binaries_in, const at::Tensor& boxes_in,
     const c10::optional<at::Tensor>& scene_index_in, double step_size, int64_t max_samples,
     int64_t contraction, int64_t spacing) {
-  check_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in, scene_index_in);
   const c10::cuda::CUDAGuard guard(origins_in.device());
-  auto origins = origins_in.contiguous();
-  auto directions = directions_in.contiguous();
-  auto near = near_in.contiguous();
-  auto far = far_in.contiguous();
-  auto binaries = binaries_in.contiguous();
-  auto boxes = boxes_in.contiguous();
-  at::Tensor scene_index;
-  if (scene_index_in.has_value()) scene_index = scene_index_in->contiguous();
-  const int64_t n_rays = origins.size(0);
-  const int levels = static_cast<int>(binaries.size(1));
-  const int rx = static_cast<int>(binaries.size(2)), ry = static_cast<int>(binaries.size(3)),
-            rz = static_cast<int>(binaries.size(4));
-  const int64_t scene_stride = static_cast<int64_t>(levels) * rx * ry * rz;
-  const uint8_t* bin = reinterpret_cast<const uint8_t*>(binaries.data_ptr());
-  const int64_t* sidx = scene_index.defined() ? scene_index.data_ptr<int64_t>() : nullptr;
+  const MarchInputs in = prepare_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in,
+                                              scene_index_in);
+  const int64_t n_rays = in.n_rays;
   auto stream = c10::cuda::getCurrentCUDAStream();
   const int blocks = static_cast<int>((n_rays + kThreads - 1) / kThreads);
 
-  auto counts = at::zeros({n_rays}, origins.options().dtype(at::kLong));
+  auto counts = at::zeros({n_rays}, in.origins.options().dtype(at::kLong));
   at::Tensor ray_indices, t_starts, t_ends;
-  AT_DISPATCH_FLOATING_TYPES(origins.scalar_type(), "march_packed_cuda", [&] {
+  AT_DISPATCH_FLOATING_TYPES(in.origins.scalar_type(), "march_packed_cuda", [&] {
     using T = scalar_t;
-    MarchGrid<T> grid{bin, boxes.data_ptr<T>(), levels, rx, ry, rz, static_cast<int>(contraction)};
+    const MarchGrid<T> grid = in.grid<T>(contraction);
     const T step = static_cast<T>(step_size);
-    if (n_rays > 0) {
+    // offsets == nullptr: count pass (writes counts); else fill pass (writes the packed samples)
+    auto launch = [&](const int64_t* offsets, int64_t* ri, T* ts, T* te) {
       march_packed_kernel<T><<<blocks, kThreads, 0, stream>>>(
-          n_rays, origins.data_ptr<T>(), directions.data_ptr<T>(), near.data_ptr<T>(), far.data_ptr<T>(), grid,
-          sidx, binaries.size(0), scene_stride, step, step_size, static_cast<int>(spacing), max_samples,
-          counts.data_ptr<int64_t>(), nullptr, nullptr, nullptr, nullptr);
+          n_rays, in.origins.data_ptr<T>(), in.directions.data_ptr<T>(), in.near.data_ptr<T>(),
+          in.far.data_ptr<T>(), grid, in.scene_index_data(), in.n_scenes, in.scene_stride, step, step_size,
+          static_cast<int>(spacing), max_samples, counts.data_ptr<int64_t>(), offsets, ri, ts, te);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
-    }
+    };
+    if (n_rays > 0) launch(nullptr, nullptr, nullptr, nullptr);
     auto offsets = counts.cumsum(0);
     const int64_t total = n_rays > 0 ? offsets[n_rays - 1].item<int64_t>() : 0;
     ray_indices = at::empty({total}, counts.options());
-    t_starts = at::empty({total}, origins.options());
-    t_ends = at::empty({total}, origins.options());
+    t_starts = at::empty({total}, in.origins.options());
+    t_ends = at::empty({total}, in.origins.options());
     if (total > 0) {
-      march_packed_kernel<T><<<blocks, kThreads, 0, stream>>>(
-          n_rays, origins.data_ptr<T>(), directions.data_ptr<T>(), near.data_ptr<T>(), far.data_ptr<T>(), grid,
-          sidx, binaries.size(0), scene_stride, step, step_size, static_cast<int>(spacing), max_samples,
-          counts.data_ptr<int64_t>(), offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(),
-          t_starts.data_ptr<T>(), t_ends.data_ptr<T>());
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch(offsets.data_ptr<int64_t>(), ray_indices.data_ptr<int64_t>(), t_starts.data_ptr<T>(),
+             t_ends.data_ptr<T>());
     }
   });
   return {ray_indices, t_starts, t_ends};

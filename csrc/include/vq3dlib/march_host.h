@@ -1,4 +1,4 @@
-// Host-side argument checks of the marching op, shared by the CPU and CUDA entry points.
+// Host-side argument checks and unpacking of the marching op, shared by the CPU and CUDA entry points.
 #pragma once
 #include <ATen/ATen.h>
 
@@ -25,6 +25,44 @@ inline void check_march_inputs(const at::Tensor& origins, const at::Tensor& dire
     TORCH_CHECK(scene_index->dim() == 1 && scene_index->size(0) == origins.size(0), "scene_index must be [N]");
     TORCH_CHECK(scene_index->scalar_type() == at::kLong, "scene_index must be int64");
   }
+}
+
+// The marching op's arguments, checked and made contiguous, with the sizes every kernel needs.
+struct MarchInputs {
+  at::Tensor origins, directions, near, far, binaries, boxes, scene_index;  // scene_index may be undefined
+  int64_t n_rays, n_scenes, scene_stride;
+  int levels, rx, ry, rz;
+
+  const uint8_t* binaries_data() const { return reinterpret_cast<const uint8_t*>(binaries.data_ptr()); }
+  const int64_t* scene_index_data() const {
+    return scene_index.defined() ? scene_index.data_ptr<int64_t>() : nullptr;
+  }
+  template <typename T>
+  MarchGrid<T> grid(int64_t contraction) const {
+    return {binaries_data(), boxes.data_ptr<T>(), levels, rx, ry, rz, static_cast<int>(contraction)};
+  }
+};
+
+inline MarchInputs prepare_march_inputs(const at::Tensor& origins, const at::Tensor& directions,
+                                        const at::Tensor& near, const at::Tensor& far, const at::Tensor& binaries,
+                                        const at::Tensor& boxes, const c10::optional<at::Tensor>& scene_index) {
+  check_march_inputs(origins, directions, near, far, binaries, boxes, scene_index);
+  MarchInputs in;
+  in.origins = origins.contiguous();
+  in.directions = directions.contiguous();
+  in.near = near.contiguous();
+  in.far = far.contiguous();
+  in.binaries = binaries.contiguous();
+  in.boxes = boxes.contiguous();
+  if (scene_index.has_value()) in.scene_index = scene_index->contiguous();
+  in.n_rays = in.origins.size(0);
+  in.n_scenes = in.binaries.size(0);
+  in.levels = static_cast<int>(in.binaries.size(1));
+  in.rx = static_cast<int>(in.binaries.size(2));
+  in.ry = static_cast<int>(in.binaries.size(3));
+  in.rz = static_cast<int>(in.binaries.size(4));
+  in.scene_stride = static_cast<int64_t>(in.levels) * in.rx * in.ry * in.rz;
+  return in;
 }
 
 }  // namespace vq3dlib
