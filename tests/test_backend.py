@@ -54,6 +54,15 @@ def test_cpu_kernels_run_on_every_thread():
     assert _ext.extension_status()["cpu_parallel"] is True
 
 
+def test_single_threaded_build_is_reported_with_a_warning(monkeypatch):
+    monkeypatch.setattr(_ext, "_parallel_chunks", lambda: 1)
+    monkeypatch.setitem(_ext._state, "cpu_parallel", None)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    with pytest.warns(RuntimeWarning, match="runs its CPU kernels on one thread"):
+        _ext._check_cpu_parallel()
+    assert _ext.extension_status()["cpu_parallel"] is False
+
+
 def test_report_names_every_op_and_the_extension_state():
     text = backend.report(build=False)
     for op in backend.registered_ops():

@@ -190,15 +190,25 @@ def load_extension(with_cuda: bool | None = None, verbose: bool = False, raise_e
         return _state["loaded"]
 
 
+def _parallel_chunks() -> int:
+    """Chunks one ``at::parallel_for`` of the loaded extension runs in (1 = serial build)."""
+    return int(torch.ops.vq3dlib.cpu_parallel_threads())
+
+
 def _check_cpu_parallel() -> None:
     """Records whether the CPU kernels run multi-threaded; warns once if a build runs them on one."""
     if torch.get_num_threads() < 2:
         return
-    _state["cpu_parallel"] = int(torch.ops.vq3dlib.cpu_parallel_threads()) > 1
+    _state["cpu_parallel"] = _parallel_chunks() > 1
     if not _state["cpu_parallel"]:
+        flags = cpu_parallel_flags()
+        why = (
+            f"it was built without {' '.join(flags)}; delete it to rebuild"
+            if flags
+            else "vq3dlib knows no compiler flag for torch's parallel backend on this platform"
+        )
         warnings.warn(
-            f"vq3dlib: the extension at {_state['path']} runs its CPU kernels on one thread (built without "
-            f"{cpu_parallel_flags() or 'the flags of torch parallel backend'}); delete it to rebuild.",
+            f"vq3dlib: the extension at {_state['path']} runs its CPU kernels on one thread ({why}).",
             RuntimeWarning,
             stacklevel=3,
         )
