@@ -181,6 +181,31 @@ def test_rays_that_miss_inside_and_degenerate(device):
     assert s.t_starts[0].item() == 0.0 and s.t_ends[-1].item() == 1.0
 
 
+def test_cpu_kernel_output_does_not_depend_on_threads():
+    # Blocks of rays go to whichever thread is free; the packed output must still be in ray order and
+    # identical for any thread count (several blocks of 512 rays, uneven per-ray costs).
+    _ext_or_skip(torch.device("cpu"))
+    o, d = _rays(5000, "cpu")
+    o[::7] *= 0.1  # rays starting near the centre march more steps
+    grid = _random_grid("linf", 2, 1, 16, 0.5, "cpu")
+    scene = torch.arange(5000) % 2
+    threads = torch.get_num_threads()
+    outs = []
+    try:
+        for n in sorted({1, max(2, threads)}):
+            torch.set_num_threads(n)
+            with backend.forced("ext"):
+                outs.append(
+                    ray_march(o, d, grid, scene_index=scene, far=1e10, step_size=0.02, spacing="contracted")
+                )
+    finally:
+        torch.set_num_threads(threads)
+    _assert_sorted_valid(outs[0], 5000)
+    assert outs[0].ray_indices.numel() > 10000
+    for a, b in zip(outs[0], outs[-1], strict=True):
+        assert torch.equal(a, b)
+
+
 def test_zero_samples_and_empty_batch(device):
     grid = OccupancyGrid(resolution=4).to(device)
     grid.binaries.fill_(False)
@@ -239,8 +264,9 @@ def test_reference_handles_large_chunks():
     o, d = _rays(5000, "cpu", spread=0.1)
     binaries = torch.ones(1, 1, 2, 2, 2, dtype=torch.bool)
     boxes = torch.tensor([[-1.0, -1, -1, 1, 1, 1]])
-    ri, ts, _ = march_packed_reference(o, d, torch.zeros(5000), torch.full((5000,), 9.0), binaries, boxes,
-                                       step_size=0.5)
+    ri, ts, _ = march_packed_reference(
+        o, d, torch.zeros(5000), torch.full((5000,), 9.0), binaries, boxes, step_size=0.5
+    )
     assert torch.equal(ri.unique(), torch.arange(5000))
 
 
