@@ -213,6 +213,21 @@ def test_bad_inputs_raise_clear_errors():
         triplane_sample(None, torch.zeros(2, 5, 3))
 
 
+@requires_ext
+def test_raw_backward_op_checks_grad_out():
+    # the compiled op is public (torch.ops.vq3dlib); a wrong incoming gradient must not read out of bounds
+    planes = torch.randn(1, 3, 8, 8, 4)  # channels-last [B, 3, H, W, C]
+    points = torch.randn(5, 3)
+    none = torch.empty(0, dtype=torch.long)
+    opts = (5, 0, 1.0, False, 0, 2)  # dense, no contraction, concat -> 3C = 12 channels
+    backward = torch.ops.vq3dlib.triplane_sample_bwd
+    backward(torch.ones(5, 12), planes, points, none, *opts, True, True)
+    with pytest.raises(RuntimeError, match=r"grad_out must be \[S, 12\]"):
+        backward(torch.ones(5, 4), planes, points, none, *opts, True, True)
+    with pytest.raises(RuntimeError, match="grad_out must have the dtype"):
+        backward(torch.ones(5, 12).double(), planes, points, none, *opts, True, True)
+
+
 @pytest.mark.cuda
 def test_device_mismatch_is_reported():
     with pytest.raises(ValueError, match="points is on"):

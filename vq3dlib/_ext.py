@@ -73,6 +73,21 @@ def _compile_flags(with_cuda: bool) -> tuple[list[str], list[str], list[str]]:
     return cflags, cuda_flags, parallel
 
 
+def _cuda_targets() -> str:
+    """The GPU architectures a CUDA build is for: ``$TORCH_CUDA_ARCH_LIST``, else the visible GPUs'.
+
+    Part of the build-cache key, so a cache shared between machines never hands a build for one GPU
+    generation to another ("no kernel image is available").
+    """
+    arch = os.environ.get("TORCH_CUDA_ARCH_LIST", "")
+    if arch:
+        return arch
+    if torch.cuda.is_available():
+        caps = {torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())}
+        return ";".join(f"{major}.{minor}" for major, minor in sorted(caps))
+    return ""
+
+
 def _sources_hash(files: list[str], flags: tuple[list[str], ...] = ()) -> str:
     """Hash of the sources, every header under ``csrc/`` and the build flags (a new build per change)."""
     digest = hashlib.sha1()
@@ -113,7 +128,8 @@ def _jit_build(with_cuda: bool, verbose: bool) -> None:
 
     files = source_files(with_cuda)
     cflags, cuda_flags, ldflags = _compile_flags(with_cuda)
-    tag = f"{'cuda' if with_cuda else 'cpu'}_{_sources_hash(files, (cflags, cuda_flags, ldflags))}"
+    targets = [_cuda_targets()] if with_cuda else []
+    tag = f"{'cuda' if with_cuda else 'cpu'}_{_sources_hash(files, (cflags, cuda_flags, ldflags, targets))}"
     name = f"vq3dlib_C_{tag}"
     build_dir = cache_dir() / f"torch{torch.__version__.replace('+', '_')}" / tag
     build_dir.mkdir(parents=True, exist_ok=True)

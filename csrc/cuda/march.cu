@@ -39,7 +39,8 @@ __global__ void march_packed_kernel(int64_t n_rays, const T* __restrict__ o, con
     if (c == 0) return;
     const int64_t start = offsets[i] - c;
     WriteSamples<T> write{i, ray_indices + start, t_starts + start, t_ends + start};
-    march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_d, spacing, max_samples, write);
+    // at most the counted samples: the slice of this ray ends there, whatever a second march finds
+    march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_d, spacing, c, write);
   }
 }
 

@@ -152,6 +152,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cuda(
     int64_t points_per_scene, int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce,
     bool need_planes_grad, bool need_points_grad) {
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  check_triplane_grad_out(grad_out, planes, points, reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4));
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();

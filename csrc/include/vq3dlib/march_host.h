@@ -21,9 +21,14 @@ inline void check_march_inputs(const at::Tensor& origins, const at::Tensor& dire
   TORCH_CHECK(directions.scalar_type() == origins.scalar_type() && near.scalar_type() == origins.scalar_type() &&
                   far.scalar_type() == origins.scalar_type() && boxes.scalar_type() == origins.scalar_type(),
               "origins, directions, near, far and boxes must share one dtype");
+  for (const at::Tensor* t : {&directions, &near, &far, &binaries, &boxes}) {
+    TORCH_CHECK(t->device() == origins.device(), "every marching input must be on the device of origins (",
+                origins.device(), "), got one on ", t->device());
+  }
   if (scene_index.has_value()) {
     TORCH_CHECK(scene_index->dim() == 1 && scene_index->size(0) == origins.size(0), "scene_index must be [N]");
     TORCH_CHECK(scene_index->scalar_type() == at::kLong, "scene_index must be int64");
+    TORCH_CHECK(scene_index->device() == origins.device(), "scene_index must be on the device of origins");
   }
 }
 

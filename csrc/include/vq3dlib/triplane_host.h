@@ -12,11 +12,24 @@ inline void check_triplane_inputs(const at::Tensor& planes, const at::Tensor& po
   TORCH_CHECK(planes.is_contiguous(), "planes must be contiguous channels-last [B, 3, H, W, C]");
   TORCH_CHECK(points.dim() == 2 && points.size(1) == 3 && points.is_contiguous(), "points must be contiguous [S, 3]");
   TORCH_CHECK(points.scalar_type() == planes.scalar_type(), "points and planes must have the same dtype");
+  TORCH_CHECK(points.device() == planes.device(), "points must be on the device of planes (", planes.device(),
+              "), got ", points.device());
   if (points_per_scene <= 0) {
     TORCH_CHECK(scene_index.scalar_type() == at::kLong && scene_index.dim() == 1 &&
                     scene_index.size(0) == points.size(0) && scene_index.is_contiguous(),
                 "scene_index must be a contiguous int64 [S] tensor when points are packed");
+    TORCH_CHECK(scene_index.device() == planes.device(), "scene_index must be on the device of planes (",
+                planes.device(), "), got ", scene_index.device());
   }
+}
+
+// The backward's incoming gradient: [S, C'] on the device and with the dtype of planes.
+inline void check_triplane_grad_out(const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
+                                    int64_t out_channels) {
+  TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == points.size(0) && grad_out.size(1) == out_channels,
+              "grad_out must be [S, ", out_channels, "], got ", grad_out.sizes());
+  TORCH_CHECK(grad_out.scalar_type() == planes.scalar_type() && grad_out.device() == planes.device(),
+              "grad_out must have the dtype and device of planes");
 }
 
 template <typename T>
