@@ -214,6 +214,25 @@ def test_bad_inputs_raise_clear_errors():
 
 
 @requires_ext
+def test_cpu_gradients_are_bitwise_identical_for_any_thread_count():
+    gen = torch.Generator().manual_seed(3)
+    planes = torch.randn(2, 3, 8, 32, 32, generator=gen)
+    points = torch.randn(4000, 3, generator=gen) * 1.5
+    scene = torch.randint(0, 2, (4000,), generator=gen)
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in sorted({1, max(2, threads)}):
+            torch.set_num_threads(n)
+            p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
+            triplane_sample(p, x, scene, contraction="linf").square().sum().backward()
+            grads.append((p.grad, x.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0][0], grads[-1][0]) and torch.equal(grads[0][1], grads[-1][1])
+
+
+@requires_ext
 def test_raw_backward_op_checks_grad_out():
     # the compiled op is public (torch.ops.vq3dlib); a wrong incoming gradient must not read out of bounds
     planes = torch.randn(1, 3, 8, 8, 4)  # channels-last [B, 3, H, W, C]
