@@ -17,6 +17,15 @@ def _micro(**kw) -> VQ3DModel:
     return VQ3DModel.from_config("tiny", **{**MICRO, **kw})
 
 
+def test_depth_loss_starts_at_its_step():
+    model = _micro(depth_start_step=5, adversarial_weight=0.0)
+    images, depth = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
+    assert "depth" not in model(images, depth=depth, step=4)["losses"]
+    assert model(images, depth=depth, step=5)["losses"]["depth"] > 0
+    with pytest.raises(ValueError, match="depth_start_step"):
+        _micro(depth_start_step=-1)
+
+
 def test_forward_outputs_and_loss_terms():
     model = _micro(distortion_weight=0.01)
     images = torch.rand(2, 3, 16, 16)

@@ -131,6 +131,7 @@ class VQ3DConfig:
     adversarial_weight: float = 0.1
     novel_adversarial_weight: float = 0.1
     depth_weight: float = 0.5
+    depth_start_step: int = 0  # the pointwise depth loss is applied from this training step on
     # how the pseudo-GT disparity is put into the renderer's frame before the pointwise loss:
     #   "lsq"   per-image least-squares scale/shift onto the rendered disparity (VQ3D); can collapse
     #           to a flat target while the rendering is still flat, so start from a trained model
@@ -166,7 +167,7 @@ class VQ3DConfig:
             "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "l2_weight",
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
             "distortion_weight", "quantizer_weight", "commitment_weight", "drop_path", "prior_dropout",
-            "adversarial_start_step", "r1_weight",
+            "adversarial_start_step", "depth_start_step", "r1_weight",
             "prior_class_dropout",
         ):
             check_positive(name, getattr(self, name), allow_zero=True)

@@ -457,7 +457,8 @@ class VQ3DModel(nn.Module):
             images: input images, also the reconstruction target.
             depth: optional pseudo-ground-truth disparity ``[B, 1, h, w]`` (any scale and shift, e.g.
                 a monocular estimate); enables the pointwise depth loss.
-            step: training step (the adversarial terms start at ``config.adversarial_start_step``).
+            step: training step (the adversarial terms start at ``config.adversarial_start_step``, the
+                depth loss at ``config.depth_start_step``).
             cameras: canonical cameras (default: :meth:`canonical_cameras`).
         """
         self._check_images(images)
@@ -485,7 +486,7 @@ class VQ3DModel(nn.Module):
             losses["perceptual"] = cfg.perceptual_weight * self.perceptual(recon, images).mean()
         losses["quantizer"] = cfg.quantizer_weight * aux.loss
         samples = canonical.samples
-        if depth is not None and cfg.depth_weight > 0:
+        if depth is not None and cfg.depth_weight > 0 and step >= cfg.depth_start_step:
             r = cfg.render_resolution
             target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
             if cfg.depth_align == "range":
