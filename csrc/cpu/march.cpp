@@ -1,13 +1,12 @@
 // Packed ray marching through an occupancy grid, CPU kernel (one pass over blocks of rays).
 // Math lives in csrc/include/vq3dlib/march.h; Python wrapper and reference: vq3dlib/ops/march.py.
+#include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <torch/library.h>
 
 #include <algorithm>
 #include <atomic>
 #include <vector>
-#include <torch/library.h>
-
-#include <ATen/ATen.h>
 
 #include "vq3dlib/march_host.h"
 
