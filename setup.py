@@ -19,16 +19,15 @@ def _extension_modules():
     from torch.utils.cpp_extension import CUDA_HOME, BuildExtension, CppExtension, CUDAExtension
 
     sys.path.insert(0, HERE)
-    from vq3dlib._ext import cpu_parallel_flags  # -fopenmp when torch's CPU backend is OpenMP
+    from vq3dlib._ext import _compile_flags  # the JIT build's flags (-fopenmp, nvcc options), one copy
 
-    parallel = cpu_parallel_flags()
     include = [os.path.join(HERE, "csrc", "include")]
     cpp = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
     with_cuda = CUDA_HOME is not None and os.environ.get("VQ3DLIB_BUILD_CUDA", "1") == "1"
-    flags = {"cxx": ["-O3", *parallel]}
+    cxx, nvcc, parallel = _compile_flags(with_cuda)
+    flags = {"cxx": cxx}
     if with_cuda:
-        flags["nvcc"] = ["-O3", "--use_fast_math", "--expt-relaxed-constexpr", "-DVQ3DLIB_WITH_CUDA"]
-        flags["cxx"].append("-DVQ3DLIB_WITH_CUDA")
+        flags["nvcc"] = nvcc
         sources = cpp + sorted(glob.glob("csrc/cuda/*.cu"))
         ext = CUDAExtension(
             "vq3dlib._C", sources, include_dirs=include, extra_compile_args=flags, extra_link_args=parallel

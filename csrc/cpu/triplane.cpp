@@ -149,7 +149,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
                                    int64_t padding, int64_t reduce) {
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const int64_t S = points.size(0);
-  const int64_t OC = reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4);
+  const int64_t OC = triplane_out_channels(planes, reduce);
   at::Tensor out = at::zeros({S, OC}, planes.options());
   if (S == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
@@ -168,7 +168,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     int64_t points_per_scene, int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce,
     bool need_planes_grad, bool need_points_grad) {
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
-  check_triplane_grad_out(grad_out, planes, points, reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4));
+  check_triplane_grad_out(grad_out, planes, points, reduce);
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();
   at::Tensor grad_planes =

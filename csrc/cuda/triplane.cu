@@ -132,7 +132,7 @@ at::Tensor triplane_sample_fwd_cuda(const at::Tensor& planes, const at::Tensor& 
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t S = points.size(0);
-  const int64_t OC = reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4);
+  const int64_t OC = triplane_out_channels(planes, reduce);
   at::Tensor out = at::zeros({S, OC}, planes.options());
   if (S == 0 || planes.size(4) == 0) return out;
   const ChannelGroups cg = channel_groups(planes.size(4));
@@ -152,7 +152,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cuda(
     int64_t points_per_scene, int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce,
     bool need_planes_grad, bool need_points_grad) {
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
-  check_triplane_grad_out(grad_out, planes, points, reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4));
+  check_triplane_grad_out(grad_out, planes, points, reduce);
   const c10::cuda::CUDAGuard guard(planes.device());
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();

@@ -23,9 +23,15 @@ inline void check_triplane_inputs(const at::Tensor& planes, const at::Tensor& po
   }
 }
 
+// Output width C' of the op: 3C for concat, else C (planes are channels-last [B, 3, H, W, C]).
+inline int64_t triplane_out_channels(const at::Tensor& planes, int64_t reduce) {
+  return reduce == kReduceConcat ? 3 * planes.size(4) : planes.size(4);
+}
+
 // The backward's incoming gradient: [S, C'] on the device and with the dtype of planes.
 inline void check_triplane_grad_out(const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points,
-                                    int64_t out_channels) {
+                                    int64_t reduce) {
+  const int64_t out_channels = triplane_out_channels(planes, reduce);
   TORCH_CHECK(grad_out.dim() == 2 && grad_out.size(0) == points.size(0) && grad_out.size(1) == out_channels,
               "grad_out must be [S, ", out_channels, "], got ", grad_out.sizes());
   TORCH_CHECK(grad_out.scalar_type() == planes.scalar_type() && grad_out.device() == planes.device(),
