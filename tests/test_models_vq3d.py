@@ -57,7 +57,9 @@ def test_adversarial_terms_start_late_and_discriminator_step():
     images = torch.rand(2, 3, 16, 16)
     early = model(images, step=0)
     assert "adversarial" not in early["losses"]
-    d = model.discriminator_loss(images, early)
+    late = model(images, step=model.config.adversarial_start_step)
+    assert "adversarial" in late["losses"]
+    d = model.discriminator_loss(images, late)
     assert set(d) == {"canonical", "novel", "loss"} and torch.isfinite(d["loss"])
     d["loss"].backward()
     assert all(p.grad is not None for p in model.disc_canonical.parameters())
@@ -193,3 +195,18 @@ def test_stage2_samples_decode_to_renderable_scenes():
     scene = model.decode_indices(indices)
     views = scene.render(model.canonical_cameras(2))
     assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()
+
+
+def test_novel_views_rendered_only_when_used_and_grid_shared(monkeypatch):
+    model = _micro(adversarial_start_step=5)
+    images = torch.rand(2, 3, 16, 16)
+    calls = []
+    occupancy = model.occupancy
+    monkeypatch.setattr(model, "occupancy", lambda planes: calls.append(1) or occupancy(planes))
+    model.train()
+    assert model(images, step=4)["novel_rgb"] is None  # no loss uses them yet: not rendered
+    assert model(images, step=5)["novel_rgb"].shape == (2, 3, 8, 8)
+    assert len(calls) == 2  # one occupancy grid per forward, shared by canonical and novel renders
+    model.eval()
+    with torch.no_grad():
+        assert model(images, step=0)["novel_rgb"].shape == (2, 3, 8, 8)  # previews show them

@@ -222,6 +222,7 @@ class RenderedViews:
 
     images: dict[str, Tensor]
     samples: Any  # vq3dlib.render.RenderOutput
+    grid: OccupancyGrid | None = None  # the occupancy grid the render used (reusable for the same planes)
 
 
 class VQ3DModel(nn.Module):
@@ -229,7 +230,8 @@ class VQ3DModel(nn.Module):
 
     ``forward(images, depth=None, step=0)`` returns a dict with ``reconstruction [B, 3, H, W]``,
     ``render`` (low-res canonical render), ``depth``/``disparity``/``opacity [B, 1, r, r]``,
-    ``indices`` (code grid), ``novel_rgb [B·k, 3, r, r]`` (``k = novel_views``), ``losses`` (each
+    ``indices`` (code grid), ``novel_rgb [B·k, 3, r, r]`` (``k = novel_views``; ``None`` in training
+    steps before ``adversarial_start_step``, where no loss uses them), ``losses`` (each
     weighted term), ``loss`` (their sum) and ``quantizer_stats``. The discriminators train through
     :meth:`discriminator_loss` with their own optimiser (:meth:`discriminator_parameters`).
 
@@ -407,10 +409,17 @@ class VQ3DModel(nn.Module):
             device=planes.device,
         )
 
-    def render(self, planes: Tensor, cameras: Cameras, background: float | None = None) -> RenderedViews:
+    def render(
+        self,
+        planes: Tensor,
+        cameras: Cameras,
+        background: float | None = None,
+        grid: OccupancyGrid | None = None,
+    ) -> RenderedViews:
         """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
         ``i mod B``). Returns images ``rgb [N, 3, H, W]``, ``depth``, ``disparity``, ``opacity``
-        ``[N, 1, H, W]`` and the packed samples (for depth losses)."""
+        ``[N, 1, H, W]``, the packed samples (for depth losses) and the occupancy grid, which a second
+        render of the same ``planes`` can take as ``grid`` instead of evaluating a new one."""
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
         n_scenes = planes.shape[0]
@@ -422,7 +431,8 @@ class VQ3DModel(nn.Module):
             planes = planes.float()
             rays = cameras.to(planes.device).generate_rays()
             scene_index = rays.scene_index % max(n_scenes, 1)
-            grid = self.occupancy(planes)
+            if grid is None:
+                grid = self.occupancy(planes)
             out = self.renderer(
                 self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
             )
@@ -433,7 +443,7 @@ class VQ3DModel(nn.Module):
             "disparity": out.disparity.reshape(n, 1, h, w),
             "opacity": out.opacity.reshape(n, 1, h, w),
         }
-        return RenderedViews(images, out)
+        return RenderedViews(images, out, grid)
 
     def _upsample(self, rgb: Tensor) -> Tensor:
         if self.super_resolution is not None:
@@ -505,16 +515,16 @@ class VQ3DModel(nn.Module):
                 samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays=samples.n_rays
             )
 
+        adversarial_on = step >= cfg.adversarial_start_step and cfg.adversarial_weight > 0
         novel_rgb = None
-        if cfg.novel_views > 0:
+        # novel views feed only the novel-view discriminator: training steps before it starts skip them
+        if cfg.novel_views > 0 and (adversarial_on or not self.training):
             base = (
                 cams.resize((cfg.render_resolution, cfg.render_resolution)) if cameras is not None else None
             )
             base = None if base is None else Cameras.cat([base] * cfg.novel_views)
             novel_cams = self.novel_sampler.sample(b * cfg.novel_views, base=base, device=images.device)
-            novel_rgb = self.render(planes, novel_cams).images["rgb"]
-
-        adversarial_on = step >= cfg.adversarial_start_step and cfg.adversarial_weight > 0
+            novel_rgb = self.render(planes, novel_cams, grid=canonical.grid).images["rgb"]
         if adversarial_on:
             with _frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
                 losses.update(self._generator_adversarial(recon, rec_loss, novel_rgb))
