@@ -59,10 +59,11 @@ setup(
         "safetensors",
         "pillow",
         "ninja",
+        "tqdm",  # progress bars of training and the demo
+        "tensorboard",  # the training logs `vq3d demo` and `vq3d train` write to logs/tb
     ],
     extras_require={
-        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch", "scikit-image",
-                 "tensorboard"],
+        "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch", "scikit-image"],
         "mesh": ["scikit-image", "trimesh"],
         "bench": ["vector-quantize-pytorch", "psutil"],
         "fid": ["torchvision"],

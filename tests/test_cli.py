@@ -14,6 +14,7 @@ from PIL import Image
 
 from vq3dlib import cli
 from vq3dlib.cli import main
+from vq3dlib.train.logger import tensorboard_available
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -134,6 +135,27 @@ def test_demo_end_to_end_micro(tmp_path, capsys):
     assert summary["train_steps"] == 2 and summary["held_out"]["n_images"] == 2
     assert (out / "turntables.gif").is_file() and (out / "depth_00.png").is_file()
     assert (out / "train" / "model.safetensors").is_file()
+    assert summary["skipped_steps"] == 0 and summary["skipped_disc_steps"] == 0
+    logs = out / "train" / "logs"
+    assert (logs / "scalars.jsonl").is_file() and list((logs / "images").glob("*.png"))
+    if tensorboard_available():  # the README promises TensorBoard logs (tensorboard is a dependency)
+        assert list((logs / "tb").glob("events.out.tfevents.*"))
+
+
+def test_train_on_a_folder_with_depth_required_names_the_missing_depth(tmp_path, capsys):
+    data = tmp_path / "images"
+    data.mkdir()
+    for name in ("cat.png", "dog.png"):
+        Image.new("RGB", (20, 16), (200, 60, 30)).save(data / name)
+    argv = ["train", "--data", str(data), "--out", str(tmp_path / "run"), "--steps", "1", "--no-progress",
+            "--device", "cpu", *SETS]  # fmt: skip
+    assert main([*argv, "--set", "depth=required"]) == 2
+    err = capsys.readouterr().err
+    assert "vq3d: error:" in err and "cat.png" in err and "dog.png" in err and "depth=none" in err
+    assert not (tmp_path / "run" / "model.safetensors").exists()
+    with pytest.warns(UserWarning, match="no depth"):  # auto: trains without the depth loss, warns
+        assert main([*argv, "--set", "eval_size=1"]) == 0
+    assert "generator and 0 discriminator steps skipped" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

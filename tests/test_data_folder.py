@@ -86,8 +86,9 @@ def test_depth_modes(tmp_path):
         ImageFolderDataset(tmp_path, 8, depth="required")
     assert "depth_fn" in str(e.value) and "depth='none'" in str(e.value) and "a.depth.png" in str(e.value)
     np.save(tmp_path / "a.npy", _column_depth())
-    with pytest.raises(FileNotFoundError, match="1 of 2 images"):
+    with pytest.raises(FileNotFoundError, match="1 of 2 images") as e:
         ImageFolderDataset(tmp_path, 8)  # auto with partial depth
+    assert str(tmp_path / "b.png") in str(e.value) and str(tmp_path / "a.png") not in str(e.value)
     none = ImageFolderDataset(tmp_path, 8, depth="none")
     assert not none.has_depth and "depth" not in none[0]
     calls = []

@@ -26,3 +26,25 @@ def test_guide_examples_run(guide: Path, tmp_path, monkeypatch):
     for i, block in enumerate(BLOCK.findall(guide.read_text())):
         code = compile(block, f"{guide.name}[block {i}]", "exec")
         exec(code, namespace)
+
+
+LINK = re.compile(r"\]\(([^)\s#]+)(?:#[^)]*)?\)")
+
+
+@pytest.mark.parametrize("page", [DOCS.parent / "README.md", *_guides()], ids=lambda p: p.name)
+def test_relative_links_point_into_the_repository(page: Path):
+    repo = DOCS.parent
+    for target in LINK.findall(page.read_text()):
+        if "://" in target or target.startswith("mailto:"):
+            continue
+        resolved = (page.parent / target).resolve()
+        assert resolved.exists(), f"{page.name}: broken link {target}"
+        assert resolved.is_relative_to(repo), f"{page.name}: {target} points outside the repository"
+    assert "../shared/" not in page.read_text()
+
+
+def test_readme_quick_start_points_to_the_guide():
+    readme = (DOCS.parent / "README.md").read_text()
+    quick = readme.split("## Quick start", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/quickstart.md)" in quick
+    assert 'pip install -e ".[test]" && vq3d demo\npytest\n' in quick

@@ -3,8 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import random
+import signal
+import subprocess
+import sys
+import textwrap
+import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +29,8 @@ from vq3dlib.train.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _make(seed: int = 0):
@@ -189,10 +198,91 @@ def test_latest_and_prune(tmp_path):
     assert latest_checkpoint(tmp_path) == checkpoint_path(tmp_path, 100)
     assert load_checkpoint(tmp_path).step == 100
     deleted = prune_checkpoints(tmp_path, keep_last=2)
-    assert sorted(p.name for p in deleted) == [checkpoint_path(tmp_path, s).name for s in (5, 7)]
-    save_checkpoint(checkpoint_path(tmp_path, 200), {}, step=200, keep_last=2)
-    names = sorted(p.name for p in tmp_path.glob("step_*.safetensors"))
-    assert names == [checkpoint_path(tmp_path, s).name for s in (100, 200)]
+    assert [p.name for p in deleted] == [
+        *(checkpoint_path(tmp_path, s).name for s in (5, 7)),
+        ".step_000000999.safetensors.abc.tmp",  # the leftover goes too
+    ]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "notes.txt", *(checkpoint_path(tmp_path, s).name for s in (20, 100))
+    ]  # fmt: skip
+    (tmp_path / ".step_000000150.safetensors.q.tmp").write_bytes(b"partial")
+    save_checkpoint(checkpoint_path(tmp_path, 200), {}, step=200, keep_last=2)  # prunes after saving
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == ["notes.txt", *(checkpoint_path(tmp_path, s).name for s in (100, 200))]
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, torch
+    from vq3dlib.train.checkpoint import checkpoint_path, save_checkpoint
+
+    torch.set_num_threads(1)
+    payload = torch.empty(4_000_000)  # 16 MB: most of each iteration is spent writing the file
+    step = 0
+    while True:
+        step += 1
+        payload.fill_(float(step))
+        state = {"payload": payload, "step": torch.tensor(step), "tail": torch.arange(step + 1.0)}
+        save_checkpoint(checkpoint_path(sys.argv[1], step), {"w": state}, step=step, keep_last=2)
+    """
+)
+
+
+def _tmp_files(directory):
+    return sorted(p.name for p in directory.iterdir() if p.name.startswith(".") and p.name.endswith(".tmp"))
+
+
+def _being_written(directory) -> bool:
+    for p in directory.glob(".step_*.tmp"):
+        try:
+            if p.stat().st_size > 0:
+                return True
+        except FileNotFoundError:  # renamed in the meantime
+            pass
+    return False
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGKILL"), reason="needs POSIX signals")
+def test_sigkill_while_saving_leaves_an_intact_latest_checkpoint(tmp_path):
+    """A real kill (SIGKILL, no cleanup handlers) of a process saving checkpoints in a loop."""
+    script = tmp_path / "writer.py"
+    script.write_text(KILLED_WRITER)
+    ckpts = tmp_path / "ckpts"
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.Popen([sys.executable, str(script), str(ckpts)], env=env, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 15.0
+        while time.monotonic() < deadline and proc.poll() is None:
+            latest = latest_checkpoint(ckpts)
+            # once two saves are complete, kill while a temp file is being filled (mid-save)
+            if latest is not None and int(latest.name[5:14]) >= 2:
+                if _being_written(ckpts) or time.monotonic() > deadline - 3.0:
+                    break
+            time.sleep(0.0005)
+        assert proc.poll() is None, proc.stderr.read().decode()[-2000:]
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        proc.stderr.close()
+    assert proc.returncode == -signal.SIGKILL
+    leftovers = _tmp_files(ckpts)
+    latest = latest_checkpoint(ckpts)
+    step = int(latest.name[5:14])
+    assert step >= 2
+    # every checkpoint still on disk (the latest included) loads and holds exactly what was saved
+    for path in sorted(ckpts.glob("step_*.safetensors")):
+        ckpt = load_checkpoint(path, restore_rng=False)
+        s = ckpt.step
+        assert path == checkpoint_path(ckpts, s)
+        w = ckpt.states["w"]
+        assert w["step"].item() == s and torch.equal(w["tail"], torch.arange(s + 1.0))
+        assert w["payload"].shape == (4_000_000,) and bool((w["payload"] == s).all())
+    # the next save (or an explicit prune) removes what the killed save left behind
+    save_checkpoint(checkpoint_path(ckpts, step + 1), {"w": {"x": torch.ones(1)}}, step=step + 1, keep_last=2)
+    assert _tmp_files(ckpts) == []
+    assert load_checkpoint(ckpts).step == step + 1
+    print(f"killed after step {step}; temp files left by the kill: {leftovers}")
 
 
 def test_errors(tmp_path):

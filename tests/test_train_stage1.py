@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
@@ -13,7 +14,15 @@ import pytest
 import torch
 
 from vq3dlib.models import VQ3DModel
-from vq3dlib.train.stage1 import Stage1Config, depth_target, load_stage1_model, train_stage1
+from vq3dlib.train.checkpoint import load_checkpoint
+from vq3dlib.train.stage1 import (
+    Stage1Config,
+    build_datasets,
+    dataset_has_depth,
+    depth_target,
+    load_stage1_model,
+    train_stage1,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -143,10 +152,148 @@ def test_image_folder_training_uses_depth_files(tmp_path):
     assert {"depth_abs_rel", "psnr"} <= set(result["metrics"])  # user depth maps are the depth truth
 
 
+def _folder(root: Path, n: int, depth: bool = False) -> Path:
+    from PIL import Image
+
+    from vq3dlib.data.folder import write_depth_png
+
+    root.mkdir(parents=True)
+    for i in range(n):
+        Image.new("RGB", (20, 16), (40 * i, 100, 200 - 30 * i)).save(root / f"img{i}.png")
+        if depth:
+            write_depth_png(root / f"img{i}.depth.png", torch.full((16, 20), 1.0 + i))
+    return root
+
+
+def _depth_warnings(record) -> list:
+    return [w for w in record if "no depth" in str(w.message)]
+
+
+def test_depth_fn_drives_training_on_a_folder_without_depth_files(tmp_path):
+    data = _folder(tmp_path / "images", 3)
+    calls = []
+
+    def depth_fn(image):
+        calls.append(tuple(image.shape))
+        return 1.0 + image.mean(0)  # [H, W]
+
+    cfg = micro_config(tmp_path / "run", data=str(data), steps=1, eval_size=1, depth="required")
+    result = train_stage1(cfg, depth_fn=depth_fn)
+    assert result["uses_depth"] and "loss/depth" in result["losses"]
+    assert {"depth_abs_rel", "baseline_depth_abs_rel"} <= set(result["metrics"])  # held-out depth: depth_fn
+    assert len(calls) >= 3 and set(calls) == {(3, 16, 16)}  # every image, at the model's resolution
+
+
+def test_depth_required_but_missing_names_the_files(tmp_path):
+    data = _folder(tmp_path / "images", 2)
+    with pytest.raises(FileNotFoundError, match="2 of 2 images have no depth map") as e:
+        train_stage1(micro_config(tmp_path / "run", data=str(data), depth="required"))
+    for name in ("img0.png", "img1.png", "img0.npy", "img0.depth.png", "depth_fn", "depth=none"):
+        assert name in str(e.value)
+    assert not (tmp_path / "run" / "checkpoints").exists()  # failed before training
+
+
+def test_depth_auto_without_depth_warns_once_and_trains_without_the_depth_loss(tmp_path, recwarn):
+    data = _folder(tmp_path / "images", 3)
+    result = train_stage1(micro_config(tmp_path / "auto", data=str(data), steps=2, eval_size=1))
+    assert len(_depth_warnings(recwarn)) == 1  # once per run, not once per step
+    assert "depth=none" in str(_depth_warnings(recwarn)[0].message)
+    assert not result["uses_depth"] and "loss/depth" not in result["losses"]
+    recwarn.clear()
+    quiet = train_stage1(micro_config(tmp_path / "none", data=str(data), steps=1, eval_size=1, depth="none"))
+    assert _depth_warnings(recwarn) == [] and not quiet["uses_depth"]
+    with_files = _folder(tmp_path / "with-depth", 3, depth=True)
+    off = train_stage1(
+        micro_config(tmp_path / "off", data=str(with_files), steps=1, eval_size=0, depth="none")
+    )
+    assert "loss/depth" not in off["losses"]  # depth="none" ignores the depth files
+
+
+def test_datasets_argument_and_its_depth_check(tmp_path, recwarn):
+    from vq3dlib.data import ProceduralScenes
+
+    scenes = ProceduralScenes(4, 16, n_novel_views=0, seed=3)
+    with_depth = [scenes[i] for i in range(4)]
+    without = [{"image": item["image"]} for item in with_depth]
+    assert dataset_has_depth(with_depth) and not dataset_has_depth(without) and not dataset_has_depth([])
+    result = train_stage1(
+        micro_config(tmp_path / "a", steps=1, depth="required"), datasets=(with_depth, None)
+    )
+    assert result["uses_depth"] and "loss/depth" in result["losses"] and result["metrics"] == {}
+    with pytest.raises(ValueError, match="depth='required'.*datasets"):
+        train_stage1(micro_config(tmp_path / "b", depth="required"), datasets=(without, without[:1]))
+    result = train_stage1(micro_config(tmp_path / "c", steps=1), datasets=(without, without[:1]))
+    assert len(_depth_warnings(recwarn)) == 1 and "loss/depth" not in result["losses"]
+    assert result["metrics"]["n_images"] == 1
+    with pytest.raises(ValueError, match=r"'image' \[3, 16, 16\]"):
+        train_stage1(micro_config(tmp_path / "d"), datasets=([{"image": torch.zeros(3, 8, 8)}], None))
+    with pytest.raises(TypeError, match="pair"):
+        train_stage1(micro_config(tmp_path / "e"), datasets=with_depth)
+    with pytest.raises(ValueError, match="depth_fn"):  # procedural scenes have exact depth
+        train_stage1(micro_config(tmp_path / "f"), depth_fn=lambda image: image.mean(0))
+
+
+def test_folder_held_out_images_are_not_trained_on(tmp_path):
+    data = _folder(tmp_path / "images", 7, depth=True)
+    cfg = micro_config(tmp_path, data=str(data), eval_size=3)
+    train, held = build_datasets(cfg, 16)
+    train_paths = {train[i]["path"] for i in range(len(train))}
+    held_paths = {held[i]["path"] for i in range(len(held))}
+    assert len(train_paths) == 4 and len(held_paths) == 3 and not train_paths & held_paths
+    assert train_paths | held_paths == {
+        str(p) for p in data.glob("*.png") if not p.name.endswith(".depth.png")
+    }
+    again = build_datasets(cfg, 16)[1]
+    assert {again[i]["path"] for i in range(3)} == held_paths  # fixed by data_seed
+    splits = {
+        frozenset(h[i]["path"] for i in range(3))
+        for seed in range(6)
+        for h in [build_datasets(micro_config(tmp_path, data=str(data), eval_size=3, data_seed=seed), 16)[1]]
+    }
+    assert len(splits) > 1  # a random choice, not the first images by name
+    assert build_datasets(micro_config(tmp_path, data=str(data), eval_size=0), 16)[1] is None
+    with pytest.raises(ValueError, match="7 images; eval_size=7"):
+        build_datasets(micro_config(tmp_path, data=str(data), eval_size=7), 16)
+
+
+def test_non_finite_discriminator_step_is_skipped_and_counted_separately(tmp_path, monkeypatch):
+    init = VQ3DModel.from_config("tiny", **MICRO)  # adversarial terms (and discriminator steps) from step 1
+    reference = train_stage1(
+        micro_config(tmp_path / "ref", steps=3, stop_at_step=2), model=copy.deepcopy(init)
+    )
+    original = VQ3DModel.discriminator_loss
+    calls = {"n": 0}
+
+    def poisoned(self, images, outputs):
+        calls["n"] += 1
+        losses = original(self, images, outputs)
+        if calls["n"] == 1:  # the discriminator step of step 1
+            losses["loss"] = losses["loss"] * float("inf")
+        return losses
+
+    monkeypatch.setattr(VQ3DModel, "discriminator_loss", poisoned)
+    result = train_stage1(micro_config(tmp_path / "nan", steps=3, stop_at_step=2), model=copy.deepcopy(init))
+    assert calls["n"] == 1 and result["step"] == 2
+    assert result["skipped_disc_steps"] == 1 and result["skipped_steps"] == 0
+    trained, ref, start = result["model"].state_dict(), reference["model"].state_dict(), init.state_dict()
+    disc = [k for k in start if k.startswith("disc_")]
+    assert disc and all(torch.equal(trained[k], start[k]) for k in disc)  # nothing reached the discriminators
+    assert any(not torch.equal(ref[k], start[k]) for k in disc)  # (which a good step does change)
+    assert not _states_equal({k: v for k, v in ref.items() if k not in disc}, trained)  # generator unaffected
+    summary = json.loads((tmp_path / "nan" / "metrics.json").read_text())
+    assert summary["skipped_disc_steps"] == 1 and summary["skipped_steps"] == 0
+    lines = (tmp_path / "nan" / "logs" / "scalars.jsonl").read_text().splitlines()
+    logged = [json.loads(line) for line in lines]
+    assert [r["skipped_disc_steps"] for r in logged if "skipped_disc_steps" in r] == [0, 1]
+    ckpt = load_checkpoint(tmp_path / "nan" / "checkpoints", restore_rng=False)
+    assert ckpt.extra["skipped_disc_steps"] == 1
+
+
 @pytest.mark.parametrize(
     "kw, match",
     [
         (dict(amp="fp8"), "amp"),
+        (dict(depth="maybe"), "depth"),
         (dict(steps=0), "steps"),
         (dict(ema_decay=1.0), "ema_decay"),
         (dict(betas=(0.9,)), "betas"),

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from vq3dlib.data import ProceduralScenes
 from vq3dlib.models import CodePrior, VQ3DModel
 from vq3dlib.train import stage2 as S2
+from vq3dlib.train.checkpoint import checkpoint_path, save_checkpoint
+from vq3dlib.train.stage1 import load_stage1_model
 from vq3dlib.train.stage2 import Stage2Config, extract_codes, load_prior, train_stage2
 
 MICRO = dict(
@@ -65,6 +68,55 @@ def test_codes_extracted_once_and_cached(stage1_file, tmp_path, monkeypatch):
     VQ3DModel.from_config("tiny", **MICRO).save(stage1_file)  # new stage-1 weights
     train_stage2(config(stage1_file, tmp_path / "a", steps=6, train_size=5))
     assert len(calls) == 3
+
+
+def test_codes_re_extracted_after_more_stage1_training_without_model_file(tmp_path, monkeypatch):
+    # a stage-1 run still training: checkpoints/ only, no model.safetensors yet
+    run = tmp_path / "stage1-run"
+
+    def stage1_checkpoint(step: int, seed: int) -> None:
+        torch.manual_seed(seed)
+        model = VQ3DModel.from_config("tiny", **MICRO)
+        extra = {"model_config": model.config.to_dict()}
+        save_checkpoint(checkpoint_path(run / "checkpoints", step), {"model": model}, step=step, extra=extra)
+
+    calls = []
+    original = S2.extract_codes
+    monkeypatch.setattr(S2, "extract_codes", lambda *a, **k: calls.append(1) or original(*a, **k))
+    stage1_checkpoint(100, seed=0)
+    codes_file = train_stage2(config(run, tmp_path / "s2", steps=1))["codes_path"]
+    before = load_file(str(codes_file))["indices"]
+    train_stage2(config(run, tmp_path / "s2", steps=1))
+    assert len(calls) == 1  # unchanged stage-1 checkpoint: cached
+    stage1_checkpoint(200, seed=1)  # more stage-1 training: a newer checkpoint
+    train_stage2(config(run, tmp_path / "s2", steps=1))
+    assert len(calls) == 2
+    after = load_file(str(codes_file))["indices"]
+    expected = original(load_stage1_model(run), ProceduralScenes(6, 16, seed=0))["indices"]
+    assert torch.equal(after, expected) and not torch.equal(after, before)  # the newest weights' codes
+    stage1_checkpoint(200, seed=2)  # the same checkpoint file rewritten
+    train_stage2(config(run, tmp_path / "s2", steps=1))
+    assert len(calls) == 3
+
+
+def test_time_budget_and_ema(stage1_file, tmp_path):
+    stopped = train_stage2(config(stage1_file, tmp_path / "t", steps=1000, time_budget_s=1e-9))
+    assert stopped["step"] == 0 and (tmp_path / "t" / "checkpoints" / "step_000000000.safetensors").is_file()
+    assert (tmp_path / "t" / "prior.safetensors").is_file()
+    result = train_stage2(
+        config(stage1_file, tmp_path / "e", steps=4, ema_decay=0.5, ema_warmup=0.0, lr=3e-3)
+    )
+    ema = result["prior"].state_dict()
+    exported = load_prior(tmp_path / "e").state_dict()  # prior.safetensors: the EMA weights
+    assert all(torch.equal(ema[k], v) for k, v in exported.items())
+    ckpt = tmp_path / "e" / "checkpoints" / "step_000000004.safetensors"
+    assert all(torch.equal(ema[k], v) for k, v in load_prior(ckpt).state_dict().items())
+    raw = load_prior(ckpt, ema=False).state_dict()
+    assert any(not torch.equal(ema[k], raw[k]) for k in raw)  # the average lags the raw weights
+    with pytest.raises(ValueError, match="ema_decay"):
+        config(stage1_file, tmp_path, ema_decay=1.0)
+    with pytest.raises(ValueError, match="time_budget_s"):
+        config(stage1_file, tmp_path, time_budget_s=-1.0)
 
 
 def test_resume_is_bit_exact_and_prior_file_loads(stage1_file, tmp_path):

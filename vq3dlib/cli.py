@@ -357,6 +357,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "machine": machine_info(),
         "train_steps": result["step"],
         "skipped_steps": result["skipped_steps"],
+        "skipped_disc_steps": result["skipped_disc_steps"],
         "train_seconds": round(result["train_seconds"], 1),
         "total_seconds": round(time.perf_counter() - t0, 1),
         "images_per_second": round(result["images_per_second"], 2),
@@ -365,8 +366,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         "outputs": {
             "turntables": "turntables.gif (left: true scene, right: reconstruction from one image)",
             "depth": "depth_XX.png (input | reconstruction | true disparity | rendered disparity)",
-            "logs": "train/logs/scalars.jsonl, train/logs/images/*.png (TensorBoard: train/logs/tb "
-            "when the tensorboard package is installed)",
+            "logs": "train/logs/scalars.jsonl, train/logs/images/*.png, train/logs/tb (TensorBoard)",
             "model": "train/model.safetensors",
         },
     }
@@ -374,7 +374,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     print(
         f"\ntrained {result['step']} steps in {result['train_seconds']:.0f} s "
-        f"({result['images_per_second']:.1f} images/s, {result['skipped_steps']} skipped)"
+        f"({result['images_per_second']:.1f} images/s, {result['skipped_steps']} generator and "
+        f"{result['skipped_disc_steps']} discriminator steps skipped)"
     )
     if metrics:
         _print_metrics(metrics, metrics.get("n_images", 0))
@@ -424,8 +425,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         )
         result = train_stage1(cfg)
         print(
-            f"stage 1: {result['step']} steps, {result['skipped_steps']} skipped; "
-            f"model: {result['model_path']}"
+            f"stage 1: {result['step']} steps, {result['skipped_steps']} generator and "
+            f"{result['skipped_disc_steps']} discriminator steps skipped; model: {result['model_path']}"
         )
         if result["metrics"]:
             _print_metrics(result["metrics"], result["metrics"].get("n_images", 0))
@@ -706,7 +707,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--stage", type=int, choices=(1, 2), default=1, help="1 or 2 (default: 1)")
     p.add_argument("--config", default="tiny", help="model config name for stage 1 (default: tiny)")
-    p.add_argument("--data", default=None, help="'procedural' (default) or an image folder")
+    p.add_argument(
+        "--data",
+        default=None,
+        help="'procedural' (default) or an image folder (depth maps next to the images: x.npy or "
+        "x.depth.png; --set depth=required makes them mandatory, depth=none ignores them)",
+    )
     p.add_argument("--out", default=None, help="output folder (default: runs/stage1 or runs/stage2)")
     p.add_argument("--steps", type=int, default=None, help="training steps")
     p.add_argument(

@@ -200,9 +200,10 @@ class ImageFolderDataset(Dataset):
         else:
             npy, png = depth_files(missing[0])
             why = "depth='required'" if depth == "required" else "depth='auto' and some images have depth"
+            shown = ", ".join(str(p) for p in missing[:5]) + (", ..." if len(missing) > 5 else "")
             raise FileNotFoundError(
-                f"{why}, but {len(missing)} of {len(self.paths)} images have no depth map; e.g. {missing[0]} "
-                f"needs {npy} (float array [H, W]) or {png} (16-bit PNG, depth = value / "
+                f"{why}, but {len(missing)} of {len(self.paths)} images have no depth map: {shown}. "
+                f"E.g. {missing[0]} needs {npy} (float array [H, W]) or {png} (16-bit PNG, depth = value / "
                 f"{self.depth_png_scale:g}). Options: add the files, pass depth_fn=callable(image [3, H, W]) "
                 f"-> depth [H, W] to compute them, or use depth='none'."
             )

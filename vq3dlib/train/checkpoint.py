@@ -8,7 +8,9 @@ Python ``random``). Tensors are stored as safetensors tensors named ``"<object>/
 one JSON string in the safetensors header metadata (key ``"vq3dlib"``).
 
 The file is written to a temporary file in the same directory, fsynced, then renamed over the
-target with ``os.replace``: a crash or kill during a save leaves the previous checkpoint intact.
+target with ``os.replace``: a crash or kill during a save leaves the previous checkpoint intact (the
+killed save's ``.step_*.safetensors.*.tmp`` file is removed by the next :func:`prune_checkpoints`,
+which every ``save_checkpoint(..., keep_last=n)`` runs).
 
 Example:
     >>> import tempfile, torch
@@ -43,6 +45,7 @@ FORMAT = "vq3dlib.checkpoint"
 VERSION = 1
 _META_KEY = "vq3dlib"
 _NAME_RE = re.compile(r"^step_(\d+)\.safetensors$")
+_TMP_RE = re.compile(r"^\.step_\d+\.safetensors\..+\.tmp$")  # _atomic_write's temp files
 
 
 # ------------------------------------------------------------------------------------ RNG
@@ -278,17 +281,26 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
-    """Deletes all but the ``keep_last`` newest ``step_*.safetensors`` files; returns the deleted paths.
+    """Deletes all but the ``keep_last`` newest ``step_*.safetensors`` files, and the temporary files
+    (``.step_*.safetensors.*.tmp``) that saves killed mid-write left behind; returns the deleted paths.
+
+    Only one process may save checkpoints into ``directory`` (under DDP: rank 0), since another
+    process's temporary file would count as a leftover.
 
     Example:
-        >>> import tempfile
-        >>> prune_checkpoints(tempfile.mkdtemp(), keep_last=3)
-        []
+        >>> import tempfile, pathlib
+        >>> d = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (d / ".step_000000007.safetensors.x1y2.tmp").write_bytes(b"half a checkpoint")
+        >>> [p.name for p in prune_checkpoints(d, keep_last=3)]
+        ['.step_000000007.safetensors.x1y2.tmp']
     """
     if int(keep_last) != keep_last or keep_last < 1:
         raise ValueError(f"keep_last must be a positive integer, got {keep_last}")
     found = _list_checkpoints(directory)
     doomed = [p for _, p in found[: max(len(found) - int(keep_last), 0)]]
+    d = Path(directory)
+    if d.is_dir():
+        doomed += sorted(p for p in d.iterdir() if _TMP_RE.match(p.name) and p.is_file())
     for p in doomed:
         with contextlib.suppress(FileNotFoundError):
             p.unlink()

@@ -9,8 +9,15 @@ One loop runs as a single process or under ``torchrun`` (DDP: gloo on CPU, NCCL 
    EMA codebook statistics, updated during the forward) are restored, and the step is counted in
    ``skipped_steps`` instead of being written into the weights;
 2. once the adversarial terms are on, a discriminator step (``model.discriminator_loss``, its own
-   optimizer; canonical-view and novel-view discriminators), skipped the same way;
+   optimizer; canonical-view and novel-view discriminators), skipped the same way but counted in
+   ``skipped_disc_steps``;
 3. optional EMA of the weights (:class:`~vq3dlib.train.ModelEMA`), logging, checkpoints.
+
+Depth for the pointwise depth loss comes from the data: procedural scenes have exact depth; an image
+folder has depth maps next to its images or gets them from a user callable
+(``train_stage1(cfg, depth_fn=...)``); any other data can be passed as ``datasets=(train, held_out)``.
+``config.depth`` says whether depth is optional (``"auto"``: a warning when there is none),
+``"required"`` (an error naming the images without depth) or unused (``"none"``).
 
 Data order is a pure function of ``(seed, step, rank)`` (:func:`~vq3dlib.train.loop.step_indices`)
 and checkpoints hold the model, EMA, optimizers, LR schedulers, grad scaler and RNG states, so
@@ -31,8 +38,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -42,6 +51,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from vq3dlib._validation import check_choice, check_positive
+from vq3dlib.data.folder import DEPTH_MODES
 from vq3dlib.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from vq3dlib.train.distributed import (
     cleanup,
@@ -75,13 +85,18 @@ class Stage1Config:
         model_overrides: fields of :class:`~vq3dlib.models.VQ3DConfig` to change
             (``--set model.image_size=16``).
         data: ``"procedural"`` (:class:`~vq3dlib.data.ProceduralScenes`) or a folder of images
-            (:class:`~vq3dlib.data.ImageFolderDataset`; depth maps next to the images are used when
-            present, as disparity targets of the depth loss).
-        train_size, eval_size: procedural scenes for training / held-out evaluation (a folder uses all
-            its images for training and its first ``eval_size`` for evaluation).
-        data_seed: seed of the procedural training scenes (held-out scenes use ``data_seed + 1``).
+            (:class:`~vq3dlib.data.ImageFolderDataset`; depth maps next to the images, or computed by
+            ``train_stage1(..., depth_fn=...)``, are the disparity targets of the depth loss).
+            Ignored when ``train_stage1`` gets ``datasets``.
+        train_size, eval_size: procedural scenes for training / held-out evaluation. A folder holds
+            ``eval_size`` of its images out of training for the evaluation (a random choice fixed by
+            ``data_seed``; ``train_size`` does not apply).
+        data_seed: seed of the procedural training scenes (held-out scenes use ``data_seed + 1``) and
+            of a folder's held-out choice.
         cache_data: render/load the whole training set into memory once (fast steps afterwards).
-        use_depth: feed the dataset's depth (as disparity) to the pointwise depth loss.
+        depth: depth targets for the pointwise depth loss: ``"auto"`` uses the data's depth when it has
+            any and warns once when it has none (the depth loss is then off); ``"required"`` raises an
+            error naming the images without depth; ``"none"`` trains without depth.
         steps: total optimizer steps; batch_size: images per step and process.
         lr, betas, weight_decay: AdamW for the generator; disc_lr, disc_betas: AdamW for the
             discriminators.
@@ -112,7 +127,7 @@ class Stage1Config:
     eval_size: int = 16
     data_seed: int = 0
     cache_data: bool = True
-    use_depth: bool = True
+    depth: str = "auto"
     steps: int = 2000
     batch_size: int = 8
     lr: float = 1e-3
@@ -163,6 +178,7 @@ class Stage1Config:
         ):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_choice("amp", self.amp, AMP_MODES)
+        check_choice("depth", self.depth, DEPTH_MODES)
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         if len(self.betas) != 2 or len(self.disc_betas) != 2:
@@ -189,8 +205,18 @@ class Stage1Config:
 # ------------------------------------------------------------------------------------ data
 
 
-def build_datasets(cfg: Stage1Config, image_size: int) -> tuple[Dataset, Dataset | None]:
+def build_datasets(
+    cfg: Stage1Config,
+    image_size: int,
+    depth_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[Dataset, Dataset | None]:
     """``(train, held_out)`` datasets of a run (held-out is ``None`` when ``eval_size == 0``).
+
+    Procedural data: ``train_size`` scenes (seed ``data_seed``) and ``eval_size`` other scenes (seed
+    ``data_seed + 1``). An image folder: ``eval_size`` of its images, chosen at random with seed
+    ``data_seed``, are held out; the others train. ``depth_fn`` (folder only) computes depth for images
+    without a depth file (see :class:`~vq3dlib.data.ImageFolderDataset`); ``cfg.depth`` is the folder's
+    depth mode, so ``"required"`` raises ``FileNotFoundError`` naming the images without depth.
 
     Example:
         >>> train, held = build_datasets(Stage1Config(train_size=3, eval_size=2, cache_data=False), 8)
@@ -200,6 +226,8 @@ def build_datasets(cfg: Stage1Config, image_size: int) -> tuple[Dataset, Dataset
     from vq3dlib.data import ImageFolderDataset, ProceduralScenes
 
     if cfg.data == "procedural":
+        if depth_fn is not None:
+            raise ValueError("depth_fn applies to image-folder data; procedural scenes have exact depth")
         if cfg.train_size == 0:
             raise ValueError("train_size must be > 0 for procedural data")
         train: Dataset = ProceduralScenes(cfg.train_size, image_size, n_novel_views=1, seed=cfg.data_seed)
@@ -208,17 +236,70 @@ def build_datasets(cfg: Stage1Config, image_size: int) -> tuple[Dataset, Dataset
             if cfg.eval_size
             else None
         )
-    else:
-        root = Path(cfg.data)
-        if not root.is_dir():
-            raise FileNotFoundError(
-                f"data must be 'procedural' or an existing image folder, got {cfg.data!r}"
-            )
-        train = ImageFolderDataset(root, image_size, depth="auto" if cfg.use_depth else "none")
-        held = (
-            torch.utils.data.Subset(train, range(min(cfg.eval_size, len(train)))) if cfg.eval_size else None
+        return train, held
+    root = Path(cfg.data)
+    if not root.is_dir():
+        raise FileNotFoundError(f"data must be 'procedural' or an existing image folder, got {cfg.data!r}")
+    try:
+        folder = ImageFolderDataset(root, image_size, depth=cfg.depth, depth_fn=depth_fn)
+    except FileNotFoundError as exc:  # images without depth: say how to fix it from training
+        raise FileNotFoundError(
+            f"{exc} (When training: train_stage1(config, depth_fn=...), or --set depth=none.)"
+        ) from None
+    n = len(folder)
+    if cfg.eval_size >= n:
+        raise ValueError(
+            f"the image folder {root} has {n} images; eval_size={cfg.eval_size} held-out images would leave "
+            f"none for training: lower eval_size (--set eval_size=...; 0 disables the evaluation)"
         )
-    return train, held
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(cfg.data_seed)).tolist()
+    held_idx, train_idx = sorted(order[: cfg.eval_size]), sorted(order[cfg.eval_size :])
+    train = torch.utils.data.Subset(folder, train_idx)
+    return train, (torch.utils.data.Subset(folder, held_idx) if held_idx else None)
+
+
+def dataset_has_depth(dataset: Dataset) -> bool:
+    """Whether the items of ``dataset`` carry depth (a ``depth`` or ``disparity`` entry).
+
+    Uses the dataset's ``has_depth`` attribute when it has one (also through ``Subset``), else looks
+    at the first item.
+
+    Example:
+        >>> from vq3dlib.data import ProceduralScenes
+        >>> dataset_has_depth(ProceduralScenes(1, 8)), dataset_has_depth([{"image": torch.zeros(3, 8, 8)}])
+        (True, False)
+    """
+    base = dataset
+    while isinstance(base, torch.utils.data.Subset):
+        base = base.dataset
+    flag = getattr(base, "has_depth", None)
+    if isinstance(flag, bool):
+        return flag
+    if len(dataset) == 0:  # type: ignore[arg-type]
+        return False
+    item = dataset[0]
+    return isinstance(item, dict) and ("depth" in item or "disparity" in item)
+
+
+def _depth_in_use(mode: str, train: Dataset, source: str) -> bool:
+    """Applies ``Stage1Config.depth`` to the training data: whether the loop feeds depth to the model."""
+    if mode == "none":
+        return False
+    if dataset_has_depth(train):
+        return True
+    if mode == "required":
+        raise ValueError(
+            f"depth='required' but the training data ({source}) has no depth: its items have no 'depth' or "
+            f"'disparity' entry. Give datasets whose items carry depth, or use depth='none'."
+        )
+    warnings.warn(
+        f"the training data ({source}) has no depth, so the pointwise depth loss is off. Add depth maps "
+        f"next to the images (x.npy or x.depth.png), pass train_stage1(..., depth_fn=...), or set "
+        f"depth='none' (--set depth=none) to train without depth and silence this warning.",
+        UserWarning,
+        stacklevel=3,
+    )
+    return False
 
 
 def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
@@ -237,6 +318,31 @@ def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
 
 
 # ------------------------------------------------------------------------------- model I/O
+
+
+def stage1_model_file(path: str | os.PathLike) -> Path:
+    """The file :func:`load_stage1_model` reads for ``path``: a folder's ``model.safetensors`` if present,
+    else its latest checkpoint (``checkpoints/`` or the folder itself); a file as it is.
+
+    Example:
+        >>> import tempfile
+        >>> from vq3dlib.train.checkpoint import checkpoint_path, save_checkpoint
+        >>> run = tempfile.mkdtemp()
+        >>> _ = save_checkpoint(checkpoint_path(f"{run}/checkpoints", 7), {}, step=7)
+        >>> stage1_model_file(run).name
+        'step_000000007.safetensors'
+    """
+    p = Path(path)
+    if p.is_dir():
+        if (p / MODEL_FILE).is_file():
+            return p / MODEL_FILE
+        latest = latest_checkpoint(p / "checkpoints") or latest_checkpoint(p)
+        if latest is None:
+            raise FileNotFoundError(f"{p} holds neither {MODEL_FILE} nor checkpoints")
+        return latest
+    if not p.is_file():
+        raise FileNotFoundError(f"model file not found: {p}")
+    return p
 
 
 def load_stage1_model(
@@ -259,17 +365,7 @@ def load_stage1_model(
 
     from vq3dlib.models import VQ3DConfig, VQ3DModel
 
-    p = Path(path)
-    if p.is_dir():
-        if (p / MODEL_FILE).is_file():
-            p = p / MODEL_FILE
-        else:
-            latest = latest_checkpoint(p / "checkpoints") or latest_checkpoint(p)
-            if latest is None:
-                raise FileNotFoundError(f"{p} holds neither {MODEL_FILE} nor checkpoints")
-            p = latest
-    if not p.is_file():
-        raise FileNotFoundError(f"model file not found: {p}")
+    p = stage1_model_file(path)
     try:
         with safe_open(str(p), framework="pt") as f:
             meta = f.metadata() or {}
@@ -350,23 +446,49 @@ def _preview(model: nn.Module, batch: dict[str, Any], device: torch.device) -> d
     return views
 
 
-def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[str, Any]:
+def train_stage1(
+    config: Stage1Config,
+    model: nn.Module | None = None,
+    depth_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    datasets: tuple[Dataset, Dataset | None] | None = None,
+) -> dict[str, Any]:
     """Runs (or resumes) a stage-1 training run; see the module docstring.
 
     Args:
         config: the run's :class:`Stage1Config`.
         model: optionally a prebuilt :class:`~vq3dlib.models.VQ3DModel` (default: built from
             ``config.model`` + ``config.model_overrides`` after seeding with ``config.seed``).
+        depth_fn: for image-folder data: a callable ``image [3, H, W] in [0, 1] -> depth [H, W]`` (or
+            ``[1, H, W]``) that computes depth for the images without a depth file, e.g. a monocular
+            depth network loaded from local weights (:class:`~vq3dlib.data.ImageFolderDataset`).
+        datasets: optionally ``(train, held_out)`` datasets to use instead of ``config.data``
+            (``held_out`` may be ``None``); items are dicts with ``image [3, S, S]`` in ``[0, 1]``
+            (``S = image_size`` of the model) and optionally ``depth [1, S, S]`` or ``disparity``.
 
     Returns:
-        ``{"step", "skipped_steps", "losses" (last step), "metrics" (final held-out evaluation, if
-        any), "out_dir", "model_path", "train_seconds", "images_per_second", "model"}`` (rank 0; the
-        other ranks get the same keys with ``metrics`` empty).
+        ``{"step", "skipped_steps" (generator steps skipped), "skipped_disc_steps" (discriminator
+        steps skipped), "losses" (last step), "metrics" (final held-out evaluation, if any),
+        "out_dir", "model_path", "train_seconds", "images_per_second", "model", "uses_depth"}`` (rank
+        0; the other ranks get the same keys with ``metrics`` empty).
+
+    Raises:
+        FileNotFoundError: ``config.depth == "required"`` and images of a folder have no depth file
+            (the message names them) or a missing data folder.
+        ValueError: ``config.depth == "required"`` and ``datasets`` without depth; bad arguments.
     """
     from vq3dlib.models import VQ3DModel
 
     if not isinstance(config, Stage1Config):
         raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
+    if depth_fn is not None and not callable(depth_fn):
+        raise TypeError(f"depth_fn must be callable or None, got {type(depth_fn).__name__}")
+    if datasets is not None:
+        if not isinstance(datasets, (tuple, list)) or len(datasets) != 2:
+            raise TypeError("datasets must be a pair (train, held_out); held_out may be None")
+        if depth_fn is not None:
+            raise ValueError("give depth_fn for an image folder (config.data) or depth in datasets, not both")
+        if len(datasets[0]) == 0:
+            raise ValueError("datasets[0] (the training set) is empty")
     cfg = config
     device = resolve_device(cfg.device)
     dist_info = init_distributed(device="cuda" if device.type == "cuda" else "cpu")
@@ -384,11 +506,6 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
         raise TypeError(f"model must be a VQ3DModel, got {type(model).__name__}")
     model_cfg = model.config
     model.to(device).train()
-    if main:
-        counts = model.param_counts()
-        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if v)
-        total = sum(counts.values()) / 1e6
-        print(f"VQ3D '{model_cfg.name}' parameters: {parts} (total {total:.2f}M)", flush=True)
     gen_params = list(model.generator_parameters())
     disc_params = list(model.discriminator_parameters())
     opt_g = torch.optim.AdamW(gen_params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
@@ -399,7 +516,24 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
     ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
 
-    train_set, held_out = build_datasets(cfg, model_cfg.image_size)
+    if datasets is None:
+        train_set, held_out = build_datasets(cfg, model_cfg.image_size, depth_fn=depth_fn)
+        source = repr(cfg.data)
+    else:
+        train_set, held_out = datasets
+        source = "datasets[0]"
+        size = model_cfg.image_size
+        first = train_set[0]
+        image = first.get("image") if isinstance(first, dict) else None
+        if not isinstance(image, torch.Tensor) or tuple(image.shape) != (3, size, size):
+            got = list(image.shape) if isinstance(image, torch.Tensor) else type(first).__name__
+            raise ValueError(f"datasets items must be dicts with 'image' [3, {size}, {size}], got {got}")
+    use_depth = _depth_in_use(cfg.depth, train_set, source)
+    if main:
+        counts = model.param_counts()
+        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if v)
+        total = sum(counts.values()) / 1e6
+        print(f"VQ3D '{model_cfg.name}' parameters: {parts} (total {total:.2f}M)", flush=True)
     if cfg.cache_data:
         train_set = MemoryDataset(train_set, progress=cfg.progress and main, desc="rendering training data")
         if held_out is not None:
@@ -415,12 +549,13 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
     }
     if ema is not None:
         state_objects["ema"] = ema
-    start_step, skipped = 0, 0
+    start_step, skipped, skipped_disc = 0, 0, 0
     if cfg.resume:
         latest = latest_checkpoint(ckpt_dir)
         if latest is not None:
             ckpt = load_checkpoint(latest, state_objects, map_location=device)
             start_step, skipped = ckpt.step, int(ckpt.extra.get("skipped_steps", 0))
+            skipped_disc = int(ckpt.extra.get("skipped_disc_steps", 0))
             if world > 1:  # RNG states are saved from rank 0; give each rank its own stream again
                 seed_everything(cfg.seed + 7919 * start_step, per_rank=True)
     if start_step == 0:
@@ -453,7 +588,11 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
                 state_objects,
                 step=step,
                 config=cfg,
-                extra={"skipped_steps": skipped, "model_config": model_cfg.to_dict()},
+                extra={
+                    "skipped_steps": skipped,
+                    "skipped_disc_steps": skipped_disc,
+                    "model_config": model_cfg.to_dict(),
+                },
                 keep_last=cfg.keep_last,
             )
 
@@ -483,7 +622,7 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
             idx = step_indices(step, len(train_set), cfg.batch_size, cfg.seed, rank, world)
             batch = get_batch(train_set, idx)
             images = batch["image"].to(device, non_blocking=True)
-            depth = depth_target(batch) if cfg.use_depth else None
+            depth = depth_target(batch) if use_depth else None
             depth = depth.to(device) if depth is not None else None
 
             # ---- generator
@@ -522,7 +661,7 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
                     scaler.step(opt_d)
                 else:
                     opt_d.zero_grad(set_to_none=True)
-                    skipped += 1
+                    skipped_disc += 1
             if ok and scaler.is_enabled():
                 scaler.update()
             opt_g.zero_grad(set_to_none=True)
@@ -541,7 +680,9 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
             elapsed = time.perf_counter() - t0
             ips = images_seen / max(elapsed, 1e-9)
             bar.update(1)
-            bar.set_postfix(loss=f"{losses['loss/total']:.4f}", img_s=f"{ips:.1f}", skipped=skipped)
+            bar.set_postfix(
+                loss=f"{losses['loss/total']:.4f}", img_s=f"{ips:.1f}", skipped=skipped + skipped_disc
+            )
             if cfg.log_every and step % cfg.log_every == 0:
                 stats = {
                     f"quantizer/{k}": float(v.float().mean())
@@ -556,6 +697,7 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
                         "lr": sched_g.get_last_lr()[0],
                         "grad_norm": gnorm,
                         "skipped_steps": skipped,
+                        "skipped_disc_steps": skipped_disc,
                         "images_per_second": ips,
                     },
                 )
@@ -577,6 +719,8 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
             summary = {
                 "step": step,
                 "skipped_steps": skipped,
+                "skipped_disc_steps": skipped_disc,
+                "uses_depth": use_depth,
                 "train_seconds": train_seconds,
                 "images_per_second": images_seen / max(train_seconds, 1e-9),
                 "losses": losses,
@@ -591,6 +735,8 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
     return {
         "step": step,
         "skipped_steps": skipped,
+        "skipped_disc_steps": skipped_disc,
+        "uses_depth": use_depth,
         "losses": losses,
         "metrics": metrics,
         "out_dir": out_dir,
@@ -601,4 +747,12 @@ def train_stage1(config: Stage1Config, model: nn.Module | None = None) -> dict[s
     }
 
 
-__all__ = ["Stage1Config", "build_datasets", "depth_target", "load_stage1_model", "train_stage1"]
+__all__ = [
+    "Stage1Config",
+    "build_datasets",
+    "dataset_has_depth",
+    "depth_target",
+    "load_stage1_model",
+    "stage1_model_file",
+    "train_stage1",
+]

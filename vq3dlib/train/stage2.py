@@ -1,15 +1,16 @@
 """Stage-2 training: the autoregressive :class:`~vq3dlib.models.CodePrior` on frozen stage-1 codes.
 
 The stage-1 model encodes every training image once (:func:`extract_codes`); the code indices and
-class labels are cached in a safetensors file (reused while the stage-1 weights and the data
-settings are unchanged), and the prior trains on that cache only — no image is decoded or rendered
+class labels are cached in a safetensors file (reused while the stage-1 weights file — the resolved
+``model.safetensors`` or checkpoint, by path, size and modification time — and the data settings are
+unchanged), and the prior trains on that cache only — no image is decoded or rendered
 during stage 2. Class labels come from the dataset (``label`` of :class:`~vq3dlib.data.ProceduralScenes`);
 a dataset without labels trains an unconditional prior (every label is the null label).
 
 The loop shares the stage-1 machinery: step-derived data order, AdamW with warmup + cosine, gradient
-clipping, NaN/Inf steps skipped and counted, bf16/fp16 autocast, DDP under ``torchrun``, atomic
-checkpoints with bit-exact resume on CPU. The result is ``out_dir/prior.safetensors``
-(:func:`load_prior`).
+clipping, NaN/Inf steps skipped and counted, bf16/fp16 autocast, optional EMA of the weights, a time
+budget, DDP under ``torchrun``, atomic checkpoints with bit-exact resume on CPU. The result is
+``out_dir/prior.safetensors`` (:func:`load_prior`; the EMA weights when ``ema_decay > 0``).
 
 Example (``train_stage2(cfg)`` runs it; ``vq3d train --stage 2 --stage1 runs/stage1`` from a shell):
     >>> cfg = Stage2Config(stage1="runs/stage1", steps=500, prior_overrides={"prior_width": 64})
@@ -35,6 +36,7 @@ from torch import nn
 from vq3dlib._validation import check_choice, check_positive
 from vq3dlib.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
 from vq3dlib.train.distributed import barrier, cleanup, init_distributed, seed_everything
+from vq3dlib.train.ema import ModelEMA
 from vq3dlib.train.logger import TrainLogger
 from vq3dlib.train.loop import AMP_MODES, all_finite, autocast, resolve_device, step_indices, warmup_cosine
 
@@ -52,12 +54,15 @@ class Stage2Config:
         prior_overrides: ``prior_*`` / ``num_classes`` fields of the model config to change
             (``--set prior.prior_width=256``).
         data, train_size, data_seed: the images to encode (as in
-            :class:`~vq3dlib.train.stage1.Stage1Config`; use the stage-1 values).
+            :class:`~vq3dlib.train.stage1.Stage1Config`; use the stage-1 values). An image folder is
+            encoded whole (stage 1's held-out images included).
         codes_cache: where the extracted codes live (default ``out_dir/codes.safetensors``).
         steps, batch_size, lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip, amp: as in
             stage 1.
-        log_every, ckpt_every, keep_last, out_dir, seed, device, stop_at_step, resume, progress: as in
-            stage 1.
+        ema_decay, ema_warmup: EMA of the prior's weights when ``ema_decay > 0``
+            (:class:`~vq3dlib.train.ModelEMA`); ``prior.safetensors`` then holds the average.
+        log_every, ckpt_every, keep_last, out_dir, seed, device, time_budget_s, stop_at_step, resume,
+            progress: as in stage 1.
     """
 
     stage1: str = "runs/stage1"
@@ -75,12 +80,15 @@ class Stage2Config:
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     amp: str = "none"
+    ema_decay: float = 0.0
+    ema_warmup: float = 100.0
     log_every: int = 10
     ckpt_every: int = 500
     keep_last: int = 3
     out_dir: str = "runs/stage2"
     seed: int = 0
     device: str = "auto"
+    time_budget_s: float = 0.0
     stop_at_step: int = 0
     resume: bool = False
     progress: bool = True
@@ -97,9 +105,15 @@ class Stage2Config:
             "ckpt_every",
             "seed",
             "data_seed",
+            "ema_decay",
+            "ema_warmup",
+            "time_budget_s",
+            "stop_at_step",
         ):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_choice("amp", self.amp, AMP_MODES)
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
         bad = [k for k in self.prior_overrides if not (k.startswith("prior_") or k == "num_classes")]
         if bad:
             raise ValueError(f"prior_overrides may only set prior_* fields and num_classes, got {bad}")
@@ -222,8 +236,12 @@ def save_prior(prior: nn.Module, model_config, path: str | os.PathLike) -> Path:
     return path
 
 
-def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> nn.Module:
+def load_prior(
+    path: str | os.PathLike, map_location: str | torch.device = "cpu", ema: bool = True
+) -> nn.Module:
     """A :class:`~vq3dlib.models.CodePrior` from :func:`save_prior`'s file, a stage-2 run or checkpoint.
+
+    A checkpoint gives its EMA weights when it has them and ``ema`` is true, else the raw weights.
 
     The model config it was built from is available as ``prior.vq3d_config``.
     """
@@ -254,6 +272,10 @@ def load_prior(path: str | os.PathLike, map_location: str | torch.device = "cpu"
             raise ValueError(f"{p} is neither a prior file nor a stage-2 checkpoint")
         cfg = VQ3DConfig.from_dict(ckpt.extra["model_config"])
         state = ckpt.states["prior"]
+        if ema and "ema" in ckpt.states:
+            state = {
+                k.removeprefix("module."): v for k, v in ckpt.states["ema"].items() if k.startswith("module.")
+            }
     prior = CodePrior.from_config(cfg)
     prior.load_state_dict(state)
     prior.vq3d_config = cfg
@@ -267,11 +289,12 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
     """Runs (or resumes) a stage-2 run; see the module docstring.
 
     Returns:
-        ``{"step", "skipped_steps", "loss" (last), "out_dir", "prior_path", "train_seconds", "prior",
-        "codes_path", "n_codes"}``.
+        ``{"step", "skipped_steps", "loss" (last), "out_dir", "prior_path", "train_seconds", "prior" (the
+        exported prior: the EMA average when ``ema_decay > 0``), "codes_path", "n_codes",
+        "conditional"}``.
     """
     from vq3dlib.models import CodePrior
-    from vq3dlib.train.stage1 import Stage1Config, build_datasets, load_stage1_model
+    from vq3dlib.train.stage1 import Stage1Config, build_datasets, load_stage1_model, stage1_model_file
 
     if not isinstance(config, Stage2Config):
         raise TypeError(f"config must be a Stage2Config, got {type(config).__name__}")
@@ -284,15 +307,19 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
     out_dir = Path(cfg.out_dir)
     ckpt_dir = out_dir / "checkpoints"
 
-    stage1 = load_stage1_model(cfg.stage1, map_location=device)
+    stage1_file = stage1_model_file(cfg.stage1)  # the file load_stage1_model reads
+    stage1 = load_stage1_model(stage1_file, map_location=device)
     model_cfg = stage1.config.replace(**cfg.prior_overrides) if cfg.prior_overrides else stage1.config
     data_cfg = Stage1Config(
-        data=cfg.data, train_size=cfg.train_size, eval_size=0, data_seed=cfg.data_seed, cache_data=False
+        data=cfg.data,
+        train_size=cfg.train_size,
+        eval_size=0,
+        data_seed=cfg.data_seed,
+        cache_data=False,
+        depth="none",
     )
-    stage1_path = Path(cfg.stage1)
-    stage1_file = stage1_path / "model.safetensors" if stage1_path.is_dir() else stage1_path
     signature = {
-        "stage1": _file_signature(stage1_file) if stage1_file.is_file() else str(stage1_path.resolve()),
+        "stage1": _file_signature(stage1_file),
         "data": cfg.data,
         "train_size": cfg.train_size,
         "data_seed": cfg.data_seed,
@@ -324,7 +351,10 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
         opt, warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
     )
     scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    objects = {"prior": prior, "opt": opt, "sched": sched, "scaler": scaler}
+    objects: dict[str, Any] = {"prior": prior, "opt": opt, "sched": sched, "scaler": scaler}
+    ema = ModelEMA(prior, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
+    if ema is not None:
+        objects["ema"] = ema
     start, skipped = 0, 0
     if cfg.resume and latest_checkpoint(ckpt_dir) is not None:
         ckpt = load_checkpoint(ckpt_dir, objects, map_location=device)
@@ -369,6 +399,8 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
     step, last = start, math.nan
     try:
         while step < cfg.steps and not (cfg.stop_at_step and step >= cfg.stop_at_step):
+            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
+                break
             idx = step_indices(step, indices.shape[0], cfg.batch_size, cfg.seed, rank, world).to(device)
             x = indices[idx]
             y = labels[idx] if conditional else torch.full_like(idx, prior.null_label)
@@ -386,6 +418,8 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
             )
             if bool(all_finite(loss, gnorm)):
                 scaler.step(opt)
+                if ema is not None:
+                    ema.update(prior)
             else:
                 skipped += 1
             scaler.update()
@@ -410,14 +444,15 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
         train_seconds = time.perf_counter() - t0
         bar.close()
         save(step)
+        final = ema.module if ema is not None else prior
         if main:
-            save_prior(prior, model_cfg, out_dir / PRIOR_FILE)
+            save_prior(final, model_cfg, out_dir / PRIOR_FILE)
     finally:
         bar.close()
         logger.close()
         if world > 1:
             cleanup()
-    prior.vq3d_config = model_cfg
+    final.vq3d_config = model_cfg
     return {
         "step": step,
         "skipped_steps": skipped,
@@ -425,7 +460,7 @@ def train_stage2(config: Stage2Config) -> dict[str, Any]:
         "out_dir": out_dir,
         "prior_path": out_dir / PRIOR_FILE,
         "train_seconds": train_seconds,
-        "prior": prior,
+        "prior": final,
         "codes_path": codes_path,
         "n_codes": int(indices.shape[0]),
         "conditional": conditional,
