@@ -42,6 +42,22 @@ def test_from_field_multi_scene_and_scene_index_passed():
     assert grid.query(pts, torch.tensor([1, 1])).tolist() == [False, True]
 
 
+def test_from_field_runs_without_autograd():
+    weight = torch.tensor(10.0, requires_grad=True)  # e.g. a generator's output
+    grad_modes = []
+
+    def density(x, s):  # a differentiable density, passed without detaching
+        grad_modes.append(torch.is_grad_enabled())
+        return weight * (x.norm(dim=-1) < 0.5).to(x.dtype)
+
+    with torch.enable_grad():
+        grid = OccupancyGrid.from_field(density, resolution=8, n_scenes=2)
+        grid.fill_from_field(density)
+    assert grad_modes and not any(grad_modes)
+    assert not grid.occs.requires_grad and grid.occs.grad_fn is None and weight.grad is None
+    assert torch.equal(grid.binaries, OccupancyGrid.from_field(ball(0.5), resolution=8, n_scenes=2).binaries)
+
+
 def test_from_field_world_box_levels():
     grid = OccupancyGrid.from_field(
         ball(1.6), resolution=8, aabb=[-1, -1, -1, 1, 1, 1], levels=2, contraction="none"

@@ -205,3 +205,90 @@ def test_step_length_matches_the_marched_steps(spacing):
     torch.testing.assert_close(renderer.step_length(origins), marched)
     with pytest.raises(ValueError, match="positions"):
         renderer.step_length(torch.zeros(4, 2))
+
+
+def test_images_are_channels_first_views_of_the_outputs():
+    from vq3dlib import canonical_cameras
+
+    cams = canonical_cameras(2, distance=3.0, fov_degrees=40.0, image_size=(5, 7))
+    rgb = torch.tensor([0.2, 0.4, 0.6], requires_grad=True)
+
+    def field(x, d, s):  # a red ball for scene 0, a bigger one for scene 1
+        radius = torch.where(s == 0, 0.5, 0.9)
+        return 50.0 * (x.norm(dim=-1) < radius).to(x.dtype), rgb.expand(len(x), 3)
+
+    out = Renderer(step_size=0.02, spacing="t", far=6.0)(field, cams)
+    images = out.images()
+    assert set(images) == {"rgb", "depth", "disparity", "opacity"}
+    assert images["rgb"].shape == (2, 3, 5, 7)
+    assert all(images[k].shape == (2, 1, 5, 7) for k in ("depth", "disparity", "opacity"))
+    assert torch.equal(images["rgb"], out.rgb.permute(0, 3, 1, 2))
+    for key in ("depth", "disparity", "opacity"):
+        assert torch.equal(images[key][:, 0], getattr(out, key))
+    assert images["opacity"][1].sum() > images["opacity"][0].sum()  # the bigger ball covers more pixels
+    images["rgb"].sum().backward()
+    assert rgb.grad is not None and rgb.grad.abs().sum() > 0
+    with pytest.raises(ValueError, match=r"\[N, H, W\]"):
+        Renderer(step_size=0.1, far=5.0)(field, _rays(3)).images()
+
+
+def test_jitter_per_call_overrides_the_training_mode():
+    o, d = _rays(8)
+    field = box_field(1.0)
+    r = Renderer(OccupancyGrid(BOX, 4, contraction="none"), step_size=0.1, spacing="t", jitter=True)
+    assert r.training
+    clean = r(field, (o, d), jitter=False)
+    assert torch.equal(clean.t_starts, r(field, (o, d), jitter=False).t_starts)  # deterministic
+    r.eval()
+    assert torch.equal(clean.t_starts, r(field, (o, d)).t_starts)  # same as eval mode's default
+    jittered = r(field, (o, d), jitter=True)  # jitter even in eval mode when asked
+    assert not torch.equal(jittered.t_starts[:5], clean.t_starts[:5])
+    r.train()
+    assert not torch.equal(r(field, (o, d)).t_starts[:5], clean.t_starts[:5])  # default: jitter in training
+
+
+class _RecordingCameras:
+    """A ``Cameras`` stand-in that records where the renderer moves it."""
+
+    def __init__(self, rays, moves: list):
+        self.rays, self.moves = rays, moves
+
+    def to(self, device):
+        self.moves.append(torch.device(device))
+        return _RecordingCameras(self.rays.to(device), self.moves)
+
+    def generate_rays(self):
+        return self.rays
+
+
+def test_cameras_move_to_the_field_or_grid_device(device):
+    from vq3dlib import canonical_cameras
+
+    rays = canonical_cameras(1, distance=3.0, fov_degrees=40.0, image_size=(3, 3)).generate_rays()
+    moves: list = []
+    cams = _RecordingCameras(rays, moves)  # on the CPU
+
+    class Field(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.tensor(3.0))
+
+        def forward(self, x, d, s):
+            return self.weight * (x.norm(dim=-1) < 0.5), torch.ones(len(x), 3, device=x.device)
+
+    def plain(x, d, s):
+        return 3.0 * (x.norm(dim=-1) < 0.5), torch.ones(len(x), 3, device=x.device)
+
+    r = Renderer(step_size=0.05, spacing="t", far=6.0)
+    out = r(Field().to(device), cams)  # the field's parameters decide
+    assert (
+        [m.type for m in moves] == [device.type]
+        and out.rgb.device.type == device.type
+        and out.opacity.sum() > 0
+    )
+    out = r(plain, cams, grid=OccupancyGrid(resolution=4).to(device))  # a plain function: the grid's
+    assert [m.type for m in moves] == [device.type] * 2 and out.rgb.device.type == device.type
+    r(plain, cams)  # nothing to follow: the cameras stay
+    assert len(moves) == 2
+    r(Field().to(device), (rays.origins.to(device), rays.directions.to(device)))  # tuples: used as given
+    assert len(moves) == 2

@@ -34,6 +34,7 @@ _EXPORTS: dict[str, str] = {
     "triplane_sample": "vq3dlib.ops",
     "OccupancyGrid": "vq3dlib.render",
     "Renderer": "vq3dlib.render",
+    "RadianceField": "vq3dlib.render",
     "ray_aabb_intersect": "vq3dlib.render",
     "ray_march": "vq3dlib.render",
     "ContractedTriplane": "vq3dlib.triplane",

@@ -6,7 +6,8 @@ Built only from vq3dlib's public blocks:
   three rings of :func:`vq3dlib.orbit_cameras` (training) and random :class:`vq3dlib.NovelViewSampler`
   views (held out);
 * field: :class:`vq3dlib.ContractedTriplane` (learnable planes over MERF's L∞-contracted space, so the
-  sky sphere at radius 20 fits) + :class:`vq3dlib.TriplaneField` (density and colour MLP);
+  sky sphere at radius 20 fits) + :class:`vq3dlib.TriplaneField` (density and colour MLP), joined into
+  the renderer's field protocol by :class:`vq3dlib.RadianceField`;
 * rendering: :class:`vq3dlib.OccupancyGrid` filled by the nerfacc-style EMA update
   (``update_every_n_steps``) and :class:`vq3dlib.Renderer` (packed marching, early stop, volume
   rendering, starting ``--near`` = 1 in front of the cameras so no floaters grow on them);
@@ -25,6 +26,13 @@ No distortion loss: :func:`vq3dlib.losses.distortion_loss` on world-space ``t`` 
 GPU, side by side with nerfacc's ``OccGridEstimator`` on the same field, data and optimiser::
 
     python docs/examples/fit_scene.py --device cuda --resolution 256 --steps 5000 --compare-nerfacc
+
+``--compare-nerfacc`` trains three pipelines from the same initial weights: ``vq3dlib`` (contracted grid,
+steps growing outside the unit cube, as on the CPU), ``vq3dlib-nested`` and ``nerfacc``. The last two
+sample identically: nerfacc's layout (a grid of 6 nested levels around the unit box, reaching the sky
+at radius 20) with uniform steps of ``--step-size`` along the ray and no cone angle, so their rows
+compare the implementations. Peak memory is measured over the training steps only (setup and
+evaluation excluded).
 """
 
 from __future__ import annotations
@@ -39,7 +47,7 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torch import Tensor, nn
+from torch import Tensor
 
 from vq3dlib import (
     Cameras,
@@ -47,6 +55,7 @@ from vq3dlib import (
     NovelViewSampler,
     OccupancyGrid,
     ProceduralScenes,
+    RadianceField,
     Renderer,
     TriplaneField,
     depth_abs_rel,
@@ -59,21 +68,17 @@ from vq3dlib import (
 DISTANCE, FOV = 2.7, 40.0  # the dataset's camera distance and vertical field of view
 
 
-class TriplaneNeRF(nn.Module):
-    """The renderer's field protocol: ``(x [S, 3], d [S, 3], scene [S]) -> (density [S], rgb [S, 3])``."""
+UNIT_BOX = [-1.0, -1.0, -1.0, 1.0, 1.0, 1.0]
+NESTED_LEVELS = 6  # nested grid levels around the unit box: 2^5 = 32 > the sky radius 20
 
-    def __init__(self, plane_resolution: int, channels: int, hidden: int) -> None:
-        super().__init__()
-        self.triplane = ContractedTriplane(plane_resolution, channels, contraction="linf", reduce="sum")
-        # density ~1 at init: every cell starts occupied (density * step > occ_thre) and is carved away
-        self.head = TriplaneField(channels, hidden, hidden_layers=1, density_bias=0.0)
 
-    def forward(self, x: Tensor, d: Tensor, scene_index: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        out = self.head(self.triplane(x))
-        return out.density, out.rgb
-
-    def density(self, x: Tensor, scene_index: Tensor | None = None) -> Tensor:
-        return self.head.density(self.triplane(x))
+def make_field(args: argparse.Namespace) -> RadianceField:
+    """Triplane + MLP as the renderer's field: ``(x, d, scene) -> (density, rgb)`` and ``.density``."""
+    triplane = ContractedTriplane(args.plane_resolution, args.channels, contraction="linf", reduce="sum")
+    # density ~1 at init: every cell starts occupied (density * step > occ_thre) and is carved away
+    return RadianceField(
+        triplane, TriplaneField(args.channels, args.hidden, hidden_layers=1, density_bias=0.0)
+    )
 
 
 def make_data(args: argparse.Namespace, device: torch.device) -> dict:
@@ -110,19 +115,40 @@ def make_data(args: argparse.Namespace, device: torch.device) -> dict:
 
 # ------------------------------------------------------------------------------------------- ours
 class VQ3DPipeline:
-    """The vq3dlib way: an ``OccupancyGrid`` with nerfacc's EMA update + the packed ``Renderer``."""
+    """The vq3dlib way: an ``OccupancyGrid`` with nerfacc's EMA update + the packed ``Renderer``.
 
-    name = "vq3dlib"
+    ``layout="contracted"`` (default): one grid over MERF's contracted cube, steps growing as
+    ``|x|_inf^2`` outside the unit cube. ``layout="nested"``: nerfacc's layout and sampling (6 nested
+    world-space levels, uniform steps, no step cap) for a like-for-like comparison with nerfacc.
+    """
 
-    def __init__(self, field: TriplaneNeRF, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(
+        self, field: RadianceField, args: argparse.Namespace, device: torch.device, layout: str = "contracted"
+    ) -> None:
         self.field, self.args = field, args
-        self.grid = OccupancyGrid(resolution=args.grid_resolution).to(device)  # contracted cube [-2, 2]^3
+        if layout == "contracted":
+            self.name = "vq3dlib"
+            self.sampling = f"contracted grid, step {args.step_size:.4g} x max(1, |x|^2)"
+            self.grid = OccupancyGrid(resolution=args.grid_resolution)  # the contracted cube [-2, 2]^3
+            spacing, max_samples = "contracted", 1024
+        else:
+            self.name, self.sampling = "vq3dlib-nested", nested_sampling(args)
+            self.grid = OccupancyGrid(
+                UNIT_BOX, resolution=args.grid_resolution, levels=NESTED_LEVELS, contraction="none"
+            )
+            # no cap on the samples per ray, like nerfacc: enough steps for the outer box's diagonal
+            spacing, max_samples = "t", math.ceil(2**NESTED_LEVELS * math.sqrt(3) / args.step_size) + 1
         self.renderer = Renderer(
-            self.grid, step_size=args.step_size, spacing="contracted", near=args.near, jitter=True
+            self.grid,
+            step_size=args.step_size,
+            spacing=spacing,
+            near=args.near,
+            max_samples=max_samples,
+            jitter=True,  # stratified sampling in training mode; evaluation passes jitter=False
         ).to(device)
 
     def occupancy(self, x: Tensor) -> Tensor:
-        # occupancy = opacity of one marching step at x; steps grow as |x|_inf^2 outside the unit cube
+        # occupancy = opacity of one marching step at x (steps grow as |x|_inf^2 with contracted spacing)
         return self.field.density(x) * self.renderer.step_length(x)
 
     def train_step(self, step: int, origins: Tensor, directions: Tensor) -> tuple[Tensor, int]:
@@ -132,38 +158,42 @@ class VQ3DPipeline:
 
     @torch.no_grad()
     def render_rays(self, origins: Tensor, directions: Tensor) -> Tensor:
-        self.renderer.eval()
-        rgb = self.renderer(self.field, (origins, directions)).rgb
-        self.renderer.train()
-        return rgb
+        return self.renderer(self.field, (origins, directions), jitter=False).rgb
 
     @torch.no_grad()
     def render_views(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        self.renderer.eval()
-        out = self.renderer(self.field, cameras)  # Cameras → rays (with z-scale: z-depth)
-        self.renderer.train()
-        return out.rgb.permute(0, 3, 1, 2), out.depth[:, None]
+        # Cameras → rays on the field's device (with z-scale: z-depth) → channels-first images
+        images = self.renderer(self.field, cameras, jitter=False).images()
+        return images["rgb"], images["depth"]
 
     def occupied_fraction(self) -> float:
-        return float(self.grid.occupancy_fraction()[0])
+        return float(self.grid.occupancy_fraction()[0])  # one scene
+
+
+def nested_sampling(args: argparse.Namespace) -> str:
+    return f"{NESTED_LEVELS} nested levels, uniform step {args.step_size:.4g}, no cone angle"
 
 
 # ----------------------------------------------------------------------------------- nerfacc (GPU)
 class NerfaccPipeline:
-    """nerfacc 0.5's ``OccGridEstimator`` + ``rendering`` on the same field (CUDA only)."""
+    """nerfacc 0.5's ``OccGridEstimator`` + ``rendering`` on the same field (CUDA only).
+
+    Same layout and sampling as ``VQ3DPipeline(layout="nested")``: nested levels around the unit box,
+    ``render_step_size = --step-size``, ``cone_angle = 0``, the same near plane, early stop
+    (``early_stop_eps=1e-4``, ``alpha_thre=0``, nerfacc's defaults and ours) and EMA update.
+    """
 
     name = "nerfacc"
 
-    def __init__(self, field: TriplaneNeRF, args: argparse.Namespace, device: torch.device) -> None:
+    def __init__(self, field: RadianceField, args: argparse.Namespace, device: torch.device) -> None:
         import nerfacc
 
-        self.nerfacc, self.field, self.args = nerfacc, field, args
-        # unbounded scene: nested levels around the unit box reach 2^5 = 32 > the sky radius 20
+        self.nerfacc, self.field, self.args, self.device = nerfacc, field, args, device
+        self.sampling = nested_sampling(args)
         self.estimator = nerfacc.OccGridEstimator(
-            roi_aabb=[-1.0, -1.0, -1.0, 1.0, 1.0, 1.0], resolution=args.grid_resolution, levels=6
+            roi_aabb=UNIT_BOX, resolution=args.grid_resolution, levels=NESTED_LEVELS
         ).to(device)
-        self.step_size = math.sqrt(3) * 2 / 1024  # nerfacc's unbounded examples: cone_angle 0.004
-        self.cone_angle = 0.004
+        self.step_size = args.step_size
 
     def _render(self, origins: Tensor, directions: Tensor, train: bool) -> tuple[Tensor, Tensor, Tensor]:
         def sigma_fn(t_starts, t_ends, ray_indices):
@@ -181,10 +211,12 @@ class NerfaccPipeline:
             sigma_fn=sigma_fn,
             near_plane=self.args.near,
             render_step_size=self.step_size,
+            early_stop_eps=1e-4,
+            alpha_thre=0.0,
             stratified=train,
-            cone_angle=self.cone_angle,
+            cone_angle=0.0,
         )
-        rgb, _, depth, extras = self.nerfacc.rendering(
+        rgb, _, depth, _ = self.nerfacc.rendering(
             t_starts, t_ends, ray_indices, n_rays=origins.shape[0], rgb_sigma_fn=rgb_sigma_fn
         )
         return rgb, depth[:, 0], t_starts
@@ -203,7 +235,7 @@ class NerfaccPipeline:
 
     @torch.no_grad()
     def render_views(self, cameras: Cameras) -> tuple[Tensor, Tensor]:
-        rays = cameras.generate_rays()
+        rays = cameras.to(self.device).generate_rays()
         o, d = rays.origins.reshape(-1, 3), rays.directions.reshape(-1, 3)
         parts = [
             self._render(o[i : i + 65536], d[i : i + 65536], train=False) for i in range(0, len(o), 65536)
@@ -234,6 +266,31 @@ def train_psnr(pipe, data: dict) -> float:
     return float(psnr(rgb.clamp(0, 1)[None], data["colors"][idx][None]))
 
 
+class PeakMemory:
+    """Peak CUDA memory over the training steps only: ``pause()`` before an evaluation, ``resume()`` after."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cuda = device.type == "cuda"
+        self.device, self.peak, self.start = device, 0, 0
+
+    def resume(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = self.start or torch.cuda.memory_allocated(self.device)
+
+    def pause(self) -> None:
+        if self.cuda:
+            torch.cuda.synchronize(self.device)
+            self.peak = max(self.peak, torch.cuda.max_memory_allocated(self.device))
+
+    def mib(self) -> tuple[float, float]:
+        """(peak, peak above what was allocated when training started) in MiB; NaN off CUDA."""
+        if not self.cuda:
+            return float("nan"), float("nan")
+        return self.peak / 2**20, (self.peak - self.start) / 2**20
+
+
 def fit(pipe, data: dict, params: list[dict], args: argparse.Namespace, log: Callable[[str], None]) -> dict:
     """Trains ``pipe.field``; returns the history and the time to ``args.target_psnr`` (held out)."""
     device = data["origins"].device
@@ -244,11 +301,12 @@ def fit(pipe, data: dict, params: list[dict], args: argparse.Namespace, log: Cal
     )
     n_rays_total = data["origins"].shape[0]
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     first = train_psnr(pipe, data)
     log(f"[{pipe.name}] initial train PSNR: {first:.2f} dB (4096 training pixels)")
+    log(f"[{pipe.name}] sampling: {pipe.sampling}")
     train_time, reached, history = 0.0, None, []
+    memory = PeakMemory(device)
+    memory.resume()  # setup and the evaluation above are not counted
     for step in range(args.steps):
         sync()
         t0 = time.perf_counter()
@@ -272,7 +330,9 @@ def fit(pipe, data: dict, params: list[dict], args: argparse.Namespace, log: Cal
                 f"{train_time:6.1f}s"
             )
         if args.target_psnr and reached is None and ((step + 1) % args.eval_every == 0 or last):
+            memory.pause()
             held = evaluate(pipe, data["test"], data["test_rgb"])["psnr"]
+            memory.resume()
             history.append((step + 1, train_time, held))
             log(f"[{pipe.name}] held-out PSNR {held:.2f} dB at step {step + 1} ({train_time:.1f}s)")
             if held >= args.target_psnr:
@@ -281,22 +341,25 @@ def fit(pipe, data: dict, params: list[dict], args: argparse.Namespace, log: Cal
                     f"[{pipe.name}] reached held-out PSNR {held:.2f} >= {args.target_psnr} "
                     f"at step {step + 1}, {train_time:.1f}s of training"
                 )
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else float("nan")
+    memory.pause()
+    peak, above_start = memory.mib()
     return {
         "initial_train_psnr": first,
         "train_time_s": train_time,
         "reached": reached,
         "history": history,
+        "sampling": pipe.sampling,
         "peak_memory_mib": peak,
+        "peak_memory_above_start_mib": above_start,
     }
 
 
 def save_turntable(pipe, data: dict, args: argparse.Namespace, path: Path) -> None:
     """GIF of an orbit: ground truth | render | depth (near bright), one frame per camera."""
     size = (args.resolution, args.resolution)
-    cams = orbit_cameras(args.frames, DISTANCE, 20.0, FOV, size, device=data["origins"].device)
-    gt = data["scene"].render(cams.to("cpu"))["rgb"]
-    rgb, depth = pipe.render_views(cams)
+    cams = orbit_cameras(args.frames, DISTANCE, 20.0, FOV, size)
+    gt = data["scene"].render(cams)["rgb"]
+    rgb, depth = pipe.render_views(cams)  # the renderer moves the cameras to the field's device
     disparity = (1.0 / depth.clamp_min(0.5)).clamp(0, 2) / 2  # depth 0.5 → white, far → black
     panels = torch.cat([gt, rgb.clamp(0, 1).cpu(), disparity.expand(-1, 3, -1, -1).cpu()], dim=-1)
     frames = [Image.fromarray((p.permute(1, 2, 0) * 255).round().byte().numpy()) for p in panels]
@@ -368,15 +431,16 @@ def main(argv: list[str] | None = None) -> dict:
     )
     print(f"baseline (mean training colour) held-out PSNR: {baseline:.2f} dB")
 
-    field = TriplaneNeRF(args.plane_resolution, args.channels, args.hidden).to(device)
+    field = make_field(args).to(device)
     pipes = [VQ3DPipeline(field, args, device)]
-    if args.compare_nerfacc:
-        pipes.append(NerfaccPipeline(copy.deepcopy(field), args, device))  # same initial weights
+    if args.compare_nerfacc:  # same initial weights, same sampling for the last two
+        pipes.append(VQ3DPipeline(copy.deepcopy(field), args, device, layout="nested"))
+        pipes.append(NerfaccPipeline(copy.deepcopy(field), args, device))
     results = {"baseline_heldout_psnr": baseline, "args": vars(args)}
     for pipe in pipes:
         params = [
-            {"params": pipe.field.triplane.parameters(), "lr": args.lr},
-            {"params": pipe.field.head.parameters(), "lr": args.lr / 4},
+            {"params": pipe.field.encoder.parameters(), "lr": args.lr},  # the triplane
+            {"params": pipe.field.head.parameters(), "lr": args.lr / 4},  # the MLP
         ]
         run = fit(pipe, data, params, args, print)
         train = train_psnr(pipe, data)
@@ -398,11 +462,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(f"wrote {out_dir / 'turntable.gif'}")
     if args.compare_nerfacc:
         target = f"time to {args.target_psnr} dB"
-        print(f"{'pipeline':10s} {target:>18s} {'peak MiB':>10s} {'held-out PSNR':>14s}")
+        print(f"device {torch.cuda.get_device_name(device)}; peak memory over the training steps only")
+        print(
+            f"{'pipeline':15s} {target:>18s} {'peak MiB':>9s} {'(+ start)':>10s} "
+            f"{'held-out PSNR':>14s}  sampling"
+        )
         for pipe in pipes:
             r = results[pipe.name]
             when = f"{r['reached'][1]:.1f}s @ {r['reached'][0]}" if r["reached"] else "not reached"
-            print(f"{pipe.name:10s} {when:>18s} {r['peak_memory_mib']:10.0f} {r['heldout']['psnr']:14.2f}")
+            print(
+                f"{pipe.name:15s} {when:>18s} {r['peak_memory_mib']:9.0f} "
+                f"{r['peak_memory_above_start_mib']:+10.0f} {r['heldout']['psnr']:14.2f}  {r['sampling']}"
+            )
+        print("vq3dlib-nested and nerfacc sample alike (same grid layout, steps and early stop)")
     (out_dir / "metrics.json").write_text(json.dumps(results, indent=2, default=str))
     return results
 

@@ -4,10 +4,12 @@ Built only from vq3dlib's public blocks:
 
 * generator: latent ``z`` → learned latent tokens → :class:`vq3dlib.TriplaneDecoder` (a small ViT
   decoder) → triplanes ``[B, 3, C, R, R]`` → :class:`vq3dlib.ContractedTriplane` (sampling the planes
-  passed per call) + :class:`vq3dlib.TriplaneField` (density, colour);
+  passed per call) + :class:`vq3dlib.TriplaneField` (density, colour), joined by
+  :class:`vq3dlib.RadianceField` (``with_planes`` binds each batch's planes);
 * rendering: one :class:`vq3dlib.OccupancyGrid` per generated scene (``OccupancyGrid.from_field``,
   fresh every step because the scenes are new) and one batched :class:`vq3dlib.Renderer` call for all
-  ``B`` scenes (each camera's rays carry its scene index);
+  ``B`` scenes (each camera's rays carry its scene index), channels-first images from
+  ``RenderOutput.images()``;
 * cameras: random poses from :class:`vq3dlib.NovelViewSampler` (the dataset's pose distribution);
 * data: real images of :class:`vq3dlib.ProceduralScenes` (canonical and novel views);
 * losses: :class:`vq3dlib.StyleGANDiscriminator` with hinge losses
@@ -37,6 +39,7 @@ from vq3dlib import (
     NovelViewSampler,
     OccupancyGrid,
     ProceduralScenes,
+    RadianceField,
     Renderer,
     StyleGANDiscriminator,
     TriplaneDecoder,
@@ -72,34 +75,25 @@ class TriplaneGenerator(nn.Module):
             plane_resolution=args.plane_resolution,
             conv_refine=True,
         )
-        self.triplane = ContractedTriplane(channels=args.channels, learnable=False, contraction="linf")
-        self.field = TriplaneField(args.channels, args.hidden, density_bias=-1.0)
+        self.nerf = RadianceField(
+            ContractedTriplane(channels=args.channels, learnable=False, contraction="linf"),
+            TriplaneField(args.channels, args.hidden, density_bias=-1.0),
+        )
         self.renderer = Renderer(step_size=args.step_size, spacing="contracted", near=0.05, jitter=True)
 
     def planes(self, z: Tensor) -> Tensor:
         tokens = self.tokens + self.mapping(z).view(z.shape[0], *self.tokens.shape[1:])
         return self.decoder(tokens)  # [B, 3, C, R, R]
 
-    def density(self, planes: Tensor, x: Tensor, scene_index: Tensor) -> Tensor:
-        return self.field.density(self.triplane(x, planes=planes, scene_index=scene_index))
-
     def render(self, planes: Tensor, cameras: Cameras) -> Tensor:
         """Camera ``i`` sees scene ``i`` (``len(cameras) == B``) → rgb ``[B, 3, H, W]`` in [-1, 1]."""
+        field = self.nerf.with_planes(planes)  # the renderer's field over the B generated scenes
         # new scenes every step: evaluate each scene's occupancy afresh (no gradient), one grid per scene
         grid = OccupancyGrid.from_field(
-            lambda x, s: self.density(planes.detach(), x, s),
-            self.grid_resolution,
-            n_scenes=planes.shape[0],
-            device=planes.device,
+            field.density, self.grid_resolution, n_scenes=planes.shape[0], device=planes.device
         )
-
-        def field(x: Tensor, d: Tensor, scene_index: Tensor) -> tuple[Tensor, Tensor]:
-            out = self.field(self.triplane(x, planes=planes, scene_index=scene_index))
-            return out.density, out.rgb
-
-        field.density = lambda x, s: self.density(planes, x, s)  # cheap pre-pass for early stopping
-        out = self.renderer(field, cameras.to(planes.device), grid=grid)  # rays carry scene_index
-        return out.rgb.permute(0, 3, 1, 2) * 2 - 1  # [B, 3, H, W] in [-1, 1]
+        out = self.renderer(field, cameras, grid=grid)  # rays carry scene_index; cameras follow the field
+        return out.images()["rgb"] * 2 - 1  # [B, 3, H, W] in [-1, 1]
 
     def forward(self, z: Tensor, cameras: Cameras) -> Tensor:
         return self.render(self.planes(z), cameras)
@@ -152,25 +146,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> dict:
-    args = parse_args(argv)
-    device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    set_finite_checks(False)  # the examples are debugged: skip the per-op NaN/Inf input checks
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+def build(args: argparse.Namespace, device: torch.device):
+    """Real images, the camera sampler, the generator and the discriminator."""
     reals = real_images(args).to(device)
     size = (args.resolution, args.resolution)
     sampler = NovelViewSampler(DISTANCE, FOV, size, yaw=35.0, pitch=(-5.0, 20.0), seed=args.seed)
     gen = TriplaneGenerator(args).to(device)
     disc = StyleGANDiscriminator(args.resolution, channels=16, max_channels=64).to(device)
+    return reals, sampler, gen, disc
+
+
+def train(gen, disc, reals: Tensor, sampler, args: argparse.Namespace) -> list[dict]:
+    """Hinge GAN training with lazy R1; returns the losses of every step."""
+    device = reals.device
     opt_g = torch.optim.Adam(gen.parameters(), lr=args.lr, betas=(0.0, 0.99))
     opt_d = torch.optim.Adam(disc.parameters(), lr=args.lr, betas=(0.0, 0.99))
-    print(
-        f"{len(reals)} real images {args.resolution}x{args.resolution}; generator "
-        f"{sum(p.numel() for p in gen.parameters()) / 1e3:.0f}k params, discriminator "
-        f"{sum(p.numel() for p in disc.parameters()) / 1e3:.0f}k; device {device}"
-    )
     history, t0 = [], time.perf_counter()
     for step in range(args.steps):
         real = reals[torch.randint(len(reals), (args.batch,))]
@@ -198,24 +188,47 @@ def main(argv: list[str] | None = None) -> dict:
                 f"r1 {r1.item():.4f}  {time.perf_counter() - t0:6.1f}s",
                 flush=True,
             )
+    return history
+
+
+@torch.no_grad()
+def sample_views(gen: TriplaneGenerator, args: argparse.Namespace, n_latents: int = 4) -> Tensor:
+    """``n_latents`` latents, each seen from 5 azimuths (-60 .. 60 degrees) in one batched render.
+
+    Returns ``[n_latents * 5, 3, H, W]`` in [-1, 1], latent-major.
+    """
+    gen.eval()  # no jitter
+    views = orbit_cameras(12, DISTANCE, 10.0, FOV, (args.resolution, args.resolution))[[10, 11, 0, 1, 2]]
+    planes = gen.planes(torch.randn(n_latents, args.z_dim, device=gen.tokens.device))
+    return gen.render(planes.repeat_interleave(len(views), 0), Cameras.cat([views] * n_latents))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    torch.manual_seed(args.seed)
+    set_finite_checks(False)  # the examples are debugged: skip the per-op NaN/Inf input checks
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    reals, sampler, gen, disc = build(args, device)
+    print(
+        f"{len(reals)} real images {args.resolution}x{args.resolution}; generator "
+        f"{sum(p.numel() for p in gen.parameters()) / 1e3:.0f}k params, discriminator "
+        f"{sum(p.numel() for p in disc.parameters()) / 1e3:.0f}k; device {device}"
+    )
+    history = train(gen, disc, reals, sampler, args)
     first, last = history[0], history[-1]
     print(
         f"losses moved: d_loss {first['d_loss']:.4f} -> {last['d_loss']:.4f}, "
         f"g_loss {first['g_loss']:.4f} -> {last['g_loss']:.4f}"
     )
-
-    # samples: 4 latents, each seen from 5 azimuths (-60 .. 60 degrees) in one batched render
-    gen.eval()
-    views = orbit_cameras(12, DISTANCE, 10.0, FOV, size)[[10, 11, 0, 1, 2]]
     n_latents = 4
-    with torch.no_grad():
-        planes = gen.planes(torch.randn(n_latents, args.z_dim, device=device))
-        images = gen.render(planes.repeat_interleave(len(views), 0), Cameras.cat([views] * n_latents))
-    save_grid(images, n_latents, out_dir / "samples.png")
+    samples = sample_views(gen, args, n_latents)
+    save_grid(samples, n_latents, out_dir / "samples.png")
     save_grid(reals[: 5 * n_latents], n_latents, out_dir / "reals.png")
-    print(f"wrote {out_dir / 'samples.png'} ({n_latents} latents x {len(views)} views), reals.png")
+    print(f"wrote {out_dir / 'samples.png'} ({n_latents} latents x 5 views), reals.png")
     (out_dir / "losses.json").write_text(json.dumps(history))
-    return {"history": history}
+    return {"history": history, "samples": samples}
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""Rendering: ray–box intersection, occupancy grids, packed ray marching, volume rendering, renderer.
+"""Rendering: ray–box intersection, occupancy grids, packed marching, volume rendering, fields, renderer.
 
 Example:
     >>> import torch
@@ -12,6 +12,7 @@ Example:
 """
 
 from vq3dlib.render.aabb import ray_aabb_intersect
+from vq3dlib.render.field import RadianceField
 from vq3dlib.render.march import PackedSamples, ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
 from vq3dlib.render.pdf import importance_sampling, sample_from_pdf
@@ -34,6 +35,7 @@ from vq3dlib.render.volrend import (
 __all__ = [
     "OccupancyGrid",
     "PackedSamples",
+    "RadianceField",
     "RenderOutput",
     "Renderer",
     "accumulate_along_rays",

@@ -244,6 +244,8 @@ class OccupancyGrid(nn.Module):
     def occupancy_fraction(self) -> Tensor:
         """Fraction of the reachable cells that are occupied, per scene, ``[n_scenes]``.
 
+        A one-scene grid (fitting) returns one value: ``float(grid.occupancy_fraction()[0])``.
+
         Example:
             >>> OccupancyGrid(resolution=4, n_scenes=2).occupancy_fraction().tolist()
             [1.0, 1.0]
@@ -252,6 +254,7 @@ class OccupancyGrid(nn.Module):
 
     # ---------------------------------------------------------------------------- generated scenes
     @classmethod
+    @torch.no_grad()
     def from_field(
         cls,
         density_fn: DensityFn,
@@ -270,6 +273,10 @@ class OccupancyGrid(nn.Module):
         generator: torch.Generator | None = None,
     ) -> OccupancyGrid:
         """Builds one grid per scene of a batch by evaluating ``density_fn`` over the cells.
+
+        Runs under ``torch.no_grad()``: pass the differentiable density as is (e.g. a
+        :class:`~vq3dlib.render.RadianceField`'s ``field.density``), no detaching needed; the grid holds
+        no autograd history.
 
         Args:
             density_fn: ``(positions [P, 3] world, scene_index [P] int64) -> density [P]`` (or ``[P, 1]``).
@@ -310,7 +317,7 @@ class OccupancyGrid(nn.Module):
         batch_size: int = 1 << 18,
         generator: torch.Generator | None = None,
     ) -> OccupancyGrid:
-        """Re-evaluates every cell of every scene (in place, no autograd); returns ``self``.
+        """Re-evaluates every cell of every scene (in place, under ``torch.no_grad()``); returns ``self``.
 
         A cell is occupied when the largest density among its samples exceeds ``threshold``.
 

@@ -54,6 +54,9 @@ class RenderOutput:
         opacity: ``[...]`` accumulated weight ``Σ w``.
         ray_indices, t_starts, t_ends, weights: ``[S]`` packed samples over the flattened rays (for depth
             and distortion losses); ``n_rays`` the number of flattened rays.
+
+    Rays from ``Cameras`` have the leading shape ``[N, H, W]``; :meth:`images` returns the image-like
+    fields channels first (``[N, C, H, W]``, the layout of datasets, metrics and discriminators).
     """
 
     rgb: Tensor
@@ -65,6 +68,58 @@ class RenderOutput:
     t_ends: Tensor
     weights: Tensor
     n_rays: int
+
+    def images(self) -> dict[str, Tensor]:
+        """Channels-first images of a render of ``[N, H, W]`` rays (e.g. from ``Cameras``).
+
+        Returns:
+            ``{"rgb": [N, C, H, W], "depth": [N, 1, H, W], "disparity": [N, 1, H, W],
+            "opacity": [N, 1, H, W]}`` (views of the outputs: gradients flow through them).
+
+        Raises:
+            ValueError: when the rays were not shaped ``[N, H, W]``.
+
+        Example:
+            >>> r = Renderer(step_size=0.1)
+            >>> field = lambda x, d, s: (torch.ones(len(x)), torch.full((len(x), 3), 0.5))
+            >>> o = torch.zeros(2, 4, 5, 3); d = torch.nn.functional.normalize(torch.ones(2, 4, 5, 3), dim=-1)
+            >>> images = r(field, (o, d)).images()
+            >>> images["rgb"].shape, images["depth"].shape
+            (torch.Size([2, 3, 4, 5]), torch.Size([2, 1, 4, 5]))
+        """
+        if self.rgb.dim() != 4:
+            raise ValueError(
+                "images() needs a render of rays shaped [N, H, W] (e.g. from Cameras); this one has rgb "
+                f"of shape {list(self.rgb.shape)} (use .rgb, .depth, ... directly)"
+            )
+        return {
+            "rgb": self.rgb.permute(0, 3, 1, 2),
+            "depth": self.depth[:, None],
+            "disparity": self.disparity[:, None],
+            "opacity": self.opacity[:, None],
+        }
+
+
+def _target_device(field: object, grid: OccupancyGrid | None) -> torch.device | None:
+    """A field's device: its ``device`` attribute, else its first parameter/buffer's, else the grid's."""
+    device = getattr(field, "device", None)
+    if isinstance(device, torch.device):
+        return device
+    if isinstance(field, nn.Module):
+        for tensor in (*field.parameters(), *field.buffers()):
+            return tensor.device
+    if grid is not None:
+        return grid.binaries.device
+    return None
+
+
+def _to_device(rays: object, scene_index: Tensor | None, device: torch.device | None):
+    """Moves ``Cameras``/``Rays`` objects (and a separate ``scene_index``) to ``device``; tuples stay."""
+    if device is None or isinstance(rays, (tuple, list)) or not callable(getattr(rays, "to", None)):
+        return rays, scene_index
+    if isinstance(scene_index, Tensor):
+        scene_index = scene_index.to(device)
+    return rays.to(device), scene_index
 
 
 def _flatten_rays(rays: object, scene_index: Tensor | None):
@@ -136,7 +191,8 @@ class Renderer(nn.Module):
         alpha_thre: drop samples whose alpha is below this (pre-pass); 0 disables.
         normalize_depth: divide the expected depth by the opacity.
         chunk_size: rays per chunk (bounds the memory of marching and of inference).
-        jitter: random start offset per ray while ``self.training`` (stratified sampling).
+        jitter: random start offset per ray while ``self.training`` (stratified sampling); a call's
+            ``jitter=`` overrides it (no ``.eval()``/``.train()`` toggling needed to render a clean view).
 
     Example:
         >>> field = lambda x, d, s: (torch.ones(len(x)), torch.full((len(x), 3), 0.5))
@@ -212,6 +268,7 @@ class Renderer(nn.Module):
         scene_index: Tensor | None = None,
         grid: OccupancyGrid | None = None,
         background: float | Sequence[float] | Tensor | None = None,
+        jitter: bool | None = None,
     ) -> RenderOutput:
         """Renders ``rays`` (``(origins, directions[, scene_index])``, ``Rays`` or ``Cameras``).
 
@@ -219,27 +276,39 @@ class Renderer(nn.Module):
             field: ``(positions [S, 3], directions [S, 3], scene_index [S]) -> (density [S], rgb [S, C])``.
             rays: ``(origins [..., 3], directions [..., 3][, scene_index [...]])``, an object with
                 ``origins``/``directions`` (and optional ``scene_index``, ``z_scale``) such as ``Rays``,
-                or an object with ``generate_rays()`` such as ``Cameras``.
+                or an object with ``generate_rays()`` such as ``Cameras``. ``Cameras`` and ``Rays`` are moved
+                to the field's device (its ``device`` attribute or first parameter; else the grid's);
+                tensors given as a tuple are used where they are.
             scene_index: ``[...]`` int64 scene of each ray (when ``rays`` does not carry one).
             grid: occupancy grid for this call (default: the renderer's).
             background: overrides the renderer's background.
+            jitter: stratified start offsets for this call; ``None``: ``self.jitter and self.training``.
 
         Returns:
-            :class:`RenderOutput`.
+            :class:`RenderOutput` (:meth:`RenderOutput.images` for channels-first images).
+
+        Example:
+            >>> r = Renderer(step_size=0.25, spacing="t", far=1.0, jitter=True)  # jitters in training mode
+            >>> field = lambda x, d, s: (torch.ones(len(x)), torch.ones(len(x), 3))
+            >>> rays = (torch.tensor([[0.0, 0, -2]]), torch.tensor([[0.0, 0, 1]]))
+            >>> r(field, rays, jitter=False).t_starts.tolist()  # a clean render, no r.eval() needed
+            [0.0, 0.25, 0.5, 0.75]
         """
         if not callable(field):
             raise TypeError(f"field must be callable, got {type(field).__name__}")
-        origins, directions, scene_index, z_scale, lead = _flatten_rays(rays, scene_index)
         grid = self.grid if grid is None else grid
+        rays, scene_index = _to_device(rays, scene_index, _target_device(field, grid))
+        origins, directions, scene_index, z_scale, lead = _flatten_rays(rays, scene_index)
+        jitter = self.jitter and self.training if jitter is None else bool(jitter)
         n_rays = origins.shape[0]
         parts = [
             self._render_chunk(
-                field, origins, directions, scene_index, grid, s, min(s + self.chunk_size, n_rays)
+                field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
             )
             for s in range(0, n_rays, self.chunk_size)
         ]
         if not parts:
-            parts = [self._render_chunk(field, origins, directions, scene_index, grid, 0, 0)]
+            parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
         cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
         rgb, wt, opacity = cat(0), cat(1), cat(2)
         ray_indices, t_starts, t_ends, weights = cat(3), cat(4), cat(5), cat(6)
@@ -267,7 +336,7 @@ class Renderer(nn.Module):
             n_rays=n_rays,
         )
 
-    def _render_chunk(self, field, origins, directions, scene_index, grid, start, end):
+    def _render_chunk(self, field, origins, directions, scene_index, grid, jitter, start, end):
         o, d = origins[start:end], directions[start:end]
         sidx = scene_index[start:end] if scene_index is not None else None
         n = o.shape[0]
@@ -283,7 +352,7 @@ class Renderer(nn.Module):
                 max_samples=self.max_samples,
                 spacing=self.spacing,
                 aabb=self.aabb if grid is None else None,
-                jitter=self.jitter and self.training,
+                jitter=jitter,
             )
         ri, ts, te = samples
         field_scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
