@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from vq3dlib.losses.perceptual import ENV_VAR, LPIPS, SUGGESTED_PATH, TAPS, vgg16_features
+from vq3dlib.losses.perceptual import ENV_VAR, LPIPS, SUGGESTED_PATH, TAPS, _load_file, vgg16_features
 
 
 @pytest.fixture(scope="module")
@@ -120,18 +120,25 @@ def test_pickle_refused_by_weights_only_gives_a_clear_error(tmp_path):
 
 
 def test_format_is_recognised_by_content_not_suffix(lpips, tmp_path):
-    state = {k: v.contiguous() for k, v in lpips.state_dict().items()}
-    as_pth = tmp_path / "lpips_weights.pth"  # safetensors content, torch-style name
-    save_file(state, str(as_pth))
-    as_safetensors = tmp_path / "lpips_weights.safetensors"  # torch content, safetensors name
-    torch.save(state, as_safetensors)
-    no_suffix = tmp_path / "lpips_weights"
-    save_file(state, str(no_suffix))
+    small = {"heads.0.weight": torch.rand(1, 64, 1, 1), "features.0.bias": torch.rand(64)}
+    files = {
+        "safetensors content, torch-style name": (tmp_path / "a.pth", save_file),
+        "torch content, safetensors name": (tmp_path / "b.safetensors", torch.save),
+        "safetensors content, no suffix": (tmp_path / "c", save_file),
+        "torch content, no suffix": (tmp_path / "d", torch.save),
+    }
+    for what, (path, save) in files.items():
+        save(small, str(path))
+        loaded = _load_file(path)
+        assert set(loaded) == set(small), what
+        assert all(torch.equal(loaded[k], small[k]) for k in small), what
+    # and end to end: a full state dict in safetensors format under a torch-style name
+    as_pth = tmp_path / "lpips_weights.pth"
+    save_file({k: v.contiguous() for k, v in lpips.state_dict().items()}, str(as_pth))
     x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
-    for path in (as_pth, as_safetensors, no_suffix):
-        torch.testing.assert_close(LPIPS(path, reduction="none")(x, y), lpips(x, y))
+    torch.testing.assert_close(LPIPS(as_pth, reduction="none")(x, y), lpips(x, y))
     broken = tmp_path / "broken.safetensors"  # a valid header whose data is cut short
-    broken.write_bytes(as_pth.read_bytes()[:-100])
+    broken.write_bytes((tmp_path / "a.pth").read_bytes()[:-100])
     with pytest.raises(ValueError, match="safetensors header but cannot be read"):
         LPIPS(broken)
 
