@@ -10,27 +10,30 @@ peak is ``torch.cuda.max_memory_allocated`` above the same baseline.
     python benchmarks/quantize_speed.py                 # full size (vector-quantize-pytorch: ~9 GB)
     python benchmarks/quantize_speed.py --quick         # small sizes, seconds
     python benchmarks/quantize_speed.py --device cuda --json
+
+Targets (checked here, never in unit tests; ratios of total peaks): on CPU >= 2x faster than
+vector-quantize-pytorch with <= 0.25x its peak memory; on CUDA >= 1.5x faster with <= 0.5x. The
+verdict is printed (``--json``: ``"targets"`` and ``"met"``); ``--json`` prints one line, so that
+``benchmarks/gpu_check.sh`` can append it to a ``.jsonl`` file.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import sys
 import time
 
-from common import device_name, peak_rss_bytes
+from common import device_name, fmt_bytes, peak_rss_bytes, print_table, run_worker, synchronize
 
 METHODS = ("baseline", "vq3dlib", "vector-quantize-pytorch")
+# ours vs vector-quantize-pytorch: speed-up (>=) and ratio of total peak memory (<=), per device type
+TARGETS = {"cpu": {"speedup": 2.0, "peak_ratio": 0.25}, "cuda": {"speedup": 1.5, "peak_ratio": 0.5}}
+FULL_SIZE = {"vectors": 1 << 16, "dim": 768, "codebook_size": 8192, "code_dim": 32}  # the targets' size
 
 
 def _build(method: str, args: argparse.Namespace):
     """A callable ``x -> (out, loss)`` for ``method``, or ``None`` for the baseline."""
-    import torch
-
     if method == "baseline":
         return None
     if method == "vq3dlib":
@@ -45,6 +48,7 @@ def _build(method: str, args: argparse.Namespace):
                 ema=True,
                 decay=0.99,
                 beta=0.25,
+                chunk_size=args.chunk_size,
             )
             .to(args.device)
             .train()
@@ -77,14 +81,19 @@ def _build(method: str, args: argparse.Namespace):
         out, _, loss = m(x.unsqueeze(0))
         return out.squeeze(0), loss
 
-    del torch
     return run_theirs
 
 
 def worker(args: argparse.Namespace) -> dict:
-    """Runs one method in this process and returns its timings and peak memory."""
+    """Runs one method in this process and returns its timings and peak memory.
+
+    Every process of one run imports the same libraries, so that the baseline matches: with
+    ``--only-ours`` none of them imports vector-quantize-pytorch (it need not be installed).
+    """
     import torch
-    import vector_quantize_pytorch  # noqa: F401  (same imports in every process, so baselines match)
+
+    if not args.only_ours:
+        import vector_quantize_pytorch  # noqa: F401
 
     import vq3dlib.quantize  # noqa: F401
 
@@ -94,23 +103,18 @@ def worker(args: argparse.Namespace) -> dict:
     grad = torch.randn(args.vectors, args.dim, device=dev)
     run = _build(args.worker, args)
     cuda = dev.type == "cuda"
-
-    def sync():
-        if cuda:
-            torch.cuda.synchronize(dev)
-
     if cuda:
-        sync()
+        synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
     times, cpu_times = [], []
     if run is not None:
         for i in range(args.warmup + args.repeats):
             x.grad = None
-            sync()
+            synchronize(dev)
             t0, c0 = time.perf_counter(), time.process_time()
             out, loss = run(x)
             torch.autograd.backward([out, loss], [grad, torch.ones_like(loss)])
-            sync()
+            synchronize(dev)
             if i >= args.warmup:
                 times.append((time.perf_counter() - t0) * 1e3)
                 cpu_times.append((time.process_time() - c0) * 1e3)
@@ -131,17 +135,6 @@ def worker(args: argparse.Namespace) -> dict:
     }
 
 
-def _spawn(method: str, argv: list[str]) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), *argv, "--worker", method]
-    env = dict(os.environ)
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-    res = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    if res.returncode != 0:
-        raise RuntimeError(f"{method} failed (rc={res.returncode}):\n{res.stderr[-3000:]}")
-    return json.loads(res.stdout.strip().splitlines()[-1])
-
-
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu")
@@ -157,6 +150,13 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     p.add_argument("--worker", choices=METHODS, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    if args.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            p.error("--device cuda requested but no GPU is available")
+    if args.chunk_size is not None and args.chunk_size <= 0:
+        p.error(f"--chunk-size must be > 0, got {args.chunk_size}")
     if args.quick:
         args.vectors, args.codebook_size = min(args.vectors, 1 << 12), min(args.codebook_size, 1024)
     if args.worker:
@@ -181,25 +181,33 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if args.chunk_size is not None:
         sizes += ["--chunk-size", str(args.chunk_size)]
+    if args.only_ours:
+        sizes.append("--only-ours")
     methods = METHODS[:2] if args.only_ours else METHODS
-    results = {m: _spawn(m, sizes) for m in methods}
+    results = {m: run_worker(__file__, [*sizes, "--worker", m]) for m in methods}
     base = results.pop("baseline")["peak_bytes"]
     for r in results.values():
         r["extra_peak_bytes"] = r["peak_bytes"] - base
     report = {
+        "benchmark": "quantize_speed",
         "device": results["vq3dlib"]["device"],
         "config": {
             "vectors": args.vectors,
             "dim": args.dim,
             "codebook_size": args.codebook_size,
             "code_dim": args.code_dim,
+            "chunk_size": args.chunk_size,
             "l2_normalize": True,
             "ema_decay": 0.99,
             "warmup": args.warmup,
             "repeats": args.repeats,
         },
+        # the targets are set for the full size; smaller runs (--quick) still report the verdict
+        "full_size": all(getattr(args, k) == v for k, v in FULL_SIZE.items()),
         "baseline_peak_bytes": base,
         "results": results,
+        "targets": {},
+        "met": None,  # None: nothing to compare with (--only-ours)
     }
     if not args.only_ours:
         ours, theirs = results["vq3dlib"], results["vector-quantize-pytorch"]
@@ -207,21 +215,40 @@ def main(argv: list[str] | None = None) -> dict:
         report["cpu_time_speedup"] = theirs["cpu_ms_median"] / ours["cpu_ms_median"]
         report["peak_ratio"] = ours["peak_bytes"] / theirs["peak_bytes"]
         report["extra_peak_ratio"] = ours["extra_peak_bytes"] / max(theirs["extra_peak_bytes"], 1)
+        want = TARGETS["cuda" if args.device.startswith("cuda") else "cpu"]
+        report["targets"] = {
+            "speedup": {
+                "value": report["speedup"],
+                "target": want["speedup"],
+                "met": report["speedup"] >= want["speedup"],
+            },
+            "peak_ratio": {
+                "value": report["peak_ratio"],
+                "target": want["peak_ratio"],
+                "met": report["peak_ratio"] <= want["peak_ratio"],
+            },
+        }
+        report["met"] = all(t["met"] for t in report["targets"].values())
     if args.json:
-        print(json.dumps(report, indent=2))
+        print(json.dumps(report))  # one line: gpu_check.sh appends it to a .jsonl file
         return report
-    gib = 1 / 2**30
-    print(f"device: {report['device']}")
+    print(f"quantize_speed on {report['device']}")
     print(f"config: {report['config']}")
-    print(f"baseline process peak: {base * gib:.2f} GiB (imports + input + output grad)")
-    print(
-        f"{'method':<26}{'median ms':>11}{'min ms':>10}{'cpu ms':>10}{'peak GiB':>10}{'above base GiB':>16}"
-    )
-    for name, r in results.items():
-        print(
-            f"{name:<26}{r['ms_median']:>11.1f}{r['ms_min']:>10.1f}{r['cpu_ms_median']:>10.1f}"
-            f"{r['peak_bytes'] * gib:>10.2f}{r['extra_peak_bytes'] * gib:>16.2f}"
-        )
+    print(f"baseline process peak: {fmt_bytes(base)} (imports + input + output grad)")
+    rows = [
+        {
+            "method": name,
+            "median": f"{r['ms_median']:.1f}",
+            "min": f"{r['ms_min']:.1f}",
+            "cpu": f"{r['cpu_ms_median']:.1f}",
+            "peak": fmt_bytes(r["peak_bytes"]),
+            "extra": fmt_bytes(r["extra_peak_bytes"]),
+        }
+        for name, r in results.items()
+    ]
+    columns = [("method", "method"), ("median", "median ms"), ("min", "min ms"), ("cpu", "cpu ms"),
+               ("peak", "peak"), ("extra", "above baseline")]
+    print_table(rows, columns)
     if not args.only_ours:
         print(
             f"speedup (theirs / ours): {report['speedup']:.2f}x wall, "
@@ -231,6 +258,13 @@ def main(argv: list[str] | None = None) -> dict:
             f"peak memory ratio (ours / theirs): {report['peak_ratio']:.3f} total, "
             f"{report['extra_peak_ratio']:.3f} above baseline"
         )
+        for name, t in report["targets"].items():
+            cmp = "<=" if name == "peak_ratio" else ">="
+            verdict = "met" if t["met"] else "NOT met"
+            print(f"target {name} {cmp} {t['target']}x: {t['value']:.3f}x, {verdict}")
+        print(f"all targets: {'met' if report['met'] else 'NOT met'}")
+        if not report["full_size"]:
+            print(f"(the targets are set for the full size {FULL_SIZE}; this run used smaller sizes)")
     return report
 
 

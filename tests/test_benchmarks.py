@@ -63,3 +63,43 @@ def test_triplane_speed_quick_run_reports_every_method():
         assert r["ms_value"] > 0 and r["peak_value"] >= 0
     if "vq3dlib (ext)" in rows:
         assert out["speedup_ext_vs_reference"] > 0 and isinstance(out["target_met"], bool)
+
+
+def test_quantize_speed_quick_run_reports_targets_and_verdict():
+    tiny = ["--quick", "--vectors", "512", "--dim", "64", "--codebook-size", "128", "--code-dim", "8"]
+    args = [*tiny, "--chunk-size", "32", "--warmup", "0", "--repeats", "1", "--device", "cpu", "--json"]
+    proc = subprocess.run(
+        [sys.executable, str(BENCHMARKS / "quantize_speed.py"), *args],
+        capture_output=True, text=True, timeout=900, check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    lines = proc.stdout.strip().splitlines()
+    assert len(lines) == 1  # benchmarks/gpu_check.sh appends it to a .jsonl file
+    out = json.loads(lines[0])
+    assert out["benchmark"] == "quantize_speed" and out["device"].startswith("CPU")
+    assert out["config"]["vectors"] == 512 and out["config"]["chunk_size"] == 32
+    assert out["full_size"] is False
+    assert set(out["results"]) == {"vq3dlib", "vector-quantize-pytorch"}
+    for r in out["results"].values():
+        assert r["ms_median"] > 0 and r["peak_bytes"] > 0
+    assert out["speedup"] > 0 and out["peak_ratio"] > 0
+    targets = out["targets"]
+    assert targets["speedup"]["target"] == 2.0 and targets["peak_ratio"]["target"] == 0.25  # CPU
+    assert targets["speedup"]["value"] == pytest.approx(out["speedup"])
+    assert targets["speedup"]["met"] == (out["speedup"] >= 2.0)
+    assert targets["peak_ratio"]["met"] == (out["peak_ratio"] <= 0.25)
+    assert out["met"] == (targets["speedup"]["met"] and targets["peak_ratio"]["met"])
+
+
+def test_quantize_speed_only_ours_worker_does_not_import_the_peer(monkeypatch, capsys):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    monkeypatch.setitem(sys.modules, "vector_quantize_pytorch", None)  # importing it raises ImportError
+    import quantize_speed
+
+    tiny = ["--quick", "--vectors", "64", "--dim", "16", "--codebook-size", "32", "--code-dim", "4"]
+    quantize_speed.main([*tiny, "--only-ours", "--chunk-size", "8", "--warmup", "0", "--repeats", "1",
+                         "--worker", "vq3dlib"])
+    out = json.loads(capsys.readouterr().out.strip())
+    assert out["method"] == "vq3dlib" and out["ms_median"] > 0
+    with pytest.raises(ImportError):  # without --only-ours the worker needs the peer
+        quantize_speed.main([*tiny, "--warmup", "0", "--repeats", "1", "--worker", "vq3dlib"])

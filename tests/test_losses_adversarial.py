@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from vq3dlib._validation import finite_checks_enabled, set_finite_checks
 from vq3dlib.losses.adversarial import (
     PatchGANDiscriminator,
     StyleGANDiscriminator,
@@ -181,6 +182,81 @@ def test_adaptive_weight_clamp_and_errors():
 def test_delayed_weight():
     assert [delayed_weight(0.5, s, 3) for s in range(5)] == [0.0, 0.0, 0.0, 0.5, 0.5]
     assert delayed_weight(0.5, 0, 0) == 0.5
+    assert delayed_weight(2, 5, 1) == 2.0 and isinstance(delayed_weight(2, 5, 1), float)
+
+
+def test_delayed_weight_validates_its_arguments():
+    with pytest.raises(TypeError, match="weight must be a real number"):
+        delayed_weight("0.1", 1, 0)
+    with pytest.raises(TypeError, match="weight must be a real number"):
+        delayed_weight(True, 1, 0)
+    with pytest.raises(ValueError, match="weight must be finite"):
+        delayed_weight(float("nan"), 1, 0)
+    with pytest.raises(ValueError, match="weight must be finite"):
+        delayed_weight(float("inf"), 1, 0)
+    with pytest.raises(ValueError, match="weight must be >= 0"):
+        delayed_weight(-0.1, 1, 0)
+    with pytest.raises(TypeError, match="step must be an int"):
+        delayed_weight(0.1, 1.5, 0)
+    with pytest.raises(ValueError, match="step must be >= 0"):
+        delayed_weight(0.1, -1, 0)
+    with pytest.raises(TypeError, match="start_step must be an int"):
+        delayed_weight(0.1, 1, None)
+    with pytest.raises(ValueError, match="start_step must be >= 0"):
+        delayed_weight(0.1, 1, -5)
+
+
+_BAD_VALUES = [float("nan"), float("inf"), -float("inf")]
+
+
+@pytest.mark.parametrize("bad", _BAD_VALUES)
+def test_gan_losses_reject_non_finite_logits(bad):
+    good = torch.randn(4)
+    poisoned = good.clone()
+    poisoned[2] = bad
+    for kind in ("hinge", "non_saturating"):
+        with pytest.raises(ValueError, match="logits_real contains NaN or Inf"):
+            discriminator_loss(poisoned, good, kind)
+        with pytest.raises(ValueError, match="logits_fake contains NaN or Inf"):
+            discriminator_loss(good, poisoned, kind)
+        with pytest.raises(ValueError, match="logits_fake contains NaN or Inf"):
+            generator_loss(poisoned, kind)
+    x = torch.rand(2, 3, 4, 4, requires_grad=True)
+    logits = (x * 2).flatten(1).sum(1)
+    with pytest.raises(ValueError, match="logits_real contains NaN"):
+        r1_penalty(logits * torch.tensor([1.0, bad]), x)
+    w = torch.ones(2, requires_grad=True)
+    with pytest.raises(ValueError, match="rec_loss contains NaN"):
+        adaptive_generator_weight((w * bad).sum(), w.sum(), w)
+
+
+@pytest.mark.parametrize("bad", _BAD_VALUES)
+def test_discriminators_reject_non_finite_images(bad):
+    images = torch.rand(2, 3, 32, 32)
+    images[1, 0, 5, 7] = bad
+    for disc in (StyleGANDiscriminator(image_size=32, channels=4, max_channels=8),
+                 PatchGANDiscriminator(channels=4, n_layers=2)):
+        with pytest.raises(ValueError, match="images contains NaN or Inf"):
+            disc(images)
+    real = images.clone().requires_grad_()
+    with pytest.raises(ValueError, match="images_real contains NaN"):
+        r1_penalty(real.flatten(1).nan_to_num().sum(1), real)
+
+
+def test_value_checks_follow_the_global_switch():
+    logits = torch.tensor([0.0, float("nan")])
+    images = torch.full((1, 3, 32, 32), float("nan"))
+    disc = PatchGANDiscriminator(channels=4, n_layers=2)
+    before = finite_checks_enabled()
+    set_finite_checks(False)
+    try:  # no checks: NaN flows through (the caller's choice)
+        assert torch.isnan(generator_loss(logits))
+        assert torch.isnan(discriminator_loss(logits, logits, "non_saturating"))
+        assert torch.isnan(disc(images)).all()
+    finally:
+        set_finite_checks(before)
+    with pytest.raises(ValueError, match="logits_fake"):
+        generator_loss(logits)
 
 
 def test_tiny_gan_step_improves_discriminator():

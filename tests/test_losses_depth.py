@@ -55,6 +55,33 @@ def test_robust_alignment_resists_outliers():
     torch.testing.assert_close(trimmed.shift, torch.tensor([0.5], dtype=torch.float64))
 
 
+def test_median_alignment_resists_outliers():
+    gen = torch.Generator().manual_seed(0)
+    pred = torch.rand(2, 400, dtype=torch.float64, generator=gen)
+    scale = torch.tensor([2.0, -1.5], dtype=torch.float64)
+    shift = torch.tensor([0.5, 3.0], dtype=torch.float64)
+    target = scale[:, None] * pred + shift[:, None]
+    target[:, :20] += 50.0  # 5% gross outliers
+    lsq = align_scale_shift(pred, target, space="depth", method="lsq")
+    med = align_scale_shift(pred, target, space="depth", method="median")
+    assert ((lsq.shift - shift).abs() > 1.0).all()
+    # median/MAD: the 5% one-sided outliers only move the medians by a few percentiles of the inliers
+    # (a mean absolute deviation would grow by 0.05 * 50 = 2.5 and give scales of about 10)
+    torch.testing.assert_close(med.scale, scale, rtol=0.15, atol=0.0)
+    torch.testing.assert_close(med.shift, shift, rtol=0.0, atol=0.15)
+    inliers = (med.aligned - target)[:, 20:].abs()
+    assert inliers.median() < 0.1
+
+
+def test_median_alignment_is_exact_when_most_pred_values_are_equal():
+    # more than half of pred sits at its median (MAD 0): falls back to mean absolute deviations
+    pred = torch.cat([torch.full((1, 60), 2.0), torch.rand(1, 40) + 2.5], 1).double()
+    target = -0.7 * pred + 4.0
+    a = align_scale_shift(pred, target, space="depth", method="median")
+    torch.testing.assert_close(a.scale, torch.tensor([-0.7], dtype=torch.float64))
+    torch.testing.assert_close(a.shift, torch.tensor([4.0], dtype=torch.float64))
+
+
 @pytest.mark.parametrize("method", ["lsq", "median", "trimmed"])
 def test_alignment_degenerate_cases_are_finite(method):
     pred = torch.rand(4, 30)
@@ -72,6 +99,28 @@ def test_alignment_degenerate_cases_are_finite(method):
     if method == "lsq":
         torch.testing.assert_close(a.shift[1], target[1].mean())
     assert a.scale[2].item() == 1.0 and a.shift[2].item() == 0.0
+
+
+@pytest.mark.parametrize("method", ["lsq", "median", "trimmed"])
+def test_alignment_degenerate_cases_have_finite_gradients(method):
+    pred = torch.rand(4, 30, dtype=torch.float64)
+    target = torch.rand(4, 30, dtype=torch.float64)
+    target[0] = 2.5  # constant target
+    pred[1] = 0.7  # constant pred
+    mask = torch.ones(4, 30, dtype=torch.bool)
+    mask[2] = False  # empty mask
+    pred.requires_grad_()
+    target.requires_grad_()
+    a = align_scale_shift(pred, target, mask, space="depth", method=method)
+    total = a.aligned.sum() + a.scale.sum() + a.shift.sum()
+    g_pred, g_target = torch.autograd.grad(total, (pred, target))
+    assert torch.isfinite(g_pred).all() and torch.isfinite(g_target).all()
+    assert (g_target[2] == 0).all()  # an empty mask fits nothing: identity, no gradient to the target
+    torch.testing.assert_close(g_pred[2], torch.ones(30, dtype=torch.float64))  # aligned = pred
+    # disparity space inverts the maps first; a constant target stays finite there too
+    d = align_scale_shift(pred, target, mask, space="disparity", method=method)
+    grads = torch.autograd.grad(d.aligned.sum() + d.scale.sum() + d.shift.sum(), (pred, target))
+    assert all(torch.isfinite(g).all() for g in grads)
 
 
 def test_alignment_empty_batch():
@@ -99,6 +148,23 @@ def test_alignment_bad_input():
         align_scale_shift(torch.full((2, 3), float("nan")), torch.rand(2, 3))
     with pytest.raises(ValueError, match="trim"):
         align_scale_shift(torch.rand(2, 3), torch.rand(2, 3), method="trimmed", trim=1.0)
+
+
+def test_alignment_rejects_1d_input():
+    # [N] has no per-image batch dimension: each "image" would be one pixel
+    with pytest.raises(ValueError, match=r"pred must have shape \[B, \.\.\.\].*pred\[None\]"):
+        align_scale_shift(torch.rand(5), torch.rand(5))
+    with pytest.raises(ValueError, match=r"pred must have shape \[B, \.\.\.\]"):
+        aligned_depth_loss(torch.rand(5) + 1, torch.rand(5) + 1)
+    with pytest.raises(ValueError, match=r"target must have shape \[B, \.\.\.\]"):
+        aligned_depth_loss(torch.rand(1, 5) + 1, torch.rand(5) + 1)
+    w, ts, te = _rays(b=1, p=5)
+    with pytest.raises(ValueError, match=r"target must have shape \[B, \.\.\.\]"):
+        pointwise_depth_loss(w[0], ts[0], te[0], torch.rand(5, dtype=torch.float64))
+    # without alignment one value per ray is fine
+    loss = pointwise_depth_loss(w[0], ts[0], te[0], torch.rand(5, dtype=torch.float64), align=False)
+    assert torch.isfinite(loss)
+    assert align_scale_shift(torch.rand(5)[None], torch.rand(5)[None]).scale.shape == (1,)
 
 
 # ----------------------------------------------------------------------------- aligned depth loss
@@ -196,7 +262,7 @@ def _pack(w, ts, te):
 
 
 @pytest.mark.parametrize("rho", ["l2", "l1", "huber"])
-@pytest.mark.parametrize("method", ["lsq", "median"])
+@pytest.mark.parametrize("method", ["lsq", "median", "trimmed"])
 def test_pointwise_packed_equals_dense(rho, method):
     w, ts, te = _rays(b=3, p=6, n=9)
     w_dense, (wp, tsp, tep, ri) = _pack(w, ts, te)
@@ -255,7 +321,8 @@ def test_pointwise_empty_inputs():
     loss = pointwise_depth_loss(torch.zeros(0), torch.zeros(0), torch.zeros(0), target,
                                 torch.zeros(0, dtype=torch.long), reduction="none")
     assert loss.shape == (1, 4) and (loss == 0).all()
-    assert pointwise_depth_loss(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0)) == 0
+    empty = torch.zeros(0, 4, 3)
+    assert pointwise_depth_loss(empty, empty, empty, torch.zeros(0, 4)) == 0
 
 
 def test_pointwise_bad_input():

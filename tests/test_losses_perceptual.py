@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
+import re
+
 import pytest
 import torch
 from safetensors.torch import save_file
 
-from vq3dlib.losses.perceptual import ENV_VAR, LPIPS, TAPS, vgg16_features
+from vq3dlib.losses.perceptual import ENV_VAR, LPIPS, SUGGESTED_PATH, TAPS, _load_file, vgg16_features
 
 
 @pytest.fixture(scope="module")
@@ -75,10 +78,69 @@ def test_distance_is_weighted_sum_over_taps(lpips):
 
 def test_missing_weights_error_says_where_to_put_them(monkeypatch, tmp_path):
     monkeypatch.delenv(ENV_VAR, raising=False)
-    with pytest.raises(FileNotFoundError, match=ENV_VAR):
+    suggested = re.escape(os.path.expanduser(SUGGESTED_PATH))
+    with pytest.raises(FileNotFoundError, match=ENV_VAR) as info:
         LPIPS()
+    assert re.search(f"e.g. {suggested}", str(info.value)) and f"{ENV_VAR}=" in str(info.value)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         LPIPS(tmp_path / "nope.safetensors")
+
+
+def test_missing_file_named_by_the_env_var(monkeypatch, tmp_path):
+    missing = tmp_path / "weights" / "lpips.safetensors"
+    monkeypatch.setenv(ENV_VAR, str(missing))
+    with pytest.raises(FileNotFoundError) as info:
+        LPIPS()
+    msg = str(info.value)
+    # names the file, that it came from the variable, and where to put the weights
+    assert f"{missing} (from the environment variable {ENV_VAR}) does not exist" in msg
+    assert os.path.expanduser(SUGGESTED_PATH) in msg and "LPIPS(weights=" in msg
+    # several files: the missing one is named
+    present = tmp_path / "present.safetensors"
+    save_file({"x": torch.zeros(1)}, str(present))
+    monkeypatch.setenv(ENV_VAR, os.pathsep.join([str(present), str(missing)]))
+    with pytest.raises(FileNotFoundError, match=re.escape(f"{missing} (from the environment variable")):
+        LPIPS()
+
+
+class _NotATensor:  # a pickled custom object, which torch.load(weights_only=True) refuses
+    pass
+
+
+def test_pickle_refused_by_weights_only_gives_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint.pth"
+    torch.save({"heads.0.weight": torch.zeros(1), "meta": _NotATensor()}, path)
+    with pytest.raises(ValueError, match=r"weights_only=True\) refuses") as info:
+        LPIPS(path)
+    assert str(path) in str(info.value) and "state_dict" in str(info.value)
+    junk = tmp_path / "junk.bin"
+    junk.write_bytes(b"not a checkpoint " * 8)
+    with pytest.raises(ValueError, match="neither a safetensors nor a torch file"):
+        LPIPS(junk)
+
+
+def test_format_is_recognised_by_content_not_suffix(lpips, tmp_path):
+    small = {"heads.0.weight": torch.rand(1, 64, 1, 1), "features.0.bias": torch.rand(64)}
+    files = {
+        "safetensors content, torch-style name": (tmp_path / "a.pth", save_file),
+        "torch content, safetensors name": (tmp_path / "b.safetensors", torch.save),
+        "safetensors content, no suffix": (tmp_path / "c", save_file),
+        "torch content, no suffix": (tmp_path / "d", torch.save),
+    }
+    for what, (path, save) in files.items():
+        save(small, str(path))
+        loaded = _load_file(path)
+        assert set(loaded) == set(small), what
+        assert all(torch.equal(loaded[k], small[k]) for k in small), what
+    # and end to end: a full state dict in safetensors format under a torch-style name
+    as_pth = tmp_path / "lpips_weights.pth"
+    save_file({k: v.contiguous() for k, v in lpips.state_dict().items()}, str(as_pth))
+    x, y = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 16, 16)
+    torch.testing.assert_close(LPIPS(as_pth, reduction="none")(x, y), lpips(x, y))
+    broken = tmp_path / "broken.safetensors"  # a valid header whose data is cut short
+    broken.write_bytes((tmp_path / "a.pth").read_bytes()[:-100])
+    with pytest.raises(ValueError, match="safetensors header but cannot be read"):
+        LPIPS(broken)
 
 
 def test_load_own_safetensors_via_argument_and_env(lpips, monkeypatch, tmp_path):

@@ -87,6 +87,28 @@ def test_fsq_bad_input():
         fsq.indices_to_codes(torch.tensor([25]))
 
 
+def test_fsq_codes_to_indices_validates_codes():
+    fsq = FSQ([4, 3])
+    with pytest.raises(ValueError, match=r"codes must have shape \[\.\.\., 2\]"):
+        fsq.codes_to_indices(torch.zeros(5, 3))
+    with pytest.raises(ValueError, match=r"codes must have shape \[\.\.\., 2\]"):
+        fsq.codes_to_indices(torch.tensor(0.0))
+    with pytest.raises(TypeError, match="codes must be a floating-point"):
+        fsq.codes_to_indices(torch.zeros(5, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="codes contains NaN"):
+        fsq.codes_to_indices(torch.tensor([[0.0, float("nan")]]))
+    with pytest.raises(ValueError, match="codes contains NaN"):
+        fsq.codes_to_indices(torch.tensor([[float("inf"), 0.0]]))
+    # off the grid's range: L=4 takes -1, -0.5, 0, 0.5 (1.0 would be index k=4); L=3 takes -1, 0, 1
+    with pytest.raises(ValueError, match="codes must lie on the grid"):
+        fsq.codes_to_indices(torch.tensor([[1.0, 0.0]]))
+    with pytest.raises(ValueError, match="codes must lie on the grid"):
+        fsq.codes_to_indices(torch.tensor([[0.0, -2.0]]))
+    assert fsq.codes_to_indices(torch.zeros(0, 2)).shape == (0,)
+    # near-grid values round to the nearest grid point
+    assert fsq.codes_to_indices(torch.tensor([[0.49, -0.98]])).tolist() == [3]
+
+
 @needs_vqp
 @pytest.mark.parametrize("levels", [[8, 5, 5, 5], [3, 4, 6], [7]])
 def test_fsq_agrees_with_vector_quantize_pytorch(levels):
@@ -110,6 +132,18 @@ def test_lfq_round_trip_and_bit_order():
     # first channel is the most significant bit
     for i, bits in enumerate(itertools.product([0, 1], repeat=5)):
         assert codes[i].gt(0).long().tolist() == list(bits)
+
+
+def test_lfq_codes_to_indices_validates_codes():
+    lfq = LFQ(8, codebook_size=2**3)  # projections: codes have width log2(K) = 3, not dim = 8
+    assert lfq.codes_to_indices(torch.tensor([[1.0, -1.0, 1.0]])).tolist() == [5]
+    with pytest.raises(ValueError, match=r"codes must have shape \[\.\.\., 3\]"):
+        lfq.codes_to_indices(torch.zeros(4, 8))
+    with pytest.raises(TypeError, match="codes must be a floating-point"):
+        lfq.codes_to_indices(torch.ones(4, 3, dtype=torch.int32))
+    with pytest.raises(ValueError, match="codes contains NaN"):
+        lfq.codes_to_indices(torch.tensor([[1.0, float("nan"), -1.0]]))
+    assert lfq.codes_to_indices(torch.zeros(0, 3)).shape == (0,)
 
 
 def test_lfq_forward_signs_and_straight_through():
@@ -181,3 +215,28 @@ def test_lfq_agrees_with_vector_quantize_pytorch():
     assert torch.equal(ours.indices_to_codes(all_idx), theirs.indices_to_codes(all_idx))
     assert torch.allclose(aux.stats["per_sample_entropy"], per_sample_t, atol=1e-5)
     assert torch.allclose(aux.stats["codebook_entropy"], codebook_t, atol=1e-5)
+
+
+@needs_vqp
+def test_lfq_losses_agree_with_vector_quantize_pytorch():
+    # both define the entropy aux loss as weight * (mean per-sample entropy - gamma * entropy of the
+    # batch-mean assignment), p = softmax(2 * inv_temperature * <x, c>) over all codes, and the
+    # commitment loss as weight * mean((x - sg(q))^2); their aux_loss is the weighted sum, our
+    # aux.loss likewise (our aux.losses holds the two weighted terms)
+    torch.manual_seed(0)
+    kw = dict(entropy_loss_weight=0.3, diversity_gamma=0.7, commitment_loss_weight=0.25)
+    theirs = vqp.LFQ(dim=5, codebook_size=2**5, **kw)
+    ours = LFQ(5, inv_temperature=100.0, **kw)
+    z = torch.randn(3, 30, 5) * 0.01
+    z_t = z.clone().requires_grad_()
+    z_o = z.clone().requires_grad_()
+    (zq_t, _, aux_t), (per_sample_t, codebook_t, commit_t) = theirs(z_t, return_loss_breakdown=True)
+    zq_o, _, aux = ours(z_o)
+    torch.testing.assert_close(aux.losses["entropy"], 0.3 * (per_sample_t - 0.7 * codebook_t))
+    torch.testing.assert_close(aux.losses["commitment"], 0.25 * commit_t)
+    torch.testing.assert_close(aux.loss, aux_t)
+    # and so do the gradients of output + aux loss (straight-through in both)
+    g = torch.randn_like(z)
+    torch.autograd.backward([zq_t, aux_t], [g, torch.ones_like(aux_t)])
+    torch.autograd.backward([zq_o, aux.loss], [g, torch.ones_like(aux.loss)])
+    torch.testing.assert_close(z_o.grad, z_t.grad, atol=1e-5, rtol=1e-4)

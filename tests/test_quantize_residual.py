@@ -28,6 +28,26 @@ def test_layers_quantize_successive_residuals():
     assert {"0/perplexity", "2/used_fraction"} <= set(aux.stats)
 
 
+def test_top_level_stats_are_means_over_layers():
+    layers = [VectorQuantizer(8, 16, code_dim=4), FSQ([5, 5], dim=8), LFQ(8, codebook_size=32)]
+    rvq = ResidualVQ(8, quantizers=layers).eval()
+    z = torch.randn(4, 25, 8)
+    _, idx, aux = rvq(z)
+    sizes = [16, 25, 32]
+    for key in ("perplexity", "used_fraction"):
+        per_layer = torch.stack([aux.stats[f"{i}/{key}"].float() for i in range(3)])
+        torch.testing.assert_close(aux.stats[key], per_layer.mean())
+    # independent check of the per-layer values from the returned indices
+    for i, k in enumerate(sizes):
+        used = torch.unique(idx[..., i]).numel()
+        assert float(aux.stats[f"{i}/used_fraction"]) == pytest.approx(used / k)
+    assert float(aux.stats["used_fraction"]) == pytest.approx(
+        sum(torch.unique(idx[..., i]).numel() / k for i, k in enumerate(sizes)) / 3
+    )
+    assert 1.0 <= float(aux.stats["perplexity"]) <= max(sizes)
+    assert {"vq/perplexity", "vq/used_fraction", "vq/1/perplexity"} <= set(aux.log_dict("vq/"))
+
+
 def test_gradient_is_straight_through():
     rvq = ResidualVQ(6, num_quantizers=2, codebook_size=8)
     z = torch.randn(10, 6, requires_grad=True)

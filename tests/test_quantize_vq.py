@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from vq3dlib.quantize import VectorQuantizer, nearest_code, nearest_code_reference, usage_stats
+from vq3dlib.quantize import vq as vq_module
 
 
 # -- nearest code -----------------------------------------------------------------------------------
@@ -23,12 +24,43 @@ def test_nearest_code_matches_brute_force(metric, chunk_size):
     assert torch.equal(got, nearest_code_reference(z, cb, metric=metric))
 
 
-def test_nearest_code_threaded_path_keeps_thread_setting():
-    threads = torch.get_num_threads()
-    z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
+@pytest.fixture
+def three_threads():
+    """nearest_code splits rows over ``torch.get_num_threads()`` workers and runs serially with 1
+    thread; force 3 so that the threaded path (with an uneven split) runs on any machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        yield 3
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_nearest_code_threaded_path_keeps_thread_setting(three_threads, monkeypatch):
+    pools = []
+    real_pool = vq_module._cpu_pool
+    monkeypatch.setattr(vq_module, "_cpu_pool", lambda n: pools.append(n) or real_pool(n))
+    z, cb = torch.randn(4001, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
     got = nearest_code(z, cb, chunk_size=16)  # large N: rows split over the worker threads
+    assert pools and set(pools) == {three_threads}  # the threaded path ran, with 3 workers
     assert torch.equal(got, nearest_code_reference(z, cb))
-    assert torch.get_num_threads() == threads
+    assert torch.get_num_threads() == three_threads
+    for metric in ("euclidean", "dot"):  # ragged shares, both metrics, default chunk
+        zn, cbn = torch.nn.functional.normalize(z, dim=1), torch.nn.functional.normalize(cb, dim=1)
+        assert torch.equal(nearest_code(zn, cbn, metric=metric, chunk_size=7),
+                           nearest_code_reference(zn, cbn, metric=metric))
+    assert torch.get_num_threads() == three_threads
+
+
+def test_nearest_code_one_thread_takes_the_serial_path(monkeypatch):
+    before = torch.get_num_threads()
+    monkeypatch.setattr(vq_module, "_cpu_pool", lambda n: pytest.fail("pool used with one thread"))
+    torch.set_num_threads(1)
+    try:
+        z, cb = torch.randn(4000, 8, dtype=torch.float64), torch.randn(70, 8, dtype=torch.float64)
+        assert torch.equal(nearest_code(z, cb, chunk_size=16), nearest_code_reference(z, cb))
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_nearest_code_float32_picks_a_minimal_distance():
@@ -126,9 +158,34 @@ def test_ema_update_matches_hand_computed_formula():
     # sums: 0.5 * I + 0.5 * [[3, 0], [0, 3]] = [[2, 0], [0, 2]]
     # smoothed = (size + 1e-3) / (2.5 + 2e-3) * 2.5 = [1.5005996.., 1.0005995..]
     assert torch.allclose(vq.ema_cluster_size, torch.tensor([1.5, 1.0]))
+    assert torch.allclose(vq.ema_embed_sum, torch.tensor([[2.0, 0.0], [0.0, 2.0]]))
     s0 = (1.5 + 1e-3) / (2.5 + 2e-3) * 2.5
     s1 = (1.0 + 1e-3) / (2.5 + 2e-3) * 2.5
     assert torch.allclose(vq.embed, torch.tensor([[2.0 / s0, 0.0], [0.0, 2.0 / s1]]), atol=1e-6)
+
+
+def test_ema_update_with_l2_normalize_matches_hand_computed_formula():
+    # the EMA runs on the normalised inputs; the search uses the normalised EMA codes
+    vq = VectorQuantizer(2, 2, l2_normalize=True, decay=0.5, eps=1e-3)
+    vq.embed.copy_(torch.tensor([[1.0, 0.0], [0.0, 1.0]]))
+    vq.ema_embed_sum.copy_(vq.embed)
+    z = torch.tensor([[3.0, 1.0], [1.0, 3.0], [4.0, -3.0]])
+    # unit vectors: [3, 1]/sqrt(10) -> code 0, [1, 3]/sqrt(10) -> code 1, [0.8, -0.6] -> code 0
+    _, idx, _ = vq(z)
+    assert idx.tolist() == [0, 1, 0]
+    a = 1.0 / 10**0.5
+    # cluster sizes as before: 0.5 * [1, 1] + 0.5 * [2, 1] = [1.5, 1.0]; n = 2.5
+    # sums: 0.5 * I + 0.5 * [[3a + 0.8, a - 0.6], [a, 3a]]
+    sums = torch.tensor([[0.5 + 0.5 * (3 * a + 0.8), 0.5 * (a - 0.6)], [0.5 * a, 0.5 + 1.5 * a]])
+    assert torch.allclose(vq.ema_cluster_size, torch.tensor([1.5, 1.0]))
+    assert torch.allclose(vq.ema_embed_sum, sums, atol=1e-6)
+    s0 = (1.5 + 1e-3) / (2.5 + 2e-3) * 2.5
+    s1 = (1.0 + 1e-3) / (2.5 + 2e-3) * 2.5
+    embed = sums / torch.tensor([[s0], [s1]])
+    assert torch.allclose(vq.embed, embed, atol=1e-6)
+    unit = embed / embed.norm(dim=1, keepdim=True)
+    assert torch.allclose(vq.codebook, unit, atol=1e-6)
+    assert torch.allclose(vq.codebook.norm(dim=1), torch.ones(2))
 
 
 def test_eval_mode_does_not_touch_buffers():

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from vq3dlib._validation import check_positive, check_tensor, finite_checks_enabled
+from vq3dlib._validation import check_positive, check_tensor, finite_checks_enabled, has_values
 
 
 def check_packed(
@@ -42,12 +42,49 @@ def check_packed(
         check_tensor(
             name, value, shape=(weights.shape[0],), floating=True, device=weights.device, finite=True
         )
-    if finite_checks_enabled() and ray_indices.numel() > 0:
+    if finite_checks_enabled() and ray_indices.numel() > 0 and has_values(ray_indices):
         if bool((ray_indices[1:] < ray_indices[:-1]).any()):
             raise ValueError("ray_indices must be sorted (samples grouped by ray, as nerfacc packs them)")
         lo, hi = int(ray_indices.min()), int(ray_indices.max())
         if lo < 0 or hi >= n_rays:
             raise ValueError(f"ray_indices must lie in [0, n_rays={n_rays}), got values in [{lo}, {hi}]")
+
+
+def check_sorted_samples(
+    t_starts: torch.Tensor, t_ends: torch.Tensor, ray_indices: torch.Tensor | None = None
+) -> None:
+    """Raises ``ValueError`` unless every interval has ``t_start <= t_end`` and samples are sorted
+    along each ray (``t_starts`` and ``t_ends`` non-decreasing within a ray: along the last dim for
+    dense ``[..., N]`` input, over consecutive samples of one ray for packed ``[S]`` input).
+
+    A value check (host sync): skipped when :func:`vq3dlib._validation.set_finite_checks` turned
+    checks off and for meta/fake tensors, like the NaN checks.
+
+    Example:
+        >>> import torch
+        >>> check_sorted_samples(torch.tensor([0.0, 1.0, 0.5]), torch.tensor([1.0, 2.0, 0.7]),
+        ...                      torch.tensor([0, 0, 1]))
+    """
+    if not (finite_checks_enabled() and t_starts.numel() > 0 and has_values(t_starts) and has_values(t_ends)):
+        return
+    inverted = t_starts > t_ends
+    if bool(inverted.any()):
+        raise ValueError(
+            f"t_starts must be <= t_ends, got t_starts > t_ends at {int(inverted.sum())} sample(s)"
+        )
+    if ray_indices is None:
+        down_s = t_starts[..., 1:] < t_starts[..., :-1]
+        down_e = t_ends[..., 1:] < t_ends[..., :-1]
+    else:
+        same_ray = ray_indices[1:] == ray_indices[:-1]
+        down_s = same_ray & (t_starts[1:] < t_starts[:-1])
+        down_e = same_ray & (t_ends[1:] < t_ends[:-1])
+    bad = down_s | down_e
+    if bool(bad.any()):
+        raise ValueError(
+            f"samples must be sorted along each ray (t_starts and t_ends non-decreasing within a ray, as "
+            f"ray marching gives them); {int(bad.sum())} sample(s) come before their predecessor"
+        )
 
 
 def segment_sum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:

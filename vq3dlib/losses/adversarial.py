@@ -23,6 +23,7 @@ Example:
 from __future__ import annotations
 
 import math
+import numbers
 
 import torch
 import torch.nn.functional as F
@@ -124,9 +125,20 @@ class StyleGANDiscriminator(nn.Module):
         self.out = nn.Linear(c, 1)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits ``[B]`` for ``images [B, C, S, S]``."""
+        """Logits ``[B]`` for ``images [B, C, S, S]``.
+
+        Raises ``ValueError`` naming ``images`` for a wrong shape or NaN/Inf values (the value check
+        follows :func:`vq3dlib._validation.set_finite_checks`), ``TypeError`` for a non-float dtype.
+
+        Example:
+            >>> import torch
+            >>> disc = StyleGANDiscriminator(image_size=8, channels=4, max_channels=8)
+            >>> logits = disc(torch.rand(2, 3, 8, 8))
+            >>> logits.shape, logits.dtype
+            (torch.Size([2]), torch.float32)
+        """
         check_tensor("images", images, shape=(None, self.in_channels, self.image_size, self.image_size),
-                     floating=True)
+                     floating=True, finite=True)
         x = F.leaky_relu(self.from_rgb(images), 0.2)
         for block in self.blocks:
             x = block(x)
@@ -197,8 +209,18 @@ class PatchGANDiscriminator(nn.Module):
         return size - 2
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Logit map ``[B, 1, H', W']`` for ``images [B, C, H, W]``."""
-        check_tensor("images", images, shape=(None, self.in_channels, None, None), floating=True)
+        """Logit map ``[B, 1, H', W']`` for ``images [B, C, H, W]`` (see :meth:`output_size`).
+
+        Raises ``ValueError`` naming ``images`` for a wrong channel count, too small an image or
+        NaN/Inf values (the value check follows :func:`vq3dlib._validation.set_finite_checks`).
+
+        Example:
+            >>> import torch
+            >>> disc = PatchGANDiscriminator(channels=8, n_layers=2)
+            >>> disc(torch.rand(2, 3, 32, 32)).shape, disc.output_size(32)
+            (torch.Size([2, 1, 6, 6]), 6)
+        """
+        check_tensor("images", images, shape=(None, self.in_channels, None, None), floating=True, finite=True)
         if min(self.output_size(s) for s in images.shape[-2:]) < 1:
             raise ValueError(f"images are too small for a PatchGAN with n_layers={self.n_layers}: "
                              f"got {list(images.shape)}")
@@ -209,7 +231,8 @@ class PatchGANDiscriminator(nn.Module):
 
 
 def _check_logits(name: str, logits: torch.Tensor) -> None:
-    check_tensor(name, logits, floating=True)
+    """Float tensor without NaN/Inf (the value check follows ``set_finite_checks``)."""
+    check_tensor(name, logits, floating=True, finite=True)
 
 
 def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
@@ -310,7 +333,7 @@ def r1_penalty(logits_real: torch.Tensor, images_real: torch.Tensor) -> torch.Te
         1728.0
     """
     _check_logits("logits_real", logits_real)
-    check_tensor("images_real", images_real, floating=True)
+    check_tensor("images_real", images_real, floating=True, finite=True)
     if not images_real.requires_grad:
         raise ValueError("images_real must require grad (call images_real.requires_grad_() before the "
                          "discriminator forward)")
@@ -347,8 +370,8 @@ def adaptive_generator_weight(
         >>> adaptive_generator_weight((w * 3).sum(), (w * 0.5).sum(), w, eps=0.0)   # |(3,3)| / |(.5,.5)|
         tensor(6.)
     """
-    check_tensor("rec_loss", rec_loss, shape=(), floating=True)
-    check_tensor("g_loss", g_loss, shape=(), floating=True)
+    check_tensor("rec_loss", rec_loss, shape=(), floating=True, finite=True)
+    check_tensor("g_loss", g_loss, shape=(), floating=True, finite=True)
     check_tensor("last_layer", last_layer, floating=True)
     check_positive("max_weight", max_weight)
     check_positive("eps", eps, allow_zero=True)
@@ -365,8 +388,24 @@ def adaptive_generator_weight(
 def delayed_weight(weight: float, step: int, start_step: int) -> float:
     """``weight`` from ``start_step`` on, ``0`` before (delayed start of the adversarial loss).
 
+    Args:
+        weight: the loss weight, a finite real number ``>= 0``.
+        step: current training step, an int ``>= 0``.
+        start_step: first step with the weight on, an int ``>= 0``.
+
+    Raises ``TypeError``/``ValueError`` naming the argument otherwise.
+
     Example:
         >>> delayed_weight(0.1, step=99, start_step=100), delayed_weight(0.1, step=100, start_step=100)
         (0.0, 0.1)
     """
+    if isinstance(weight, bool) or not isinstance(weight, numbers.Real):
+        raise TypeError(f"weight must be a real number, got {type(weight).__name__}")
+    if not math.isfinite(weight):
+        raise ValueError(f"weight must be finite, got {weight}")
+    check_positive("weight", weight, allow_zero=True)
+    for name, value in (("step", step), ("start_step", start_step)):
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+        check_positive(name, value, allow_zero=True)
     return float(weight) if step >= start_step else 0.0

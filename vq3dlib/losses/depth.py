@@ -33,7 +33,21 @@ REDUCTIONS = ("mean", "sum", "none")
 
 
 class Alignment(NamedTuple):
-    """Result of :func:`align_scale_shift`: ``aligned = scale * pred + shift`` (in the fit space)."""
+    """Result of :func:`align_scale_shift`: ``aligned = scale * pred + shift`` (in the fit space).
+
+    Attributes:
+        aligned: ``[B, ...]`` the aligned map, shape of ``pred``.
+        scale: ``[B]`` per-image scale.
+        shift: ``[B]`` per-image shift.
+
+    Example:
+        >>> import torch
+        >>> pred = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> a = align_scale_shift(pred, 2 * pred - 1, space="depth")
+        >>> a.aligned, a.scale, a.shift
+        (tensor([[1., 3., 5.]]), tensor([2.]), tensor([-1.]))
+        >>> aligned, scale, shift = a                    # a NamedTuple: unpacks like a tuple
+    """
 
     aligned: torch.Tensor
     scale: torch.Tensor
@@ -70,12 +84,21 @@ def _identity_if_empty(
     return torch.where(empty, 1.0, scale), torch.where(empty, 0.0, shift)
 
 
-def _median_mad(x: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    n = mask.sum(1).clamp_min(1).to(x.dtype)
-    med = torch.where(mask, x, torch.full_like(x, float("nan"))).nanquantile(0.5, dim=1)  # mean of middles
-    med = torch.nan_to_num(med, nan=0.0)
-    mad = torch.where(mask, (x - med[:, None]).abs(), torch.zeros_like(x)).sum(1) / n
-    return med, mad
+def _masked_median(v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Per-row median of ``v [B, P]`` over ``mask`` (mean of the two middle values; 0 for an empty row)."""
+    med = torch.where(mask, v, torch.full_like(v, float("nan"))).nanquantile(0.5, dim=1)
+    return torch.where(mask.any(1), med, torch.zeros_like(med))
+
+
+def _median_deviations(
+    x: torch.Tensor, mask: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per row: median, median absolute deviation from it, and mean absolute deviation from it."""
+    med = _masked_median(x, mask)
+    dev = (x - med[:, None]).abs()
+    mad = _masked_median(dev, mask)
+    mean_dev = torch.where(mask, dev, torch.zeros_like(dev)).sum(1) / mask.sum(1).clamp_min(1).to(x.dtype)
+    return med, mad, mean_dev
 
 
 def _fit(
@@ -84,13 +107,25 @@ def _fit(
     if method == "lsq":
         return _lsq(x, y, mask)
     if method == "median":
-        med_x, mad_x = _median_mad(x, mask)
-        med_y, mad_y = _median_mad(y, mask)
-        degenerate = mad_x <= 16 * torch.finfo(x.dtype).eps * med_x.abs().clamp_min(1e-30)
-        scale = torch.where(degenerate, torch.zeros_like(mad_x), mad_y / torch.where(degenerate, 1.0, mad_x))
-        # MAD ratios lose the sign; take it from the (median-centred) covariance
-        cov = torch.where(mask, (x - med_x[:, None]) * (y - med_y[:, None]), torch.zeros_like(x)).sum(1)
-        scale = torch.where(cov < 0, -scale, scale)
+        med_x, mad_x, mean_dev_x = _median_deviations(x, mask)
+        med_y, mad_y, mean_dev_y = _median_deviations(y, mask)
+        tol = 16 * torch.finfo(x.dtype).eps * med_x.abs().clamp_min(1e-30)
+        # more than half of the pixels share the median value: the MAD is 0 although pred varies;
+        # fall back to the mean absolute deviation (in both maps) for such images
+        use_mad = mad_x > tol
+        spread_x = torch.where(use_mad, mad_x, mean_dev_x)
+        spread_y = torch.where(use_mad, mad_y, mean_dev_y)
+        degenerate = spread_x <= tol  # constant pred
+        scale = torch.where(
+            degenerate, torch.zeros_like(spread_x), spread_y / torch.where(degenerate, 1.0, spread_x)
+        )
+        # deviation ratios lose the sign; take it from the median of the (median-centred) products,
+        # which outliers cannot flip, else (when that is 0) from their sum, the covariance
+        prod = ((x - med_x[:, None]) * (y - med_y[:, None])).detach()
+        cov = torch.where(mask, prod, torch.zeros_like(prod)).sum(1)
+        sign_stat = _masked_median(prod, mask)
+        negative = torch.where(sign_stat != 0, sign_stat < 0, cov < 0)
+        scale = torch.where(negative, -scale, scale)
         shift = med_y - scale * med_x
         return _identity_if_empty(scale, shift, ~mask.any(1))
     # trimmed: fit, drop the largest `trim` fraction of residuals per image, refit
@@ -100,6 +135,17 @@ def _fit(
     thr = torch.where(mask, res, nan).nanquantile(1.0 - trim, dim=1, keepdim=True)
     keep = mask & (res <= thr)
     return _lsq(x, y, keep)
+
+
+def _check_batched(name: str, value: torch.Tensor) -> None:
+    """``value`` must be a float ``[B, ...]`` tensor with at least one dimension after the image dim."""
+    check_tensor(name, value, floating=True)
+    if value.dim() < 2:
+        raise ValueError(
+            f"{name} must have shape [B, ...]: a per-image batch dimension B and at least one pixel (or "
+            f"ray) dimension, since scale and shift are fitted per image; got shape {list(value.shape)} "
+            f"(for a single image pass {name}[None])"
+        )
 
 
 def _prepare(value: torch.Tensor, space: str, eps: float) -> torch.Tensor:
@@ -118,18 +164,25 @@ def align_scale_shift(
 ) -> Alignment:
     """Per-image scale and shift so that ``scale * pred + shift ≈ target`` (MiDaS-style).
 
-    The first dimension indexes images; each image gets its own ``scale, shift``.
+    The first dimension indexes images; each image gets its own ``scale, shift``. Inputs need at
+    least two dimensions (``[B, P]``, ``[B, H, W]``, ...): a 1-D tensor raises ``ValueError`` (use
+    ``x[None]`` for one image).
 
     Args:
-        pred: ``[B, ...]`` map to align (e.g. a monocular depth estimate).
+        pred: ``[B, ...]`` map to align (e.g. a monocular depth estimate), ``ndim >= 2``.
         target: ``[B, ...]`` map to align to, same shape.
         mask: optional ``[B, ...]`` bool, the pixels that take part in the fit.
         space: ``"disparity"``: ``pred`` and ``target`` are depths, both are inverted (``1/max(x, eps)``)
             and the fit is done on disparities; ``"depth"``: the values are fitted as given (use it
             also when both inputs are already disparities).
-        method: ``"lsq"`` closed-form least squares; ``"median"`` MiDaS' robust normalisation
-            (median and mean absolute deviation matched, sign from the covariance); ``"trimmed"``
-            least squares refitted without the ``trim`` fraction of largest residuals per image.
+        method: ``"lsq"`` closed-form least squares; ``"median"`` robust median/MAD normalisation:
+            the medians and the median absolute deviations (MAD) of ``pred`` and ``target`` are
+            matched, ``scale = ±MAD(target) / MAD(pred)`` with the sign of the median of the centred
+            products ``(pred - med) (target - med)``, ``shift = med(target) - scale * med(pred)``;
+            unlike MiDaS' mean absolute deviation it tolerates up to (nearly) half of the pixels
+            being gross outliers (an image where more than half of ``pred`` equals its median, so
+            that its MAD is 0, falls back to mean absolute deviations); ``"trimmed"`` least squares
+            refitted without the ``trim`` fraction of largest residuals per image.
         trim: fraction of pixels dropped by ``method="trimmed"``, in ``[0, 1)``.
         eps: lower clamp of depths before inversion.
 
@@ -148,7 +201,8 @@ def align_scale_shift(
         >>> torch.allclose(a.aligned, 1.0 / depth, atol=1e-5)
         True
     """
-    check_tensor("pred", pred, ndim=tuple(range(1, 9)), floating=True, finite=True)
+    _check_batched("pred", pred)
+    check_tensor("pred", pred, ndim=tuple(range(2, 9)), floating=True, finite=True)
     check_tensor("target", target, shape=tuple(pred.shape), floating=True, device=pred.device, finite=True)
     if mask is not None:
         check_tensor("mask", mask, shape=tuple(pred.shape), dtypes=(torch.bool,), device=pred.device)
@@ -201,7 +255,7 @@ def aligned_depth_loss(
     """Loss between a rendered depth map and a pseudo-GT map known only up to scale and shift.
 
     Args:
-        pred: ``[B, ...]`` rendered depth (carries the gradient).
+        pred: ``[B, ...]`` rendered depth (carries the gradient), ``ndim >= 2`` (fit per image).
         target: ``[B, ...]`` pseudo-ground-truth depth, same shape.
         mask: optional ``[B, ...]`` bool of valid pixels (fit and loss use only these).
         space: compare in ``"disparity"`` (both inverted first) or ``"depth"`` (values as given);
@@ -222,6 +276,8 @@ def aligned_depth_loss(
         >>> aligned_depth_loss(depth, 1.0 / (2.0 / depth + 0.3)).item() < 1e-5   # same up to affine disparity
         True
     """
+    _check_batched("pred", pred)
+    _check_batched("target", target)
     check_choice("align", align, ("target", "pred"))
     check_choice("rho", rho, RHOS)
     check_choice("reduction", reduction, REDUCTIONS)
@@ -275,7 +331,8 @@ def pointwise_depth_loss(
         weights: rendering weights, packed ``[S]`` (with ``ray_indices``) or dense ``[B, ..., N]``.
         t_starts: interval starts, shape of ``weights``.
         t_ends: interval ends, shape of ``weights``.
-        target: pseudo-GT ``[B, ...]``, one value per ray, first dim = image (alignment is per image).
+        target: pseudo-GT ``[B, ...]``, one value per ray, first dim = image (alignment is per image,
+            so with ``align=True`` it needs ``ndim >= 2``; ``[R]`` is accepted with ``align=False``).
             Packed input: rays are ``target.flatten()`` in order, so ``n_rays = target.numel()``.
             Dense input: ``weights.shape[:-1] == target.shape``.
         ray_indices: ``[S]`` int64, sorted ray of each packed sample; ``None`` for dense input.
@@ -304,6 +361,8 @@ def pointwise_depth_loss(
     check_positive("huber_delta", huber_delta)
     check_positive("eps", eps)
     check_tensor("target", target, ndim=tuple(range(1, 9)), floating=True, device=weights.device, finite=True)
+    if align:
+        _check_batched("target", target)
     if mask is not None:
         check_tensor("mask", mask, shape=tuple(target.shape), dtypes=(torch.bool,), device=target.device)
 

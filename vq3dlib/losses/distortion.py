@@ -22,10 +22,17 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from vq3dlib._validation import check_choice, check_tensor
-from vq3dlib.losses._packed import check_packed, exclusive_segment_cumsum, segment_sum
+from vq3dlib.losses._packed import (
+    check_packed,
+    check_sorted_samples,
+    exclusive_segment_cumsum,
+    segment_sum,
+)
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -51,7 +58,10 @@ def distortion_loss(
 ) -> torch.Tensor:
     """mip-NeRF 360 distortion loss, O(n) per ray, on packed or dense samples.
 
-    Samples must be sorted by distance along each ray (as ray marching produces them).
+    Samples must be sorted by distance along each ray (as ray marching produces them): with value
+    checks on (the default, see :func:`vq3dlib._validation.set_finite_checks`) a ``t_start > t_end``
+    or a sample whose ``t_start`` or ``t_end`` is smaller than its predecessor's on the same ray
+    raises ``ValueError``.
 
     Args:
         weights: rendering weights, packed ``[S]`` or dense ``[..., N]``.
@@ -59,6 +69,8 @@ def distortion_loss(
         t_ends: interval ends, same shape as ``weights``.
         ray_indices: ``[S]`` int, ray of each packed sample, sorted; ``None`` for dense input.
         n_rays: number of rays for packed input (default ``ray_indices.max() + 1``, which syncs).
+            Dense input has ``prod(weights.shape[:-1])`` rays; any other ``n_rays`` raises
+            ``ValueError``.
         reduction: ``"mean"`` over rays, ``"sum"``, or ``"none"`` (per ray: ``[n_rays]`` packed,
             ``[...]`` dense).
 
@@ -73,10 +85,19 @@ def distortion_loss(
         tensor([0.6667, 0.3333])
     """
     check_choice("reduction", reduction, REDUCTIONS)
+    if n_rays is not None and (not isinstance(n_rays, int) or isinstance(n_rays, bool)):
+        raise TypeError(f"n_rays must be an int or None, got {type(n_rays).__name__}")
     if ray_indices is None:
         check_tensor("weights", weights, ndim=tuple(range(1, 9)), floating=True, finite=True)
         check_tensor("t_starts", t_starts, shape=tuple(weights.shape), floating=True, finite=True)
         check_tensor("t_ends", t_ends, shape=tuple(weights.shape), floating=True, finite=True)
+        rays = math.prod(weights.shape[:-1])
+        if n_rays is not None and n_rays != rays:
+            raise ValueError(
+                f"n_rays={n_rays} contradicts the dense input: weights of shape {list(weights.shape)} "
+                f"hold {rays} rays (n_rays is only needed for packed input; leave it None)"
+            )
+        check_sorted_samples(t_starts, t_ends)
         mid = 0.5 * (t_starts + t_ends)
         w_before = torch.cumsum(weights, -1) - weights
         wm = weights * mid
@@ -88,6 +109,7 @@ def distortion_loss(
     if n_rays is None:
         n_rays = int(ray_indices.max()) + 1 if ray_indices.numel() > 0 else 0
     check_packed(weights, ray_indices, n_rays, t_starts=t_starts, t_ends=t_ends)
+    check_sorted_samples(t_starts, t_ends, ray_indices)
     mid = 0.5 * (t_starts + t_ends)
     wm = weights * mid
     before = exclusive_segment_cumsum(torch.stack([weights, wm], -1), ray_indices, n_rays)

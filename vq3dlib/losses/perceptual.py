@@ -6,8 +6,10 @@ taps ``relu1_2, relu2_2, relu3_3, relu4_3, relu5_3`` feed one non-negative 1x1 l
 
 Nothing is downloaded. Pretrained weights come from local files, given as ``weights=`` or in the
 environment variable ``VQ3DLIB_LPIPS_WEIGHTS`` (several files joined with ``os.pathsep``), in
-safetensors or torch format (read with ``torch.load(weights_only=True)``). Recognised layouts, which
-may be split over several files and are merged:
+safetensors or torch format (read with ``torch.load(weights_only=True)``); the format is recognised
+from the file's content (a safetensors header), whatever its suffix. There is no default location;
+the error for missing weights suggests :data:`SUGGESTED_PATH`. Recognised layouts, which may be split
+over several files and are merged:
 
 * this module's own ``state_dict()`` (``features.<i>.weight``, ``heads.<k>.weight``);
 * torchvision's VGG-16 checkpoint (``vgg16-397923af.pth``; ``features.*`` used, ``classifier.*`` ignored);
@@ -25,8 +27,11 @@ Example:
 
 from __future__ import annotations
 
+import json
 import os
+import pickle
 import re
+import struct
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -36,6 +41,8 @@ from torch import nn
 from vq3dlib._validation import check_choice, check_tensor
 
 ENV_VAR = "VQ3DLIB_LPIPS_WEIGHTS"
+#: where the missing-weights error suggests putting the file (nothing is read from here by default)
+SUGGESTED_PATH = "~/.cache/vq3dlib/weights/lpips_vgg16.safetensors"
 TAPS = (3, 8, 15, 22, 29)  # indices of relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 in vgg16.features
 TAP_CHANNELS = (64, 128, 256, 512, 512)
 # input normalisation of LPIPS (inputs in [-1, 1], mapped to ImageNet statistics)
@@ -44,19 +51,66 @@ _SCALE = (0.458, 0.448, 0.450)
 
 _MISSING = (
     "LPIPS needs pretrained weights but {what}. Nothing is downloaded at run time: put the weights in a "
-    "local file and pass LPIPS(weights='path') or set the environment variable {env} (several files "
-    "joined with '{sep}'). Accepted: a .safetensors or torch file with this module's state_dict, or "
-    "torchvision's VGG-16 checkpoint (vgg16-397923af.pth) together with the lpips package's "
-    "weights/v0.1/vgg.pth heads. Use LPIPS(pretrained=False) for random weights (tests only)."
+    "local file, e.g. {suggested}, and pass LPIPS(weights='{suggested}') or set the environment "
+    "variable {env}={suggested} (several files joined with '{sep}'). Accepted: a safetensors or torch "
+    "file with this module's state_dict, or torchvision's VGG-16 checkpoint (vgg16-397923af.pth) "
+    "together with the lpips package's weights/v0.1/vgg.pth heads (load both once with "
+    "LPIPS(weights=[...]) and save its state_dict as one safetensors file). Use LPIPS(pretrained=False) "
+    "for random weights (tests only)."
 )
 
 
+def _missing(what: str) -> str:
+    return _MISSING.format(
+        what=what, env=ENV_VAR, sep=os.pathsep, suggested=os.path.expanduser(SUGGESTED_PATH)
+    )
+
+
+def _is_safetensors(path: Path) -> bool:
+    """Whether the file starts with a safetensors header (8-byte little-endian length + JSON object)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) < 8:
+            return False
+        (n,) = struct.unpack("<Q", head)
+        if not 2 <= n <= min(path.stat().st_size - 8, 100 * 2**20):
+            return False
+        try:
+            header = json.loads(f.read(n))
+        except ValueError:  # includes UnicodeDecodeError
+            return False
+    return isinstance(header, dict)
+
+
 def _load_file(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
+    if _is_safetensors(path):
         from safetensors.torch import load_file
 
-        return load_file(str(path))
-    state = torch.load(str(path), map_location="cpu", weights_only=True)
+        try:
+            return load_file(str(path))
+        except Exception as e:  # safetensors' own error type
+            raise ValueError(f"{path} has a safetensors header but cannot be read: {e}") from e
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if not (magic.startswith(b"PK\x03\x04") or magic[:1] == b"\x80"):  # zip (torch.save) or legacy pickle
+        raise ValueError(
+            f"{path} is neither a safetensors nor a torch file (it starts with {magic!r}, not a safetensors "
+            f"header, a zip archive or a pickle)"
+        )
+    try:
+        with open(path, "rb") as f:  # a file object: torch.load would pick safetensors by the suffix
+            state = torch.load(f, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "weights only" in str(e).lower():
+            raise ValueError(
+                f"{path} holds pickled objects other than tensors and plain containers, which "
+                f"torch.load(weights_only=True) refuses to load (unpickling them could run arbitrary "
+                f"code). Save only the state dict (torch.save(module.state_dict(), path)) or convert it "
+                f"to safetensors (safetensors.torch.save_file(state_dict, path))."
+            ) from e
+        raise ValueError(f"{path} is neither a safetensors nor a torch file: {e}") from e
+    except (RuntimeError, KeyError, EOFError) as e:
+        raise ValueError(f"{path} is neither a safetensors nor a torch file ({type(e).__name__}: {e})") from e
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):
@@ -153,6 +207,10 @@ class LPIPS(nn.Module):
     def load_weights(self, weights: str | os.PathLike | Sequence[str | os.PathLike] | None = None) -> None:
         """Loads pretrained weights from local file(s); raises ``FileNotFoundError`` saying where to put them.
 
+        ``weights=None`` reads the path(s) from ``VQ3DLIB_LPIPS_WEIGHTS``. A file that is neither
+        safetensors nor loadable by ``torch.load(weights_only=True)`` (e.g. a pickled module)
+        raises ``ValueError``.
+
         Example:
             >>> lpips = LPIPS(pretrained=False)
             >>> try:
@@ -161,21 +219,22 @@ class LPIPS(nn.Module):
             ...     print("does not exist" in str(e), "VQ3DLIB_LPIPS_WEIGHTS" in str(e))
             True True
         """
-        sep = os.pathsep
+        source = ""
         if weights is None:
             env = os.environ.get(ENV_VAR, "")
-            if not env:
-                raise FileNotFoundError(_MISSING.format(what=f"no file was given and {ENV_VAR} is unset",
-                                                        env=ENV_VAR, sep=sep))
-            paths = [Path(p) for p in env.split(sep) if p]
+            if not env.strip(os.pathsep):
+                raise FileNotFoundError(_missing(f"no file was given and {ENV_VAR} is unset"))
+            paths = [Path(p) for p in env.split(os.pathsep) if p]
+            source = f" (from the environment variable {ENV_VAR})"
         elif isinstance(weights, (str, os.PathLike)):
             paths = [Path(weights)]
         else:
             paths = [Path(p) for p in weights]
         state: dict[str, torch.Tensor] = {}
         for path in paths:
-            if not path.is_file():
-                raise FileNotFoundError(_MISSING.format(what=f"{path} does not exist", env=ENV_VAR, sep=sep))
+            if not path.expanduser().is_file():
+                raise FileNotFoundError(_missing(f"{path}{source} does not exist"))
+            path = path.expanduser()
             for key, value in _load_file(path).items():
                 new = _rename(key)
                 if new is not None:
@@ -186,8 +245,7 @@ class LPIPS(nn.Module):
         if missing:
             raise ValueError(
                 f"LPIPS weights in {[str(p) for p in paths]} lack {len(missing)} tensors, "
-                f"e.g. {missing[:3]}; "
-                + _MISSING.format(what="they are incomplete", env=ENV_VAR, sep=sep)
+                f"e.g. {missing[:3]}; " + _missing("they are incomplete")
             )
         self.load_state_dict(state)
 

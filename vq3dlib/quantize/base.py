@@ -169,7 +169,19 @@ class Quantizer(nn.Module):
 
     # -- interface --------------------------------------------------------------------------------
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
-        """Quantizes ``z``; see the class docstring for shapes."""
+        """Quantizes ``z``: ``[..., D]`` (or ``[B, D, *spatial]``) → ``(z_q, indices, aux)``.
+
+        ``z_q`` has the shape and layout of ``z``, ``indices`` the shape of ``z`` without its channel
+        dimension; ``aux`` is a :class:`QuantizerAux` (``loss``, ``losses``, ``stats``).
+
+        Example:
+            >>> import torch
+            >>> from vq3dlib.quantize import FSQ
+            >>> z_q, indices, aux = FSQ([3, 3])(torch.tensor([[5.0, -5.0], [0.1, 0.0]]))
+            >>> z_q, indices, float(aux.loss)
+            (tensor([[ 1., -1.],
+                    [ 0.,  0.]]), tensor([2, 4]), 0.0)
+        """
         self._check_input(z)
         rows, lead = self._to_rows(z)
         z_q, indices, aux = self._quantize_rows(rows)
@@ -179,6 +191,15 @@ class Quantizer(nn.Module):
         """Maps ``indices`` (as returned by ``forward``) back to outputs in the input layout.
 
         ``[*lead] → [*lead, D]`` (channels last) or ``[B, *spatial] → [B, D, *spatial]``.
+
+        Example:
+            >>> import torch
+            >>> from vq3dlib.quantize import FSQ
+            >>> fsq = FSQ([3, 3], channels_last=False)
+            >>> fsq.indices_to_codes(torch.tensor([[[2, 4]]]))   # [B=1, H=1, W=2] -> [1, 2, 1, 2]
+            tensor([[[[ 1.,  0.]],
+            <BLANKLINE>
+                     [[-1.,  0.]]]])
         """
         rows = self._indices_to_rows(indices)
         lead = tuple(rows.shape[:-1])

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from vq3dlib._validation import check_tensor, finite_checks_enabled, has_values
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, sparse_usage_stats
 
 
@@ -97,14 +98,33 @@ class FSQ(Quantizer):
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """``[..., len(levels)]`` grid codes → ``[...]`` int64 indices.
 
+        Values between grid points are rounded to the nearest one. Raises ``ValueError``/``TypeError``
+        naming ``codes`` for a wrong last dimension, a non-float dtype, NaN/Inf values or values off
+        the grid's range (the value checks follow :func:`vq3dlib._validation.set_finite_checks`).
+
         Example:
             >>> import torch
             >>> FSQ([3, 3]).codes_to_indices(torch.tensor([[1.0, -1.0]]))
             tensor([2])
         """
-        half_width = self._levels // 2
-        k = (codes * half_width.to(codes.dtype)).round().long() + half_width
+        check_tensor("codes", codes, last_dim=self.code_dim, floating=True, finite=True)
+        k = self._grid_steps(codes)
+        if codes.numel() and finite_checks_enabled() and has_values(codes):
+            if bool(((k < 0) | (k >= self._levels)).any()):
+                top = [(v - 1 - v // 2) / (v // 2) for v in self.levels]
+                raise ValueError(
+                    f"codes must lie on the grid of levels {self.levels}: channel i in [-1, top[i]] with "
+                    f"top = {top}, got values in [{float(codes.min())}, {float(codes.max())}]"
+                )
         return (k * self._basis).sum(dim=-1)
+
+    def _grid_steps(self, codes: Tensor) -> Tensor:
+        """Grid step ``k_i`` in ``[0, L_i)`` of every code channel (unchecked)."""
+        half_width = self._levels // 2
+        return (codes * half_width.to(codes.dtype)).round().long() + half_width
+
+    def _codes_to_indices(self, codes: Tensor) -> Tensor:
+        return (self._grid_steps(codes) * self._basis).sum(dim=-1)
 
     def indices_to_grid(self, indices: Tensor) -> Tensor:
         """``[...]`` indices → ``[..., len(levels)]`` grid codes (before the out-projection).
@@ -122,7 +142,7 @@ class FSQ(Quantizer):
     def _quantize_rows(self, x: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
         h = self.project_in(x)
         codes = self.quantize(h.float()).to(h.dtype)
-        indices = self.codes_to_indices(codes.detach())
+        indices = self._codes_to_indices(codes.detach())  # input already checked
         out = self.project_out(codes)
         zero = out.sum() * 0.0
         return out, indices, QuantizerAux(zero, {}, sparse_usage_stats(indices, self.codebook_size))

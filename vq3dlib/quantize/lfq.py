@@ -23,7 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from vq3dlib._validation import check_positive
+from vq3dlib._validation import check_positive, check_tensor
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, sparse_usage_stats
 
 _CHUNK_ELEMENTS = 1 << 22
@@ -112,11 +112,18 @@ class LFQ(Quantizer):
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """``[..., d]`` codes (or any pre-quantization values) → ``[...]`` indices from their signs.
 
+        Raises ``ValueError``/``TypeError`` naming ``codes`` for a last dimension other than
+        ``d = log2(codebook_size)``, a non-float dtype or NaN/Inf values.
+
         Example:
             >>> import torch
             >>> LFQ(2).codes_to_indices(torch.tensor([[0.3, -2.0]]))
             tensor([2])
         """
+        check_tensor("codes", codes, last_dim=self.code_dim, floating=True, finite=True)
+        return self._codes_to_indices(codes)
+
+    def _codes_to_indices(self, codes: Tensor) -> Tensor:
         return ((codes > 0).long() * self._bits).sum(dim=-1)
 
     def _entropy(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -141,7 +148,7 @@ class LFQ(Quantizer):
     def _quantize_rows(self, x: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
         h = self.project_in(x).float()
         q = torch.where(h > 0, self.codebook_scale, -self.codebook_scale)
-        indices = self.codes_to_indices(h.detach())
+        indices = self._codes_to_indices(h.detach())  # input already checked
         z_st = h + (q - h).detach()
         out = self.project_out(z_st.to(x.dtype))
         zero = out.sum() * 0.0

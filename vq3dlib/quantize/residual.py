@@ -2,7 +2,8 @@
 
 ``r_0 = z``, ``q_i = Q_i(r_i)``, ``r_{i+1} = r_i - sg(q_i)``, output ``sum_i q_i``. Indices get a
 trailing ``[num_quantizers]`` dimension; losses are summed with per-layer names (``"0/commitment"``,
-...) and stats are reported per layer.
+...) and stats are reported per layer plus ``"perplexity"`` and ``"used_fraction"`` averaged over the
+layers.
 
 Example:
     >>> import torch
@@ -42,7 +43,10 @@ class ResidualVQ(Quantizer):
 
     Shapes:
         ``z [..., D]`` → ``z_q [..., D]``, ``indices [..., num_quantizers]``, ``aux`` whose ``loss``
-        sums the layers' losses; ``stats`` hold ``"<layer>/perplexity"`` etc.
+        sums the layers' losses; ``stats`` hold each layer's stats as ``"<layer>/perplexity"``,
+        ``"<layer>/used_fraction"``, ... and, over all layers, ``"perplexity"`` and ``"used_fraction"``:
+        the means of the layers' values (the layers' codebooks may differ in size, so the mean of
+        fractions, not the fraction of all codes together).
 
     Example:
         >>> import torch
@@ -91,6 +95,11 @@ class ResidualVQ(Quantizer):
             total = total + aux.loss
             losses.update({f"{i}/{k}": v for k, v in aux.losses.items()})
             stats.update({f"{i}/{k}": v for k, v in aux.stats.items()})
+        for key in ("perplexity", "used_fraction"):  # summaries over the layers, next to the per-layer keys
+            names = [f"{i}/{key}" for i in range(self.num_quantizers)]
+            per_layer = [stats[n].float() for n in names if n in stats]
+            if per_layer:
+                stats[key] = torch.stack(per_layer).mean()
         return out, torch.stack(all_indices, dim=-1), QuantizerAux(total, losses, stats)
 
     def indices_to_codes(self, indices: Tensor) -> Tensor:

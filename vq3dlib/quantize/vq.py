@@ -258,7 +258,14 @@ class VectorQuantizer(Quantizer):
     # -- codebook ---------------------------------------------------------------------------------
     @property
     def codebook(self) -> Tensor:
-        """``[K, code_dim]`` code vectors as used for the search (normalised if ``l2_normalize``)."""
+        """``[K, code_dim]`` code vectors as used for the search (normalised if ``l2_normalize``).
+
+        Example:
+            >>> import torch
+            >>> vq = VectorQuantizer(16, codebook_size=8, code_dim=4)
+            >>> vq.codebook.shape, torch.allclose(vq.codebook.norm(dim=1), torch.ones(8))
+            (torch.Size([8, 4]), True)
+        """
         return F.normalize(self.embed, dim=1) if self.l2_normalize else self.embed
 
     def codebook_usage(self) -> dict[str, Tensor]:
