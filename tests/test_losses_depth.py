@@ -351,3 +351,33 @@ def test_docs_example_runs():
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/losses.md", "exec"), {})
+
+
+# ----------------------------------------------------------------------------- map_disparity_range
+
+
+def test_map_disparity_range_is_per_image_robust_and_shift_scale_free():
+    from vq3dlib.losses import map_disparity_range
+
+    d = torch.stack([torch.linspace(0, 1, 100), torch.linspace(5, 50, 100)]).reshape(2, 1, 10, 10)
+    d.requires_grad_(True)
+    mapped = map_disparity_range(d, (2.0, 20.0))
+    assert mapped.shape == d.shape and not mapped.requires_grad
+    for img in mapped:
+        assert float(img.min()) == pytest.approx(1 / 20) and float(img.max()) == pytest.approx(1 / 2)
+    torch.testing.assert_close(mapped[0], mapped[1])  # per image; scale/shift invariant
+    assert (mapped[0].flatten().diff() >= 0).all()  # order preserved
+    spiked = d.detach().clone()
+    spiked[:, 0, 0, 0] = 1e4  # an outlier: clamped to 1/near, the bulk keeps its spread
+    middle = map_disparity_range(spiked, (2.0, 20.0))[:, 0, 5, 0]
+    assert ((middle > 0.2) & (middle < 0.35)).all(), middle
+    squashed = map_disparity_range(spiked, (2.0, 20.0), low=0.0)[:, 0, 5, 0]  # min/max: not robust
+    assert (squashed < 0.06).all(), squashed
+    assert torch.allclose(map_disparity_range(torch.ones(1, 4, 4), (1.0, 10.0)), torch.tensor(0.1))
+    assert map_disparity_range(torch.zeros(0, 4, 4), (1.0, 10.0)).shape == (0, 4, 4)
+    with pytest.raises(ValueError, match="depth_range"):
+        map_disparity_range(d, (5.0, 1.0))
+    with pytest.raises(ValueError, match="low"):
+        map_disparity_range(d, (1.0, 5.0), low=0.5)
+    with pytest.raises(ValueError, match="disparity contains NaN"):
+        map_disparity_range(torch.full((1, 4), float("nan")), (1.0, 5.0))

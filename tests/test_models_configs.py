@@ -26,6 +26,7 @@ SIZE_FIELDS = [
     "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight", "quantizer_weight",
     "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "quantizer", "l2_normalize_codes",
     "commitment_weight", "prior_width", "prior_depth", "prior_heads", "num_classes",
+    "super_resolution_hidden", "field_dir_frequencies", "field_out_features",
 ]
 
 
@@ -60,6 +61,19 @@ def test_tiny_is_small():
     assert cfg.encoder_depth <= 4 and cfg.encoder_width <= 128
 
 
+def test_tiny_classes_match_the_procedural_dataset():
+    from vq3dlib.data.procedural import CLASSES, ProceduralScenes
+
+    assert get_config("tiny").num_classes == len(CLASSES) == len(ProceduralScenes.classes)
+
+
+def test_size_fields_reach_the_blocks():
+    cfg = get_config("tiny", use_view_dirs=True, field_dir_frequencies=2, mlp_backend="torch")
+    field = TriplaneField.from_config(cfg)
+    assert field.dir_frequencies == 2
+    assert field.color_net[0].in_features == cfg.field_geo_features + 3 + 6 * 2
+
+
 def test_overrides_and_fresh_copies():
     a = get_config("tiny", encoder_depth=5)
     assert a.encoder_depth == 5
@@ -83,6 +97,12 @@ def test_overrides_and_fresh_copies():
         ({"near": 10.0, "far": 1.0}, "near"),
         ({"prior_class_dropout": 1.0}, "prior_class_dropout"),
         ({"fsq_levels": (1, 5)}, "fsq_levels"),
+        ({"contraction": "l2"}, "contraction='l2' is not supported"),
+        ({"contraction": "sphere"}, "contraction"),
+        ({"field_out_features": 4}, "super_resolution"),
+        ({"super_resolution_hidden": 0}, "super_resolution_hidden"),
+        ({"field_dir_frequencies": -1}, "field_dir_frequencies"),
+        ({"depth_target": "inverse"}, "depth_target"),
     ],
 )
 def test_invalid_combinations_name_the_field(changes, word):

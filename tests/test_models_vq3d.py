@@ -2,19 +2,24 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from vq3dlib import ProceduralScenes, VQ3DModel
 from vq3dlib.metrics import depth_pearson, psnr
 from vq3dlib.models import Scene, get_config
-from vq3dlib.models.vq3d import map_disparity_range
 
 MICRO = dict(image_size=16, patch_size=4, plane_resolution=16, render_resolution=8, samples_per_ray=32)
 
 
 def _micro(**kw) -> VQ3DModel:
     return VQ3DModel.from_config("tiny", **{**MICRO, **kw})
+
+
+def _fast(**kw) -> VQ3DModel:  # a coarser occupancy grid: most of a micro forward is building it
+    return _micro(**{"occupancy_resolution": 16, **kw})
 
 
 def test_depth_loss_starts_at_its_step():
@@ -86,10 +91,11 @@ def test_export_mesh_of_a_sphere_density():
     scene = model.reconstruct(torch.rand(1, 3, 16, 16))
     # replace the learned density by an analytic sphere to check the meshing path end to end
     model.density = lambda planes, points, index: 20.0 * (points.norm(dim=-1) < 0.5).float()
-    verts, faces = scene.export_mesh(resolution=24, threshold=10.0)
-    radius = verts.norm(dim=-1)
-    assert faces.shape[1] == 3 and verts.shape[1] == 3
-    assert float(radius.mean()) == pytest.approx(0.5, abs=0.06)
+    for threshold in (10.0, None):  # None: 50% opacity per cell, ln 2 / (2 / 23) = 8.0, inside [0, 20]
+        verts, faces = scene.export_mesh(resolution=24, threshold=threshold)
+        radius = verts.norm(dim=-1)
+        assert faces.shape[1] == 3 and verts.shape[1] == 3
+        assert float(radius.mean()) == pytest.approx(0.5, abs=0.06)
 
 
 def test_save_load_round_trip(tmp_path):
@@ -129,14 +135,6 @@ def test_bad_inputs():
         model.render(torch.zeros(1, 3, 16, 16, 16), "front")
     with pytest.raises(ValueError, match="depth_align must be one of"):
         get_config("tiny", depth_align="median")
-
-
-def test_map_disparity_range_is_per_image_and_robust():
-    d = torch.stack([torch.linspace(0, 1, 100), torch.linspace(5, 50, 100)]).reshape(2, 10, 10)
-    mapped = map_disparity_range(d, (2.0, 20.0))
-    for img in mapped:
-        assert float(img.min()) == pytest.approx(1 / 20) and float(img.max()) == pytest.approx(1 / 2)
-    torch.testing.assert_close(mapped[0], mapped[1])  # scale/shift invariant
 
 
 def _fit_one_scene(steps: int, use_depth: bool, seed: int = 0):
@@ -195,6 +193,262 @@ def test_stage2_samples_decode_to_renderable_scenes():
     scene = model.decode_indices(indices)
     views = scene.render(model.canonical_cameras(2))
     assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()
+
+
+# ----------------------------------------------------------------------------- perceptual term
+
+
+def test_perceptual_term_sees_inputs_in_lpips_range_and_is_differentiable():
+    import copy
+
+    model = _fast(perceptual_weight=0.5, perceptual_pretrained=False, novel_views=0, adversarial_weight=0.0)
+    images = torch.rand(2, 3, 16, 16)
+    out = model(images)
+    assert "perceptual" in out["losses"]
+    assert model.perceptual.normalize  # it gets [0, 1] images and maps them to LPIPS's [-1, 1]
+    ref = copy.deepcopy(model.perceptual)  # same (random) weights, in LPIPS's native [-1, 1] convention
+    ref.normalize = False
+    recon = out["reconstruction"].detach()
+    expected = 0.5 * ref(recon * 2 - 1, images * 2 - 1)
+    torch.testing.assert_close(out["losses"]["perceptual"].detach(), expected)
+    wrong_range = 0.5 * ref(recon, images)  # [0, 1] fed as if it were [-1, 1] (the old bug)
+    assert not torch.isclose(expected, wrong_range, rtol=1e-2)
+    out["losses"]["perceptual"].backward()
+    grads = [p.grad for p in model.decoder.parameters()]
+    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
+    assert all(p.grad is None for p in model.perceptual.parameters())  # frozen
+
+
+# ----------------------------------------------------------------------------- code indices
+
+
+@pytest.mark.parametrize("quantizer", ["vq", "fsq", "lfq", "residual"])
+def test_prior_samples_and_codes_decode_for_every_quantizer(quantizer):
+    from vq3dlib.models import CodePrior
+
+    model = _fast(quantizer=quantizer, code_dim=6, fsq_levels=(5, 4, 3), residual_depth=2).eval()
+    cfg = model.config
+    g, depth = cfg.grid_size, (cfg.residual_depth,) if quantizer == "residual" else ()
+    # stage 1 codes, flattened as stage 2 sees them, decode to the same scene as reconstruct()
+    images = torch.rand(2, 3, 16, 16)
+    scene = model.reconstruct(images)
+    assert scene.indices.shape == (2, g, g, *depth)
+    flat = scene.indices.reshape(2, -1)
+    assert flat.shape == (2, cfg.prior_seq_len)
+    for layout in (flat, scene.indices.reshape(2, cfg.num_tokens, *depth), scene.indices):
+        decoded = model.decode_indices(layout)
+        torch.testing.assert_close(decoded.planes, scene.planes, rtol=1e-4, atol=1e-5)
+        assert torch.equal(decoded.indices, scene.indices)
+    # prior samples -> scenes -> renders
+    prior = CodePrior.from_config(cfg).eval()
+    codes = prior.sample(2, labels=torch.tensor([0, 1]), top_k=8, generator=torch.Generator().manual_seed(0))
+    assert codes.shape == (2, cfg.prior_seq_len)
+    sampled = model.decode_indices(codes)
+    assert isinstance(sampled, Scene) and sampled.indices.shape == (2, g, g, *depth)
+    views = sampled.render(model.canonical_cameras(2))
+    assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()
+    with pytest.raises(ValueError, match="indices must have shape"):
+        model.decode_indices(torch.zeros(2, cfg.prior_seq_len + 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="indices must be in"):
+        model.decode_indices(torch.full_like(codes, cfg.vocab_size))
+
+
+# ----------------------------------------------------------------------------- contraction
+
+
+def test_contraction_none_trains_and_l2_is_rejected():
+    model = _fast(contraction="none", novel_views=0, adversarial_weight=0.0)
+    assert model.renderer.spacing == "t"
+    assert model.occupancy(torch.zeros(1, 3, 16, 16, 16)).contraction == "none"
+    out = model(torch.rand(2, 3, 16, 16), depth=torch.rand(2, 1, 16, 16))
+    assert out["reconstruction"].shape == (2, 3, 16, 16) and torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert any(float(p.grad.abs().sum()) > 0 for p in model.encoder.parameters() if p.grad is not None)
+    with pytest.raises(ValueError, match="contraction='l2' is not supported"):
+        _fast(contraction="l2")
+
+
+# ----------------------------------------------------------------------------- rendered features + SR
+
+
+def test_field_features_are_rendered_and_feed_the_super_resolution_head():
+    model = _fast(
+        field_out_features=4, super_resolution=True, super_resolution_hidden=8, novel_views=0,
+        adversarial_weight=0.0,
+    )  # fmt: skip
+    first = model.super_resolution.net[0]
+    assert (first.in_channels, first.out_channels) == (3 + 4, 8)  # [rgb, features] -> hidden width
+    with torch.no_grad():  # the refiner's output conv starts at zero (no gradient to its inputs): wake it
+        model.super_resolution.net[-1].weight.normal_(0, 0.1)
+    images = torch.rand(2, 3, 16, 16)
+    out = model(images)
+    assert out["features"].shape == (2, 4, 8, 8) and out["features"].dtype == torch.float32
+    assert out["render"].shape == (2, 3, 8, 8) and out["reconstruction"].shape == (2, 3, 16, 16)
+    out["losses"]["l2"].backward()
+    head = model.field.density_net[-1].weight.grad  # rows: density, rgb (3), features (4)
+    assert float(head[4:].abs().sum()) > 0  # the loss reaches the field's feature outputs
+    # the features change the reconstruction: zero them and the SR output changes
+    with torch.no_grad():
+        sr = model.super_resolution
+        assert not torch.allclose(sr(out["render"], out["features"]), sr(out["render"], out["features"] * 0))
+    # a background colours rgb only
+    scene = model.eval().reconstruct(images)
+    plain, white = scene.render(model.canonical_cameras(2)), scene.render(model.canonical_cameras(2), 1.0)
+    torch.testing.assert_close(white["features"], plain["features"])
+    torch.testing.assert_close(white["rgb"], plain["rgb"] + (1 - plain["opacity"]))
+    with pytest.raises(ValueError, match="super_resolution"):
+        _fast(field_out_features=4)
+
+
+# ----------------------------------------------------------------------------- paper-scale config
+
+
+def _check_full_forward(model, size: int, render: int) -> None:
+    images = torch.rand(1, 3, size, size)
+    out = model(images, depth=torch.rand(1, 1, size, size), step=10**6)
+    assert out["reconstruction"].shape == (1, 3, size, size) and out["reconstruction"].dtype == torch.float32
+    assert out["render"].shape == (1, 3, render, render)
+    for key in ("depth", "disparity", "opacity"):
+        assert out[key].shape == (1, 1, render, render) and out[key].dtype == torch.float32
+    g = size // 8
+    assert out["indices"].shape == (1, g, g) and out["indices"].dtype == torch.long
+    assert out["novel_rgb"].shape == (1, 3, render, render)
+    assert set(out["losses"]) == {"l2", "quantizer", "depth", "adversarial", "adversarial_novel"}
+    out["loss"].backward()
+    for part in (model.encoder, model.decoder, model.super_resolution):
+        assert all(p.grad is not None for p in part.parameters() if p.requires_grad)
+
+
+REDUCED_256 = dict(
+    encoder_depth=1, decoder_depth=1, render_resolution=16, samples_per_ray=16, occupancy_resolution=16,
+    perceptual_weight=0.0,
+)  # fmt: skip
+
+
+def test_imagenet256_widths_forward_backward_at_reduced_size():
+    # paper widths (768, 12 heads, codebook 8192 x 32, conv refine, SR) with 1 block and 64 px
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        model = VQ3DModel.from_config("imagenet256", image_size=64, plane_resolution=64, **REDUCED_256)
+        cfg = model.config
+        assert (cfg.encoder_width, cfg.codebook_size, cfg.code_dim) == (768, 8192, 32)
+        _check_full_forward(model, 64, 16)
+    finally:
+        torch.set_num_threads(n)
+
+
+@pytest.mark.slow
+def test_imagenet256_forward_backward_at_256px():
+    _check_full_forward(VQ3DModel.from_config("imagenet256", **REDUCED_256), 256, 16)
+
+
+# ----------------------------------------------------------------------------- depth target
+
+
+def test_depth_target_depth_gives_the_same_loss_as_its_disparity():
+    model = _fast(novel_views=0, adversarial_weight=0.0).eval()  # eval: no ray jitter, no EMA codebook update
+    images, disparity = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16) + 0.1
+    for align in ("lsq", "range"):
+        model.config.depth_align = align
+        model.config.depth_target = "disparity"
+        a = model(images, depth=disparity)["losses"]["depth"]
+        model.config.depth_target = "depth"
+        b = model(images, depth=1 / disparity)["losses"]["depth"]
+        assert a > 0
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    with_holes = (1 / disparity).masked_fill(disparity > 0.9, 0.0)  # depth 0: no measurement
+    assert torch.isfinite(model(images, depth=with_holes)["loss"])
+    assert _fast(depth_target="depth").config.depth_target == "depth"
+    with pytest.raises(ValueError, match="depth_target"):
+        _fast(depth_target="inverse")
+
+
+# ----------------------------------------------------------------------------- MLP backend persistence
+
+
+def _rewrite(src, dst, rename=None, **meta):
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    with safe_open(str(src), framework="pt") as f:
+        metadata = {**f.metadata(), **meta}
+    state = load_file(str(src))
+    if rename:
+        state = {rename(k): v for k, v in state.items()}
+    save_file(state, str(dst), metadata={k: v for k, v in metadata.items() if v is not None})
+
+
+def test_save_records_the_mlp_backend_and_load_rejects_a_mismatch(tmp_path, monkeypatch):
+    from safetensors import safe_open
+
+    from vq3dlib.models import field as field_module
+
+    model = _fast(mlp_backend="auto").eval()  # resolves to torch here (no tinycudann on CPU)
+    assert model.field.mlp_backend == "torch"
+    path = tmp_path / "m.safetensors"
+    model.save(path)
+    with safe_open(str(path), framework="pt") as f:
+        assert f.metadata()["vq3d_mlp_backend"] == "torch"
+    loaded = VQ3DModel.load(path)
+    assert loaded.field.mlp_backend == "torch" and loaded.config == model.config
+    # a file whose field was written by tiny-cuda-nn (faked: its metadata and weight names)
+    monkeypatch.setattr(field_module, "_tcnn_module", lambda: None)
+    tcnn_names = lambda k: k.replace("density_net.0.weight", "density_net.net.params")  # noqa: E731
+    fake = tmp_path / "tcnn.safetensors"
+    _rewrite(path, fake, tcnn_names, vq3d_mlp_backend="tcnn")
+    with pytest.raises(RuntimeError, match="mlp_backend='tcnn'"):
+        VQ3DModel.load(fake)
+    old = tmp_path / "old.safetensors"  # no backend metadata: inferred from the weight names
+    _rewrite(path, old, tcnn_names, vq3d_mlp_backend=None)
+    with pytest.raises(RuntimeError, match="mlp_backend='tcnn'"):
+        VQ3DModel.load(old)
+    lying = tmp_path / "lying.safetensors"  # metadata says torch, weights say otherwise
+    _rewrite(path, lying, tcnn_names)
+    with pytest.raises(RuntimeError, match="mlp_backend='torch'"):
+        VQ3DModel.load(lying)
+
+
+# ----------------------------------------------------------------------------- meshes and counts
+
+
+def test_mesh_threshold_levels():
+    from vq3dlib.models.vq3d import mesh_threshold
+
+    volume = torch.zeros(8, 8, 8)
+    volume[2:6, 2:6, 2:6] = 100.0
+    assert mesh_threshold(volume, 0.1) == pytest.approx(math.log(2) / 0.1)  # 50% opacity over one cell
+    with pytest.warns(UserWarning, match="outside the sampled density range"):
+        assert mesh_threshold(volume, 1e-4) == pytest.approx(50.0)  # middle of [0, 100]
+    with pytest.raises(ValueError, match="constant"):
+        mesh_threshold(torch.ones(4, 4, 4), 0.1)
+
+
+def test_export_mesh_automatic_threshold_on_the_model_density():
+    pytest.importorskip("skimage")
+    import warnings
+
+    from vq3dlib.models.vq3d import mesh_threshold
+
+    model = _fast().eval()
+    scene = model.reconstruct(torch.rand(1, 3, 16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        verts, faces = scene.export_mesh(resolution=16)
+        volume = scene.density_volume(16)
+        level = mesh_threshold(volume, 2.0 / 15)
+    assert verts.shape[0] > 0 and faces.shape[0] > 0 and int(faces.max()) < verts.shape[0]
+    assert float(verts.abs().max()) <= model.config.scene_bound + 1e-5
+    # the vertices lie on the chosen level set of the real density (up to trilinear interpolation)
+    err = (scene.density(verts) - level).abs().median()
+    assert float(err) < 0.25 * float(volume.max() - volume.min())
+
+
+def test_param_counts_prints_a_table():
+    lines: list[str] = []
+    counts = _fast().param_counts(print_fn=lines.append)
+    assert len(lines) == len(counts) + 1 and lines[-1].startswith("total")
+    assert f"{sum(counts.values()):,d}" in lines[-1]
 
 
 def test_novel_views_rendered_only_when_used_and_grid_shared(monkeypatch):

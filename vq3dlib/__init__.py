@@ -47,6 +47,7 @@ _EXPORTS: dict[str, str] = {
     "align_scale_shift": "vq3dlib.losses",
     "aligned_depth_loss": "vq3dlib.losses",
     "pointwise_depth_loss": "vq3dlib.losses",
+    "map_disparity_range": "vq3dlib.losses",
     "distortion_loss": "vq3dlib.losses",
     "LPIPS": "vq3dlib.losses",
     "StyleGANDiscriminator": "vq3dlib.losses",

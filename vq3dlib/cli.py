@@ -541,13 +541,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
         cfg_scale=args.cfg_scale,
         generator=gen,
     )
-    g = model.config.grid_size
-    indices = (
-        codes.reshape(args.n, g, g, -1).squeeze(-1)
-        if model.config.quantizer != "residual"
-        else codes.reshape(args.n, g, g, -1)
-    )
-    scene = model.decode_indices(indices)
+    scene = model.decode_indices(codes)  # the prior's flat [n, prior_seq_len] codes -> grid layout
+    indices = scene.indices
     frames = [render_turntable(scene, args.frames, args.elevation, index=b)["rgb"] for b in range(args.n)]
     for b, fr in enumerate(frames):
         write_gif(fr, out / f"sample{b:02d}_turntable.gif", size=args.size)
@@ -803,7 +798,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--index", type=int, default=0, help="which scene of the file (default: 0)")
     p.add_argument("--out", default="mesh.ply", help="output PLY file (default: mesh.ply)")
     p.add_argument("--resolution", type=int, default=96, help="marching-cubes grid (default: 96)")
-    p.add_argument("--threshold", type=float, default=10.0, help="density level (default: 10)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="density level (default: automatic, the density at which one grid cell is 50%% opaque, or "
+        "the middle of the density range when that is outside it)",
+    )
     _add_common(p)
     p.set_defaults(func=cmd_export_mesh)
     return parser

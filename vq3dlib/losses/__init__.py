@@ -20,7 +20,13 @@ from vq3dlib.losses.adversarial import (
     nonsaturating_g_loss,
     r1_penalty,
 )
-from vq3dlib.losses.depth import Alignment, align_scale_shift, aligned_depth_loss, pointwise_depth_loss
+from vq3dlib.losses.depth import (
+    Alignment,
+    align_scale_shift,
+    aligned_depth_loss,
+    map_disparity_range,
+    pointwise_depth_loss,
+)
 from vq3dlib.losses.distortion import distortion_loss, distortion_loss_reference
 from vq3dlib.losses.perceptual import LPIPS, PerceptualLoss
 
@@ -40,6 +46,7 @@ __all__ = [
     "generator_loss",
     "hinge_d_loss",
     "hinge_g_loss",
+    "map_disparity_range",
     "nonsaturating_d_loss",
     "nonsaturating_g_loss",
     "pointwise_depth_loss",

@@ -5,6 +5,8 @@
 * :func:`aligned_depth_loss` — loss between a rendered depth map and the aligned pseudo-GT.
 * :func:`pointwise_depth_loss` — the VQ3D loss on the rendering weights of every sample along a ray,
   on packed (nerfacc layout) or dense ``[..., N]`` samples.
+* :func:`map_disparity_range` — maps a relative disparity robustly onto a metric range (an alignment
+  of the target that does not depend on the current rendering).
 
 Example:
     >>> import torch
@@ -391,3 +393,46 @@ def pointwise_depth_loss(
         per_sample = weights * _rho(disp - flat[ray_indices], rho, huber_delta)
         per_ray = segment_sum(per_sample, ray_indices, target.numel()).reshape(target.shape)
     return _masked_reduce(per_ray, mask, reduction)
+
+
+def map_disparity_range(
+    disparity: torch.Tensor, depth_range: tuple[float, float], low: float = 0.02
+) -> torch.Tensor:
+    """Maps each image's disparity robustly onto ``[1/far, 1/near]`` (no gradient).
+
+    The ``low`` and ``1 - low`` quantiles of every image go to ``1/far`` and ``1/near`` (values
+    beyond them are clamped): a relative (scale/shift-free) pseudo disparity becomes a plausible
+    metric one for a camera whose scene spans ``depth_range``, without depending on the current
+    rendering (least-squares alignment to a flat rendering, as in :func:`pointwise_depth_loss` with
+    ``align=True``, collapses the target to a constant early in training). Use the result with
+    ``align=False``. A constant image maps to ``1/far``.
+
+    Args:
+        disparity: ``[B, ...]`` relative disparity, one image per row of the first dimension.
+        depth_range: ``(near, far)`` with ``0 < near < far``.
+        low: quantile in ``[0, 0.5)`` mapped to ``1/far`` (``1 - low`` to ``1/near``).
+
+    Returns:
+        ``[B, ...]`` disparity in ``[1/far, 1/near]``, detached.
+
+    Example:
+        >>> import torch
+        >>> d = map_disparity_range(torch.linspace(0, 1, 101).reshape(1, 1, 101), (1.0, 10.0), low=0.0)
+        >>> round(float(d.min()), 3), round(float(d.max()), 3)
+        (0.1, 1.0)
+    """
+    check_tensor("disparity", disparity, ndim=tuple(range(1, 9)), floating=True, finite=True)
+    if len(depth_range) != 2 or not 0 < depth_range[0] < depth_range[1]:
+        raise ValueError(f"depth_range must be (near, far) with 0 < near < far, got {tuple(depth_range)}")
+    if not 0.0 <= low < 0.5:
+        raise ValueError(f"low must be in [0, 0.5), got {low}")
+    disparity = disparity.detach()
+    if disparity.numel() == 0:
+        return disparity.clone()
+    flat = disparity.reshape(disparity.shape[0], -1)
+    lo = torch.quantile(flat, low, dim=1)
+    hi = torch.quantile(flat, 1 - low, dim=1)
+    shape = (-1,) + (1,) * (disparity.dim() - 1)
+    unit = ((disparity - lo.reshape(shape)) / (hi - lo).clamp_min(1e-8).reshape(shape)).clamp(0, 1)
+    near, far = depth_range
+    return 1 / far + unit * (1 / near - 1 / far)

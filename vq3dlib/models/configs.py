@@ -30,7 +30,10 @@ CODEBOOK_UPDATES = ("ema", "loss")
 DENSITY_ACTIVATIONS = ("trunc_exp", "softplus")
 MLP_BACKENDS = ("auto", "torch", "tcnn")
 TRIPLANE_REDUCTIONS = ("sum", "mean", "concat")
-CONTRACTIONS = ("l2", "linf")
+#: scene contractions the model's occupancy grid and ray marcher support (``vq3dlib.render``); the
+#: triplane alone also knows ``"l2"``, which the renderer cannot march, so the model rejects it
+CONTRACTIONS = ("linf", "none")
+DEPTH_TARGETS = ("disparity", "depth")
 
 
 @dataclass
@@ -86,13 +89,14 @@ class VQ3DConfig:
     decoder_conv_refine: bool = False
 
     # triplane sampling + density/colour MLP head
-    contraction: str = "linf"
+    contraction: str = "linf"  # "linf" (MERF, unbounded scenes) or "none" (a box of half-size scene_bound)
     triplane_reduce: str = "mean"
     field_hidden_dim: int = 64
     field_hidden_layers: int = 1
     field_geo_features: int = 15
-    field_out_features: int = 0
+    field_out_features: int = 0  # extra rendered features for the super-resolution head (needs it on)
     use_view_dirs: bool = False
+    field_dir_frequencies: int = 4  # frequencies of the view-direction encoding (use_view_dirs)
     density_activation: str = "trunc_exp"
     density_bias: float = -1.0
     mlp_backend: str = "auto"
@@ -107,7 +111,8 @@ class VQ3DConfig:
     occupancy_threshold: float = 0.01
     fov_degrees: float = 40.0
     camera_distance: float = 1.0
-    super_resolution: bool = False
+    super_resolution: bool = False  # 2D refiner: render -> image_size (sees [rgb, rendered features])
+    super_resolution_hidden: int = 64  # width of the refiner's conv stack
 
     # novel views (perturbations of the canonical camera, for the novel-view discriminator)
     novel_views: int = 1
@@ -121,6 +126,7 @@ class VQ3DConfig:
     # loss weights (perceptual needs LPIPS weights from a local file: perceptual_weights or
     # $VQ3DLIB_LPIPS_WEIGHTS; adversarial terms start at adversarial_start_step)
     perceptual_weights: str | None = None
+    perceptual_pretrained: bool = True  # False: random LPIPS weights (tests and smoke runs only)
     adversarial_loss: str = "hinge"
     disc_channels: int = 64
     disc_max_channels: int = 512
@@ -139,6 +145,9 @@ class VQ3DConfig:
     #   "none"  the disparity is already metric in the renderer's frame
     depth_align: str = "lsq"
     depth_range: tuple[float, float] = (1.0, 20.0)
+    # what forward(images, depth=...) receives: "disparity" (e.g. a monocular estimate, any scale and
+    # shift) or "depth" (converted to disparity 1/depth first; depth <= 0 means no measurement -> 0)
+    depth_target: str = "disparity"
     distortion_weight: float = 0.0
     quantizer_weight: float = 1.0
 
@@ -168,14 +177,16 @@ class VQ3DConfig:
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
             "distortion_weight", "quantizer_weight", "commitment_weight", "drop_path", "prior_dropout",
             "adversarial_start_step", "depth_start_step", "r1_weight",
-            "prior_class_dropout",
+            "prior_class_dropout", "field_dir_frequencies",
         ):
             check_positive(name, getattr(self, name), allow_zero=True)
         check_positive("scene_bound", self.scene_bound)
         check_positive("disc_channels", self.disc_channels)
         check_positive("disc_max_channels", self.disc_max_channels)
+        check_positive("super_resolution_hidden", self.super_resolution_hidden)
         check_choice("adversarial_loss", self.adversarial_loss, ("hinge", "nonsaturating"))
         check_choice("depth_align", self.depth_align, ("lsq", "range", "none"))
+        check_choice("depth_target", self.depth_target, DEPTH_TARGETS)
         self.depth_range = tuple(float(v) for v in self.depth_range)
         if len(self.depth_range) != 2 or not 0 < self.depth_range[0] < self.depth_range[1]:
             raise ValueError(f"depth_range must be (near, far) with 0 < near < far, got {self.depth_range}")
@@ -184,7 +195,17 @@ class VQ3DConfig:
         check_choice("density_activation", self.density_activation, DENSITY_ACTIVATIONS)
         check_choice("mlp_backend", self.mlp_backend, MLP_BACKENDS)
         check_choice("triplane_reduce", self.triplane_reduce, TRIPLANE_REDUCTIONS)
+        if self.contraction == "l2":
+            raise ValueError(
+                "contraction='l2' is not supported by the model: its occupancy grid and ray marcher "
+                "(vq3dlib.render) march 'linf' (MERF) or 'none' contracted space only; use contraction='linf'"
+            )
         check_choice("contraction", self.contraction, CONTRACTIONS)
+        if self.field_out_features and not self.super_resolution:
+            raise ValueError(
+                f"field_out_features={self.field_out_features} needs super_resolution=True: the rendered "
+                "features only feed the super-resolution head"
+            )
         if self.image_size % self.patch_size:
             raise ValueError(f"patch_size ({self.patch_size}) must divide image_size ({self.image_size})")
         if self.plane_resolution % self.grid_size:
@@ -281,11 +302,14 @@ class VQ3DConfig:
 
 
 def _tiny() -> VQ3DConfig:
-    # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes. Cameras match the procedural dataset
-    # (distance 2.7, 40 degrees); no perceptual loss (its weights are a local file, not shipped);
-    # adversarial terms only after the reconstruction has formed.
+    # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes. Cameras and class count match the
+    # procedural dataset (distance 2.7, 40 degrees, its CLASSES); no perceptual loss (its weights are
+    # a local file, not shipped); adversarial terms only after the reconstruction has formed.
+    from vq3dlib.data.procedural import CLASSES
+
     return VQ3DConfig(
         name="tiny",
+        num_classes=len(CLASSES),
         camera_distance=2.7,
         perceptual_weight=0.0,
         adversarial_start_step=400,

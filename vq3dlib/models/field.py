@@ -285,6 +285,7 @@ class TriplaneField(nn.Module):
             cfg.field_hidden_layers,
             use_view_dirs=cfg.use_view_dirs,
             geo_features=cfg.field_geo_features,
+            dir_frequencies=cfg.field_dir_frequencies,
             out_features=cfg.field_out_features,
             density_activation=cfg.density_activation,
             density_bias=cfg.density_bias,

@@ -123,6 +123,10 @@ class CausalSelfAttention(nn.Module):
 class PriorBlock(nn.Module):
     """Pre-norm transformer block: causal attention + MLP, each residual.
 
+    Hand-written rather than timm's ``Block`` (which the ViT encoder/decoder use) because timm's
+    attention has no KV cache: this block threads a :class:`KVCache` through
+    :class:`CausalSelfAttention` so that sampling costs one token's work per step. The MLP is timm's.
+
     Example:
         >>> block = PriorBlock(16, heads=2)
         >>> block(torch.zeros(2, 3, 16)).shape
@@ -278,7 +282,7 @@ class CodePrior(nn.Module):
             >>> from vq3dlib.models.configs import get_config
             >>> p = CodePrior.from_config(get_config("tiny"))
             >>> p.vocab_size, p.seq_len, p.num_classes
-            (512, 64, 10)
+            (512, 64, 6)
         """
         return cls(
             cfg.vocab_size,

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Iterator
+import math
+import warnings
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_tensor, inner_checks_off
+from vq3dlib._validation import check_tensor, has_values, inner_checks_off
 from vq3dlib.cameras import Cameras, NovelViewSampler, canonical_cameras
 from vq3dlib.losses import (
     LPIPS,
@@ -39,12 +41,13 @@ from vq3dlib.losses import (
     discriminator_loss,
     distortion_loss,
     generator_loss,
+    map_disparity_range,
     pointwise_depth_loss,
     r1_penalty,
 )
 from vq3dlib.models.configs import VQ3DConfig, get_config
 from vq3dlib.models.decoder import TriplaneDecoder
-from vq3dlib.models.field import TriplaneField
+from vq3dlib.models.field import TriplaneField, resolve_mlp_backend
 from vq3dlib.models.vit import ViTEncoder
 from vq3dlib.quantize import FSQ, LFQ, ResidualVQ, VectorQuantizer
 from vq3dlib.render import OccupancyGrid, Renderer
@@ -85,43 +88,35 @@ def build_quantizer(cfg: VQ3DConfig, dim: int) -> nn.Module:
     )
 
 
-def map_disparity_range(disparity: Tensor, depth_range: tuple[float, float], low: float = 0.02) -> Tensor:
-    """Maps each image's disparity robustly onto ``[1/far, 1/near]`` (no gradient).
-
-    The ``low`` and ``1 - low`` quantiles of every image go to ``1/far`` and ``1/near``: a relative
-    (scale/shift-free) pseudo disparity becomes a plausible metric one for the canonical camera,
-    without depending on the current rendering (least-squares alignment to a flat rendering
-    collapses the target to a constant early in training).
-
-    Example:
-        >>> import torch
-        >>> d = map_disparity_range(torch.linspace(0, 1, 101).reshape(1, 1, 101), (1.0, 10.0), low=0.0)
-        >>> round(float(d.min()), 3), round(float(d.max()), 3)
-        (0.1, 1.0)
-    """
-    flat = disparity.detach().reshape(disparity.shape[0], -1)
-    lo = torch.quantile(flat, low, dim=1)
-    hi = torch.quantile(flat, 1 - low, dim=1)
-    shape = (-1,) + (1,) * (disparity.dim() - 1)
-    unit = ((disparity.detach() - lo.reshape(shape)) / (hi - lo).clamp_min(1e-8).reshape(shape)).clamp(0, 1)
-    near, far = depth_range
-    return 1 / far + unit * (1 / near - 1 / far)
-
-
 class SuperResolution(nn.Module):
     """Optional 2D refiner: bilinear upsampling of the low-resolution render + a residual conv stack.
+
+    The conv stack sees the upsampled rgb and, when ``features > 0``, the upsampled rendered field
+    features (``[rgb, features]``, the field's extra outputs composited like colour); it predicts a
+    residual on the upsampled rgb (zero at initialisation).
+
+    Args:
+        out_size: output side ``H = W``.
+        hidden: width of the conv stack.
+        features: channels ``E`` of the extra rendered features (0: rgb only).
+
+    Shapes:
+        ``forward(rgb [B, 3, h, w], features [B, E, h, w] | None) -> [B, 3, out_size, out_size]``.
 
     Example:
         >>> import torch
         >>> SuperResolution(32, hidden=16)(torch.rand(1, 3, 8, 8)).shape
         torch.Size([1, 3, 32, 32])
+        >>> SuperResolution(32, hidden=16, features=4)(torch.rand(1, 3, 8, 8), torch.rand(1, 4, 8, 8)).shape
+        torch.Size([1, 3, 32, 32])
     """
 
-    def __init__(self, out_size: int, hidden: int = 64) -> None:
+    def __init__(self, out_size: int, hidden: int = 64, features: int = 0) -> None:
         super().__init__()
         self.out_size = out_size
+        self.features = features
         self.net = nn.Sequential(
-            nn.Conv2d(3, hidden, 3, padding=1),
+            nn.Conv2d(3 + features, hidden, 3, padding=1),
             nn.SiLU(),
             nn.Conv2d(hidden, hidden, 3, padding=1),
             nn.SiLU(),
@@ -130,9 +125,53 @@ class SuperResolution(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, rgb: Tensor) -> Tensor:
-        up = F.interpolate(rgb, size=(self.out_size, self.out_size), mode="bilinear", align_corners=False)
-        return up + self.net(up)
+    def forward(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
+        check_tensor("rgb", rgb, shape=(None, 3, None, None), floating=True)
+        if self.features:
+            shape = (rgb.shape[0], self.features, *rgb.shape[2:])
+            check_tensor("features", features, shape=shape, floating=True)
+        elif features is not None:
+            raise ValueError("features given, but this SuperResolution was built with features=0")
+        size = (self.out_size, self.out_size)
+        up = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        x = up
+        if features is not None:
+            x = torch.cat([up, F.interpolate(features, size=size, mode="bilinear", align_corners=False)], 1)
+        return up + self.net(x)
+
+
+def mesh_threshold(volume: Tensor, cell_size: float) -> float:
+    """Automatic density level for marching cubes of a sampled density ``volume [R, R, R]``.
+
+    The level is the density at which one grid cell of side ``cell_size`` is 50% opaque,
+    ``ln 2 / cell_size`` (volume rendering's alpha ``1 - exp(-sigma * delta)``): a surface that a ray
+    crossing one cell would see. When that level lies outside the sampled density range (an
+    untrained or very soft field), it falls back to the middle of the range with a warning; a
+    constant volume has no level set and raises ``ValueError``.
+
+    Example:
+        >>> import torch
+        >>> volume = torch.zeros(8, 8, 8); volume[2:6, 2:6, 2:6] = 100.0
+        >>> round(mesh_threshold(volume, cell_size=0.1), 3)  # ln 2 / 0.1
+        6.931
+    """
+    check_tensor("volume", volume, ndim=3, floating=True, finite=True)
+    if cell_size <= 0:
+        raise ValueError(f"cell_size must be > 0, got {cell_size}")
+    lo, hi = float(volume.min()), float(volume.max())
+    if not lo < hi:
+        raise ValueError(f"the density is constant ({lo:.3g}) in the sampled volume: there is no surface")
+    level = math.log(2.0) / cell_size
+    if lo < level < hi:
+        return level
+    fallback = 0.5 * (lo + hi)
+    warnings.warn(
+        f"the automatic mesh threshold {level:.3g} (50% opacity per grid cell) is outside the sampled "
+        f"density range [{lo:.3g}, {hi:.3g}]; using the middle of the range, {fallback:.3g} (pass "
+        "threshold= to choose the level)",
+        stacklevel=3,
+    )
+    return fallback
 
 
 @contextlib.contextmanager
@@ -155,7 +194,8 @@ class Scene:
 
     Attributes:
         planes: ``[B, 3, C, R, R]`` contracted triplanes.
-        indices: code indices the scenes were decoded from.
+        indices: code indices the scenes were decoded from, on the token grid: ``[B, g, g]``
+            (``[B, g, g, depth]`` for the residual quantizer), ``g = config.grid_size``.
 
     Example:
         >>> import torch
@@ -177,7 +217,8 @@ class Scene:
     def render(self, cameras: Cameras, background: float | None = None) -> dict[str, Tensor]:
         """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each).
 
-        Returns ``rgb [N, 3, H, W]``, ``depth [N, 1, H, W]`` (z-depth), ``disparity``, ``opacity``.
+        Returns ``rgb [N, 3, H, W]``, ``depth [N, 1, H, W]`` (z-depth), ``disparity``, ``opacity``
+        (and ``features [N, E, H, W]`` when the field has ``field_out_features = E > 0``).
         """
         return self.model.render(self.planes, cameras, background=background).images
 
@@ -188,13 +229,49 @@ class Scene:
         index = torch.full((points.shape[0],), scene, dtype=torch.long, device=points.device)
         return self.model.density(self.planes, points, index)
 
+    @torch.no_grad()
+    def density_volume(self, resolution: int = 128, scene: int = 0, extent: float | None = None) -> Tensor:
+        """Density ``[R, R, R]`` (indexed x, y, z) on a regular grid over ``[-extent, extent]^3``.
+
+        ``extent`` defaults to ``config.scene_bound``; grid points are ``linspace(-extent, extent, R)``.
+
+        Example:
+            >>> import torch
+            >>> model = VQ3DModel.from_config("tiny")
+            >>> model.reconstruct(torch.rand(1, 3, 32, 32)).density_volume(4).shape
+            torch.Size([4, 4, 4])
+        """
+        if resolution < 2:
+            raise ValueError(f"resolution must be >= 2, got {resolution}")
+        if not 0 <= scene < len(self):
+            raise ValueError(f"scene must be in [0, {len(self)}), got {scene}")
+        extent = self.model.config.scene_bound if extent is None else extent
+        if extent <= 0:
+            raise ValueError(f"extent must be > 0, got {extent}")
+        axis = torch.linspace(-extent, extent, resolution, device=self.planes.device)
+        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
+        sigma = torch.cat([self.density(chunk, scene) for chunk in grid.split(1 << 18)])
+        return sigma.reshape(resolution, resolution, resolution).float()
+
     def export_mesh(
-        self, resolution: int = 128, threshold: float = 10.0, scene: int = 0, extent: float | None = None
+        self,
+        resolution: int = 128,
+        threshold: float | None = None,
+        scene: int = 0,
+        extent: float | None = None,
     ) -> tuple[Tensor, Tensor]:
         """Marching-cubes mesh of the density level set ``threshold`` inside ``[-extent, extent]^3``.
 
-        Needs scikit-image (``pip install vq3dlib[mesh]``). Returns ``(vertices [V, 3], faces [F, 3])``;
-        write them with trimesh (``trimesh.Trimesh(v, f).export("scene.ply")``).
+        Args:
+            resolution: grid points per axis.
+            threshold: density level; ``None`` picks it automatically (:func:`mesh_threshold`: the
+                density at which one grid cell is 50% opaque, or the middle of the sampled density
+                range with a warning when that level is outside it).
+            scene: which scene of the batch.
+            extent: half-size of the meshed cube (default ``config.scene_bound``).
+
+        Needs scikit-image (``pip install vq3dlib[mesh]``). Returns ``(vertices [V, 3], faces [F, 3])``
+        in world units; write them with trimesh (``trimesh.Trimesh(v, f).export("scene.ply")``).
         """
         try:
             from skimage.measure import marching_cubes
@@ -203,17 +280,34 @@ class Scene:
                 "Scene.export_mesh needs scikit-image: pip install scikit-image (or vq3dlib[mesh])"
             ) from exc
         extent = self.model.config.scene_bound if extent is None else extent
-        axis = torch.linspace(-extent, extent, resolution, device=self.planes.device)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-        sigma = torch.cat([self.density(chunk, scene) for chunk in grid.split(1 << 18)])
-        volume = sigma.reshape(resolution, resolution, resolution).float().cpu().numpy()
+        sigma = self.density_volume(resolution, scene, extent)
+        cell = 2 * extent / (resolution - 1)
+        if threshold is None:
+            threshold = mesh_threshold(sigma, cell)
+        volume = sigma.cpu().numpy()
         if not (volume.min() <= threshold <= volume.max()):
             raise ValueError(
                 f"threshold {threshold} is outside the density range [{volume.min():.3g}, {volume.max():.3g}]"
             )
         verts, faces, _, _ = marching_cubes(volume, level=threshold)
-        verts = torch.from_numpy(verts.copy()).float() * (2 * extent / (resolution - 1)) - extent
+        verts = torch.from_numpy(verts.copy()).float() * cell - extent
         return verts, torch.from_numpy(faces.copy()).long()
+
+
+def _field_backend_of(keys: list[str]) -> str | None:
+    """The MLP backend a state dict's field weights were written by (``None``: no field weights)."""
+    field = [k for k in keys if k.startswith("field.")]
+    if not field:
+        return None
+    return "tcnn" if any(k.endswith(".params") for k in field) else "torch"
+
+
+def _tcnn_usable() -> bool:
+    try:
+        resolve_mlp_backend("tcnn")
+    except RuntimeError:
+        return False
+    return True
 
 
 @dataclass
@@ -234,6 +328,16 @@ class VQ3DModel(nn.Module):
     steps before ``adversarial_start_step``, where no loss uses them), ``losses`` (each
     weighted term), ``loss`` (their sum) and ``quantizer_stats``. The discriminators train through
     :meth:`discriminator_loss` with their own optimiser (:meth:`discriminator_parameters`).
+
+    With ``field_out_features = E > 0`` the field's extra features are composited along the rays
+    like colour (``features [B, E, r, r]`` in the output) and, with the colour, feed the
+    super-resolution head (which ``E > 0`` requires).
+
+    MLP backend: ``config.mlp_backend`` (``"auto"``, ``"torch"``, ``"tcnn"``) is resolved once at
+    construction (``model.field.mlp_backend``). tiny-cuda-nn and torch field weights are not
+    interchangeable: :meth:`save` records the resolved backend and :meth:`load` rebuilds that
+    backend, raising a ``RuntimeError`` naming ``mlp_backend`` when a tcnn model is loaded where
+    tinycudann/CUDA is unavailable (or the field weights do not match the backend).
 
     Args:
         config: a :class:`VQ3DConfig`.
@@ -269,11 +373,19 @@ class VQ3DModel(nn.Module):
             aabb=[-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
             jitter=True,
         )
-        self.super_resolution = SuperResolution(cfg.image_size) if cfg.super_resolution else None
+        self.super_resolution = (
+            SuperResolution(cfg.image_size, cfg.super_resolution_hidden, cfg.field_out_features)
+            if cfg.super_resolution
+            else None
+        )
         disc = {"channels": cfg.disc_channels, "max_channels": cfg.disc_max_channels}
         self.disc_canonical = StyleGANDiscriminator(cfg.image_size, **disc)
         self.disc_novel = StyleGANDiscriminator(cfg.render_resolution, **disc)
-        self.perceptual = LPIPS(weights=cfg.perceptual_weights) if cfg.perceptual_weight > 0 else None
+        self.perceptual = (  # images and reconstructions are in [0, 1]: normalize=True maps them to [-1, 1]
+            LPIPS(weights=cfg.perceptual_weights, pretrained=cfg.perceptual_pretrained, normalize=True)
+            if cfg.perceptual_weight > 0
+            else None
+        )
         self.novel_sampler = NovelViewSampler(
             cfg.camera_distance,
             cfg.fov_degrees,
@@ -310,12 +422,17 @@ class VQ3DModel(nn.Module):
         yield from self.disc_canonical.parameters()
         yield from self.disc_novel.parameters()
 
-    def param_counts(self) -> dict[str, int]:
-        """Parameter count per component (works on the meta device).
+    def param_counts(self, print_fn: Callable[[str], None] | None = None) -> dict[str, int]:
+        """Parameter count per component (works on the meta device); ``print_fn`` prints a table.
 
         Example:
-            >>> VQ3DModel.from_config("tiny").param_counts()["quantizer"] > 0
+            >>> model = VQ3DModel.from_config("tiny")
+            >>> model.param_counts()["quantizer"] > 0
             True
+            >>> _ = model.param_counts(print_fn=print)
+            encoder          ...
+            ...
+            total            ...
         """
         parts = {
             "encoder": self.encoder,
@@ -325,7 +442,12 @@ class VQ3DModel(nn.Module):
             "super_resolution": self.super_resolution,
             "discriminators": nn.ModuleList([self.disc_canonical, self.disc_novel]),
         }
-        return {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
+        counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
+        if print_fn is not None:
+            width = max(len(k) for k in counts)
+            for key, value in [*counts.items(), ("total", sum(counts.values()))]:
+                print_fn(f"{key:<{width}s} {value:>14,d}  ({value / 1e6:.2f}M)")
+        return counts
 
     # ----------------------------------------------------------------------------- pieces
     def canonical_cameras(self, batch: int, resolution: int | None = None) -> Cameras:
@@ -364,8 +486,43 @@ class VQ3DModel(nn.Module):
         """Quantised tokens ``[B, N, D]`` → triplanes ``[B, 3, C, R, R]``."""
         return self.decoder(z_q)
 
+    def grid_indices(self, indices: Tensor) -> Tensor:
+        """Code indices in any accepted layout → the token-grid layout ``encode`` returns.
+
+        Accepted: ``[B, N]`` or ``[B, g, g]`` (``N = g² = config.num_tokens``); for the residual
+        quantizer ``[B, N·depth]`` (the stage-2 prior's flattened, row-major sequence,
+        ``config.prior_seq_len``), ``[B, N, depth]`` or ``[B, g, g, depth]``. Returns ``[B, g, g]``
+        (``[B, g, g, depth]``); values must lie in ``[0, config.vocab_size)``.
+
+        Example:
+            >>> import torch
+            >>> m = VQ3DModel.from_config("tiny", quantizer="residual", residual_depth=2)
+            >>> m.grid_indices(torch.zeros(3, m.config.prior_seq_len, dtype=torch.long)).shape
+            torch.Size([3, 8, 8, 2])
+        """
+        cfg = self.config
+        g, n = cfg.grid_size, cfg.num_tokens
+        check_tensor("indices", indices, ndim=(2, 3, 4), integer=True)
+        b = indices.shape[0]
+        if cfg.quantizer == "residual":
+            d = cfg.residual_depth
+            accepted, grid = [(b, n * d), (b, n, d), (b, g, g, d)], (b, g, g, d)
+        else:
+            accepted, grid = [(b, n), (b, g, g)], (b, g, g)
+        if tuple(indices.shape) not in accepted:
+            names = " or ".join(str(["B", *a[1:]]).replace("'", "") for a in accepted)
+            raise ValueError(
+                f"indices must have shape {names} for quantizer={cfg.quantizer!r}, got {list(indices.shape)}"
+            )
+        if has_values(indices) and indices.numel():
+            lo, hi = int(indices.min()), int(indices.max())
+            if lo < 0 or hi >= cfg.vocab_size:
+                raise ValueError(f"indices must be in [0, {cfg.vocab_size}), got values in [{lo}, {hi}]")
+        return indices.reshape(grid)
+
     def indices_to_planes(self, indices: Tensor) -> Tensor:
-        """Code indices (e.g. sampled by the stage-2 prior) → triplanes.
+        """Code indices (e.g. sampled by the stage-2 prior; layouts as in :meth:`grid_indices`) →
+        triplanes ``[B, 3, C, R, R]``.
 
         Example:
             >>> import torch
@@ -373,10 +530,9 @@ class VQ3DModel(nn.Module):
             >>> m.indices_to_planes(torch.zeros(1, 64, dtype=torch.long)).shape
             torch.Size([1, 3, 16, 32, 32])
         """
-        b = indices.shape[0]
-        codes = self.quantizer.indices_to_codes(
-            indices.reshape(b, self.config.num_tokens, *indices.shape[3:])
-        )
+        grid = self.grid_indices(indices)
+        b, n = grid.shape[0], self.config.num_tokens
+        codes = self.quantizer.indices_to_codes(grid.reshape(b, n, *grid.shape[3:]))
         return self.decode_planes(codes)
 
     def density(self, planes: Tensor, points: Tensor, scene_index: Tensor) -> Tensor:
@@ -391,7 +547,9 @@ class VQ3DModel(nn.Module):
                 self.triplane(positions, planes=planes, scene_index=scene_index),
                 directions if use_dirs else None,
             )
-            return out.density, out.rgb
+            if out.features is None:
+                return out.density, out.rgb
+            return out.density, torch.cat([out.rgb, out.features], dim=-1)  # composited like colour
 
         field.density = lambda positions, scene_index: self.density(planes, positions, scene_index)
         return field
@@ -418,8 +576,10 @@ class VQ3DModel(nn.Module):
     ) -> RenderedViews:
         """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
         ``i mod B``). Returns images ``rgb [N, 3, H, W]``, ``depth``, ``disparity``, ``opacity``
-        ``[N, 1, H, W]``, the packed samples (for depth losses) and the occupancy grid, which a second
-        render of the same ``planes`` can take as ``grid`` instead of evaluating a new one."""
+        ``[N, 1, H, W]`` (plus ``features [N, E, H, W]`` when ``config.field_out_features = E > 0``;
+        the ``background`` colour applies to rgb only), the packed samples (for depth losses) and the
+        occupancy grid, which a second render of the same ``planes`` can take as ``grid`` instead of
+        evaluating a new one."""
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
         n_scenes = planes.shape[0]
@@ -433,21 +593,35 @@ class VQ3DModel(nn.Module):
             scene_index = rays.scene_index % max(n_scenes, 1)
             if grid is None:
                 grid = self.occupancy(planes)
+            extra = self.config.field_out_features
             out = self.renderer(
-                self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
+                self._field_fn(planes),
+                rays,
+                scene_index=scene_index,
+                grid=grid,
+                background=None if extra else background,
             )
         n, h, w = rays.origins.shape[:3]
+        channels = out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2)
+        opacity = out.opacity.reshape(n, 1, h, w)
+        rgb = channels[:, :3]
+        if extra and background is not None:  # the background colours rgb, not the features
+            bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
+            bg = bg.reshape(n, h, w, 3).permute(0, 3, 1, 2) if bg.dim() > 1 else bg.reshape(1, -1, 1, 1)
+            rgb = rgb + (1 - opacity) * bg
         images = {
-            "rgb": out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2),
+            "rgb": rgb,
             "depth": out.depth.reshape(n, 1, h, w),
             "disparity": out.disparity.reshape(n, 1, h, w),
-            "opacity": out.opacity.reshape(n, 1, h, w),
+            "opacity": opacity,
         }
+        if extra:
+            images["features"] = channels[:, 3:]
         return RenderedViews(images, out, grid)
 
-    def _upsample(self, rgb: Tensor) -> Tensor:
+    def _upsample(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
         if self.super_resolution is not None:
-            return self.super_resolution(rgb)
+            return self.super_resolution(rgb, features)
         if rgb.shape[-1] == self.config.image_size:
             return rgb
         size = (self.config.image_size, self.config.image_size)
@@ -465,8 +639,11 @@ class VQ3DModel(nn.Module):
 
         Args:
             images: input images, also the reconstruction target.
-            depth: optional pseudo-ground-truth disparity ``[B, 1, h, w]`` (any scale and shift, e.g.
-                a monocular estimate); enables the pointwise depth loss.
+            depth: optional pseudo ground truth ``[B, 1, h, w]`` for the pointwise depth loss (any
+                resolution, resized to the render resolution). Its meaning is ``config.depth_target``:
+                ``"disparity"`` (default; any scale and shift, e.g. a monocular estimate) or
+                ``"depth"`` (converted to disparity ``1 / depth`` first, pixels with ``depth <= 0``
+                become disparity 0). It is then aligned as ``config.depth_align`` says.
             step: training step (the adversarial terms start at ``config.adversarial_start_step``, the
                 depth loss at ``config.depth_start_step``).
             cameras: canonical cameras (default: :meth:`canonical_cameras`).
@@ -487,7 +664,7 @@ class VQ3DModel(nn.Module):
         cams = cameras if cameras is not None else self.canonical_cameras(b)
         canonical = self.render(planes, cams)
         render_rgb = canonical.images["rgb"]
-        recon = self._upsample(render_rgb)
+        recon = self._upsample(render_rgb, canonical.images.get("features"))
 
         losses: dict[str, Tensor] = {}
         rec_loss = F.mse_loss(recon, images)
@@ -498,6 +675,8 @@ class VQ3DModel(nn.Module):
         samples = canonical.samples
         if depth is not None and cfg.depth_weight > 0 and step >= cfg.depth_start_step:
             r = cfg.render_resolution
+            if cfg.depth_target == "depth":
+                depth = torch.where(depth > 0, 1 / depth.clamp_min(1e-12), torch.zeros_like(depth))
             target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
             if cfg.depth_align == "range":
                 target = map_disparity_range(target, cfg.depth_range)
@@ -529,7 +708,9 @@ class VQ3DModel(nn.Module):
             with _frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
                 losses.update(self._generator_adversarial(recon, rec_loss, novel_rgb))
 
+        extra = {"features": canonical.images["features"]} if "features" in canonical.images else {}
         return {
+            **extra,
             "reconstruction": recon,
             "render": render_rgb,
             "depth": canonical.images["depth"],
@@ -596,12 +777,25 @@ class VQ3DModel(nn.Module):
 
     @torch.no_grad()
     def decode_indices(self, indices: Tensor) -> Scene:
-        """Code indices (e.g. from :meth:`vq3dlib.models.CodePrior.sample`) → :class:`Scene` batch."""
-        return Scene(self.indices_to_planes(indices), indices, self)
+        """Code indices (e.g. from :meth:`vq3dlib.models.CodePrior.sample`) → :class:`Scene` batch.
+
+        Accepts the layouts of :meth:`grid_indices` (the prior's flattened ``[B, prior_seq_len]``
+        sequence included); the scene keeps them in the grid layout ``encode`` returns.
+
+        Example:
+            >>> import torch
+            >>> m = VQ3DModel.from_config("tiny", quantizer="residual", residual_depth=2)
+            >>> scene = m.decode_indices(torch.zeros(1, m.config.prior_seq_len, dtype=torch.long))
+            >>> scene.indices.shape, scene.planes.shape
+            (torch.Size([1, 8, 8, 2]), torch.Size([1, 3, 16, 32, 32]))
+        """
+        grid = self.grid_indices(indices)
+        return Scene(self.indices_to_planes(grid), grid, self)
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
-        """Writes weights and config to a safetensors file (config in the header metadata).
+        """Writes weights and config to a safetensors file (config and the resolved MLP backend,
+        ``vq3d_mlp_backend``, in the header metadata).
 
         Example:
             >>> import tempfile, os
@@ -613,18 +807,50 @@ class VQ3DModel(nn.Module):
         from safetensors.torch import save_file
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(path), metadata={"vq3d_config": json.dumps(self.config.to_dict())})
+        metadata = {
+            "vq3d_config": json.dumps(self.config.to_dict()),
+            "vq3d_mlp_backend": self.field.mlp_backend,
+        }
+        save_file(state, str(path), metadata=metadata)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> VQ3DModel:
-        """Inverse of :meth:`save`."""
+        """Inverse of :meth:`save`.
+
+        The field is rebuilt with the MLP backend the file was saved with (``vq3d_mlp_backend``;
+        inferred from the weight names for older files), whatever ``mlp_backend`` the stored
+        config asks for: torch weights load everywhere, tiny-cuda-nn weights only where
+        ``tinycudann`` and CUDA are available, else a ``RuntimeError`` naming ``mlp_backend``.
+        """
         from safetensors import safe_open
         from safetensors.torch import load_file
 
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
+            keys = list(f.keys())
         if "vq3d_config" not in meta:
             raise ValueError(f"{path} has no vq3d_config metadata; was it written by VQ3DModel.save?")
-        model = cls(VQ3DConfig.from_dict(json.loads(meta["vq3d_config"])))
-        model.load_state_dict(load_file(str(path), device=str(map_location)))
+        cfg = VQ3DConfig.from_dict(json.loads(meta["vq3d_config"]))
+        saved = meta.get("vq3d_mlp_backend") or _field_backend_of(keys)
+        if saved not in (None, "torch", "tcnn"):
+            raise ValueError(f"{path} has an unknown vq3d_mlp_backend {saved!r} (expected 'torch' or 'tcnn')")
+        if saved == "tcnn" and not (_tcnn_usable() and torch.device(map_location).type == "cuda"):
+            raise RuntimeError(
+                f"{path} was saved with mlp_backend='tcnn' (tiny-cuda-nn field weights, not interchangeable "
+                f"with the torch MLP's); it loads only with tinycudann importable and map_location on CUDA "
+                f"(tinycudann importable: {_tcnn_usable()}, map_location: {map_location!r})"
+            )
+        model = cls(cfg.replace(mlp_backend=saved) if saved is not None else cfg)
+        model.config = cfg  # the stored config as it was written (the field holds the resolved backend)
+        state = load_file(str(path), device=str(map_location))
+        expected = {k for k in model.state_dict() if k.startswith("field.")}
+        found = {k for k in state if k.startswith("field.")}
+        if expected != found:
+            raise RuntimeError(
+                f"the field weights in {path} ({sorted(found)[:3]}...) do not match this model's field, "
+                f"built with mlp_backend={model.field.mlp_backend!r} ({sorted(expected)[:3]}...); a model "
+                "saved with mlp_backend='tcnn' needs tinycudann on CUDA to load, one saved with 'torch' "
+                "loads with mlp_backend='torch'"
+            )
+        model.load_state_dict(state)
         return model.to(map_location)
