@@ -172,8 +172,7 @@ def test_micro_model_learns_quickly():
     assert sum(losses[-5:]) / 5 < 0.3 * sum(losses[:5]) / 5
 
 
-@pytest.mark.slow
-def test_tiny_overfits_one_scene_and_depth_loss_helps():
+def test_tiny_overfits_one_scene_and_depth_loss_helps():  # ~15 s on 2 cores: part of the default suite
     fit, corr, baseline = _fit_one_scene(100, use_depth=True)
     assert fit > baseline + 5.0, (fit, baseline)
     assert corr > 0.6, corr
