@@ -39,5 +39,10 @@ for bench in benchmarks/*_speed.py; do
     echo "{\"benchmark\": \"$name\", \"error\": \"see $name.err\"}" >> "$OUT/benchmarks.jsonl"
   fi
 done
+echo "== examples on the GPU ==" && mkdir -p "$OUT/fit_scene"
+# issue 9: per-scene fit at 256x256, ours side by side with nerfacc's OccGridEstimator
+timeout 900 python docs/examples/fit_scene.py --device cuda --resolution 256 --compare-nerfacc \
+  --out "$OUT/fit_scene" 2>&1 | tee "$OUT/fit_scene.log"
+[ "${PIPESTATUS[0]}" = "0" ] || status=1
 cat "$OUT/benchmarks.jsonl"
 exit $status
