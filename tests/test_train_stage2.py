@@ -170,3 +170,45 @@ def test_errors(stage1_file, tmp_path):
         load_prior(tmp_path / "nothing")
     with pytest.raises(ValueError, match="amp"):
         config(stage1_file, tmp_path, amp="int8")
+
+
+DDP_WORKER = """
+import os, sys, torch
+from vq3dlib.train.stage2 import Stage2Config, train_stage2
+
+torch.set_num_threads(1)
+stage1, out = sys.argv[1], sys.argv[2]
+rank = int(os.environ["RANK"])
+cfg = Stage2Config(stage1=stage1, out_dir=out, steps=2, batch_size=2, train_size=8, progress=False,
+                   ckpt_every=0, warmup_steps=0, device="cpu")
+result = train_stage2(cfg)
+torch.save({"state": result["prior"].state_dict(), "step": result["step"]}, f"{out}/rank{rank}.pt")
+"""
+
+
+def test_ddp_two_cpu_processes_identical_prior_weights(stage1_file, tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = tmp_path / "worker.py"
+    script.write_text(DDP_WORKER)
+    env = dict(os.environ)
+    root = Path(__file__).resolve().parents[1]
+    env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(k, None)
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           str(script), str(stage1_file), str(out)]  # fmt: skip
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    r0, r1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert r0["step"] == r1["step"] == 2
+    init = CodePrior.from_config(load_stage1_model(stage1_file).config).state_dict()
+    assert any(not torch.equal(init[k], r0["state"][k]) for k in init)  # the weights moved ...
+    for k in r0["state"]:  # ... and stayed identical on both ranks (gradients averaged by DDP)
+        torch.testing.assert_close(r0["state"][k], r1["state"][k], rtol=0, atol=0)
+    assert (out / "codes.safetensors").is_file()  # extracted once by rank 0, read by rank 1
