@@ -123,6 +123,16 @@ def test_bf16_autocast_on_cpu(tmp_path):
     assert result["metrics"] == {}
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 with a gradient scaler needs CUDA")
+@pytest.mark.parametrize("amp", ["fp16", "bf16"])
+def test_mixed_precision_steps_on_cuda(tmp_path, amp):
+    result = train_stage1(micro_config(tmp_path, steps=3, amp=amp, eval_size=2, device="cuda"))
+    assert result["step"] == 3 and result["skipped_steps"] == 0
+    assert torch.isfinite(torch.tensor(result["losses"]["loss/total"]))
+    assert next(result["model"].parameters()).dtype == torch.float32  # autocast, not a half model
+    assert all(torch.isfinite(p).all() for p in result["model"].parameters())
+
+
 def test_time_budget_stops_early_with_a_checkpoint(tmp_path):
     result = train_stage1(micro_config(tmp_path, steps=1000, time_budget_s=1e-9, eval_size=0))
     assert result["step"] == 0
