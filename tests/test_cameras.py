@@ -246,6 +246,23 @@ def test_orbit_cameras():
         orbit_cameras(0, 3.0, 0.0, 40.0, (8, 8))
 
 
+def test_orbit_cameras_sweep_swings_around_the_start_azimuth():
+    cams = orbit_cameras(12, 3.0, 10.0, 40.0, (8, 8), dtype=torch.float64, sweep_degrees=60.0)
+    c = cams.centers
+    torch.testing.assert_close(c.norm(dim=-1), torch.full((12,), 3.0, dtype=torch.float64))
+    az = torch.rad2deg(torch.atan2(c[:, 0], c[:, 2]))
+    torch.testing.assert_close(az.max(), torch.tensor(30.0, dtype=torch.float64))  # frame 3: +sweep/2
+    torch.testing.assert_close(az.min(), torch.tensor(-30.0, dtype=torch.float64))  # frame 9: -sweep/2
+    assert abs(float(az[0])) < 1e-9 and az[1] > 0 and az[4] < az[3]  # starts at the input view
+    uv, _ = cams.project(torch.zeros(12, 1, 3, dtype=torch.float64))
+    torch.testing.assert_close(uv[:, 0], torch.full((12, 2), 4.0, dtype=torch.float64))  # looks at 0
+    full = orbit_cameras(5, 3.0, 0.0, 40.0, (8, 8), sweep_degrees=360.0)
+    torch.testing.assert_close(full.centers, orbit_cameras(5, 3.0, 0.0, 40.0, (8, 8)).centers)
+    for bad in (0.0, -10.0, 400.0):
+        with pytest.raises(ValueError, match="sweep_degrees"):
+            orbit_cameras(4, 3.0, 0.0, 40.0, (8, 8), sweep_degrees=bad)
+
+
 @pytest.mark.parametrize("distribution", ["uniform", "gaussian"])
 def test_novel_view_sampler_seeded_and_in_range(distribution):
     kw = dict(yaw=(-30.0, 10.0), pitch=(5.0, 20.0), roll=4.0, translation=0.0, distribution=distribution)

@@ -530,12 +530,16 @@ def orbit_cameras(
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
     start_azimuth_degrees: float = 0.0,
+    sweep_degrees: float = 360.0,
 ) -> Cameras:
-    """A turntable path: ``n_frames`` cameras evenly spaced over 360 degrees of azimuth.
+    """A turntable path: ``n_frames`` cameras evenly spaced over 360 degrees of azimuth, or swinging
+    back and forth over ``sweep_degrees`` of it.
 
-    Camera ``k`` sits at azimuth ``start + 360 k / n_frames`` around world +y (azimuth 0 is the
-    canonical camera on the +z axis, positive azimuth moves towards +x) and at
-    ``elevation_degrees`` above the xz-plane, looking at the origin, world +y up.
+    With ``sweep_degrees = 360`` (default) camera ``k`` sits at azimuth ``start + 360 k / n_frames``;
+    with less, at ``start + sweep / 2 · sin(2π k / n_frames)`` (a swing around ``start``, e.g. the
+    views near the input view that a single-image reconstruction can show). Azimuth is measured
+    around world +y (azimuth 0 is the canonical camera on the +z axis, positive azimuth moves towards
+    +x); the cameras sit ``elevation_degrees`` above the xz-plane, look at the origin, world +y up.
 
     Example:
         >>> cams = orbit_cameras(4, 2.0, 0.0, 45.0, (8, 8))
@@ -544,23 +548,31 @@ def orbit_cameras(
                 [ 2.,  0.,  0.],
                 [ 0.,  0., -2.],
                 [-2.,  0., -0.]])
+        >>> swing = orbit_cameras(4, 2.0, 0.0, 45.0, (8, 8), sweep_degrees=60.0)  # azimuth 0, 30, 0, -30
+        >>> swing.centers[:, 0].round(decimals=4)
+        tensor([ 0.,  1.,  0., -1.])
     """
     if isinstance(n_frames, bool) or not isinstance(n_frames, int) or n_frames < 1:
         raise ValueError(f"n_frames must be an int >= 1, got {n_frames!r}")
     check_positive("distance", distance)
     if not -90.0 < float(elevation_degrees) < 90.0:
         raise ValueError(f"elevation_degrees must be in (-90, 90), got {elevation_degrees}")
-    az = torch.deg2rad(
-        float(start_azimuth_degrees) + torch.arange(n_frames, dtype=torch.float64) * (360.0 / n_frames)
-    )
+    if not 0.0 < float(sweep_degrees) <= 360.0:
+        raise ValueError(f"sweep_degrees must be in (0, 360], got {sweep_degrees}")
+    k = torch.arange(n_frames, dtype=torch.float64)
+    if float(sweep_degrees) >= 360.0:
+        offsets = k * (360.0 / n_frames)
+    else:
+        offsets = float(sweep_degrees) / 2 * torch.sin(2 * math.pi * k / n_frames)
+    az = torch.deg2rad(float(start_azimuth_degrees) + offsets)
     el = math.radians(float(elevation_degrees))
     eye = float(distance) * torch.stack(
         [math.cos(el) * torch.sin(az), torch.full_like(az, math.sin(el)), math.cos(el) * torch.cos(az)],
         dim=-1,
     )
     c2w = look_at(eye).to(device=device, dtype=dtype)
-    k = intrinsics_from_fov(fov_degrees, image_size, device=device, dtype=dtype).repeat(n_frames, 1, 1)
-    return Cameras(k, c2w, tuple(image_size))
+    intrinsics = intrinsics_from_fov(fov_degrees, image_size, device=device, dtype=dtype)
+    return Cameras(intrinsics.repeat(n_frames, 1, 1), c2w, tuple(image_size))
 
 
 def _axis_angle(axis: Tensor, angle: Tensor) -> Tensor:

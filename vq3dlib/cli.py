@@ -136,8 +136,22 @@ def disparity_image(depth: Tensor) -> Tensor:
     return (disp - lo) / (hi - lo).clamp_min(1e-8)
 
 
-def turntable_cameras(model, n_frames: int, elevation: float = 15.0, resolution: int | None = None):
-    """Orbit cameras around the scene origin at the model's camera distance and field of view.
+DEFAULT_SWEEP = 60.0  # degrees of azimuth a turntable swings through (360: a full orbit)
+DEFAULT_ELEVATION = 10.0
+
+
+def turntable_cameras(
+    model,
+    n_frames: int,
+    elevation: float = DEFAULT_ELEVATION,
+    resolution: int | None = None,
+    sweep: float = DEFAULT_SWEEP,
+):
+    """Cameras around the scene origin at the model's camera distance and field of view.
+
+    They swing through ``sweep`` degrees of azimuth around the input (canonical) view, the views a
+    single-image reconstruction is trained for (novel views within ``novel_yaw_degrees``); ``sweep=360``
+    orbits the whole scene, whose far side a single image does not show.
 
     Example:
         >>> from vq3dlib.models import VQ3DModel
@@ -148,18 +162,26 @@ def turntable_cameras(model, n_frames: int, elevation: float = 15.0, resolution:
 
     cfg = model.config
     r = resolution or cfg.render_resolution
-    return orbit_cameras(n_frames, cfg.camera_distance, elevation, cfg.fov_degrees, (r, r))
+    return orbit_cameras(
+        n_frames, cfg.camera_distance, elevation, cfg.fov_degrees, (r, r), sweep_degrees=sweep
+    )
 
 
-def render_turntable(scene, n_frames: int = 24, elevation: float = 15.0, index: int = 0) -> dict[str, Tensor]:
-    """Renders scene ``index`` of a :class:`~vq3dlib.models.Scene` batch around a turntable.
+def render_turntable(
+    scene,
+    n_frames: int = 24,
+    elevation: float = DEFAULT_ELEVATION,
+    index: int = 0,
+    sweep: float = DEFAULT_SWEEP,
+) -> dict[str, Tensor]:
+    """Renders scene ``index`` of a :class:`~vq3dlib.models.Scene` batch from :func:`turntable_cameras`.
 
     Returns ``rgb [F, 3, r, r]`` and ``depth [F, 1, r, r]``.
     """
     from vq3dlib.models.vq3d import Scene
 
     one = Scene(scene.planes[index : index + 1], scene.indices[index : index + 1], scene.model)
-    cams = turntable_cameras(scene.model, n_frames, elevation).to(scene.planes.device)
+    cams = turntable_cameras(scene.model, n_frames, elevation, sweep=sweep).to(scene.planes.device)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         out = one.render(cams)
@@ -324,8 +346,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
     for i in range(n_show):
         item = held[i]
         scene: Scene = model.reconstruct(item["image"][None].to(device))
-        turn = render_turntable(scene, args.frames, args.elevation)
-        cams = turntable_cameras(model, args.frames, args.elevation, resolution=model.config.image_size)
+        turn = render_turntable(scene, args.frames, args.elevation, sweep=args.sweep)
+        cams = turntable_cameras(
+            model, args.frames, args.elevation, resolution=model.config.image_size, sweep=args.sweep
+        )
         truth = held.scene(i).render(cams)
         r = model.config.render_resolution
         gt_rgb = torch.nn.functional.interpolate(truth["rgb"], size=(r, r), mode="area")
@@ -476,7 +500,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     out = _check_dir_arg(args.out)
     image = load_image(args.image, model.config.image_size).to(next(model.parameters()).device)
     scene = model.reconstruct(image)
-    turn = render_turntable(scene, args.frames, args.elevation)
+    turn = render_turntable(scene, args.frames, args.elevation, sweep=args.sweep)
     canon = scene.render(model.canonical_cameras(1))
     stem = Path(args.image).stem
     size = args.size
@@ -507,7 +531,7 @@ def cmd_render(args: argparse.Namespace) -> int:
     scene = model.decode_indices(indices.to(next(model.parameters()).device))
     paths = []
     for b in range(len(scene)):
-        turn = render_turntable(scene, args.frames, args.elevation, index=b)
+        turn = render_turntable(scene, args.frames, args.elevation, index=b, sweep=args.sweep)
         paths.append(write_gif(turn["rgb"], out / f"scene{b:02d}_turntable.gif", size=args.size))
         for f in range(turn["rgb"].shape[0]) if args.frames_png else ():
             write_png(turn["rgb"][f], out / f"scene{b:02d}_frame{f:03d}.png", size=args.size)
@@ -543,7 +567,10 @@ def cmd_sample(args: argparse.Namespace) -> int:
     )
     scene = model.decode_indices(codes)  # the prior's flat [n, prior_seq_len] codes -> grid layout
     indices = scene.indices
-    frames = [render_turntable(scene, args.frames, args.elevation, index=b)["rgb"] for b in range(args.n)]
+    frames = [
+        render_turntable(scene, args.frames, args.elevation, index=b, sweep=args.sweep)["rgb"]
+        for b in range(args.n)
+    ]
     for b, fr in enumerate(frames):
         write_gif(fr, out / f"sample{b:02d}_turntable.gif", size=args.size)
     write_gif(torch.cat(frames, dim=-1), out / "samples.gif", size=args.size)
@@ -638,7 +665,17 @@ def _add_common(p: argparse.ArgumentParser, model: bool = True) -> None:
 def _add_view(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=24, help="turntable frames (default: 24)")
     p.add_argument(
-        "--elevation", type=float, default=15.0, help="turntable elevation in degrees (default: 15)"
+        "--elevation",
+        type=float,
+        default=DEFAULT_ELEVATION,
+        help=f"turntable elevation in degrees (default: {DEFAULT_ELEVATION:g})",
+    )
+    p.add_argument(
+        "--sweep",
+        type=float,
+        default=DEFAULT_SWEEP,
+        help=f"degrees of azimuth the turntable swings through around the input view; 360 orbits the "
+        f"whole scene (default: {DEFAULT_SWEEP:g})",
     )
     p.add_argument("--size", type=int, default=128, help="output image height in pixels (default: 128)")
 
@@ -685,7 +722,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scenes", type=int, default=4, help="held-out scenes shown as turntables (default: 4)")
     p.add_argument("--frames", type=int, default=24, help="turntable frames (default: 24)")
     p.add_argument(
-        "--elevation", type=float, default=15.0, help="turntable elevation in degrees (default: 15)"
+        "--elevation",
+        type=float,
+        default=DEFAULT_ELEVATION,
+        help=f"turntable elevation in degrees (default: {DEFAULT_ELEVATION:g})",
+    )
+    p.add_argument(
+        "--sweep",
+        type=float,
+        default=DEFAULT_SWEEP,
+        help=f"degrees of azimuth the turntable swings through around the input view; 360 orbits the "
+        f"whole scene (default: {DEFAULT_SWEEP:g})",
     )
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out/train")
