@@ -173,6 +173,8 @@ def test_train_on_a_folder_with_depth_required_names_the_missing_depth(tmp_path,
         (["train", "--stage", "2", "--no-progress"], "--stage1"),
         (["train", "--data", "/no/such/folder", "--steps", "1", "--no-progress", *SETS], "data"),
         (["eval", "--model", "/no/model"], "not found"),
+        (["demo", "--sweep", "0"], "--sweep"),
+        (["render", "--model", "m", "--scene", "s", "--sweep", "400"], "--sweep"),
     ],
 )
 def test_errors_are_clear_and_exit_nonzero(argv, message, capsys):

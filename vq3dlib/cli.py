@@ -662,7 +662,14 @@ def _add_common(p: argparse.ArgumentParser, model: bool = True) -> None:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
 
 
-def _add_view(p: argparse.ArgumentParser) -> None:
+def _sweep_degrees(text: str) -> float:
+    value = float(text)
+    if not 0.0 < value <= 360.0:
+        raise argparse.ArgumentTypeError(f"must be in (0, 360] degrees, got {text}")
+    return value
+
+
+def _add_turntable(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frames", type=int, default=24, help="turntable frames (default: 24)")
     p.add_argument(
         "--elevation",
@@ -672,11 +679,15 @@ def _add_view(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--sweep",
-        type=float,
+        type=_sweep_degrees,
         default=DEFAULT_SWEEP,
         help=f"degrees of azimuth the turntable swings through around the input view; 360 orbits the "
         f"whole scene (default: {DEFAULT_SWEEP:g})",
     )
+
+
+def _add_view(p: argparse.ArgumentParser) -> None:
+    _add_turntable(p)
     p.add_argument("--size", type=int, default=128, help="output image height in pixels (default: 128)")
 
 
@@ -720,20 +731,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-size", type=int, default=512, help="procedural training scenes (default: 512)")
     p.add_argument("--eval-size", type=int, default=32, help="held-out scenes (default: 32)")
     p.add_argument("--scenes", type=int, default=4, help="held-out scenes shown as turntables (default: 4)")
-    p.add_argument("--frames", type=int, default=24, help="turntable frames (default: 24)")
-    p.add_argument(
-        "--elevation",
-        type=float,
-        default=DEFAULT_ELEVATION,
-        help=f"turntable elevation in degrees (default: {DEFAULT_ELEVATION:g})",
-    )
-    p.add_argument(
-        "--sweep",
-        type=float,
-        default=DEFAULT_SWEEP,
-        help=f"degrees of azimuth the turntable swings through around the input view; 360 orbits the "
-        f"whole scene (default: {DEFAULT_SWEEP:g})",
-    )
+    _add_turntable(p)
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out/train")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a Stage1Config field")
