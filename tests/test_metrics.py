@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 
+from vq3dlib import metrics
 from vq3dlib.metrics import (
     INCEPTION_ENV,
     FIDFeatures,
@@ -128,6 +129,26 @@ def test_depth_abs_rel_matches_manual_alignment():
     assert depth_delta(pred, d, threshold=1.02, space="depth").item() == pytest.approx(
         (ratio < 1.02).double().mean().item()
     )
+
+
+def test_depth_max_depth_caps_aligned_depth():
+    target = torch.linspace(1.0, 4.0, 64).reshape(1, 1, 8, 8)
+    pred = target.clone()
+    pred[..., 0, 0] = 1e4  # one far outlier dominates the mean relative error unless capped
+    uncapped = depth_abs_rel(pred, target, space=None)
+    capped = depth_abs_rel(pred, target, space=None, max_depth=10.0)
+    torch.testing.assert_close(capped, torch.tensor([(10.0 - 1.0) / 1.0 / 64]))
+    assert float(uncapped) > 100 * float(capped)
+    # disparity space: an aligned disparity near 0 would be a huge depth; capped at max_depth
+    pred_disp = 1.0 / target
+    pred_disp[..., 0, 0] = -5.0  # after the fit, this pixel's aligned disparity is <= 0
+    aligned, _, _ = metrics._aligned_depths(1.0 / pred_disp.abs(), target, None, "disparity", 1e-6, 10.0)
+    assert float(aligned.max()) <= 10.0
+    # the cap changes nothing when every aligned depth is below it
+    torch.testing.assert_close(depth_abs_rel(target, target, max_depth=10.0), depth_abs_rel(target, target))
+    assert depth_delta(pred, target, space=None, max_depth=10.0) == depth_delta(pred, target, space=None)
+    with pytest.raises(ValueError, match="max_depth"):
+        depth_abs_rel(pred, target, max_depth=0.0)
 
 
 def test_depth_masks_and_invalid_target():

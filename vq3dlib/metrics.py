@@ -135,9 +135,17 @@ def ssim(
 
 
 def _aligned_depths(
-    pred: Tensor, target: Tensor, mask: Tensor | None, space: str | None, eps: float
+    pred: Tensor,
+    target: Tensor,
+    mask: Tensor | None,
+    space: str | None,
+    eps: float,
+    max_depth: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """``(aligned pred depth, target with invalid pixels replaced, valid mask)``, all ``[B, ...]``."""
+    """``(aligned pred depth, target with invalid pixels replaced, valid mask)``, all ``[B, ...]``;
+    the aligned depth is clamped to ``[eps, max_depth]``."""
+    if max_depth is not None:
+        check_positive("max_depth", max_depth)
     from vq3dlib.losses.depth import align_scale_shift
 
     _check_pair(pred, target, mask)
@@ -150,11 +158,12 @@ def _aligned_depths(
     target = torch.where(valid, target, one)
     pred = torch.where(valid, pred, one)
     if space is None:
-        return pred, target, valid
-    aligned = align_scale_shift(pred, target, valid, space=space, eps=eps).aligned
-    if space == "disparity":
-        aligned = 1.0 / aligned.clamp_min(eps)
-    return aligned.clamp_min(eps), target, valid
+        aligned = pred
+    else:
+        aligned = align_scale_shift(pred, target, valid, space=space, eps=eps).aligned
+        if space == "disparity":
+            aligned = 1.0 / aligned.clamp_min(eps)
+    return aligned.clamp(min=eps, max=max_depth), target, valid
 
 
 def depth_abs_rel(
@@ -164,6 +173,7 @@ def depth_abs_rel(
     *,
     space: str | None = "disparity",
     eps: float = 1e-6,
+    max_depth: float | None = None,
 ) -> Tensor:
     """Absolute relative depth error per image, ``mean(|d - d*| / d*)``, after scale/shift alignment.
 
@@ -177,6 +187,8 @@ def depth_abs_rel(
         mask: optional bool ``[B, ...]`` (size-1 dims broadcast) restricting the valid pixels.
         space: ``"disparity"``, ``"depth"`` or ``None`` (no alignment).
         eps: depth clamp (aligned depths are clamped to it, so no division by zero).
+        max_depth: cap of the aligned depth (as in the MiDaS evaluation protocol: an aligned disparity
+            near 0 would otherwise give a huge depth that dominates the mean); ``None``: no cap.
 
     Returns:
         ``[B]``; NaN for an image without valid pixels.
@@ -190,7 +202,7 @@ def depth_abs_rel(
     if space is not None:
         check_choice("space", space, ("disparity", "depth"))
     check_positive("eps", eps)
-    aligned, target, valid = _aligned_depths(pred, target, mask, space, eps)
+    aligned, target, valid = _aligned_depths(pred, target, mask, space, eps, max_depth)
     return _per_image_mean((aligned - target).abs() / target, valid)
 
 
@@ -202,6 +214,7 @@ def depth_delta(
     *,
     space: str | None = "disparity",
     eps: float = 1e-6,
+    max_depth: float | None = None,
 ) -> Tensor:
     """Fraction of pixels with ``max(d / d*, d* / d) < threshold`` per image (δ<1.25), after alignment.
 
@@ -222,7 +235,7 @@ def depth_delta(
     check_positive("eps", eps)
     if threshold <= 1.0:
         raise ValueError(f"threshold must be > 1, got {threshold}")
-    aligned, target, valid = _aligned_depths(pred, target, mask, space, eps)
+    aligned, target, valid = _aligned_depths(pred, target, mask, space, eps, max_depth)
     ratio = torch.maximum(aligned / target, target / aligned)
     return _per_image_mean((ratio < threshold).to(pred.dtype), valid)
 

@@ -72,7 +72,9 @@ def evaluate_stage1(
         max_items: evaluate the first ``max_items`` items only.
         device: where to run (default: the model's device).
         max_depth: depth is evaluated on pixels whose true depth is below this (the procedural sky
-            sphere, at 20, is left out, like the depth cap of driving benchmarks).
+            sphere, at 20, is left out, like the depth cap of driving benchmarks), and aligned
+            predicted depths are capped at it (so one pixel whose aligned disparity is near 0 cannot
+            dominate AbsRel).
 
     Returns:
         ``{metric: float}`` averaged over images, plus ``"n_images"``; metrics whose inputs are
@@ -114,11 +116,12 @@ def evaluate_stage1(
                     gt = _resize(batch["depth"].to(device), (r, r), "nearest")
                     mask = gt < max_depth
                     pred = view["depth"]
-                    add("depth_abs_rel", depth_abs_rel(pred, gt, mask))
-                    add("depth_delta1", depth_delta(pred, gt, mask))
+                    cap = {"max_depth": max_depth}  # aligned depths capped like the evaluated pixels
+                    add("depth_abs_rel", depth_abs_rel(pred, gt, mask, **cap))
+                    add("depth_delta1", depth_delta(pred, gt, mask, **cap))
                     const = torch.ones_like(gt)
-                    add("baseline_depth_abs_rel", depth_abs_rel(const, gt, mask))
-                    add("baseline_depth_delta1", depth_delta(const, gt, mask))
+                    add("baseline_depth_abs_rel", depth_abs_rel(const, gt, mask, **cap))
+                    add("baseline_depth_delta1", depth_delta(const, gt, mask, **cap))
                 if "novel_images" in batch and batch["novel_images"].shape[1] > 0:
                     target = batch["novel_images"].flatten(0, 1).to(device)
                     v = batch["novel_images"].shape[1]
