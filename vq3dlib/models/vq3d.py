@@ -530,7 +530,10 @@ class VQ3DModel(nn.Module):
             >>> m.indices_to_planes(torch.zeros(1, 64, dtype=torch.long)).shape
             torch.Size([1, 3, 16, 32, 32])
         """
-        grid = self.grid_indices(indices)
+        return self._grid_to_planes(self.grid_indices(indices))
+
+    def _grid_to_planes(self, grid: Tensor) -> Tensor:
+        """Checked grid-layout indices (:meth:`grid_indices`) → triplanes."""
         b, n = grid.shape[0], self.config.num_tokens
         codes = self.quantizer.indices_to_codes(grid.reshape(b, n, *grid.shape[3:]))
         return self.decode_planes(codes)
@@ -558,7 +561,7 @@ class VQ3DModel(nn.Module):
         """One occupancy grid per scene, evaluated on the current triplanes (no gradient)."""
         cfg = self.config
         return OccupancyGrid.from_field(
-            lambda x, s: self.density(planes.detach(), x, s),
+            lambda x, s: self.density(planes, x, s),  # from_field runs under no_grad
             cfg.occupancy_resolution,
             n_scenes=planes.shape[0],
             aabb=None if cfg.contraction != "none" else [-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
@@ -594,29 +597,17 @@ class VQ3DModel(nn.Module):
             if grid is None:
                 grid = self.occupancy(planes)
             extra = self.config.field_out_features
+            if extra and background is not None:  # the background colours rgb; features fade to 0
+                bg = torch.as_tensor(background, dtype=planes.dtype, device=planes.device)
+                bg = bg.reshape(-1).expand(3) if bg.numel() == 1 else bg
+                background = torch.cat([bg, bg.new_zeros(*bg.shape[:-1], extra)], dim=-1)
             out = self.renderer(
-                self._field_fn(planes),
-                rays,
-                scene_index=scene_index,
-                grid=grid,
-                background=None if extra else background,
+                self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
             )
-        n, h, w = rays.origins.shape[:3]
-        channels = out.rgb.reshape(n, h, w, -1).permute(0, 3, 1, 2)
-        opacity = out.opacity.reshape(n, 1, h, w)
-        rgb = channels[:, :3]
-        if extra and background is not None:  # the background colours rgb, not the features
-            bg = torch.as_tensor(background, dtype=rgb.dtype, device=rgb.device)
-            bg = bg.reshape(n, h, w, 3).permute(0, 3, 1, 2) if bg.dim() > 1 else bg.reshape(1, -1, 1, 1)
-            rgb = rgb + (1 - opacity) * bg
-        images = {
-            "rgb": rgb,
-            "depth": out.depth.reshape(n, 1, h, w),
-            "disparity": out.disparity.reshape(n, 1, h, w),
-            "opacity": opacity,
-        }
+        images = out.images()  # channels first; rgb holds [rgb, features]
         if extra:
-            images["features"] = channels[:, 3:]
+            images["features"] = images["rgb"][:, 3:]
+            images["rgb"] = images["rgb"][:, :3]
         return RenderedViews(images, out, grid)
 
     def _upsample(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
@@ -790,7 +781,7 @@ class VQ3DModel(nn.Module):
             (torch.Size([1, 8, 8, 2]), torch.Size([1, 3, 16, 32, 32]))
         """
         grid = self.grid_indices(indices)
-        return Scene(self.indices_to_planes(grid), grid, self)
+        return Scene(self._grid_to_planes(grid), grid, self)
 
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
