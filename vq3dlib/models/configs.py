@@ -437,10 +437,21 @@ def param_count(
         counts[name] = count(child.parameters())
     counts["total"] = count(module.parameters())
     if print_fn is not None:
-        width = max(len(k) for k in counts)
-        for key, value in counts.items():
-            print_fn(f"{key:<{width}s} {value:>14,d}  ({value / 1e6:.2f}M)")
+        print_param_table(counts, print_fn)
     return counts
 
 
-__all__ = ["VQ3DConfig", "get_config", "list_configs", "register_config", "param_count"]
+def print_param_table(counts: dict[str, int], print_fn: Callable[[str], None] = print) -> None:
+    """Prints ``{name: count}`` as a table, one line per entry (count and millions).
+
+    Example:
+        >>> print_param_table({"encoder": 1_500_000, "total": 1_500_000})
+        encoder      1,500,000  (1.50M)
+        total        1,500,000  (1.50M)
+    """
+    width = max(len(k) for k in counts)
+    for key, value in counts.items():
+        print_fn(f"{key:<{width}s} {value:>14,d}  ({value / 1e6:.2f}M)")
+
+
+__all__ = ["VQ3DConfig", "get_config", "list_configs", "param_count", "print_param_table", "register_config"]

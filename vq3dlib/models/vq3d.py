@@ -45,7 +45,7 @@ from vq3dlib.losses import (
     pointwise_depth_loss,
     r1_penalty,
 )
-from vq3dlib.models.configs import VQ3DConfig, get_config
+from vq3dlib.models.configs import VQ3DConfig, get_config, print_param_table
 from vq3dlib.models.decoder import TriplaneDecoder
 from vq3dlib.models.field import TriplaneField, resolve_mlp_backend
 from vq3dlib.models.vit import ViTEncoder
@@ -444,9 +444,7 @@ class VQ3DModel(nn.Module):
         }
         counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
         if print_fn is not None:
-            width = max(len(k) for k in counts)
-            for key, value in [*counts.items(), ("total", sum(counts.values()))]:
-                print_fn(f"{key:<{width}s} {value:>14,d}  ({value / 1e6:.2f}M)")
+            print_param_table({**counts, "total": sum(counts.values())}, print_fn)
         return counts
 
     # ----------------------------------------------------------------------------- pieces

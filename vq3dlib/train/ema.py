@@ -141,6 +141,21 @@ class ModelEMA(nn.Module):
         if missing or unexpected:
             raise KeyError(f"model does not match the EMA copy: missing {missing}, unexpected {unexpected}")
 
+    @staticmethod
+    def averaged_state_dict(ema_state: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The averaged model's own state dict, taken from a saved ``ModelEMA`` state dict (its
+        ``module.*`` entries; the update count is left out), e.g. to load a checkpoint's EMA weights
+        into a fresh model without building a ``ModelEMA``.
+
+        Example:
+            >>> import torch
+            >>> net = torch.nn.Linear(2, 2)
+            >>> sorted(ModelEMA.averaged_state_dict(ModelEMA(net).state_dict()))
+            ['bias', 'weight']
+        """
+        prefix = "module."
+        return {k.removeprefix(prefix): v for k, v in ema_state.items() if k.startswith(prefix)}
+
     def forward(self, *args, **kwargs):
         """Runs the averaged model."""
         return self.module(*args, **kwargs)

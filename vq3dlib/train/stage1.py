@@ -379,9 +379,7 @@ def load_stage1_model(
         raise ValueError(f"{p} is not a stage-1 checkpoint (no model / model_config)")
     model = VQ3DModel(VQ3DConfig.from_dict(model_cfg))
     if ema and "ema" in ckpt.states:
-        state = {
-            k.removeprefix("module."): v for k, v in ckpt.states["ema"].items() if k.startswith("module.")
-        }
+        state = ModelEMA.averaged_state_dict(ckpt.states["ema"])
     else:
         state = ckpt.states["model"]
     model.load_state_dict(state)

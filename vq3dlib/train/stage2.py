@@ -273,9 +273,7 @@ def load_prior(
         cfg = VQ3DConfig.from_dict(ckpt.extra["model_config"])
         state = ckpt.states["prior"]
         if ema and "ema" in ckpt.states:
-            state = {
-                k.removeprefix("module."): v for k, v in ckpt.states["ema"].items() if k.startswith("module.")
-            }
+            state = ModelEMA.averaged_state_dict(ckpt.states["ema"])
     prior = CodePrior.from_config(cfg)
     prior.load_state_dict(state)
     prior.vq3d_config = cfg
