@@ -143,7 +143,7 @@ def _aligned_depths(
     max_depth: float | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``(aligned pred depth, target with invalid pixels replaced, valid mask)``, all ``[B, ...]``;
-    the aligned depth is clamped to ``[eps, max_depth]``."""
+    an aligned depth is clamped to ``eps`` from below, and any depth to ``max_depth`` from above."""
     if max_depth is not None:
         check_positive("max_depth", max_depth)
     from vq3dlib.losses.depth import align_scale_shift
@@ -163,7 +163,10 @@ def _aligned_depths(
         aligned = align_scale_shift(pred, target, valid, space=space, eps=eps).aligned
         if space == "disparity":
             aligned = 1.0 / aligned.clamp_min(eps)
-    return aligned.clamp(min=eps, max=max_depth), target, valid
+        aligned = aligned.clamp_min(eps)
+    if max_depth is not None:
+        aligned = aligned.clamp(max=max_depth)
+    return aligned, target, valid
 
 
 def depth_abs_rel(
