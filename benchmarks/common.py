@@ -157,6 +157,13 @@ def fmt_bytes(n: float) -> str:
     return f"{n:.1f} GiB"
 
 
+def check_target(value: float, target: float, *, at_most: bool = False, valid: bool = True) -> dict[str, Any]:
+    """``{"value", "target", "met"}``: ``value >= target`` (``<=`` when ``at_most``, e.g. a memory
+    ratio), and only if the comparison is ``valid`` (e.g. both methods reached equal quality)."""
+    ok = value <= target if at_most else value >= target
+    return {"value": value, "target": target, "met": bool(ok and valid)}
+
+
 def print_table(rows: list[dict[str, Any]], columns: Sequence[tuple[str, str]]) -> None:
     """Prints ``rows`` as an aligned table with ``(key, header)`` columns."""
     cells = [[h for _, h in columns]] + [[str(r.get(k, "")) for k, _ in columns] for r in rows]
