@@ -299,6 +299,7 @@ class Setup:
     def closures(self, dense_samples: int, nerfacc_cfg: tuple[float, float] | None, only: str | None = None):
         """``{method: fn() -> (rgb [N, 3], n_samples)}`` (grids built here, outside the timed calls)."""
         from vq3dlib import backend
+        from vq3dlib.ops import use_extension
 
         fns = {}
         want = lambda name: only is None or only == name  # noqa: E731
@@ -312,7 +313,7 @@ class Setup:
                     return render_ours(renderer_torch, self.field, self.rays)
 
             fns["vq3dlib (torch)"] = ours_torch
-        if want("vq3dlib (ext)") and backend.use_extension("ray_march", self.device):
+        if want("vq3dlib (ext)") and use_extension("ray_march", self.device):
             renderer = make_renderer(self.grid, self.args.step_size)
 
             def ours_ext():

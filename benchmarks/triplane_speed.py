@@ -108,10 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("--device cuda requested but no GPU is available")
-    from vq3dlib import backend
+    from vq3dlib.ops import use_extension
 
     methods = dict(METHODS)
-    if not backend.use_extension("triplane_sample", device):  # builds the extension before timing
+    if not use_extension("triplane_sample", device):  # builds the extension before timing
         methods.pop("vq3dlib (ext)")
     planes, points = _inputs(args, device)
     steps = {label: _step_fn(m, planes, points, args.contraction) for label, m in methods.items()}

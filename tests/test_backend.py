@@ -1,4 +1,4 @@
-"""Backend dispatch and the extension loader: forcing, the one-warning fallback, the report, threading."""
+"""Backend dispatch (vq3dlib.backend) and the extension loader: forcing, one-warning fallback, threads."""
 
 from __future__ import annotations
 
@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from vq3dlib import _ext, backend
+from vq3dlib.ops import extension_supports, use_extension
 
 ROOT = Path(__file__).resolve().parents[1]
 requires_ext = pytest.mark.skipif(
-    not backend.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
+    not extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
 )
 
 
@@ -33,7 +34,8 @@ def _run_python(code: str, **env: str) -> subprocess.CompletedProcess:
 def test_forced_torch_backend_skips_the_extension():
     with backend.forced("torch"):
         assert backend.requested_backend() == "torch"
-        assert not backend.use_extension("triplane_sample", "cpu")
+        assert not use_extension("triplane_sample", "cpu")
+        assert not backend.dispatch("triplane_sample", ["triplane_sample_fwd"], "cpu")
     assert backend.requested_backend() in backend.BACKENDS
 
 
@@ -41,8 +43,12 @@ def test_bad_backend_names_raise():
     with pytest.raises(ValueError, match="backend must be one of"):
         with backend.forced("cuda"):
             pass
-    with pytest.raises(KeyError, match="unknown op"):
-        backend.extension_supports("no_such_op", "cpu")
+
+
+def test_required_extension_names_the_op_when_kernels_are_missing():
+    with backend.forced("ext"), pytest.raises(RuntimeError, match="'some_op'"):
+        backend.dispatch("some_op", ["no_such_kernel"], "cpu")
+    assert not backend.kernels_available(["no_such_kernel"], "cpu")
 
 
 @requires_ext
@@ -63,20 +69,13 @@ def test_single_threaded_build_is_reported_with_a_warning(monkeypatch):
     assert _ext.extension_status()["cpu_parallel"] is False
 
 
-def test_report_names_every_op_and_the_extension_state():
-    text = backend.report(build=False)
-    for op in backend.registered_ops():
-        assert op in text
-    assert "cpu_parallel=" in text and "nerfacc importable" in text
-
-
 def test_failed_build_falls_back_with_one_warning(tmp_path):
     # A compiler that always fails, an empty build cache: every op must still run (reference path),
     # with exactly one warning for the whole process, and give the reference's values.
     code = """
         import warnings, torch
         from vq3dlib.ops import triplane_sample, triplane_sample_reference
-        from vq3dlib import backend
+        from vq3dlib.ops import use_extension
         planes, pts = torch.randn(1, 3, 4, 8, 8), torch.randn(20, 3)
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -85,7 +84,7 @@ def test_failed_build_falls_back_with_one_warning(tmp_path):
         ours = [w for w in caught if "vq3dlib" in str(w.message)]
         assert len(ours) == 1, [str(w.message) for w in ours]
         assert "pure-torch reference" in str(ours[0].message)
-        assert not backend.use_extension("triplane_sample", "cpu")
+        assert not use_extension("triplane_sample", "cpu")
         torch.testing.assert_close(a, triplane_sample_reference(planes, pts, contraction="linf"))
         torch.testing.assert_close(a, b)
         print("FALLBACK-OK")

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from vq3dlib import backend
+from vq3dlib.ops import extension_supports
 
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
@@ -34,7 +34,7 @@ def test_render_speed_quick_run_reports_every_method():
     assert out["resolution"] == 16 and out["batch"] == 1
     rows = {r["method"]: r for r in out["rows"]}
     expected = {"dense torch", "vq3dlib (torch)"}
-    if backend.extension_supports("ray_march", "cpu"):
+    if extension_supports("ray_march", "cpu"):
         expected.add("vq3dlib (ext)")
     assert set(rows) == expected  # nerfacc needs CUDA: skipped with a note
     assert any("nerfacc" in note for note in out["notes"])

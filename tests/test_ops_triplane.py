@@ -8,12 +8,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vq3dlib import backend
+from vq3dlib import backend, ops
 from vq3dlib.contraction import contract
 from vq3dlib.ops import triplane_sample, triplane_sample_reference
 
 requires_ext = pytest.mark.skipif(
-    not backend.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
+    not ops.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
 )
 
 OPTIONS = [

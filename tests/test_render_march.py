@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from vq3dlib import backend
+from vq3dlib.ops import extension_supports
 from vq3dlib.ops.march import contract_linf_exact, march_packed, march_packed_reference
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
@@ -27,7 +28,7 @@ def _random_grid(contraction: str, n_scenes: int, levels: int, res, p: float, de
 
 
 def _ext_or_skip(device):
-    if not backend.extension_supports("ray_march", device):
+    if not extension_supports("ray_march", device):
         pytest.skip(f"compiled extension unavailable on {device}")
 
 

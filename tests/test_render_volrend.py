@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from vq3dlib import backend
+from vq3dlib.ops import extension_supports
 from vq3dlib.ops import volrend as ops
 from vq3dlib.render import volrend as vr
 
@@ -37,7 +38,7 @@ COUNTS = [3, 0, 5, 1, 0, 0, 7, 2, 0]  # empty rays at the start of the middle an
 
 
 def _need_ext(op: str, device) -> None:
-    if not backend.extension_supports(op, device):
+    if not extension_supports(op, device):
         pytest.skip(f"extension cannot run {op} on {device}")
 
 
@@ -175,7 +176,7 @@ def test_packed_reference_is_per_ray_next_to_huge_optical_depths(device, dtype):
     args = (ts.to(**to), te.to(**to), sg.to(**to))
     _, trans_ref, _ = ops.weights_from_density_reference(*args, ops.pack_info(ri.to(device), 3))
     torch.testing.assert_close(trans_ref.double().cpu(), expected, rtol=1e-5, atol=0.0)
-    if backend.extension_supports("render_weight_from_density", device):
+    if extension_supports("render_weight_from_density", device):
         _, trans_ext, _ = _run(vr.render_weight_from_density, "ext", *args, ray_indices=ri.to(device))
         torch.testing.assert_close(trans_ref, trans_ext, rtol=1e-5, atol=0.0)
 

@@ -1,10 +1,18 @@
-"""Glue between the compiled kernels and PyTorch: fake (meta) and autograd registrations.
+"""The op registry and the glue between the compiled kernels and PyTorch.
 
-Op modules decorate a function with :func:`on_extension_loaded`; it runs once, right after the
+Each op module declares its op with :func:`register_op` (name, the ``torch.ops.vq3dlib`` kernels it
+calls, a summary); :func:`use_extension` then asks the dispatcher (:func:`vq3dlib.backend.dispatch`)
+whether those kernels run for a device. :func:`registered_ops` lists the declared ops (the backend
+report prints them).
+
+Op modules also decorate a function with :func:`on_extension_loaded`; it runs once, right after the
 extension has been loaded, and registers ``torch.library.register_fake`` / ``register_autograd``
 for that op's kernels. :func:`kernels` returns ``torch.ops.vq3dlib`` with all registrations done.
 
 Example:
+    >>> info = register_op("doc_example_op", ["doc_example_kernel"], "an example")
+    >>> info.kernels, "doc_example_op" in registered_ops()
+    (('doc_example_kernel',), True)
     >>> calls = []
     >>> @on_extension_loaded
     ... def _register():
@@ -16,11 +24,78 @@ Example:
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 
-from vq3dlib import _ext
+from vq3dlib import _ext, backend
+
+
+@dataclass(frozen=True)
+class OpInfo:
+    """An op known to the dispatcher: its name, the extension kernels it calls, and a summary."""
+
+    name: str
+    kernels: tuple[str, ...]
+    summary: str
+
+
+_REGISTRY: dict[str, OpInfo] = {}
+
+
+def register_op(name: str, kernels: Sequence[str], summary: str = "") -> OpInfo:
+    """Declares op ``name`` and the ``torch.ops.vq3dlib`` kernels it needs; returns its :class:`OpInfo`.
+
+    Example:
+        >>> register_op("doc_example_op", ["doc_example_kernel"]).name
+        'doc_example_op'
+    """
+    info = OpInfo(name, tuple(kernels), summary)
+    _REGISTRY[name] = info
+    return info
+
+
+def registered_ops() -> dict[str, OpInfo]:
+    """All ops declared so far (importing :mod:`vq3dlib.ops` declares the built-in ones).
+
+    Example:
+        >>> import vq3dlib.ops
+        >>> "triplane_sample" in registered_ops()
+        True
+    """
+    return dict(_REGISTRY)
+
+
+def _info(op: str) -> OpInfo:
+    info = _REGISTRY.get(op)
+    if info is None:
+        raise KeyError(f"unknown op {op!r}; known: {sorted(_REGISTRY)}")
+    return info
+
+
+def extension_supports(op: str, device: torch.device | str) -> bool:
+    """Whether the compiled extension can run ``op`` on ``device`` (builds it on first call).
+
+    Example:
+        >>> import vq3dlib.ops
+        >>> extension_supports("triplane_sample", "cpu") in (True, False)
+        True
+    """
+    return backend.kernels_available(_info(op).kernels, device)
+
+
+def use_extension(op: str, device: torch.device | str) -> bool:
+    """True when ``op`` should run its compiled kernels on ``device`` (see :func:`vq3dlib.backend.dispatch`).
+
+    Example:
+        >>> import vq3dlib.ops
+        >>> with backend.forced("torch"):
+        ...     use_extension("triplane_sample", "cpu")
+        False
+    """
+    return backend.dispatch(op, _info(op).kernels, device)
+
 
 _pending: list[Callable[[], None]] = []
 _lock = threading.Lock()
@@ -51,11 +126,10 @@ def _run_pending() -> None:
 def kernels():
     """``torch.ops.vq3dlib`` after loading the extension and running pending registrations.
 
-    Raises ``RuntimeError`` if the extension is unavailable; callers check
-    :func:`vq3dlib.backend.use_extension` first.
+    Raises ``RuntimeError`` if the extension is unavailable; callers check :func:`use_extension` first.
 
     Example:
-        >>> from vq3dlib.backend import use_extension
+        >>> import vq3dlib.ops
         >>> if use_extension("triplane_sample", "cpu"):
         ...     _ = kernels().triplane_sample_fwd
     """

@@ -29,14 +29,13 @@ import math
 import torch
 from torch import Tensor
 
-from vq3dlib import backend
 from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor
-from vq3dlib.ops._library import kernels, on_extension_loaded
+from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
 
 CONTRACTIONS: dict[str, int] = {"none": 0, "linf": 2}
 SPACINGS: dict[str, int] = {"t": 0, "contracted": 1}
 
-backend.register_op("ray_march", ["march_packed"], "packed ray marching through occupancy grids")
+register_op("ray_march", ["march_packed"], "packed ray marching through occupancy grids")
 
 _MAX_CANDIDATES = 1 << 22  # per chunk of the reference: rays x steps
 
@@ -339,7 +338,7 @@ def march_packed(
             "far must be finite for spacing='t' when the grid does not bound the rays "
             "(contracted grids cover all space): pass a finite far or use spacing='contracted'"
         )
-    if backend.use_extension("ray_march", origins.device):
+    if use_extension("ray_march", origins.device):
         return kernels().march_packed(
             origins,
             directions,

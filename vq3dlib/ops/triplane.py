@@ -38,7 +38,6 @@ from dataclasses import dataclass
 
 import torch
 
-from vq3dlib import backend
 from vq3dlib._validation import (
     check_choice,
     check_positive,
@@ -47,13 +46,13 @@ from vq3dlib._validation import (
     finite_checks_enabled,
 )
 from vq3dlib.contraction import CONTRACTIONS, contract
-from vq3dlib.ops._library import kernels, on_extension_loaded
+from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
 
 REDUCTIONS = ("sum", "mean", "concat")
 PADDINGS = ("zeros", "border")
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz, yz planes
 
-backend.register_op(
+register_op(
     "triplane_sample",
     ["triplane_sample_fwd", "triplane_sample_bwd", "planes_channels_last"],
     "contract + bilinear lookups in 3 planes + reduce (fwd, bwd, double bwd)",
@@ -282,7 +281,7 @@ def triplane_sample(
     if planes.dtype in (torch.float16, torch.bfloat16):
         planes = planes.float()
         points = points.float() if points.dtype == out_dtype else points
-    use_kernels = backend.use_extension("triplane_sample", planes.device)
+    use_kernels = use_extension("triplane_sample", planes.device)
     prep = _prepare(planes, points, scene_index, reduce, use_kernels)
     if use_kernels:
         out = kernels().triplane_sample_fwd(

@@ -38,16 +38,15 @@ from __future__ import annotations
 
 import torch
 
-from vq3dlib import backend
 from vq3dlib._validation import has_values
-from vq3dlib.ops._library import kernels, on_extension_loaded
+from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
 
-backend.register_op(
+register_op(
     "render_weight_from_density",
     ["volrend_density_fwd", "volrend_density_bwd"],
     "volume-rendering weights from density, packed or dense (fwd, bwd)",
 )
-backend.register_op(
+register_op(
     "render_weight_from_alpha",
     ["volrend_alpha_fwd", "volrend_alpha_bwd"],
     "volume-rendering weights from opacity, packed or dense (fwd, bwd)",
@@ -226,7 +225,7 @@ def weights_from_density(
         >>> w.sum().backward(); sigmas.grad.shape
         torch.Size([4, 8])
     """
-    use_kernel = backend.use_extension("render_weight_from_density", sigmas.device)
+    use_kernel = use_extension("render_weight_from_density", sigmas.device)
     if not (use_kernel and _kernel_layout_ok(packed_info, sigmas.numel())):
         return weights_from_density_reference(t_starts, t_ends, sigmas, packed_info)
     out_dtype = torch.promote_types(torch.promote_types(t_starts.dtype, t_ends.dtype), sigmas.dtype)
@@ -260,7 +259,7 @@ def weights_from_alpha(
         >>> w
         tensor([0.5000, 0.2500, 0.2000])
     """
-    use_kernel = backend.use_extension("render_weight_from_alpha", alphas.device)
+    use_kernel = use_extension("render_weight_from_alpha", alphas.device)
     if not (use_kernel and _kernel_layout_ok(packed_info, alphas.numel())):
         return weights_from_alpha_reference(alphas, packed_info)
     out_dtype = alphas.dtype
