@@ -8,6 +8,7 @@ import torch
 from vq3dlib import backend
 from vq3dlib.ops import extension_supports
 from vq3dlib.ops import volrend as ops
+from vq3dlib.packed import pack_info
 from vq3dlib.render import volrend as vr
 
 nerfacc = pytest.importorskip("nerfacc")
@@ -139,7 +140,7 @@ def test_kernel_fake_and_autograd_registrations():
 
     k = kernels()
     ts, te, sg, ri = _packed([2, 0, 3], "cpu", torch.float64)
-    info = ops.pack_info(ri, 3)
+    info = pack_info(ri, 3)
     args = (ts.requires_grad_(), te.requires_grad_(), sg.requires_grad_(), info, 0)
     torch.library.opcheck(k.volrend_density_fwd, args)
     torch.library.opcheck(k.volrend_alpha_fwd, ((sg.detach() / 7).requires_grad_(), info, 0))
@@ -174,7 +175,7 @@ def test_packed_reference_is_per_ray_next_to_huge_optical_depths(device, dtype):
     expected = torch.cat([expected_far, expected_near, expected_far])
     to = dict(device=device, dtype=dtype)
     args = (ts.to(**to), te.to(**to), sg.to(**to))
-    _, trans_ref, _ = ops.weights_from_density_reference(*args, ops.pack_info(ri.to(device), 3))
+    _, trans_ref, _ = ops.weights_from_density_reference(*args, pack_info(ri.to(device), 3))
     torch.testing.assert_close(trans_ref.double().cpu(), expected, rtol=1e-5, atol=0.0)
     if extension_supports("render_weight_from_density", device):
         _, trans_ext, _ = _run(vr.render_weight_from_density, "ext", *args, ray_indices=ri.to(device))
@@ -287,7 +288,7 @@ def test_weights_properties(device, mode):
     total = torch.zeros(n_rays, dtype=torch.float64, device=device).index_add(0, ri, tau)
     opacity = vr.accumulate_opacity(w, ri, n_rays)[:, 0]
     torch.testing.assert_close(opacity, 1 - torch.exp(-total))  # sum of weights = 1 - final transmittance
-    first = ops.pack_info(ri, n_rays)[:, 0][torch.tensor(COUNTS, device=device) > 0]
+    first = pack_info(ri, n_rays)[:, 0][torch.tensor(COUNTS, device=device) > 0]
     assert torch.all(trans[first] == 1)
     same_ray = ri[1:] == ri[:-1]
     assert torch.all(trans[1:][same_ray] <= trans[:-1][same_ray])
@@ -300,7 +301,7 @@ def test_packed_equals_dense_and_packed_info_equals_ray_indices(device):
     ri = torch.arange(4, device=device).repeat_interleave(6)
     flat = [x.reshape(-1) for x in (ts, te, sg)]
     packed = vr.render_weight_from_density(*flat, ray_indices=ri)
-    via_info = vr.render_weight_from_density(*flat, packed_info=ops.pack_info(ri, 4))
+    via_info = vr.render_weight_from_density(*flat, packed_info=pack_info(ri, 4))
     for a, b, c in zip(dense, packed, via_info, strict=True):
         torch.testing.assert_close(a.reshape(-1), b)
         torch.testing.assert_close(b, c)

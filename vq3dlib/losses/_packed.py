@@ -1,21 +1,22 @@
-"""Segment reductions over packed samples (nerfacc layout), in pure torch.
+"""Input checks of the losses over packed samples (nerfacc layout); private to :mod:`vq3dlib.losses`.
 
 Packed samples are ``S`` samples from ``n_rays`` rays stored flat; ``ray_indices [S]`` (int64, sorted
 by ray) says which ray each sample belongs to. Dense samples ``[..., N]`` are the same thing with a
-fixed number of samples per ray. These helpers are private to :mod:`vq3dlib.losses`.
+fixed number of samples per ray. The packed-segment primitives themselves (ray-index checks, per-ray
+sums, exclusive scans) are :mod:`vq3dlib.packed`; these helpers add the losses' checks of the
+per-sample tensors and of the sample order along each ray.
 
 Example:
     >>> import torch
-    >>> ri = torch.tensor([0, 0, 2])
-    >>> segment_sum(torch.tensor([1.0, 2.0, 3.0]), ri, 3)
-    tensor([3., 0., 3.])
+    >>> check_packed(torch.ones(3), torch.tensor([0, 0, 2]), 3, t_starts=torch.zeros(3))
 """
 
 from __future__ import annotations
 
 import torch
 
-from vq3dlib._validation import check_positive, check_tensor, finite_checks_enabled, has_values
+from vq3dlib._validation import check_tensor, finite_checks_enabled, has_values
+from vq3dlib.packed import check_n_rays, check_ray_indices
 
 
 def check_packed(
@@ -26,8 +27,8 @@ def check_packed(
 ) -> None:
     """Validates a packed batch: 1-D float ``weights`` and ``others``, sorted in-range ``ray_indices``.
 
-    The sortedness and range checks need a host sync; like the NaN checks they are skipped when
-    :func:`vq3dlib._validation.set_finite_checks` turned checks off.
+    The sortedness and range checks (:func:`vq3dlib.packed.check_ray_indices`) need a host sync; like
+    the NaN checks they are skipped when :func:`vq3dlib._validation.set_finite_checks` turned checks off.
 
     Example:
         >>> import torch
@@ -35,19 +36,12 @@ def check_packed(
     """
     check_tensor("weights", weights, ndim=1, floating=True, finite=True)
     check_tensor("ray_indices", ray_indices, shape=(weights.shape[0],), integer=True, device=weights.device)
-    if not isinstance(n_rays, int) or isinstance(n_rays, bool):
-        raise TypeError(f"n_rays must be an int, got {type(n_rays).__name__}")
-    check_positive("n_rays", n_rays, allow_zero=True)
+    check_n_rays(n_rays)
     for name, value in others.items():
         check_tensor(
             name, value, shape=(weights.shape[0],), floating=True, device=weights.device, finite=True
         )
-    if finite_checks_enabled() and ray_indices.numel() > 0 and has_values(ray_indices):
-        if bool((ray_indices[1:] < ray_indices[:-1]).any()):
-            raise ValueError("ray_indices must be sorted (samples grouped by ray, as nerfacc packs them)")
-        lo, hi = int(ray_indices.min()), int(ray_indices.max())
-        if lo < 0 or hi >= n_rays:
-            raise ValueError(f"ray_indices must lie in [0, n_rays={n_rays}), got values in [{lo}, {hi}]")
+    check_ray_indices(ray_indices, weights.shape[0], n_rays)
 
 
 def check_sorted_samples(
@@ -85,36 +79,3 @@ def check_sorted_samples(
             f"samples must be sorted along each ray (t_starts and t_ends non-decreasing within a ray, as "
             f"ray marching gives them); {int(bad.sum())} sample(s) come before their predecessor"
         )
-
-
-def segment_sum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """Sums ``values [S]`` per ray into ``[n_rays]`` (differentiable).
-
-    Example:
-        >>> import torch
-        >>> segment_sum(torch.ones(4), torch.tensor([1, 1, 1, 3]), 4)
-        tensor([0., 3., 0., 1.])
-    """
-    out = values.new_zeros((n_rays,) + tuple(values.shape[1:]))
-    return out.index_add(0, ray_indices, values)
-
-
-def exclusive_segment_cumsum(values: torch.Tensor, ray_indices: torch.Tensor, n_rays: int) -> torch.Tensor:
-    """Exclusive prefix sum of ``values [S, ...]`` along dim 0, restarted at every (sorted) ray.
-
-    One global cumulative sum (accumulated in float64 so long batches do not lose precision) minus
-    the running total at each ray's first sample. O(S) time and memory.
-
-    Example:
-        >>> import torch
-        >>> exclusive_segment_cumsum(torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([0, 0, 1, 1]), 2)
-        tensor([0., 1., 0., 3.])
-    """
-    if values.numel() == 0:
-        return values.clone()
-    acc = values.to(torch.float64)
-    exclusive = torch.cumsum(acc, 0) - acc
-    counts = torch.bincount(ray_indices, minlength=n_rays)
-    starts = torch.cumsum(counts, 0) - counts
-    first = starts[ray_indices]
-    return (exclusive - exclusive[first]).to(values.dtype)

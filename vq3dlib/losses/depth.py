@@ -26,7 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from vq3dlib._validation import check_choice, check_positive, check_tensor
-from vq3dlib.losses._packed import check_packed, segment_sum
+from vq3dlib.losses._packed import check_packed
+from vq3dlib.packed import segment_sum
 
 SPACES = ("depth", "disparity")
 METHODS = ("lsq", "median", "trimmed")

@@ -27,12 +27,8 @@ import math
 import torch
 
 from vq3dlib._validation import check_choice, check_tensor
-from vq3dlib.losses._packed import (
-    check_packed,
-    check_sorted_samples,
-    exclusive_segment_cumsum,
-    segment_sum,
-)
+from vq3dlib.losses._packed import check_packed, check_sorted_samples
+from vq3dlib.packed import check_n_rays, exclusive_sum, pack_info, segment_sum
 
 REDUCTIONS = ("mean", "sum", "none")
 
@@ -85,8 +81,7 @@ def distortion_loss(
         tensor([0.6667, 0.3333])
     """
     check_choice("reduction", reduction, REDUCTIONS)
-    if n_rays is not None and (not isinstance(n_rays, int) or isinstance(n_rays, bool)):
-        raise TypeError(f"n_rays must be an int or None, got {type(n_rays).__name__}")
+    check_n_rays(n_rays)
     if ray_indices is None:
         check_tensor("weights", weights, ndim=tuple(range(1, 9)), floating=True, finite=True)
         check_tensor("t_starts", t_starts, shape=tuple(weights.shape), floating=True, finite=True)
@@ -112,7 +107,7 @@ def distortion_loss(
     check_sorted_samples(t_starts, t_ends, ray_indices)
     mid = 0.5 * (t_starts + t_ends)
     wm = weights * mid
-    before = exclusive_segment_cumsum(torch.stack([weights, wm], -1), ray_indices, n_rays)
+    before = exclusive_sum(torch.stack([weights, wm], -1), pack_info(ray_indices, n_rays))
     w_before, wm_before = before.unbind(-1)
     per_sample = 2.0 * weights * (mid * w_before - wm_before) + weights.square() * (t_ends - t_starts) / 3.0
     return _reduce(segment_sum(per_sample, ray_indices, n_rays), reduction)

@@ -9,20 +9,22 @@ or, from opacities ``a`` directly, ``T_i = prod_{j<i} (1 - a_j)``. Transmittance
 space (an exclusive running sum of ``tau``) as recommended for stability.
 
 Samples come dense, ``[..., n_samples]`` (each row one ray), or packed: 1-D ``[S]`` with
-``packed_info [n_rays, 2]`` holding each ray's ``(start, count)`` (see :func:`pack_info`, which builds
-it from nerfacc-style sorted ``ray_indices``). The compiled kernels process one ray per task in one
-O(n) pass forward and one reverse O(n) pass backward (gradients to ``sigmas`` and to the interval
-ends, or to ``alphas``; the backward reuses the forward's transmittance and opacities and evaluates
-no exponential). The kernels need packed rays stored as consecutive runs covering all samples (what
-:func:`pack_info` produces); other ``packed_info`` layouts run the reference. The ``*_reference``
-functions (torch ops: padded per-ray float64 ``cumsum`` for packed densities, padded ``cumprod``
-for packed alphas) are the fallback and the test oracle. The kernel path is differentiable once; for
-double backward use the reference (``VQ3DLIB_BACKEND=torch``).
+``packed_info [n_rays, 2]`` holding each ray's ``(start, count)`` (see
+:func:`vq3dlib.packed.pack_info`, which builds it from nerfacc-style sorted ``ray_indices``). The
+compiled kernels process one ray per task in one O(n) pass forward and one reverse O(n) pass backward
+(gradients to ``sigmas`` and to the interval ends, or to ``alphas``; the backward reuses the
+forward's transmittance and opacities and evaluates no exponential). The kernels need packed rays
+stored as consecutive runs covering all samples (what ``pack_info`` produces); other ``packed_info``
+layouts run the reference. The ``*_reference`` functions (the per-ray scans of
+:mod:`vq3dlib.packed`: a float64 exclusive sum of ``tau`` for packed densities, an exclusive product
+of ``1 - a`` for packed alphas) are the fallback and the test oracle. The kernel path is
+differentiable once; for double backward use the reference (``VQ3DLIB_BACKEND=torch``).
 
 These are the low-level ops; :mod:`vq3dlib.render.volrend` holds the nerfacc-compatible API.
 
 Example:
     >>> import torch
+    >>> from vq3dlib.packed import pack_info
     >>> t = torch.tensor([0.0, 1.0, 2.0, 0.0, 1.0])
     >>> sigmas = torch.tensor([0.5, 1.0, 2.0, 0.1, 3.0])
     >>> info = pack_info(torch.tensor([0, 0, 0, 1, 1]), n_rays=2)
@@ -40,6 +42,7 @@ import torch
 
 from vq3dlib._validation import has_values
 from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
+from vq3dlib.packed import exclusive_prod, exclusive_sum, segment_positions
 
 register_op(
     "render_weight_from_density",
@@ -55,56 +58,6 @@ register_op(
 _KERNEL_DTYPES = (torch.float32, torch.float64)
 
 
-@torch.no_grad()
-def pack_info(ray_indices: torch.Tensor, n_rays: int | None = None) -> torch.Tensor:
-    """``packed_info [n_rays, 2]`` (start, count) of each ray from sorted ``ray_indices [S]``.
-
-    Rays without samples get count 0 (and the start of the next ray). Uses ``torch.searchsorted``,
-    so it is deterministic and needs ``ray_indices`` sorted (not checked here; the public render
-    functions check it).
-
-    Args:
-        ray_indices: ``[S]`` integer ray of each sample, non-decreasing.
-        n_rays: number of rays; default ``max(ray_indices) + 1`` (0 when there are no samples).
-
-    Returns:
-        ``[n_rays, 2]`` int64 tensor on the device of ``ray_indices``.
-
-    Example:
-        >>> import torch
-        >>> pack_info(torch.tensor([0, 0, 2, 2, 2]), n_rays=4).tolist()
-        [[0, 2], [2, 0], [2, 3], [5, 0]]
-    """
-    ray_indices = ray_indices.long()
-    if n_rays is None:
-        n_rays = int(ray_indices.max()) + 1 if ray_indices.numel() > 0 else 0
-    rays = torch.arange(n_rays, device=ray_indices.device, dtype=torch.long)
-    starts = torch.searchsorted(ray_indices, rays, side="left")
-    ends = torch.searchsorted(ray_indices, rays, side="right")
-    return torch.stack([starts, ends - starts], dim=-1)
-
-
-def _segments(packed_info: torch.Tensor, n_samples: int) -> tuple[torch.Tensor, ...]:
-    """Flattens ``packed_info``: for the covered samples in ray order, their position in the input,
-    their ray, their rank within the ray, and the index (in that order) of their ray's first sample."""
-    starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
-    n_rays = packed_info.shape[0]
-    total = int(counts.sum()) if n_rays > 0 else 0
-    device = packed_info.device
-    rays = torch.repeat_interleave(torch.arange(n_rays, device=device), counts, output_size=total)
-    offsets = torch.cumsum(counts, 0) - counts  # first index of each ray in the gathered order
-    first = offsets[rays]
-    rank = torch.arange(total, device=device) - first
-    positions = starts[rays] + rank
-    if total > 0 and (int(positions.min()) < 0 or int(positions.max()) >= n_samples):
-        raise ValueError(f"packed_info addresses samples outside [0, {n_samples})")
-    return positions, rays, rank, first
-
-
-def _scatter(values: torch.Tensor, positions: torch.Tensor, n_samples: int) -> torch.Tensor:
-    return values.new_zeros(n_samples).index_put((positions,), values)
-
-
 def weights_from_density_reference(
     t_starts: torch.Tensor,
     t_ends: torch.Tensor,
@@ -113,9 +66,9 @@ def weights_from_density_reference(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Pure-torch reference of :func:`weights_from_density` (same arguments and results).
 
-    Dense: ``torch.cumsum`` over the last dimension. Packed: a float64 ``cumsum`` per ray, on the
-    samples padded to ``[n_rays, max_count]`` (so each ray's precision is independent of the other
-    rays' optical depths, however large). Differentiable with autograd.
+    Dense: ``torch.cumsum`` over the last dimension. Packed: :func:`vq3dlib.packed.exclusive_sum` (per
+    ray, in float64, so each ray's precision is independent of the other rays' optical depths, however
+    large). Differentiable with autograd.
 
     Example:
         >>> import torch
@@ -130,17 +83,10 @@ def weights_from_density_reference(
         depth = torch.cumsum(torch.cat([torch.zeros_like(tau[..., :1]), tau[..., :-1]], dim=-1), dim=-1)
         trans = torch.exp(-depth)
         return trans * alphas, trans, alphas
-    n = tau.shape[0]
-    positions, rays, rank, _ = _segments(packed_info, n)
-    # Per-ray cumsum on a [n_rays, max_count + 1] padding: one flat cumsum over all rays minus each
-    # ray's start would lose a ray's precision to huge optical depths of the rays before it.
-    n_rays = packed_info.shape[0]
-    width = int(packed_info[:, 1].max()) if n_rays > 0 else 0
-    padded = tau.new_zeros(n_rays, width + 1, dtype=torch.float64)
-    padded = padded.index_put((rays, rank + 1), tau[positions].double())
-    depth = torch.cumsum(padded, dim=-1)[rays, rank]  # column k = optical depth before sample k
-    trans = _scatter(torch.exp(-depth).to(tau.dtype), positions, n)
-    covered = _scatter(torch.ones_like(depth, dtype=tau.dtype), positions, n)
+    positions, _, _ = segment_positions(packed_info, tau.shape[0])
+    covered = tau.new_zeros(tau.shape).index_put((positions,), tau.new_ones(positions.shape))
+    depth = exclusive_sum(tau, packed_info, dtype=torch.float64)  # optical depth before each sample
+    trans = torch.exp(-depth).to(tau.dtype) * covered
     alphas = alphas * covered
     return trans * alphas, trans, alphas
 
@@ -150,8 +96,8 @@ def weights_from_alpha_reference(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Pure-torch reference of :func:`weights_from_alpha` (same arguments and results).
 
-    Exclusive ``torch.cumprod`` of ``1 - alphas`` (its gradient is exact when an opacity is 1);
-    packed samples are padded to ``[n_rays, max_count]`` first.
+    Exclusive ``torch.cumprod`` of ``1 - alphas`` (its gradient is exact when an opacity is 1); per
+    ray for packed samples (:func:`vq3dlib.packed.exclusive_prod`).
 
     Example:
         >>> import torch
@@ -162,13 +108,7 @@ def weights_from_alpha_reference(
     if packed_info is None:
         trans = torch.cumprod(torch.cat([torch.ones_like(keep[..., :1]), keep[..., :-1]], dim=-1), dim=-1)
         return trans * alphas, trans
-    n = alphas.shape[0]
-    positions, rays, rank, _ = _segments(packed_info, n)
-    n_rays = packed_info.shape[0]
-    width = int(packed_info[:, 1].max()) if n_rays > 0 else 0
-    padded = keep.new_ones(n_rays, width + 1).index_put((rays, rank + 1), keep[positions])
-    trans_padded = torch.cumprod(padded, dim=-1)  # column k = prod over the first k samples
-    trans = _scatter(trans_padded[rays, rank], positions, n)
+    trans = exclusive_prod(keep, packed_info)
     return trans * alphas, trans
 
 

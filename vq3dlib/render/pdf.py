@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 
 from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled, has_values
+from vq3dlib.packed import pad_segments
 
 __all__ = ["importance_sampling", "sample_from_pdf"]
 
@@ -44,20 +45,6 @@ def _check_sorted(name: str, values: torch.Tensor) -> None:
         return
     if bool((values[..., 1:] < values[..., :-1]).any()):
         raise ValueError(f"{name} must be non-decreasing along the last dimension")
-
-
-def _pad_packed(values: torch.Tensor, packed_info: torch.Tensor) -> torch.Tensor:
-    """Packed per-ray runs ``[E]`` → ``[n_rays, max_count]``, each row padded with its last value."""
-    starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
-    n_rays = packed_info.shape[0]
-    width = max(int(counts.max()) if n_rays > 0 else 0, 1)
-    col = torch.arange(width, device=values.device)
-    index = starts[:, None] + torch.minimum(col[None, :], (counts[:, None] - 1).clamp_min(0))
-    empty = counts[:, None] == 0
-    if values.numel() == 0:
-        return values.new_zeros(n_rays, width)
-    gathered = values[index.clamp(0, values.numel() - 1)]
-    return torch.where(empty, torch.zeros_like(gathered), gathered)
 
 
 def _invert_cdf(
@@ -151,7 +138,7 @@ def importance_sampling(
         check_tensor("packed_info", packed_info, shape=(None, 2), integer=True)
         if bins.dim() != 1:
             raise ValueError(f"bins must be flat [E] when packed_info is given, got shape {list(bins.shape)}")
-        bins, cdfs = _pad_packed(bins, packed_info), _pad_packed(cdfs, packed_info)
+        bins, cdfs = pad_segments(bins, packed_info), pad_segments(cdfs, packed_info)
     elif bins.dim() == 0 or bins.shape[-1] < 2:
         raise ValueError(f"bins must have shape [..., n_edges] with n_edges >= 2, got {list(bins.shape)}")
     _check_sorted("bins", bins)

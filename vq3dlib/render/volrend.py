@@ -30,8 +30,9 @@ from __future__ import annotations
 
 import torch
 
-from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled, has_values
-from vq3dlib.ops.volrend import pack_info, weights_from_alpha, weights_from_density
+from vq3dlib._validation import check_same_device, check_tensor
+from vq3dlib.ops.volrend import weights_from_alpha, weights_from_density
+from vq3dlib.packed import check_n_rays, check_ray_indices, pack_info, segment_sum
 
 __all__ = [
     "accumulate_along_rays",
@@ -49,29 +50,6 @@ __all__ = [
 ]
 
 
-def _check_n_rays(n_rays: object) -> None:
-    if n_rays is None:
-        return
-    if isinstance(n_rays, bool) or not isinstance(n_rays, int):
-        raise TypeError(f"n_rays must be an int, got {type(n_rays).__name__}")
-    if n_rays < 0:
-        raise ValueError(f"n_rays must be >= 0, got {n_rays}")
-
-
-def _check_ray_indices(
-    ray_indices: torch.Tensor, n_samples: int, n_rays: int | None, *, sorted_: bool
-) -> None:
-    check_tensor("ray_indices", ray_indices, shape=(n_samples,), integer=True)
-    if not finite_checks_enabled() or n_samples == 0 or not has_values(ray_indices):
-        return
-    lo, hi = int(ray_indices.min()), int(ray_indices.max())
-    if lo < 0 or (n_rays is not None and hi >= n_rays):
-        bound = f"[0, {n_rays})" if n_rays is not None else ">= 0"
-        raise ValueError(f"ray_indices must be in {bound}, got values in [{lo}, {hi}]")
-    if sorted_ and n_samples > 1 and bool((ray_indices[1:] < ray_indices[:-1]).any()):
-        raise ValueError("ray_indices must be sorted (non-decreasing): packed samples are grouped by ray")
-
-
 def _packing(
     name: str,
     values: torch.Tensor,
@@ -80,7 +58,7 @@ def _packing(
     n_rays: int | None,
 ) -> torch.Tensor | None:
     """Validates the sample layout; returns ``packed_info`` for packed samples, ``None`` for dense."""
-    _check_n_rays(n_rays)
+    check_n_rays(n_rays)
     if packed_info is None and ray_indices is None:
         if values.dim() == 0:
             raise ValueError(f"{name} must have shape [..., n_samples] (dense) or [S] (packed), got a scalar")
@@ -96,7 +74,7 @@ def _packing(
         if n_rays is not None and packed_info.shape[0] != n_rays:
             raise ValueError(f"packed_info must have n_rays = {n_rays} rows, got {packed_info.shape[0]}")
         return packed_info
-    _check_ray_indices(ray_indices, values.shape[0], n_rays, sorted_=True)
+    check_ray_indices(ray_indices, values.shape[0], n_rays)
     return pack_info(ray_indices, n_rays)
 
 
@@ -112,7 +90,7 @@ def _check_samples(**tensors: torch.Tensor) -> None:
     check_same_device(**tensors)
 
 
-def _apply_prefix(prefix_trans: torch.Tensor | None, like: torch.Tensor) -> None:
+def _check_prefix_trans(prefix_trans: torch.Tensor | None, like: torch.Tensor) -> None:
     if prefix_trans is not None:
         check_tensor("prefix_trans", prefix_trans, shape=tuple(like.shape), floating=True, finite=True)
         check_same_device(prefix_trans=prefix_trans, samples=like)
@@ -153,7 +131,7 @@ def render_weight_from_density(
     """
     _check_samples(sigmas=sigmas, t_starts=t_starts, t_ends=t_ends)
     info = _packing("sigmas", sigmas, packed_info, ray_indices, n_rays)
-    _apply_prefix(prefix_trans, sigmas)
+    _check_prefix_trans(prefix_trans, sigmas)
     weights, trans, alphas = weights_from_density(t_starts, t_ends, sigmas, info)
     if prefix_trans is not None:
         trans = trans * prefix_trans
@@ -189,7 +167,7 @@ def render_weight_from_alpha(
     """
     _check_samples(alphas=alphas)
     info = _packing("alphas", alphas, packed_info, ray_indices, n_rays)
-    _apply_prefix(prefix_trans, alphas)
+    _check_prefix_trans(prefix_trans, alphas)
     weights, trans = weights_from_alpha(alphas, info)
     if prefix_trans is not None:
         trans = trans * prefix_trans
@@ -354,15 +332,14 @@ def accumulate_along_rays(
         return src.sum(dim=-2)
     if n_rays is None:
         raise ValueError("n_rays must be given with ray_indices (rays without samples still need a row)")
-    _check_n_rays(n_rays)
+    check_n_rays(n_rays)
     if weights.dim() != 1:
         raise ValueError(
             f"weights must be flat [S] when ray_indices is given, got shape {list(weights.shape)}"
         )
     check_same_device(weights=weights, ray_indices=ray_indices)
-    _check_ray_indices(ray_indices, weights.shape[0], n_rays, sorted_=False)
-    out = src.new_zeros(n_rays, src.shape[-1])
-    return out.index_add(0, ray_indices.long(), src)
+    check_ray_indices(ray_indices, weights.shape[0], n_rays, require_sorted=False)
+    return segment_sum(src, ray_indices, n_rays)
 
 
 def accumulate_opacity(
