@@ -113,3 +113,17 @@ def test_bad_inputs():
         ray_aabb_intersect(o, d, BOX, near=torch.zeros(5))
     with pytest.raises(TypeError, match="origins"):
         ray_aabb_intersect([[0.0, 0, 0]], d, BOX)
+
+
+def test_value_checks_switched_off_skip_the_box_and_nan_checks():
+    from vq3dlib import _validation
+    from vq3dlib.render.aabb import as_aabb
+
+    _validation.set_finite_checks(False)
+    try:  # no value is read (no device sync): an inverted box and a NaN near pass unchecked
+        assert as_aabb([1.0, 0, 0, 0, 1, 1], torch.zeros(1)).shape == (6,)
+        ray_aabb_intersect(torch.zeros(2, 3), torch.ones(2, 3), BOX, near=torch.tensor([0.0, math.nan]))
+    finally:
+        _validation.set_finite_checks(True)
+    with pytest.raises(ValueError, match="min < max"):
+        as_aabb([1.0, 0, 0, 0, 1, 1], torch.zeros(1))

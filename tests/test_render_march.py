@@ -290,3 +290,40 @@ def test_matches_nerfacc_occgrid_on_cuda():
     len_b = torch.zeros(2000, device=dev).index_add_(0, s.ray_indices, s.t_ends - s.t_starts)
     assert torch.equal(len_a > 0, len_b > 0) or ((len_a > 0) ^ (len_b > 0)).float().mean() < 0.01
     assert (len_a - len_b).abs().max() < 0.1
+
+
+def test_value_checks_switched_off_skip_the_synchronising_checks():
+    from vq3dlib import _validation
+
+    o, d = torch.tensor([[0.0, 0, -2]]), torch.tensor([[0.0, 0, 1]])
+    binaries, box = torch.ones(2, 1, 2, 2, 2, dtype=torch.bool), torch.tensor([[-1.0, -1, -1, 1, 1, 1]])
+    far = torch.full((1,), math.nan)
+    with pytest.raises(ValueError, match="NaN"):
+        march_packed(o, d, torch.zeros(1), far, binaries, box, torch.zeros(1, dtype=torch.long))
+    with pytest.raises(ValueError, match="scene_index"):
+        march_packed(o, d, torch.zeros(1), torch.ones(1), binaries, box, torch.full((1,), 5))
+    _validation.set_finite_checks(False)
+    try:  # no value of near/far/scene_index is read: a NaN far marches nothing
+        ri, _, _ = march_packed(o, d, torch.zeros(1), far, binaries, box, torch.zeros(1, dtype=torch.long))
+        assert ri.numel() == 0
+    finally:
+        _validation.set_finite_checks(True)
+
+
+def test_reference_chunks_bound_the_candidates():
+    from vq3dlib.ops import march as ops_march
+
+    t0, t1 = torch.zeros(10), torch.full((10,), 9.5)
+    assert ops_march._chunk_rays(t0, t1, 1.0, 0) == 10  # 11 steps per ray: one chunk
+    o = torch.zeros(50, 3)
+    d = torch.nn.functional.normalize(torch.randn(50, 3), dim=-1)
+    b, box = torch.ones(1, 1, 4, 4, 4, dtype=torch.bool), torch.tensor([[-1.0, -1, -1, 1, 1, 1]])
+    whole = march_packed_reference(o, d, torch.zeros(50), torch.full((50,), 3.0), b, box, step_size=0.1)
+    small = ops_march._MAX_CANDIDATES
+    try:
+        ops_march._MAX_CANDIDATES = 100  # 3 rays per chunk: the same samples
+        chunked = march_packed_reference(o, d, torch.zeros(50), torch.full((50,), 3.0), b, box, step_size=0.1)
+    finally:
+        ops_march._MAX_CANDIDATES = small
+    for a, c in zip(whole, chunked, strict=True):
+        assert torch.equal(a, c)

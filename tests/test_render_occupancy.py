@@ -170,3 +170,16 @@ def test_bad_inputs():
         OccupancyGrid.from_field(lambda x, s: 0.0, resolution=4)
     with pytest.raises(ValueError, match="jitter"):
         OccupancyGrid.from_field(ball(1.0), resolution=4, samples_per_cell=2)
+
+
+def test_nan_density_check_follows_the_value_check_switch():
+    from vq3dlib import _validation
+
+    nan = lambda x, s: torch.full((len(x),), math.nan)  # noqa: E731
+    with pytest.raises(ValueError, match="NaN"):
+        OccupancyGrid.from_field(nan, 4)
+    _validation.set_finite_checks(False)
+    try:  # the check would read the densities (a device sync): skipped
+        OccupancyGrid.from_field(nan, 4)
+    finally:
+        _validation.set_finite_checks(True)

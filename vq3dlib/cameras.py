@@ -39,6 +39,7 @@ __all__ = [
     "look_at",
     "orbit_cameras",
     "perturb_cameras",
+    "rigid_inverse",
 ]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
@@ -203,15 +204,8 @@ class Cameras:
 
     @property
     def world_to_cam(self) -> Tensor:
-        """``[B, 4, 4]`` world-to-camera transforms (rigid inverse of ``cam_to_world``)."""
-        rot = self.cam_to_world[:, :3, :3]
-        t = self.cam_to_world[:, :3, 3:]
-        out = torch.zeros_like(self.cam_to_world)
-        rot_inv = torch.linalg.inv(rot)
-        out[:, :3, :3] = rot_inv
-        out[:, :3, 3:] = -rot_inv @ t
-        out[:, 3, 3] = 1.0
-        return out
+        """``[B, 4, 4]`` world-to-camera transforms (:func:`rigid_inverse` of ``cam_to_world``)."""
+        return rigid_inverse(self.cam_to_world)
 
     @property
     def centers(self) -> Tensor:
@@ -417,17 +411,30 @@ class Cameras:
             raise ValueError("camera must hold at least one camera")
         if bool((heights != heights[0]).any() | (widths != widths[0]).any()):
             raise ValueError("camera must have one image size for the whole batch")
-        ext = camera.extrinsics
-        c2w = torch.zeros_like(ext)
-        rot_inv = torch.linalg.inv(ext[:, :3, :3])
-        c2w[:, :3, :3] = rot_inv
-        c2w[:, :3, 3:] = -rot_inv @ ext[:, :3, 3:]
-        c2w[:, 3, 3] = 1.0
+        c2w = rigid_inverse(camera.extrinsics)
         size = (int(round(float(heights[0]))), int(round(float(widths[0]))))
         return cls(camera.intrinsics[:, :3, :3].contiguous(), c2w, size)
 
 
 # ---- construction helpers ------------------------------------------------------------------------
+
+
+def rigid_inverse(transform: Tensor) -> Tensor:
+    """Inverse ``[..., 4, 4]`` of rigid transforms ``[R | t]``: ``[R^T | -R^T t]`` (a transpose, no solve).
+
+    ``R`` must be a rotation (orthonormal), as in camera-to-world and world-to-camera matrices.
+
+    Example:
+        >>> c2w = look_at(torch.tensor([[1.0, 2.0, 3.0]]))
+        >>> torch.allclose(rigid_inverse(c2w) @ c2w, torch.eye(4), atol=1e-6)
+        True
+    """
+    rot_t = transform[..., :3, :3].transpose(-1, -2)
+    out = torch.zeros_like(transform)
+    out[..., :3, :3] = rot_t
+    out[..., :3, 3:] = -rot_t @ transform[..., :3, 3:]
+    out[..., 3, 3] = 1.0
+    return out
 def intrinsics_from_fov(
     fov_degrees: float,
     image_size: Sequence[int],

@@ -24,15 +24,12 @@ from typing import Any
 from torch import nn
 
 from vq3dlib._validation import check_choice, check_positive
+from vq3dlib.models.field import DENSITY_ACTIVATIONS, MLP_BACKENDS
+from vq3dlib.ops.march import MARCH_CONTRACTIONS
+from vq3dlib.ops.triplane import REDUCTIONS
 
 QUANTIZERS = ("vq", "fsq", "lfq", "residual")
 CODEBOOK_UPDATES = ("ema", "loss")
-DENSITY_ACTIVATIONS = ("trunc_exp", "softplus")
-MLP_BACKENDS = ("auto", "torch", "tcnn")
-TRIPLANE_REDUCTIONS = ("sum", "mean", "concat")
-#: scene contractions the model's occupancy grid and ray marcher support (``vq3dlib.render``); the
-#: triplane alone also knows ``"l2"``, which the renderer cannot march, so the model rejects it
-CONTRACTIONS = ("linf", "none")
 DEPTH_TARGETS = ("disparity", "depth")
 
 
@@ -194,13 +191,14 @@ class VQ3DConfig:
         check_choice("codebook_update", self.codebook_update, CODEBOOK_UPDATES)
         check_choice("density_activation", self.density_activation, DENSITY_ACTIVATIONS)
         check_choice("mlp_backend", self.mlp_backend, MLP_BACKENDS)
-        check_choice("triplane_reduce", self.triplane_reduce, TRIPLANE_REDUCTIONS)
+        check_choice("triplane_reduce", self.triplane_reduce, REDUCTIONS)
         if self.contraction == "l2":
             raise ValueError(
                 "contraction='l2' is not supported by the model: its occupancy grid and ray marcher "
                 "(vq3dlib.render) march 'linf' (MERF) or 'none' contracted space only; use contraction='linf'"
             )
-        check_choice("contraction", self.contraction, CONTRACTIONS)
+        # the occupancy grid and the ray marcher (vq3dlib.render) march these; the triplane also knows "l2"
+        check_choice("contraction", self.contraction, MARCH_CONTRACTIONS)
         if self.field_out_features and not self.super_resolution:
             raise ValueError(
                 f"field_out_features={self.field_out_features} needs super_resolution=True: the rendered "

@@ -29,15 +29,23 @@ import math
 import torch
 from torch import Tensor
 
-from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor
+from vq3dlib._validation import (
+    check_choice,
+    check_positive,
+    check_same_device,
+    check_tensor,
+    finite_checks_enabled,
+)
+from vq3dlib.ops._codes import CONTRACTION_CODES, SPACING_CODES
 from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
 
-CONTRACTIONS: dict[str, int] = {"none": 0, "linf": 2}
-SPACINGS: dict[str, int] = {"t": 0, "contracted": 1}
+#: the contractions the marcher and the occupancy grid support (the triplane also knows "l2")
+MARCH_CONTRACTIONS = ("none", "linf")
+SPACINGS = tuple(SPACING_CODES)
 
 register_op("ray_march", ["march_packed"], "packed ray marching through occupancy grids")
 
-_MAX_CANDIDATES = 1 << 22  # per chunk of the reference: rays x steps
+_MAX_CANDIDATES = 1 << 22  # candidate steps (rays x steps) one chunk of the reference holds at most
 
 
 @on_extension_loaded
@@ -121,7 +129,7 @@ def grid_lookup_reference(
 ) -> Tensor:
     """Occupancy of world points in (multi-level, multi-scene) binary grids, as the kernels see it.
 
-    Each point is contracted (when ``contraction`` is ``CONTRACTIONS["linf"]``), then looked up in the
+    Each point is contracted (when ``contraction`` is the code of ``"linf"``), then looked up in the
     first level whose box contains it; the upper face belongs to the last cell; points outside every
     box are empty.
 
@@ -143,7 +151,7 @@ def grid_lookup_reference(
     """
     n_scenes, levels = binaries.shape[:2]
     res_list = list(binaries.shape[2:])
-    y = contract_linf_exact(points) if contraction == CONTRACTIONS["linf"] else points
+    y = contract_linf_exact(points) if contraction == CONTRACTION_CODES["linf"] else points
     res = torch.tensor(res_list, dtype=points.dtype, device=points.device)
     res_max = torch.tensor(res_list, dtype=torch.long, device=points.device) - 1
     flat = binaries.reshape(n_scenes, -1)
@@ -162,7 +170,7 @@ def grid_lookup_reference(
 
 
 def _clip(origins, directions, near, far, boxes, contraction):
-    if contraction == CONTRACTIONS["none"]:
+    if contraction == CONTRACTION_CODES["none"]:
         t_min, t_max = ray_box_slabs(origins, directions, boxes[-1])
         return torch.where(t_min > near, t_min, near), torch.where(t_max < far, t_max, far)
     return near, far
@@ -198,6 +206,20 @@ def _candidates_contracted(o, d, t0, t1, step_size):
     return torch.stack(cols_ts, 1), torch.stack(cols_te, 1), torch.stack(cols_valid, 1)
 
 
+def _chunk_rays(t0: Tensor, t1: Tensor, step_size: float, spacing: int) -> int:
+    """Rays per chunk of the reference, so that a chunk holds at most ``_MAX_CANDIDATES`` candidates.
+
+    ``spacing='t'``: the most steps of any ray (exact); ``'contracted'``: ``4 / step_size`` steps, about
+    what a ray needs to reach infinity from inside the unit cube (the steps grow with ``|x|^2``).
+    """
+    if spacing == SPACING_CODES["t"]:
+        span = torch.where(t1 > t0, t1.double() - t0.double(), torch.zeros_like(t0, dtype=torch.float64))
+        steps = int(math.ceil(float(span.max()) / step_size)) + 1 if span.numel() else 1
+    else:
+        steps = math.ceil(4.0 / step_size) + 1
+    return max(1, min(t0.shape[0], _MAX_CANDIDATES // steps))
+
+
 def march_packed_reference(
     origins: Tensor,
     directions: Tensor,
@@ -215,7 +237,8 @@ def march_packed_reference(
 
     Vectorised: generates each ray's candidate steps (``spacing='t'``: all at once; ``'contracted'``:
     one step of all rays per iteration), looks the step midpoints up in the grid, masks, keeps the first
-    ``max_samples`` per ray and compacts. Rays are processed in chunks to bound memory.
+    ``max_samples`` per ray and compacts. Rays are processed in chunks of at most ``2**22`` candidate
+    steps (rays x steps) to bound memory.
 
     Example:
         >>> b = torch.ones(1, 1, 2, 2, 2, dtype=torch.bool); box = torch.tensor([[-1.0, -1, -1, 1, 1, 1]])
@@ -226,11 +249,11 @@ def march_packed_reference(
     n_rays = origins.shape[0]
     t0_all, t1_all = _clip(origins, directions, near, far, boxes, contraction)
     rays_out, ts_out, te_out = [], [], []
-    chunk = max(1, min(n_rays, 4096))
+    chunk = _chunk_rays(t0_all, t1_all, step_size, spacing)
     for start in range(0, n_rays, chunk):
         sl = slice(start, min(start + chunk, n_rays))
         o, d, t0, t1 = origins[sl], directions[sl], t0_all[sl], t1_all[sl]
-        if spacing == SPACINGS["t"]:
+        if spacing == SPACING_CODES["t"]:
             ts, te, valid = _candidates_t(t0, t1, step_size)
         else:
             ts, te, valid = _candidates_contracted(o, d, t0, t1, step_size)
@@ -321,19 +344,21 @@ def march_packed(
         raise ValueError(f"binaries must have no empty dimension, got shape {list(binaries.shape)}")
     if scene_index is not None:
         check_tensor("scene_index", scene_index, shape=(n,), dtypes=(torch.long,), device=origins.device)
-        if n and (int(scene_index.min()) < 0 or int(scene_index.max()) >= binaries.shape[0]):
+        values = n and finite_checks_enabled()
+        if values and (int(scene_index.min()) < 0 or int(scene_index.max()) >= binaries.shape[0]):
             raise ValueError(
                 f"scene_index values must lie in [0, {binaries.shape[0]}) (n_scenes of the grid)"
             )
     check_positive("step_size", step_size)
     check_positive("max_samples", max_samples)
-    check_choice("contraction", contraction, tuple(CONTRACTIONS))
-    check_choice("spacing", spacing, tuple(SPACINGS))
-    if bool(torch.isnan(near).any()) or bool(torch.isnan(far).any()):
+    check_choice("contraction", contraction, MARCH_CONTRACTIONS)
+    check_choice("spacing", spacing, SPACINGS)
+    checks = finite_checks_enabled()  # the value checks below sync with the device
+    if checks and (bool(torch.isnan(near).any()) or bool(torch.isnan(far).any())):
         raise ValueError("near and far must not contain NaN")
-    c, s = CONTRACTIONS[contraction], SPACINGS[spacing]
+    c, s = CONTRACTION_CODES[contraction], SPACING_CODES[spacing]
     t0, t1 = _clip(origins, directions, near, far, boxes, c)
-    if s == SPACINGS["t"] and bool((torch.isinf(t1) & (t1 > t0)).any()):
+    if checks and s == SPACING_CODES["t"] and bool((torch.isinf(t1) & (t1 > t0)).any()):
         raise ValueError(
             "far must be finite for spacing='t' when the grid does not bound the rays "
             "(contracted grids cover all space): pass a finite far or use spacing='contracted'"
@@ -358,7 +383,7 @@ def march_packed(
 
 
 __all__ = [
-    "CONTRACTIONS",
+    "MARCH_CONTRACTIONS",
     "SPACINGS",
     "contract_linf_exact",
     "grid_lookup_reference",

@@ -46,10 +46,11 @@ from vq3dlib._validation import (
     finite_checks_enabled,
 )
 from vq3dlib.contraction import CONTRACTIONS, contract
+from vq3dlib.ops._codes import CONTRACTION_CODES, PADDING_CODES, REDUCE_CODES
 from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
 
-REDUCTIONS = ("sum", "mean", "concat")
-PADDINGS = ("zeros", "border")
+REDUCTIONS = tuple(REDUCE_CODES)
+PADDINGS = tuple(PADDING_CODES)
 PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz, yz planes
 
 register_op(
@@ -228,11 +229,7 @@ def triplane_sample_reference(
     return out.reshape(prep.out_shape)
 
 
-_CODES = {
-    "contraction": {"none": 0, "l2": 1, "linf": 2},
-    "padding": {"zeros": 0, "border": 1},
-    "reduce": {"sum": 0, "mean": 1, "concat": 2},
-}
+_CODES = {"contraction": CONTRACTION_CODES, "padding": PADDING_CODES, "reduce": REDUCE_CODES}
 _NAMES = {kind: {v: k for k, v in table.items()} for kind, table in _CODES.items()}
 
 

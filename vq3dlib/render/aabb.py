@@ -18,14 +18,15 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from vq3dlib._validation import check_same_device, check_tensor
+from vq3dlib._validation import check_same_device, check_tensor, finite_checks_enabled, has_values
 from vq3dlib.ops.march import ray_box_slabs
 
 
 def as_aabb(aabb: Tensor | Sequence[float], like: Tensor, name: str = "aabb") -> Tensor:
     """Turns a box given as a sequence or tensor ``[..., 6]`` into a tensor on ``like``'s device/dtype.
 
-    Checks ``min < max`` on every axis.
+    Checks ``min < max`` on every axis (a value check: skipped, like the NaN checks, when
+    :func:`vq3dlib._validation.set_finite_checks` turned them off, so it never syncs then).
 
     Example:
         >>> as_aabb([-1, -1, -1, 1, 1, 1], torch.zeros(1)).tolist()
@@ -33,7 +34,7 @@ def as_aabb(aabb: Tensor | Sequence[float], like: Tensor, name: str = "aabb") ->
     """
     box = torch.as_tensor(aabb, dtype=like.dtype, device=like.device)
     check_tensor(name, box, last_dim=6, finite=True)
-    if bool((box[..., 3:] <= box[..., :3]).any()):
+    if finite_checks_enabled() and has_values(box) and bool((box[..., 3:] <= box[..., :3]).any()):
         raise ValueError(
             f"{name} must be {{xmin, ymin, zmin, xmax, ymax, zmax}} with min < max, got {box.tolist()}"
         )
@@ -82,7 +83,7 @@ def ray_aabb_intersect(
     for name, value in (("near", near_t), ("far", far_t)):
         if value.dim() and tuple(value.shape) != tuple(batch):
             raise ValueError(f"{name} must be a scalar or have shape {list(batch)}, got {list(value.shape)}")
-        if bool(torch.isnan(value).any()):
+        if finite_checks_enabled() and has_values(value) and bool(torch.isnan(value).any()):
             raise ValueError(f"{name} must not contain NaN")
     t_min, t_max = ray_box_slabs(origins, directions, box)
     t_near = torch.maximum(t_min, near_t)

@@ -31,9 +31,10 @@ from collections.abc import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_choice, check_positive, check_tensor
+from vq3dlib._validation import check_choice, check_positive, check_tensor, finite_checks_enabled
 from vq3dlib.contraction import uncontract_linf
-from vq3dlib.ops.march import CONTRACTIONS, grid_lookup_reference
+from vq3dlib.ops._codes import CONTRACTION_CODES
+from vq3dlib.ops.march import MARCH_CONTRACTIONS, grid_lookup_reference
 
 DensityFn = Callable[[Tensor, Tensor], Tensor]
 _CONTRACTED_BOX = (-2.0, -2.0, -2.0, 2.0, 2.0, 2.0)
@@ -77,7 +78,7 @@ def _as_density(name: str, value: object, count: int) -> Tensor:
         value = value[:, 0]
     if value.shape != (count,):
         raise ValueError(f"{name} must return shape [{count}] (or [{count}, 1]), got {list(value.shape)}")
-    if bool(torch.isnan(value).any()):
+    if finite_checks_enabled() and bool(torch.isnan(value).any()):  # a value check: a host sync
         raise ValueError(f"{name} returned NaN densities")
     return value
 
@@ -116,7 +117,7 @@ class OccupancyGrid(nn.Module):
         n_scenes: int = 1,
     ) -> None:
         super().__init__()
-        check_choice("contraction", contraction, tuple(CONTRACTIONS))
+        check_choice("contraction", contraction, MARCH_CONTRACTIONS)
         check_positive("levels", levels)
         check_positive("n_scenes", n_scenes)
         res = _resolution3(resolution)
@@ -208,9 +209,8 @@ class OccupancyGrid(nn.Module):
         check_tensor("points", points, shape=(None, 3), floating=True)
         if scene_index is not None:
             check_tensor("scene_index", scene_index, shape=(points.shape[0],), dtypes=(torch.long,))
-        return grid_lookup_reference(
-            points, self.binaries, self.boxes.to(points.dtype), CONTRACTIONS[self.contraction], scene_index
-        )
+        code = CONTRACTION_CODES[self.contraction]
+        return grid_lookup_reference(points, self.binaries, self.boxes.to(points.dtype), code, scene_index)
 
     def occupied_cells(self, scene: int = 0) -> Tensor:
         """Occupied cells of one scene as ``[P, 4]`` int64 rows ``(level, i, j, k)``.
