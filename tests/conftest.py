@@ -27,3 +27,18 @@ def device(request) -> torch.device:
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+MICRO_VQ3D = dict(image_size=16, patch_size=4, plane_resolution=16, render_resolution=8, samples_per_ray=32)
+
+
+def micro_vq3d(**overrides):
+    """A VQ3D model small enough for unit tests (16 px images, 8 px renders)."""
+    from vq3dlib import VQ3DModel
+
+    return VQ3DModel.from_config("tiny", **{**MICRO_VQ3D, **overrides})
+
+
+def fast_vq3d(**overrides):
+    """:func:`micro_vq3d` with a coarser occupancy grid (most of a micro forward is building it)."""
+    return micro_vq3d(**{"occupancy_resolution": 16, **overrides})

@@ -2,37 +2,17 @@
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
+from conftest import fast_vq3d, micro_vq3d
 from vq3dlib import ProceduralScenes, VQ3DModel
 from vq3dlib.metrics import depth_pearson, psnr
 from vq3dlib.models import Scene, get_config
 
-MICRO = dict(image_size=16, patch_size=4, plane_resolution=16, render_resolution=8, samples_per_ray=32)
-
-
-def _micro(**kw) -> VQ3DModel:
-    return VQ3DModel.from_config("tiny", **{**MICRO, **kw})
-
-
-def _fast(**kw) -> VQ3DModel:  # a coarser occupancy grid: most of a micro forward is building it
-    return _micro(**{"occupancy_resolution": 16, **kw})
-
-
-def test_depth_loss_starts_at_its_step():
-    model = _micro(depth_start_step=5, adversarial_weight=0.0)
-    images, depth = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16)
-    assert "depth" not in model(images, depth=depth, step=4)["losses"]
-    assert model(images, depth=depth, step=5)["losses"]["depth"] > 0
-    with pytest.raises(ValueError, match="depth_start_step"):
-        _micro(depth_start_step=-1)
-
 
 def test_forward_outputs_and_loss_terms():
-    model = _micro(distortion_weight=0.01)
+    model = micro_vq3d(distortion_weight=0.01)
     images = torch.rand(2, 3, 16, 16)
     out = model(images, depth=torch.rand(2, 1, 16, 16), step=10_000)
     assert out["reconstruction"].shape == (2, 3, 16, 16)
@@ -57,26 +37,12 @@ def test_forward_outputs_and_loss_terms():
     assert all(p.grad is None for p in model.discriminator_parameters())
 
 
-def test_adversarial_terms_start_late_and_discriminator_step():
-    model = _micro()
-    images = torch.rand(2, 3, 16, 16)
-    early = model(images, step=0)
-    assert "adversarial" not in early["losses"]
-    late = model(images, step=model.config.adversarial_start_step)
-    assert "adversarial" in late["losses"]
-    d = model.discriminator_loss(images, late)
-    assert set(d) == {"canonical", "novel", "loss"} and torch.isfinite(d["loss"])
-    d["loss"].backward()
-    assert all(p.grad is not None for p in model.disc_canonical.parameters())
-    assert all(p.grad is None for p in model.encoder.parameters())
-
-
 def test_reconstruct_render_and_decode_indices():
-    model = _micro().eval()
+    model = micro_vq3d().eval()
     images = torch.rand(3, 3, 16, 16)
     scene = model.reconstruct(images)
     assert isinstance(scene, Scene) and len(scene) == 3
-    views = scene.render(model.canonical_cameras(6))  # two cameras per scene
+    views = scene.render(model.canonical_cameras(6)).images()  # two cameras per scene
     assert views["rgb"].shape == (6, 3, 8, 8) and views["depth"].shape == (6, 1, 8, 8)
     torch.testing.assert_close(views["rgb"][:3], views["rgb"][3:])
     again = model.decode_indices(scene.indices)
@@ -85,21 +51,8 @@ def test_reconstruct_render_and_decode_indices():
         scene.render(model.canonical_cameras(4))
 
 
-def test_export_mesh_of_a_sphere_density():
-    pytest.importorskip("skimage")
-    model = _micro().eval()
-    scene = model.reconstruct(torch.rand(1, 3, 16, 16))
-    # replace the learned density by an analytic sphere to check the meshing path end to end
-    model.density = lambda planes, points, index: 20.0 * (points.norm(dim=-1) < 0.5).float()
-    for threshold in (10.0, None):  # None: 50% opacity per cell, ln 2 / (2 / 23) = 8.0, inside [0, 20]
-        verts, faces = scene.export_mesh(resolution=24, threshold=threshold)
-        radius = verts.norm(dim=-1)
-        assert faces.shape[1] == 3 and verts.shape[1] == 3
-        assert float(radius.mean()) == pytest.approx(0.5, abs=0.06)
-
-
 def test_save_load_round_trip(tmp_path):
-    model = _micro().eval()
+    model = micro_vq3d().eval()
     path = tmp_path / "vq3d.safetensors"
     model.save(path)
     loaded = VQ3DModel.load(path).eval()
@@ -124,7 +77,7 @@ def test_imagenet256_on_meta_device():
 
 
 def test_bad_inputs():
-    model = _micro()
+    model = micro_vq3d()
     with pytest.raises(ValueError, match="images must have shape"):
         model(torch.rand(2, 3, 32, 32))
     with pytest.raises(ValueError, match="images contains NaN"):
@@ -160,7 +113,7 @@ def _fit_one_scene(steps: int, use_depth: bool, seed: int = 0):
 def test_micro_model_learns_quickly():
     torch.manual_seed(0)
     images = ProceduralScenes(size=1, resolution=16, n_novel_views=0, seed=3)[0]["image"][None]
-    model = _micro(novel_views=0, adversarial_weight=0.0)
+    model = micro_vq3d(novel_views=0, adversarial_weight=0.0)
     opt = torch.optim.Adam(model.generator_parameters(), lr=2e-3)
     losses = []
     for step in range(25):
@@ -183,39 +136,15 @@ def test_tiny_overfits_one_scene_and_depth_loss_helps():  # ~15 s on 2 cores: pa
 def test_stage2_samples_decode_to_renderable_scenes():
     from vq3dlib.models import CodePrior
 
-    model = _micro().eval()
+    model = micro_vq3d().eval()
     prior = CodePrior.from_config(model.config).eval()
     indices = prior.sample(
         2, labels=torch.tensor([0, 3]), top_k=20, generator=torch.Generator().manual_seed(0)
     )
     assert indices.shape == (2, model.config.num_tokens)
     scene = model.decode_indices(indices)
-    views = scene.render(model.canonical_cameras(2))
+    views = scene.render(model.canonical_cameras(2)).images()
     assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()
-
-
-# ----------------------------------------------------------------------------- perceptual term
-
-
-def test_perceptual_term_sees_inputs_in_lpips_range_and_is_differentiable():
-    import copy
-
-    model = _fast(perceptual_weight=0.5, perceptual_pretrained=False, novel_views=0, adversarial_weight=0.0)
-    images = torch.rand(2, 3, 16, 16)
-    out = model(images)
-    assert "perceptual" in out["losses"]
-    assert model.perceptual.normalize  # it gets [0, 1] images and maps them to LPIPS's [-1, 1]
-    ref = copy.deepcopy(model.perceptual)  # same (random) weights, in LPIPS's native [-1, 1] convention
-    ref.normalize = False
-    recon = out["reconstruction"].detach()
-    expected = 0.5 * ref(recon * 2 - 1, images * 2 - 1)
-    torch.testing.assert_close(out["losses"]["perceptual"].detach(), expected)
-    wrong_range = 0.5 * ref(recon, images)  # [0, 1] fed as if it were [-1, 1] (the old bug)
-    assert not torch.isclose(expected, wrong_range, rtol=1e-2)
-    out["losses"]["perceptual"].backward()
-    grads = [p.grad for p in model.decoder.parameters()]
-    assert all(g is not None for g in grads) and any(float(g.abs().sum()) > 0 for g in grads)
-    assert all(p.grad is None for p in model.perceptual.parameters())  # frozen
 
 
 # ----------------------------------------------------------------------------- code indices
@@ -225,7 +154,7 @@ def test_perceptual_term_sees_inputs_in_lpips_range_and_is_differentiable():
 def test_prior_samples_and_codes_decode_for_every_quantizer(quantizer):
     from vq3dlib.models import CodePrior
 
-    model = _fast(quantizer=quantizer, code_dim=6, fsq_levels=(5, 4, 3), residual_depth=2).eval()
+    model = fast_vq3d(quantizer=quantizer, code_dim=6, fsq_levels=(5, 4, 3), residual_depth=2).eval()
     cfg = model.config
     g, depth = cfg.grid_size, (cfg.residual_depth,) if quantizer == "residual" else ()
     # stage 1 codes, flattened as stage 2 sees them, decode to the same scene as reconstruct()
@@ -244,7 +173,7 @@ def test_prior_samples_and_codes_decode_for_every_quantizer(quantizer):
     assert codes.shape == (2, cfg.prior_seq_len)
     sampled = model.decode_indices(codes)
     assert isinstance(sampled, Scene) and sampled.indices.shape == (2, g, g, *depth)
-    views = sampled.render(model.canonical_cameras(2))
+    views = sampled.render(model.canonical_cameras(2)).images()
     assert views["rgb"].shape == (2, 3, 8, 8) and torch.isfinite(views["rgb"]).all()
     with pytest.raises(ValueError, match="indices must have shape"):
         model.decode_indices(torch.zeros(2, cfg.prior_seq_len + 1, dtype=torch.long))
@@ -256,7 +185,7 @@ def test_prior_samples_and_codes_decode_for_every_quantizer(quantizer):
 
 
 def test_contraction_none_trains_and_l2_is_rejected():
-    model = _fast(contraction="none", novel_views=0, adversarial_weight=0.0)
+    model = fast_vq3d(contraction="none", novel_views=0, adversarial_weight=0.0)
     assert model.renderer.spacing == "t"
     assert model.occupancy(torch.zeros(1, 3, 16, 16, 16)).contraction == "none"
     out = model(torch.rand(2, 3, 16, 16), depth=torch.rand(2, 1, 16, 16))
@@ -264,14 +193,14 @@ def test_contraction_none_trains_and_l2_is_rejected():
     out["loss"].backward()
     assert any(float(p.grad.abs().sum()) > 0 for p in model.encoder.parameters() if p.grad is not None)
     with pytest.raises(ValueError, match="contraction='l2' is not supported"):
-        _fast(contraction="l2")
+        fast_vq3d(contraction="l2")
 
 
 # ----------------------------------------------------------------------------- rendered features + SR
 
 
 def test_field_features_are_rendered_and_feed_the_super_resolution_head():
-    model = _fast(
+    model = fast_vq3d(
         field_out_features=4, super_resolution=True, super_resolution_hidden=8, novel_views=0,
         adversarial_weight=0.0,
     )  # fmt: skip
@@ -292,11 +221,12 @@ def test_field_features_are_rendered_and_feed_the_super_resolution_head():
         assert not torch.allclose(sr(out["render"], out["features"]), sr(out["render"], out["features"] * 0))
     # a background colours rgb only
     scene = model.eval().reconstruct(images)
-    plain, white = scene.render(model.canonical_cameras(2)), scene.render(model.canonical_cameras(2), 1.0)
+    cams = model.canonical_cameras(2)
+    plain, white = scene.render(cams).images(), scene.render(cams, 1.0).images()
     torch.testing.assert_close(white["features"], plain["features"])
     torch.testing.assert_close(white["rgb"], plain["rgb"] + (1 - plain["opacity"]))
     with pytest.raises(ValueError, match="super_resolution"):
-        _fast(field_out_features=4)
+        fast_vq3d(field_out_features=4)
 
 
 # ----------------------------------------------------------------------------- paper-scale config
@@ -342,27 +272,6 @@ def test_imagenet256_forward_backward_at_256px():
     _check_full_forward(VQ3DModel.from_config("imagenet256", **REDUCED_256), 256, 16)
 
 
-# ----------------------------------------------------------------------------- depth target
-
-
-def test_depth_target_depth_gives_the_same_loss_as_its_disparity():
-    model = _fast(novel_views=0, adversarial_weight=0.0).eval()  # eval: no ray jitter, no EMA codebook update
-    images, disparity = torch.rand(2, 3, 16, 16), torch.rand(2, 1, 16, 16) + 0.1
-    for align in ("lsq", "range"):
-        model.config.depth_align = align
-        model.config.depth_target = "disparity"
-        a = model(images, depth=disparity)["losses"]["depth"]
-        model.config.depth_target = "depth"
-        b = model(images, depth=1 / disparity)["losses"]["depth"]
-        assert a > 0
-        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
-    with_holes = (1 / disparity).masked_fill(disparity > 0.9, 0.0)  # depth 0: no measurement
-    assert torch.isfinite(model(images, depth=with_holes)["loss"])
-    assert _fast(depth_target="depth").config.depth_target == "depth"
-    with pytest.raises(ValueError, match="depth_target"):
-        _fast(depth_target="inverse")
-
-
 # ----------------------------------------------------------------------------- MLP backend persistence
 
 
@@ -383,7 +292,7 @@ def test_save_records_the_mlp_backend_and_load_rejects_a_mismatch(tmp_path, monk
 
     from vq3dlib.models import field as field_module
 
-    model = _fast(mlp_backend="auto").eval()  # resolves to torch here (no tinycudann on CPU)
+    model = fast_vq3d(mlp_backend="auto").eval()  # resolves to torch here (no tinycudann on CPU)
     assert model.field.mlp_backend == "torch"
     path = tmp_path / "m.safetensors"
     model.save(path)
@@ -411,47 +320,15 @@ def test_save_records_the_mlp_backend_and_load_rejects_a_mismatch(tmp_path, monk
 # ----------------------------------------------------------------------------- meshes and counts
 
 
-def test_mesh_threshold_levels():
-    from vq3dlib.models.vq3d import mesh_threshold
-
-    volume = torch.zeros(8, 8, 8)
-    volume[2:6, 2:6, 2:6] = 100.0
-    assert mesh_threshold(volume, 0.1) == pytest.approx(math.log(2) / 0.1)  # 50% opacity over one cell
-    with pytest.warns(UserWarning, match="outside the sampled density range"):
-        assert mesh_threshold(volume, 1e-4) == pytest.approx(50.0)  # middle of [0, 100]
-    with pytest.raises(ValueError, match="constant"):
-        mesh_threshold(torch.ones(4, 4, 4), 0.1)
-
-
-def test_export_mesh_automatic_threshold_on_the_model_density():
-    pytest.importorskip("skimage")
-    import warnings
-
-    from vq3dlib.models.vq3d import mesh_threshold
-
-    model = _fast().eval()
-    scene = model.reconstruct(torch.rand(1, 3, 16, 16))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        verts, faces = scene.export_mesh(resolution=16)
-        volume = scene.density_volume(16)
-        level = mesh_threshold(volume, 2.0 / 15)
-    assert verts.shape[0] > 0 and faces.shape[0] > 0 and int(faces.max()) < verts.shape[0]
-    assert float(verts.abs().max()) <= model.config.scene_bound + 1e-5
-    # the vertices lie on the chosen level set of the real density (up to trilinear interpolation)
-    err = (scene.density(verts) - level).abs().median()
-    assert float(err) < 0.25 * float(volume.max() - volume.min())
-
-
 def test_param_counts_prints_a_table():
     lines: list[str] = []
-    counts = _fast().param_counts(print_fn=lines.append)
+    counts = fast_vq3d().param_counts(print_fn=lines.append)
     assert len(lines) == len(counts) + 1 and lines[-1].startswith("total")
     assert f"{sum(counts.values()):,d}" in lines[-1]
 
 
 def test_novel_views_rendered_only_when_used_and_grid_shared(monkeypatch):
-    model = _micro(adversarial_start_step=5)
+    model = micro_vq3d(adversarial_start_step=5)
     images = torch.rand(2, 3, 16, 16)
     calls = []
     occupancy = model.occupancy

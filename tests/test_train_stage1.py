@@ -286,7 +286,7 @@ def test_non_finite_discriminator_step_is_skipped_and_counted_separately(tmp_pat
     assert calls["n"] == 1 and result["step"] == 2
     assert result["skipped_disc_steps"] == 1 and result["skipped_steps"] == 0
     trained, ref, start = result["model"].state_dict(), reference["model"].state_dict(), init.state_dict()
-    disc = [k for k in start if k.startswith("disc_")]
+    disc = [k for k in start if k.startswith("loss.disc_")]
     assert disc and all(torch.equal(trained[k], start[k]) for k in disc)  # nothing reached the discriminators
     assert any(not torch.equal(ref[k], start[k]) for k in disc)  # (which a good step does change)
     assert not _states_equal({k: v for k, v in ref.items() if k not in disc}, trained)  # generator unaffected
@@ -365,5 +365,5 @@ def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
     assert not _states_equal(r0["state"], r1["state"])
     init = VQ3DModel.from_config("tiny", **dict(MICRO, adversarial_start_step=0)).state_dict()
     changed = _states_equal(init, r0["state"])
-    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("disc_") for k in changed)
+    assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("loss.disc_") for k in changed)
     assert (tmp_path / "checkpoints" / "step_000000001.safetensors").is_file()

@@ -37,6 +37,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable, turntable_cameras
+
 SCENE_FILE = "scene.safetensors"
 
 
@@ -134,58 +136,6 @@ def disparity_image(depth: Tensor) -> Tensor:
     lo = disp.flatten(-3).amin(-1)[..., None, None, None]
     hi = disp.flatten(-3).amax(-1)[..., None, None, None]
     return (disp - lo) / (hi - lo).clamp_min(1e-8)
-
-
-DEFAULT_SWEEP = 60.0  # degrees of azimuth a turntable swings through (360: a full orbit)
-DEFAULT_ELEVATION = 10.0
-
-
-def turntable_cameras(
-    model,
-    n_frames: int,
-    elevation: float = DEFAULT_ELEVATION,
-    resolution: int | None = None,
-    sweep: float = DEFAULT_SWEEP,
-):
-    """Cameras around the scene origin at the model's camera distance and field of view.
-
-    They swing through ``sweep`` degrees of azimuth around the input (canonical) view, the views a
-    single-image reconstruction is trained for (novel views within ``novel_yaw_degrees``); ``sweep=360``
-    orbits the whole scene, whose far side a single image does not show.
-
-    Example:
-        >>> from vq3dlib.models import VQ3DModel
-        >>> len(turntable_cameras(VQ3DModel.from_config("tiny"), 4))
-        4
-    """
-    from vq3dlib.cameras import orbit_cameras
-
-    cfg = model.config
-    r = resolution or cfg.render_resolution
-    return orbit_cameras(
-        n_frames, cfg.camera_distance, elevation, cfg.fov_degrees, (r, r), sweep_degrees=sweep
-    )
-
-
-def render_turntable(
-    scene,
-    n_frames: int = 24,
-    elevation: float = DEFAULT_ELEVATION,
-    index: int = 0,
-    sweep: float = DEFAULT_SWEEP,
-) -> dict[str, Tensor]:
-    """Renders scene ``index`` of a :class:`~vq3dlib.models.Scene` batch from :func:`turntable_cameras`.
-
-    Returns ``rgb [F, 3, r, r]`` and ``depth [F, 1, r, r]``.
-    """
-    from vq3dlib.models.vq3d import Scene
-
-    one = Scene(scene.planes[index : index + 1], scene.indices[index : index + 1], scene.model)
-    cams = turntable_cameras(scene.model, n_frames, elevation, sweep=sweep).to(scene.planes.device)
-    with torch.random.fork_rng():
-        torch.manual_seed(0)
-        out = one.render(cams)
-    return {"rgb": out["rgb"].clamp(0, 1).cpu(), "depth": out["depth"].cpu()}
 
 
 def save_scene(indices: Tensor, path: str | os.PathLike, labels: Tensor | None = None) -> Path:
@@ -303,7 +253,7 @@ def _stage1_config(args: argparse.Namespace, **defaults: Any):
 def cmd_demo(args: argparse.Namespace) -> int:
     """Train tiny on procedural scenes, then reconstruct held-out scenes and report metrics."""
     from vq3dlib.data import ProceduralScenes
-    from vq3dlib.models.vq3d import Scene
+    from vq3dlib.models.scene import Scene
     from vq3dlib.train.stage1 import train_stage1
 
     _threads(args.threads)
@@ -348,13 +298,13 @@ def cmd_demo(args: argparse.Namespace) -> int:
         scene: Scene = model.reconstruct(item["image"][None].to(device))
         turn = render_turntable(scene, args.frames, args.elevation, sweep=args.sweep)
         cams = turntable_cameras(
-            model, args.frames, args.elevation, resolution=model.config.image_size, sweep=args.sweep
+            model.config, args.frames, args.elevation, resolution=model.config.image_size, sweep=args.sweep
         )
         truth = held.scene(i).render(cams)
         r = model.config.render_resolution
         gt_rgb = torch.nn.functional.interpolate(truth["rgb"], size=(r, r), mode="area")
         rows.append(torch.cat([gt_rgb, turn["rgb"]], dim=-1))  # [F, 3, r, 2r]
-        canon = scene.render(model.canonical_cameras(1))
+        canon = scene.render(model.canonical_cameras(1)).images()
         gt_depth = torch.nn.functional.interpolate(item["depth"][None], size=(r, r), mode="nearest-exact")
         recon = torch.nn.functional.interpolate(
             canon["rgb"].clamp(0, 1).cpu(),
@@ -501,7 +451,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     image = load_image(args.image, model.config.image_size).to(next(model.parameters()).device)
     scene = model.reconstruct(image)
     turn = render_turntable(scene, args.frames, args.elevation, sweep=args.sweep)
-    canon = scene.render(model.canonical_cameras(1))
+    canon = scene.render(model.canonical_cameras(1)).images()
     stem = Path(args.image).stem
     size = args.size
     write_gif(turn["rgb"], out / f"{stem}_turntable.gif", size=size)

@@ -3,10 +3,12 @@
 image → :class:`ViTEncoder` → quantizer (l2-normalised factorised codes) → :class:`TriplaneDecoder`
 → contracted triplane ``[B, 3, C, R, R]`` → :class:`ContractedTriplane` + :class:`TriplaneField`
 (density, colour) → :class:`Renderer` with an :class:`OccupancyGrid` built per scene
-(``OccupancyGrid.from_field``) → canonical and novel-view renders. Losses: L2, perceptual,
-adversarial (separate canonical- and novel-view discriminators, delayed start, adaptive weight),
-VQ3D's pointwise depth loss on the rendering weights against scale/shift-aligned pseudo disparity,
-distortion, and the quantizer's own terms. Every piece is a public vq3dlib block.
+(``OccupancyGrid.from_field``) → canonical and novel-view renders. The losses (L2, perceptual,
+adversarial with separate canonical- and novel-view discriminators, VQ3D's pointwise depth loss,
+distortion, the quantizer's own terms) are :class:`~vq3dlib.models.losses.VQ3DLoss` (``model.loss``);
+reconstructed scenes are :class:`~vq3dlib.models.scene.Scene` batches. This module also holds the
+model's weights file format (:meth:`VQ3DModel.save` / :meth:`VQ3DModel.load`, which keep the field's
+MLP backend). Every piece is a public vq3dlib block.
 
 Example:
     >>> import torch
@@ -19,12 +21,9 @@ Example:
 
 from __future__ import annotations
 
-import contextlib
+import dataclasses
 import json
-import math
-import warnings
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,23 +33,14 @@ from torch import Tensor, nn
 
 from vq3dlib._validation import check_tensor, has_values, inner_checks_off
 from vq3dlib.cameras import Cameras, NovelViewSampler, canonical_cameras
-from vq3dlib.losses import (
-    LPIPS,
-    StyleGANDiscriminator,
-    adaptive_generator_weight,
-    discriminator_loss,
-    distortion_loss,
-    generator_loss,
-    map_disparity_range,
-    pointwise_depth_loss,
-    r1_penalty,
-)
 from vq3dlib.models.configs import VQ3DConfig, get_config, print_param_table
 from vq3dlib.models.decoder import TriplaneDecoder
 from vq3dlib.models.field import TriplaneField, resolve_mlp_backend
+from vq3dlib.models.losses import VQ3DLoss
+from vq3dlib.models.scene import Scene
 from vq3dlib.models.vit import ViTEncoder
 from vq3dlib.quantize import FSQ, LFQ, ResidualVQ, VectorQuantizer
-from vq3dlib.render import OccupancyGrid, Renderer
+from vq3dlib.render import OccupancyGrid, Renderer, RenderOutput
 from vq3dlib.triplane import ContractedTriplane
 
 
@@ -140,160 +130,6 @@ class SuperResolution(nn.Module):
         return up + self.net(x)
 
 
-def mesh_threshold(volume: Tensor, cell_size: float) -> float:
-    """Automatic density level for marching cubes of a sampled density ``volume [R, R, R]``.
-
-    The level is the density at which one grid cell of side ``cell_size`` is 50% opaque,
-    ``ln 2 / cell_size`` (volume rendering's alpha ``1 - exp(-sigma * delta)``): a surface that a ray
-    crossing one cell would see. When that level lies outside the sampled density range (an
-    untrained or very soft field), it falls back to the middle of the range with a warning; a
-    constant volume has no level set and raises ``ValueError``.
-
-    Example:
-        >>> import torch
-        >>> volume = torch.zeros(8, 8, 8); volume[2:6, 2:6, 2:6] = 100.0
-        >>> round(mesh_threshold(volume, cell_size=0.1), 3)  # ln 2 / 0.1
-        6.931
-    """
-    check_tensor("volume", volume, ndim=3, floating=True, finite=True)
-    if cell_size <= 0:
-        raise ValueError(f"cell_size must be > 0, got {cell_size}")
-    lo, hi = float(volume.min()), float(volume.max())
-    if not lo < hi:
-        raise ValueError(f"the density is constant ({lo:.3g}) in the sampled volume: there is no surface")
-    level = math.log(2.0) / cell_size
-    if lo < level < hi:
-        return level
-    fallback = 0.5 * (lo + hi)
-    warnings.warn(
-        f"the automatic mesh threshold {level:.3g} (50% opacity per grid cell) is outside the sampled "
-        f"density range [{lo:.3g}, {hi:.3g}]; using the middle of the range, {fallback:.3g} (pass "
-        "threshold= to choose the level)",
-        stacklevel=3,
-    )
-    return fallback
-
-
-@contextlib.contextmanager
-def _frozen(*modules: nn.Module) -> Iterator[None]:
-    """Parameters of ``modules`` record no gradient for graphs built inside (restored after)."""
-    params = [p for m in modules for p in m.parameters()]
-    states = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        yield
-    finally:
-        for p, state in zip(params, states):
-            p.requires_grad_(state)
-
-
-@dataclass
-class Scene:
-    """A batch of 3D scenes produced by :meth:`VQ3DModel.reconstruct`: triplanes plus the model's field.
-
-    Attributes:
-        planes: ``[B, 3, C, R, R]`` contracted triplanes.
-        indices: code indices the scenes were decoded from, on the token grid: ``[B, g, g]``
-            (``[B, g, g, depth]`` for the residual quantizer), ``g = config.grid_size``.
-
-    Example:
-        >>> import torch
-        >>> from vq3dlib.models import VQ3DModel
-        >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
-        >>> scene = model.reconstruct(torch.rand(1, 3, 32, 32))
-        >>> scene.render(model.canonical_cameras(1))["rgb"].shape
-        torch.Size([1, 3, 8, 8])
-    """
-
-    planes: Tensor
-    indices: Tensor
-    model: VQ3DModel
-
-    def __len__(self) -> int:
-        return self.planes.shape[0]
-
-    @torch.no_grad()
-    def render(self, cameras: Cameras, background: float | None = None) -> dict[str, Tensor]:
-        """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each).
-
-        Returns ``rgb [N, 3, H, W]``, ``depth [N, 1, H, W]`` (z-depth), ``disparity``, ``opacity``
-        (and ``features [N, E, H, W]`` when the field has ``field_out_features = E > 0``).
-        """
-        return self.model.render(self.planes, cameras, background=background).images
-
-    @torch.no_grad()
-    def density(self, points: Tensor, scene: int = 0) -> Tensor:
-        """Density at world ``points [P, 3]`` of scene ``scene``."""
-        check_tensor("points", points, shape=(None, 3), floating=True)
-        index = torch.full((points.shape[0],), scene, dtype=torch.long, device=points.device)
-        return self.model.density(self.planes, points, index)
-
-    @torch.no_grad()
-    def density_volume(self, resolution: int = 128, scene: int = 0, extent: float | None = None) -> Tensor:
-        """Density ``[R, R, R]`` (indexed x, y, z) on a regular grid over ``[-extent, extent]^3``.
-
-        ``extent`` defaults to ``config.scene_bound``; grid points are ``linspace(-extent, extent, R)``.
-
-        Example:
-            >>> import torch
-            >>> model = VQ3DModel.from_config("tiny")
-            >>> model.reconstruct(torch.rand(1, 3, 32, 32)).density_volume(4).shape
-            torch.Size([4, 4, 4])
-        """
-        if resolution < 2:
-            raise ValueError(f"resolution must be >= 2, got {resolution}")
-        if not 0 <= scene < len(self):
-            raise ValueError(f"scene must be in [0, {len(self)}), got {scene}")
-        extent = self.model.config.scene_bound if extent is None else extent
-        if extent <= 0:
-            raise ValueError(f"extent must be > 0, got {extent}")
-        axis = torch.linspace(-extent, extent, resolution, device=self.planes.device)
-        grid = torch.stack(torch.meshgrid(axis, axis, axis, indexing="ij"), dim=-1).reshape(-1, 3)
-        sigma = torch.cat([self.density(chunk, scene) for chunk in grid.split(1 << 18)])
-        return sigma.reshape(resolution, resolution, resolution).float()
-
-    def export_mesh(
-        self,
-        resolution: int = 128,
-        threshold: float | None = None,
-        scene: int = 0,
-        extent: float | None = None,
-    ) -> tuple[Tensor, Tensor]:
-        """Marching-cubes mesh of the density level set ``threshold`` inside ``[-extent, extent]^3``.
-
-        Args:
-            resolution: grid points per axis.
-            threshold: density level; ``None`` picks it automatically (:func:`mesh_threshold`: the
-                density at which one grid cell is 50% opaque, or the middle of the sampled density
-                range with a warning when that level is outside it).
-            scene: which scene of the batch.
-            extent: half-size of the meshed cube (default ``config.scene_bound``).
-
-        Needs scikit-image (``pip install vq3dlib[mesh]``). Returns ``(vertices [V, 3], faces [F, 3])``
-        in world units; write them with trimesh (``trimesh.Trimesh(v, f).export("scene.ply")``).
-        """
-        try:
-            from skimage.measure import marching_cubes
-        except ImportError as exc:  # optional dependency
-            raise ImportError(
-                "Scene.export_mesh needs scikit-image: pip install scikit-image (or vq3dlib[mesh])"
-            ) from exc
-        extent = self.model.config.scene_bound if extent is None else extent
-        sigma = self.density_volume(resolution, scene, extent)
-        cell = 2 * extent / (resolution - 1)
-        if threshold is None:
-            threshold = mesh_threshold(sigma, cell)
-        volume = sigma.cpu().numpy()
-        if not (volume.min() <= threshold <= volume.max()):
-            raise ValueError(
-                f"threshold {threshold} is outside the density range [{volume.min():.3g}, {volume.max():.3g}]"
-            )
-        verts, faces, _, _ = marching_cubes(volume, level=threshold)
-        verts = torch.from_numpy(verts.copy()).float() * cell - extent
-        return verts, torch.from_numpy(faces.copy()).long()
-
-
 def _field_backend_of(keys: list[str]) -> str | None:
     """The MLP backend a state dict's field weights were written by (``None``: no field weights)."""
     field = [k for k in keys if k.startswith("field.")]
@@ -310,13 +146,14 @@ def _tcnn_usable() -> bool:
     return True
 
 
-@dataclass
-class RenderedViews:
-    """Images of one render call (``images``) and the packed samples behind them (``samples``)."""
+#: weights that moved into ``model.loss``: state dicts that name them at the top level still load
+_LOSS_MODULES = ("disc_canonical.", "disc_novel.", "perceptual.")
 
-    images: dict[str, Tensor]
-    samples: Any  # vq3dlib.render.RenderOutput
-    grid: OccupancyGrid | None = None  # the occupancy grid the render used (reusable for the same planes)
+
+def _move_loss_weights(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
+    """Load-state-dict pre-hook: ``disc_canonical.*`` (etc.) of older files → ``loss.disc_canonical.*``."""
+    for key in [k for k in state_dict if k[len(prefix) :].startswith(_LOSS_MODULES)]:
+        state_dict[f"{prefix}loss.{key[len(prefix):]}"] = state_dict.pop(key)
 
 
 class VQ3DModel(nn.Module):
@@ -326,8 +163,9 @@ class VQ3DModel(nn.Module):
     ``render`` (low-res canonical render), ``depth``/``disparity``/``opacity [B, 1, r, r]``,
     ``indices`` (code grid), ``novel_rgb [B·k, 3, r, r]`` (``k = novel_views``; ``None`` in training
     steps before ``adversarial_start_step``, where no loss uses them), ``losses`` (each
-    weighted term), ``loss`` (their sum) and ``quantizer_stats``. The discriminators train through
-    :meth:`discriminator_loss` with their own optimiser (:meth:`discriminator_parameters`).
+    weighted term), ``loss`` (their sum) and ``quantizer_stats``. The loss terms, the discriminators
+    and LPIPS are ``model.loss`` (:class:`~vq3dlib.models.losses.VQ3DLoss`); the discriminators train
+    through :meth:`discriminator_loss` with their own optimiser (:meth:`discriminator_parameters`).
 
     With ``field_out_features = E > 0`` the field's extra features are composited along the rays
     like colour (``features [B, E, r, r]`` in the output) and, with the colour, feed the
@@ -378,14 +216,7 @@ class VQ3DModel(nn.Module):
             if cfg.super_resolution
             else None
         )
-        disc = {"channels": cfg.disc_channels, "max_channels": cfg.disc_max_channels}
-        self.disc_canonical = StyleGANDiscriminator(cfg.image_size, **disc)
-        self.disc_novel = StyleGANDiscriminator(cfg.render_resolution, **disc)
-        self.perceptual = (  # images and reconstructions are in [0, 1]: normalize=True maps them to [-1, 1]
-            LPIPS(weights=cfg.perceptual_weights, pretrained=cfg.perceptual_pretrained, normalize=True)
-            if cfg.perceptual_weight > 0
-            else None
-        )
+        self.loss = VQ3DLoss(cfg)  # the discriminators and LPIPS
         self.novel_sampler = NovelViewSampler(
             cfg.camera_distance,
             cfg.fov_degrees,
@@ -394,6 +225,7 @@ class VQ3DModel(nn.Module):
             pitch=cfg.novel_pitch_degrees,
             translation=cfg.novel_translation,
         )
+        self._register_load_state_dict_pre_hook(_move_loss_weights)
 
     @classmethod
     def from_config(cls, config: str | VQ3DConfig = "tiny", **overrides: Any) -> VQ3DModel:
@@ -411,16 +243,13 @@ class VQ3DModel(nn.Module):
 
     # ----------------------------------------------------------------------------- parameters
     def generator_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the autoencoder (everything but the discriminators and the frozen LPIPS)."""
-        skip = {id(p) for m in (self.disc_canonical, self.disc_novel) for p in m.parameters()}
-        if self.perceptual is not None:
-            skip |= {id(p) for p in self.perceptual.parameters()}
+        """Parameters of the autoencoder: all but ``loss`` (the discriminators and the frozen LPIPS)."""
+        skip = {id(p) for p in self.loss.parameters()}
         return (p for p in self.parameters() if id(p) not in skip and p.requires_grad)
 
     def discriminator_parameters(self) -> Iterator[nn.Parameter]:
-        """Parameters of the canonical-view and novel-view discriminators."""
-        yield from self.disc_canonical.parameters()
-        yield from self.disc_novel.parameters()
+        """Parameters of the canonical-view and novel-view discriminators (``loss.disc_*``)."""
+        return self.loss.discriminator_parameters()
 
     def param_counts(self, print_fn: Callable[[str], None] | None = None) -> dict[str, int]:
         """Parameter count per component (works on the meta device); ``print_fn`` prints a table.
@@ -440,7 +269,7 @@ class VQ3DModel(nn.Module):
             "decoder": self.decoder,
             "field": self.field,
             "super_resolution": self.super_resolution,
-            "discriminators": nn.ModuleList([self.disc_canonical, self.disc_novel]),
+            "discriminators": nn.ModuleList([self.loss.disc_canonical, self.loss.disc_novel]),
         }
         counts = {k: sum(p.numel() for p in m.parameters()) if m is not None else 0 for k, m in parts.items()}
         if print_fn is not None:
@@ -574,13 +403,23 @@ class VQ3DModel(nn.Module):
         cameras: Cameras,
         background: float | None = None,
         grid: OccupancyGrid | None = None,
-    ) -> RenderedViews:
+    ) -> RenderOutput:
         """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
-        ``i mod B``). Returns images ``rgb [N, 3, H, W]``, ``depth``, ``disparity``, ``opacity``
-        ``[N, 1, H, W]`` (plus ``features [N, E, H, W]`` when ``config.field_out_features = E > 0``;
-        the ``background`` colour applies to rgb only), the packed samples (for depth losses) and the
-        occupancy grid, which a second render of the same ``planes`` can take as ``grid`` instead of
-        evaluating a new one."""
+        ``i mod B``).
+
+        Returns a :class:`~vq3dlib.render.RenderOutput` of the ``[N, H, W]`` rays: ``rgb [N, H, W, 3]``,
+        ``depth``/``disparity``/``opacity [N, H, W]`` (``.images()``: channels first), ``features
+        [N, H, W, E]`` when ``config.field_out_features = E > 0`` (the ``background`` colour applies to
+        rgb only), the packed samples (for depth losses) and ``grid``, the occupancy grid, which a second
+        render of the same ``planes`` can take instead of evaluating a new one.
+
+        Example:
+            >>> import torch
+            >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
+            >>> out = model.render(torch.zeros(1, 3, 16, 32, 32), model.canonical_cameras(2))
+            >>> out.rgb.shape, out.images()["depth"].shape, out.grid.n_scenes
+            (torch.Size([2, 8, 8, 3]), torch.Size([2, 1, 8, 8]), 1)
+        """
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
         n_scenes = planes.shape[0]
@@ -602,11 +441,9 @@ class VQ3DModel(nn.Module):
             out = self.renderer(
                 self._field_fn(planes), rays, scene_index=scene_index, grid=grid, background=background
             )
-        images = out.images()  # channels first; rgb holds [rgb, features]
-        if extra:
-            images["features"] = images["rgb"][:, 3:]
-            images["rgb"] = images["rgb"][:, :3]
-        return RenderedViews(images, out, grid)
+        if extra:  # the renderer composited [rgb, features] together
+            out = dataclasses.replace(out, rgb=out.rgb[..., :3], features=out.rgb[..., 3:])
+        return out
 
     def _upsample(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
         if self.super_resolution is not None:
@@ -652,59 +489,36 @@ class VQ3DModel(nn.Module):
         planes = self.decode_planes(z_q)
         cams = cameras if cameras is not None else self.canonical_cameras(b)
         canonical = self.render(planes, cams)
-        render_rgb = canonical.images["rgb"]
-        recon = self._upsample(render_rgb, canonical.images.get("features"))
+        views = canonical.images()
+        recon = self._upsample(views["rgb"], views.get("features"))
 
-        losses: dict[str, Tensor] = {}
-        rec_loss = F.mse_loss(recon, images)
-        losses["l2"] = cfg.l2_weight * rec_loss
-        if self.perceptual is not None:
-            losses["perceptual"] = cfg.perceptual_weight * self.perceptual(recon, images).mean()
-        losses["quantizer"] = cfg.quantizer_weight * aux.loss
-        samples = canonical.samples
-        if depth is not None and cfg.depth_weight > 0 and step >= cfg.depth_start_step:
-            r = cfg.render_resolution
-            if cfg.depth_target == "depth":
-                depth = torch.where(depth > 0, 1 / depth.clamp_min(1e-12), torch.zeros_like(depth))
-            target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
-            if cfg.depth_align == "range":
-                target = map_disparity_range(target, cfg.depth_range)
-            losses["depth"] = cfg.depth_weight * pointwise_depth_loss(
-                samples.weights,
-                samples.t_starts,
-                samples.t_ends,
-                target,
-                samples.ray_indices,
-                target_space="disparity",
-                align=cfg.depth_align == "lsq",
-            )
-        if cfg.distortion_weight > 0:
-            losses["distortion"] = cfg.distortion_weight * distortion_loss(
-                samples.weights, samples.t_starts, samples.t_ends, samples.ray_indices, n_rays=samples.n_rays
-            )
-
-        adversarial_on = step >= cfg.adversarial_start_step and cfg.adversarial_weight > 0
         novel_rgb = None
         # novel views feed only the novel-view discriminator: training steps before it starts skip them
-        if cfg.novel_views > 0 and (adversarial_on or not self.training):
+        if cfg.novel_views > 0 and (self.loss.adversarial_on(step) or not self.training):
             base = (
                 cams.resize((cfg.render_resolution, cfg.render_resolution)) if cameras is not None else None
             )
             base = None if base is None else Cameras.cat([base] * cfg.novel_views)
             novel_cams = self.novel_sampler.sample(b * cfg.novel_views, base=base, device=images.device)
-            novel_rgb = self.render(planes, novel_cams, grid=canonical.grid).images["rgb"]
-        if adversarial_on:
-            with _frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
-                losses.update(self._generator_adversarial(recon, rec_loss, novel_rgb))
-
-        extra = {"features": canonical.images["features"]} if "features" in canonical.images else {}
+            novel_rgb = self.render(planes, novel_cams, grid=canonical.grid).images()["rgb"]
+        losses = self.loss.generator_losses(
+            images,
+            recon,
+            canonical,
+            aux.loss,
+            step=step,
+            depth=depth,
+            novel_rgb=novel_rgb,
+            last_layer=self.decoder.last_layer_weight if self.training else None,
+        )
+        extra = {"features": views["features"]} if "features" in views else {}
         return {
             **extra,
             "reconstruction": recon,
-            "render": render_rgb,
-            "depth": canonical.images["depth"],
-            "disparity": canonical.images["disparity"],
-            "opacity": canonical.images["opacity"],
+            "render": views["rgb"],
+            "depth": views["depth"],
+            "disparity": views["disparity"],
+            "opacity": views["opacity"],
             "indices": indices,
             "planes": planes,
             "novel_rgb": novel_rgb,
@@ -713,49 +527,12 @@ class VQ3DModel(nn.Module):
             "quantizer_stats": {k: v.detach() for k, v in aux.stats.items()},
         }
 
-    def _generator_adversarial(
-        self, recon: Tensor, rec_loss: Tensor, novel_rgb: Tensor | None
-    ) -> dict[str, Tensor]:
-        cfg = self.config
-        losses = {}
-        g_loss = generator_loss(self.disc_canonical(recon * 2 - 1), cfg.adversarial_loss)
-        if self.training and torch.is_grad_enabled():
-            weight = adaptive_generator_weight(rec_loss, g_loss, self.decoder.last_layer_weight)
-        else:
-            weight = torch.ones((), device=recon.device)
-        losses["adversarial"] = cfg.adversarial_weight * weight * g_loss
-        if novel_rgb is not None and cfg.novel_adversarial_weight > 0:
-            g_novel = generator_loss(self.disc_novel(novel_rgb * 2 - 1), cfg.adversarial_loss)
-            losses["adversarial_novel"] = cfg.novel_adversarial_weight * weight * g_novel
-        return losses
-
     def discriminator_loss(self, images: Tensor, outputs: dict[str, Any]) -> dict[str, Tensor]:
-        """Discriminator losses for one step, from real ``images`` and the generator's ``outputs``.
-
-        The canonical-view discriminator compares real images with reconstructions; the novel-view
-        one compares real images (at render resolution) with novel-view renders, the only signal that
-        unseen views look like real images. Returns ``{"canonical", "novel", "r1", "loss"}``.
-        """
-        cfg = self.config
-        real = images * 2 - 1
-        fake = outputs["reconstruction"].detach() * 2 - 1
-        if cfg.r1_weight > 0:
-            real = real.detach().requires_grad_(True)
-        logits_real = self.disc_canonical(real)
-        losses = {
-            "canonical": discriminator_loss(logits_real, self.disc_canonical(fake), cfg.adversarial_loss)
-        }
-        if cfg.r1_weight > 0:
-            losses["r1"] = cfg.r1_weight / 2 * r1_penalty(logits_real, real)
-        if outputs.get("novel_rgb") is not None:
-            r = cfg.render_resolution
-            small = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False) * 2 - 1
-            novel = outputs["novel_rgb"].detach() * 2 - 1
-            losses["novel"] = discriminator_loss(
-                self.disc_novel(small), self.disc_novel(novel), cfg.adversarial_loss
-            )
-        losses["loss"] = sum(losses.values())
-        return losses
+        """Discriminator losses for one step, from real ``images`` and the generator's ``outputs``
+        (:meth:`VQ3DLoss.discriminator_losses <vq3dlib.models.losses.VQ3DLoss.discriminator_losses>`
+        of the reconstruction and the novel-view renders). Returns ``{"canonical", "novel", "r1",
+        "loss"}`` (the terms in use)."""
+        return self.loss.discriminator_losses(images, outputs["reconstruction"], outputs.get("novel_rgb"))
 
     # ----------------------------------------------------------------------------- inference
     @torch.no_grad()
@@ -830,7 +607,8 @@ class VQ3DModel(nn.Module):
                 f"(tinycudann importable: {_tcnn_usable()}, map_location: {map_location!r})"
             )
         model = cls(cfg.replace(mlp_backend=saved) if saved is not None else cfg)
-        model.config = cfg  # the stored config as it was written (the field holds the resolved backend)
+        # the stored config as it was written (the field holds the resolved backend)
+        model.config = model.loss.config = cfg
         state = load_file(str(path), device=str(map_location))
         expected = {k for k in model.state_dict() if k.startswith("field.")}
         found = {k for k in state if k.startswith("field.")}

@@ -1,5 +1,10 @@
 """A small renderer: cameras/rays → packed marching → field → weights → images (+ packed samples).
 
+Every render of the library returns a :class:`RenderOutput`: the ray-shaped results (colour, depth,
+disparity, opacity, optional extra features), the packed samples behind them (for depth and
+distortion losses) and the occupancy grid used; :meth:`RenderOutput.images` gives the image-shaped
+results channels first.
+
 The field is any callable ``field(positions [S, 3], directions [S, 3], scene_index [S]) -> (density [S],
 rgb [S, 3])`` (post-activation density ≥ 0, colour in any range); when it also has a
 ``density(positions, scene_index)`` method, the early-stop pre-pass uses that instead of the full call.
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -34,6 +40,7 @@ from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
 from vq3dlib.render.volrend import (
     accumulate_along_rays,
+    depth_to_disparity,
     pack_info,
     render_visibility_from_density,
     render_weight_from_density,
@@ -44,16 +51,22 @@ Field = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
 @dataclass
 class RenderOutput:
-    """What :class:`Renderer` returns. Image-like fields have the rays' leading shape ``[...]``.
+    """A render: what :class:`Renderer` and :meth:`VQ3DModel.render <vq3dlib.models.VQ3DModel.render>`
+    return. Image-like fields have the rays' leading shape ``[...]``.
 
     Attributes:
-        rgb: ``[..., 3]`` composited colour (background included).
+        rgb: ``[..., C]`` composited colour (background included); ``C = 3`` for a model's renders.
         depth: ``[...]`` expected depth ``Σ w t / opacity`` (``t`` at sample midpoints; z-depth when the rays
             carry ``z_scale``; ``0`` where opacity is 0). Unnormalised when ``normalize_depth=False``.
-        disparity: ``[...]`` ``1 / depth`` (``0`` where nothing was hit).
+        disparity: ``[...]`` ``1 / depth`` (:func:`~vq3dlib.render.depth_to_disparity`: ``0`` where
+            nothing was hit).
         opacity: ``[...]`` accumulated weight ``Σ w``.
         ray_indices, t_starts, t_ends, weights: ``[S]`` packed samples over the flattened rays (for depth
             and distortion losses); ``n_rays`` the number of flattened rays.
+        features: ``[..., E]`` extra features composited like colour, or ``None`` (a model whose field
+            has ``field_out_features = E > 0``).
+        grid: the :class:`~vq3dlib.render.OccupancyGrid` the render marched through (``None``: dense),
+            reusable for another render of the same scenes.
 
     Rays from ``Cameras`` have the leading shape ``[N, H, W]``; :meth:`images` returns the image-like
     fields channels first (``[N, C, H, W]``, the layout of datasets, metrics and discriminators).
@@ -68,13 +81,16 @@ class RenderOutput:
     t_ends: Tensor
     weights: Tensor
     n_rays: int
+    features: Tensor | None = None
+    grid: OccupancyGrid | None = None
 
     def images(self) -> dict[str, Tensor]:
         """Channels-first images of a render of ``[N, H, W]`` rays (e.g. from ``Cameras``).
 
         Returns:
             ``{"rgb": [N, C, H, W], "depth": [N, 1, H, W], "disparity": [N, 1, H, W],
-            "opacity": [N, 1, H, W]}`` (views of the outputs: gradients flow through them).
+            "opacity": [N, 1, H, W]}``, plus ``"features": [N, E, H, W]`` when the render has
+            features (views of the outputs: gradients flow through them).
 
         Raises:
             ValueError: when the rays were not shaped ``[N, H, W]``.
@@ -92,12 +108,27 @@ class RenderOutput:
                 "images() needs a render of rays shaped [N, H, W] (e.g. from Cameras); this one has rgb "
                 f"of shape {list(self.rgb.shape)} (use .rgb, .depth, ... directly)"
             )
-        return {
+        images = {
             "rgb": self.rgb.permute(0, 3, 1, 2),
             "depth": self.depth[:, None],
             "disparity": self.disparity[:, None],
             "opacity": self.opacity[:, None],
         }
+        if self.features is not None:
+            images["features"] = self.features.permute(0, 3, 1, 2)
+        return images
+
+
+class _ChunkRender(NamedTuple):
+    """The per-ray sums and packed samples of one chunk of rays (``Renderer._render_chunk``)."""
+
+    rgb: Tensor  # [n, C] Σ w c
+    depth_sum: Tensor  # [n] Σ w t (t at sample midpoints)
+    opacity: Tensor  # [n] Σ w
+    ray_indices: Tensor  # [S] global ray index
+    t_starts: Tensor
+    t_ends: Tensor
+    weights: Tensor
 
 
 def _target_device(field: object, grid: OccupancyGrid | None) -> torch.device | None:
@@ -309,15 +340,14 @@ class Renderer(nn.Module):
         ]
         if not parts:
             parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
-        cat = lambda i: torch.cat([p[i] for p in parts])  # noqa: E731
-        rgb, wt, opacity = cat(0), cat(1), cat(2)
-        ray_indices, t_starts, t_ends, weights = cat(3), cat(4), cat(5), cat(6)
+        out = _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
+        rgb, wt, opacity = out.rgb, out.depth_sum, out.opacity
         if z_scale is not None:
             wt = wt * z_scale.to(wt.dtype)
         hit = opacity > 0
         depth = wt / opacity.clamp(min=1e-10) if self.normalize_depth else wt
         depth = torch.where(hit, depth, torch.zeros_like(depth))
-        disparity = torch.where(hit & (depth > 0), 1 / depth.clamp(min=1e-10), torch.zeros_like(depth))
+        disparity = depth_to_disparity(depth)
         bg = self.background if background is None else background
         if bg is not None:
             bg_t = torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device)
@@ -329,14 +359,25 @@ class Renderer(nn.Module):
             depth=depth.reshape(lead),
             disparity=disparity.reshape(lead),
             opacity=opacity.reshape(lead),
-            ray_indices=ray_indices,
-            t_starts=t_starts,
-            t_ends=t_ends,
-            weights=weights,
+            ray_indices=out.ray_indices,
+            t_starts=out.t_starts,
+            t_ends=out.t_ends,
+            weights=out.weights,
             n_rays=n_rays,
+            grid=grid,
         )
 
-    def _render_chunk(self, field, origins, directions, scene_index, grid, jitter, start, end):
+    def _render_chunk(
+        self,
+        field: Field,
+        origins: Tensor,
+        directions: Tensor,
+        scene_index: Tensor | None,
+        grid: OccupancyGrid | None,
+        jitter: bool,
+        start: int,
+        end: int,
+    ) -> _ChunkRender:
         o, d = origins[start:end], directions[start:end]
         sidx = scene_index[start:end] if scene_index is not None else None
         n = o.shape[0]
@@ -380,4 +421,4 @@ class Renderer(nn.Module):
         color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
-        return color, wt, opacity, ri + start, ts, te, weights
+        return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights)

@@ -40,6 +40,7 @@ __all__ = [
     "accumulate_disparity",
     "accumulate_opacity",
     "composite_background",
+    "depth_to_disparity",
     "pack_info",
     "render_transmittance_from_alpha",
     "render_transmittance_from_density",
@@ -414,6 +415,27 @@ def accumulate_disparity(
     hit = unnormalised > 0
     safe = torch.where(hit, unnormalised, torch.ones_like(unnormalised))
     return torch.where(hit, opacity / safe, torch.zeros_like(opacity))
+
+
+#: smallest depth :func:`depth_to_disparity` inverts (smaller positive depths give ``1 / DEPTH_EPS``)
+DEPTH_EPS = 1e-6
+
+
+def depth_to_disparity(depth: torch.Tensor) -> torch.Tensor:
+    """Disparity ``1 / depth`` of depth maps or per-ray depths ``[...]``; ``0`` where ``depth <= 0``.
+
+    A depth of 0 means "nothing there" (an empty ray of a render, a pixel without a measurement), so
+    its disparity is 0 (infinitely far); positive depths are clamped to ``DEPTH_EPS = 1e-6`` first.
+    The one conversion the renderer, the models, training and the command line use. Differentiable
+    where ``depth > DEPTH_EPS``.
+
+    Example:
+        >>> import torch
+        >>> depth_to_disparity(torch.tensor([2.0, 0.0, -1.0, 0.5]))
+        tensor([0.5000, 0.0000, 0.0000, 2.0000])
+    """
+    check_tensor("depth", depth, floating=True)
+    return torch.where(depth > 0, 1.0 / depth.clamp_min(DEPTH_EPS), torch.zeros_like(depth))
 
 
 def composite_background(

@@ -107,7 +107,7 @@ def evaluate_stage1(
                 b = images.shape[0]
                 scene = model.reconstruct(images)
                 indices_all.append(scene.indices.reshape(b, -1).cpu())
-                view = scene.render(model.canonical_cameras(b))
+                view = scene.render(model.canonical_cameras(b)).images()
                 recon = _resize(view["rgb"], tuple(images.shape[-2:])).clamp(0, 1)
                 add("psnr", psnr(recon, images))
                 add("ssim", ssim(recon, images))
@@ -133,7 +133,7 @@ def evaluate_stage1(
                     # camera i of the flattened [B, V] list sees scene i // V; render() maps camera
                     # j to scene j mod B, so reorder to view-major and back
                     order = torch.arange(b * v).reshape(b, v).t().reshape(-1)
-                    novel = scene.render(cams[order])["rgb"]
+                    novel = scene.render(cams[order]).images()["rgb"]
                     novel = novel[torch.argsort(order)]
                     novel = _resize(novel, tuple(target.shape[-2:])).clamp(0, 1)
                     add("novel_psnr", psnr(novel, target))

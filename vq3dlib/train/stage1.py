@@ -563,8 +563,8 @@ def train_stage1(
     if world > 1:
         from torch.nn.parallel import DistributedDataParallel as DDP
 
-        ignore = [f"disc_canonical.{n}" for n, _ in model.disc_canonical.named_parameters()]
-        ignore += [f"disc_novel.{n}" for n, _ in model.disc_novel.named_parameters()]
+        ignore = [f"loss.disc_canonical.{n}" for n, _ in model.loss.disc_canonical.named_parameters()]
+        ignore += [f"loss.disc_novel.{n}" for n, _ in model.loss.disc_novel.named_parameters()]
         DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
         ddp_model = DDP(
             model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False

@@ -1,0 +1,261 @@
+"""The training objective of VQ3D stage 1: every generator loss term, the discriminators and theirs.
+
+:class:`VQ3DLoss` owns the modules only the losses use — the canonical-view and novel-view
+discriminators (:class:`~vq3dlib.losses.StyleGANDiscriminator`) and the frozen LPIPS network
+(:class:`~vq3dlib.losses.LPIPS`) — and assembles the terms from the public blocks of
+:mod:`vq3dlib.losses`:
+
+* generator (:meth:`VQ3DLoss.generator_losses`): L2 and perceptual reconstruction, the quantizer's
+  own terms, VQ3D's pointwise depth loss on the rendering weights against the scale/shift-aligned
+  pseudo disparity, the distortion loss, and the adversarial terms of both views (with an adaptive
+  weight; from ``adversarial_start_step`` on; the discriminators' parameters record no gradient);
+* discriminators (:meth:`VQ3DLoss.discriminator_losses`): real images against reconstructions
+  (canonical view) and against novel-view renders at render resolution, plus an optional R1 penalty.
+
+:class:`~vq3dlib.models.VQ3DModel` holds one as ``model.loss`` and calls it from its forward pass.
+
+Example:
+    >>> import torch
+    >>> from vq3dlib.models import get_config
+    >>> loss = VQ3DLoss(get_config("tiny", image_size=16, render_resolution=8, perceptual_weight=0.0))
+    >>> images, recon = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    >>> sorted(loss.discriminator_losses(images, recon, novel_rgb=torch.rand(2, 3, 8, 8)))
+    ['canonical', 'loss', 'novel']
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vq3dlib.losses import (
+    LPIPS,
+    StyleGANDiscriminator,
+    adaptive_generator_weight,
+    discriminator_loss,
+    distortion_loss,
+    generator_loss,
+    map_disparity_range,
+    pointwise_depth_loss,
+    r1_penalty,
+)
+from vq3dlib.render import RenderOutput, depth_to_disparity
+
+if TYPE_CHECKING:
+    from vq3dlib.models.configs import VQ3DConfig
+
+
+@contextlib.contextmanager
+def frozen(*modules: nn.Module) -> Iterator[None]:
+    """Parameters of ``modules`` record no gradient for graphs built inside (their flags restored after).
+
+    Example:
+        >>> net = nn.Linear(2, 1)
+        >>> with frozen(net):
+        ...     net.weight.requires_grad
+        False
+        >>> net.weight.requires_grad
+        True
+    """
+    params = [p for m in modules for p in m.parameters()]
+    states = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, state in zip(params, states):
+            p.requires_grad_(state)
+
+
+class VQ3DLoss(nn.Module):
+    """Generator and discriminator losses of VQ3D stage 1 (see the module docstring).
+
+    Args:
+        config: the model's :class:`~vq3dlib.models.VQ3DConfig` (weights, start steps, sizes).
+
+    Attributes:
+        disc_canonical: discriminator of ``image_size`` images (real vs reconstructed).
+        disc_novel: discriminator of ``render_resolution`` images (real vs novel-view renders).
+        perceptual: the LPIPS network (``None`` when ``perceptual_weight == 0``); it gets images in
+            ``[0, 1]`` (``normalize=True``) and stays frozen.
+
+    Example:
+        >>> from vq3dlib.models import get_config
+        >>> loss = VQ3DLoss(get_config("tiny", perceptual_weight=0.0, adversarial_start_step=10))
+        >>> loss.adversarial_on(9), loss.adversarial_on(10)
+        (False, True)
+    """
+
+    def __init__(self, config: VQ3DConfig) -> None:
+        super().__init__()
+        cfg = self.config = config
+        disc = {"channels": cfg.disc_channels, "max_channels": cfg.disc_max_channels}
+        self.disc_canonical = StyleGANDiscriminator(cfg.image_size, **disc)
+        self.disc_novel = StyleGANDiscriminator(cfg.render_resolution, **disc)
+        self.perceptual = (  # images and reconstructions are in [0, 1]: normalize=True maps them to [-1, 1]
+            LPIPS(weights=cfg.perceptual_weights, pretrained=cfg.perceptual_pretrained, normalize=True)
+            if cfg.perceptual_weight > 0
+            else None
+        )
+
+    def adversarial_on(self, step: int) -> bool:
+        """Whether the adversarial terms (and the discriminator step) are on at training ``step``."""
+        return self.config.adversarial_weight > 0 and step >= self.config.adversarial_start_step
+
+    def discriminator_parameters(self) -> Iterator[nn.Parameter]:
+        """Parameters of the canonical-view and novel-view discriminators."""
+        yield from self.disc_canonical.parameters()
+        yield from self.disc_novel.parameters()
+
+    def depth_target(self, depth: Tensor) -> Tensor:
+        """Pseudo ground truth ``[B, 1, h, w]`` → the disparity target ``[B, r, r]`` of the depth loss.
+
+        ``config.depth_target == "depth"`` converts it with :func:`~vq3dlib.render.depth_to_disparity`
+        (depth ``<= 0``, no measurement, becomes disparity 0); it is resized (bilinear) to the render
+        resolution ``r`` and, for ``config.depth_align == "range"``, mapped onto ``1 / depth_range``
+        (:func:`~vq3dlib.losses.map_disparity_range`).
+
+        Example:
+            >>> from vq3dlib.models import get_config
+            >>> cfg = get_config("tiny", render_resolution=4, depth_target="depth", depth_align="none",
+            ...                  perceptual_weight=0.0)
+            >>> VQ3DLoss(cfg).depth_target(torch.full((1, 1, 8, 8), 2.0)).unique().tolist()
+            [0.5]
+        """
+        cfg = self.config
+        if cfg.depth_target == "depth":
+            depth = depth_to_disparity(depth)
+        r = cfg.render_resolution
+        target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
+        if cfg.depth_align == "range":
+            target = map_disparity_range(target, cfg.depth_range)
+        return target
+
+    def generator_losses(
+        self,
+        images: Tensor,
+        reconstruction: Tensor,
+        render: RenderOutput,
+        quantizer_loss: Tensor,
+        *,
+        step: int = 0,
+        depth: Tensor | None = None,
+        novel_rgb: Tensor | None = None,
+        last_layer: Tensor | None = None,
+    ) -> dict[str, Tensor]:
+        """Every weighted generator loss term of one step (their sum is the generator loss).
+
+        Args:
+            images: ``[B, 3, H, W]`` inputs in ``[0, 1]``, the reconstruction target.
+            reconstruction: ``[B, 3, H, W]`` the model's reconstruction.
+            render: the canonical :class:`~vq3dlib.render.RenderOutput` (its packed samples feed the
+                depth and distortion losses).
+            quantizer_loss: the quantizer's own loss (scalar).
+            step: training step (depth loss from ``depth_start_step``, adversarial terms from
+                ``adversarial_start_step``).
+            depth: optional pseudo ground truth ``[B, 1, h, w]`` (see :meth:`depth_target`).
+            novel_rgb: ``[B·k, 3, r, r]`` novel-view renders for the novel-view adversarial term.
+            last_layer: the decoder's last weight, for the adaptive adversarial weight (computed
+                when given and gradients are recorded; else the weight is 1).
+
+        Returns:
+            ``{"l2", "perceptual", "quantizer", "depth", "distortion", "adversarial",
+            "adversarial_novel"}``, each present when its weight (and input) is non-zero.
+
+        Example:
+            >>> from vq3dlib.models import VQ3DModel
+            >>> model = VQ3DModel.from_config("tiny", render_resolution=8, perceptual_weight=0.0)
+            >>> images, depth = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
+            >>> sorted(model(images, step=0)["losses"])  # before adversarial_start_step, without depth
+            ['l2', 'quantizer']
+            >>> sorted(model(images, depth=depth, step=model.config.adversarial_start_step)["losses"])
+            ['adversarial', 'adversarial_novel', 'depth', 'l2', 'quantizer']
+        """
+        cfg = self.config
+        losses: dict[str, Tensor] = {}
+        rec_loss = F.mse_loss(reconstruction, images)
+        losses["l2"] = cfg.l2_weight * rec_loss
+        if self.perceptual is not None:
+            losses["perceptual"] = cfg.perceptual_weight * self.perceptual(reconstruction, images).mean()
+        losses["quantizer"] = cfg.quantizer_weight * quantizer_loss
+        if depth is not None and cfg.depth_weight > 0 and step >= cfg.depth_start_step:
+            losses["depth"] = cfg.depth_weight * pointwise_depth_loss(
+                render.weights,
+                render.t_starts,
+                render.t_ends,
+                self.depth_target(depth),
+                render.ray_indices,
+                target_space="disparity",
+                align=cfg.depth_align == "lsq",
+            )
+        if cfg.distortion_weight > 0:
+            losses["distortion"] = cfg.distortion_weight * distortion_loss(
+                render.weights, render.t_starts, render.t_ends, render.ray_indices, n_rays=render.n_rays
+            )
+        if self.adversarial_on(step):
+            with frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
+                losses.update(self._adversarial(reconstruction, rec_loss, novel_rgb, last_layer))
+        return losses
+
+    def _adversarial(
+        self, reconstruction: Tensor, rec_loss: Tensor, novel_rgb: Tensor | None, last_layer: Tensor | None
+    ) -> dict[str, Tensor]:
+        cfg = self.config
+        losses = {}
+        g_loss = generator_loss(self.disc_canonical(reconstruction * 2 - 1), cfg.adversarial_loss)
+        if last_layer is not None and torch.is_grad_enabled():
+            weight = adaptive_generator_weight(rec_loss, g_loss, last_layer)
+        else:
+            weight = torch.ones((), device=reconstruction.device)
+        losses["adversarial"] = cfg.adversarial_weight * weight * g_loss
+        if novel_rgb is not None and cfg.novel_adversarial_weight > 0:
+            g_novel = generator_loss(self.disc_novel(novel_rgb * 2 - 1), cfg.adversarial_loss)
+            losses["adversarial_novel"] = cfg.novel_adversarial_weight * weight * g_novel
+        return losses
+
+    def discriminator_losses(
+        self, images: Tensor, reconstruction: Tensor, novel_rgb: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        """Discriminator losses of one step from real ``images`` and the generator's outputs.
+
+        The canonical-view discriminator compares real images with reconstructions; the novel-view
+        one compares real images (resized to render resolution) with novel-view renders, the only
+        signal that unseen views look like real images. The generator outputs are detached.
+
+        Args:
+            images: ``[B, 3, H, W]`` real images in ``[0, 1]``.
+            reconstruction: ``[B, 3, H, W]`` reconstructions.
+            novel_rgb: ``[N, 3, r, r]`` novel-view renders, or ``None`` (no novel-view term).
+
+        Returns:
+            ``{"canonical", "novel" (with novel_rgb), "r1" (with r1_weight > 0), "loss" (the sum)}``.
+        """
+        cfg = self.config
+        real = images * 2 - 1
+        fake = reconstruction.detach() * 2 - 1
+        if cfg.r1_weight > 0:
+            real = real.detach().requires_grad_(True)
+        logits_real = self.disc_canonical(real)
+        losses = {
+            "canonical": discriminator_loss(logits_real, self.disc_canonical(fake), cfg.adversarial_loss)
+        }
+        if cfg.r1_weight > 0:
+            losses["r1"] = cfg.r1_weight / 2 * r1_penalty(logits_real, real)
+        if novel_rgb is not None:
+            r = cfg.render_resolution
+            small = F.interpolate(images, size=(r, r), mode="bilinear", align_corners=False) * 2 - 1
+            novel = novel_rgb.detach() * 2 - 1
+            losses["novel"] = discriminator_loss(
+                self.disc_novel(small), self.disc_novel(novel), cfg.adversarial_loss
+            )
+        losses["loss"] = sum(losses.values())
+        return losses
+
+
+__all__ = ["VQ3DLoss", "frozen"]
