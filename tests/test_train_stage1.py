@@ -367,3 +367,21 @@ def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
     changed = _states_equal(init, r0["state"])
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("loss.disc_") for k in changed)
     assert (tmp_path / "checkpoints" / "step_000000001.safetensors").is_file()
+
+
+def test_trainer_steps_are_separate_methods(tmp_path):
+    from vq3dlib.train.stage1 import Stage1Trainer
+
+    trainer = Stage1Trainer(micro_config(tmp_path, steps=2))
+    images, depth = trainer.batch(1)
+    assert images.shape == (2, 3, 16, 16) and depth.shape == (2, 1, 16, 16)
+    gen = trainer.generator_step(images, depth, step=1)
+    assert gen.ok and torch.isfinite(gen.loss) and gen.outputs["novel_rgb"] is not None
+    before = [p.detach().clone() for p in trainer.disc_params]
+    d_losses = trainer.discriminator_step(images, gen.outputs)
+    assert {"canonical", "novel", "loss"} <= set(d_losses)
+    assert any(not torch.equal(a, p) for a, p in zip(before, trainer.disc_params, strict=True))
+    losses = trainer.step_losses(gen, d_losses)
+    assert "loss/total" in losses and "disc/loss" in losses
+    assert {"input", "reconstruction", "depth"} <= set(trainer.preview(trainer.model))
+    assert {"psnr", "n_images"} <= set(trainer.evaluate(0))

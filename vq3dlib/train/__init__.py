@@ -1,5 +1,9 @@
-"""Training infrastructure: checkpoints (:mod:`~vq3dlib.train.checkpoint`), distributed helpers
-(:mod:`~vq3dlib.train.distributed`) and weight averaging (:mod:`~vq3dlib.train.ema`).
+"""Training: the run scaffold both stages share (:mod:`~vq3dlib.train.run`: :class:`RunConfig`,
+:class:`TrainingRun`), the stages' trainers (:mod:`~vq3dlib.train.stage1`, :mod:`~vq3dlib.train.stage2`),
+held-out evaluation (:mod:`~vq3dlib.train.evaluate`), and the pieces under them: checkpoints
+(:mod:`~vq3dlib.train.checkpoint`), distributed helpers (:mod:`~vq3dlib.train.distributed`), weight
+averaging (:mod:`~vq3dlib.train.ema`), logs (:mod:`~vq3dlib.train.logger`) and step helpers
+(:mod:`~vq3dlib.train.loop`).
 
 Example:
     >>> import torch
@@ -31,10 +35,13 @@ from vq3dlib.train.distributed import (
     world_size,
 )
 from vq3dlib.train.ema import ModelEMA, unwrap_model
+from vq3dlib.train.run import RunConfig, TrainingRun
 
 __all__ = [
     "Checkpoint",
     "ModelEMA",
+    "RunConfig",
+    "TrainingRun",
     "all_reduce_mean",
     "barrier",
     "checkpoint_path",

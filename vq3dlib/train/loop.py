@@ -7,6 +7,9 @@
 * :func:`autocast` — the ``torch.autocast`` context for ``amp in {"none", "bf16", "fp16"}``.
 * :class:`MemoryDataset` — materialises a (small) dataset once, e.g. procedural scenes rendered on the fly.
 * :func:`resolve_device` — ``"auto"``/``"cpu"``/``"cuda"`` to a ``torch.device``.
+* :func:`clip_gradients`, :func:`all_finite` — the gradient clipping and NaN/Inf test of a step.
+
+:mod:`vq3dlib.train.run` assembles these into the run scaffold of both stages.
 
 Example:
     >>> from dataclasses import dataclass
@@ -304,6 +307,23 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> Tensor:
+    """Clips the gradients of ``params`` to the total norm ``max_norm`` (0: no clipping); returns the norm.
+
+    Parameters without a gradient are left out (a zero norm when none has one). The norm is what the
+    NaN/Inf test of a step looks at, so it is computed even without clipping.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.zeros(2)); p.grad = torch.tensor([3.0, 4.0])
+        >>> float(clip_gradients([p], 1.0)), round(float(p.grad.norm()), 4)
+        (5.0, 1.0)
+    """
+    with_grad = [p for p in params if p.grad is not None]
+    if not with_grad:
+        return torch.zeros(())
+    return torch.nn.utils.clip_grad_norm_(with_grad, max_norm if max_norm > 0 else math.inf)
+
+
 def all_finite(*values: Tensor) -> Tensor:
     """A bool scalar tensor: whether every value is finite, agreed across processes (min over ranks).
 
@@ -329,6 +349,7 @@ __all__ = [
     "all_finite",
     "apply_overrides",
     "autocast",
+    "clip_gradients",
     "get_batch",
     "parse_value",
     "resolve_device",

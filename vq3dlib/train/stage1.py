@@ -1,17 +1,22 @@
 """Stage-1 training of :class:`~vq3dlib.models.VQ3DModel`: autoencoder + two discriminators.
 
-One loop runs as a single process or under ``torchrun`` (DDP: gloo on CPU, NCCL on GPU). Per step:
+:class:`Stage1Trainer` runs one training run on the shared scaffold (:class:`~vq3dlib.train.run.TrainingRun`:
+a single process or ``torchrun`` DDP — gloo on CPU, NCCL on GPU —, seeding, checkpoints and resume,
+logs, progress, time budget); :func:`train_stage1` builds one and trains it. Per step
+(:meth:`Stage1Trainer.train_step`):
 
-1. the generator forward (``model(images, depth, step)``: reconstruction, novel views, every loss
-   term; the adversarial terms start at ``config.adversarial_start_step``, the model handles that),
-   backward, gradient clipping, and an optimizer step — unless the loss or the gradient norm is
-   NaN/Inf on any process: then the gradients are zeroed, the model's buffers (e.g. the quantizer's
-   EMA codebook statistics, updated during the forward) are restored, and the step is counted in
-   ``skipped_steps`` instead of being written into the weights;
-2. once the adversarial terms are on, a discriminator step (``model.discriminator_loss``, its own
-   optimizer; canonical-view and novel-view discriminators), skipped the same way but counted in
-   ``skipped_disc_steps``;
-3. optional EMA of the weights (:class:`~vq3dlib.train.ModelEMA`), logging, checkpoints.
+1. :meth:`~Stage1Trainer.generator_step`: the generator forward (``model(images, depth, step)``:
+   reconstruction, novel views, every loss term; the adversarial terms start at
+   ``config.adversarial_start_step``, the model handles that), backward, gradient clipping, and an
+   optimizer step — unless the loss or the gradient norm is NaN/Inf on any process: then the
+   gradients are zeroed, the model's buffers (e.g. the quantizer's EMA codebook statistics, updated
+   during the forward) are restored, and the step is counted in ``skipped_steps`` instead of being
+   written into the weights;
+2. once the adversarial terms are on, :meth:`~Stage1Trainer.discriminator_step`
+   (``model.discriminator_loss``, its own optimizer; canonical-view and novel-view discriminators),
+   skipped the same way but counted in ``skipped_disc_steps``;
+3. optional EMA of the weights (:class:`~vq3dlib.train.ModelEMA`), :meth:`~Stage1Trainer.log`,
+   preview images, :meth:`~Stage1Trainer.evaluate` on held-out data, checkpoints.
 
 Depth for the pointwise depth loss comes from the data: procedural scenes have exact depth; an image
 folder has depth maps next to its images or gets them from a user callable
@@ -35,16 +40,13 @@ Example (``train_stage1(cfg)`` runs it; ``vq3d train --set steps=100`` from a sh
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import math
 import os
-import time
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -52,40 +54,30 @@ from torch.utils.data import Dataset
 
 from vq3dlib._validation import check_choice, check_positive
 from vq3dlib.data.folder import DEPTH_MODES
-from vq3dlib.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from vq3dlib.train.distributed import (
-    cleanup,
-    init_distributed,
-    is_distributed,
-    seed_everything,
-)
+from vq3dlib.render.volrend import depth_to_disparity
+from vq3dlib.train.checkpoint import latest_checkpoint, load_checkpoint
+from vq3dlib.train.distributed import is_distributed
 from vq3dlib.train.ema import ModelEMA, unwrap_model
-from vq3dlib.train.logger import TrainLogger
-from vq3dlib.train.loop import (
-    AMP_MODES,
-    MemoryDataset,
-    all_finite,
-    autocast,
-    get_batch,
-    resolve_device,
-    step_indices,
-    warmup_cosine,
-)
+from vq3dlib.train.loop import MemoryDataset, all_finite, clip_gradients, get_batch, step_indices
+from vq3dlib.train.run import RunConfig, TrainingRun, check_pair
 
 MODEL_FILE = "model.safetensors"
 
 
 @dataclass
-class Stage1Config:
+class Stage1Config(RunConfig):
     """Everything a stage-1 run needs; every field can be set from the command line (``--set k=v``).
+
+    The fields of :class:`~vq3dlib.train.run.RunConfig` (data, steps, optimiser, precision, EMA,
+    intervals, output, seed, device, time budget, resume, progress; here with stage 1's defaults),
+    and:
 
     Attributes:
         model: registered model config name (``"tiny"``, ``"imagenet256"``, see
             :func:`vq3dlib.models.get_config`).
         model_overrides: fields of :class:`~vq3dlib.models.VQ3DConfig` to change
             (``--set model.image_size=16``).
-        data: ``"procedural"`` (:class:`~vq3dlib.data.ProceduralScenes`) or a folder of images
-            (:class:`~vq3dlib.data.ImageFolderDataset`; depth maps next to the images, or computed by
+        data: ``"procedural"`` or a folder of images (depth maps next to the images, or computed by
             ``train_stage1(..., depth_fn=...)``, are the disparity targets of the depth loss).
             Ignored when ``train_stage1`` gets ``datasets``.
         train_size, eval_size: procedural scenes for training / held-out evaluation. A folder holds
@@ -97,92 +89,35 @@ class Stage1Config:
         depth: depth targets for the pointwise depth loss: ``"auto"`` uses the data's depth when it has
             any and warns once when it has none (the depth loss is then off); ``"required"`` raises an
             error naming the images without depth; ``"none"`` trains without depth.
-        steps: total optimizer steps; batch_size: images per step and process.
         lr, betas, weight_decay: AdamW for the generator; disc_lr, disc_betas: AdamW for the
             discriminators.
-        warmup_steps, min_lr_ratio: linear warmup then cosine decay to ``min_lr_ratio * lr``.
-        grad_clip: max gradient norm (0 disables clipping; the norm is still checked for NaN/Inf).
-        amp: ``"none"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU, with a gradient scaler).
         ema_decay, ema_warmup: EMA of the weights when ``ema_decay > 0``; the exported model then holds
             the EMA weights.
-        log_every, image_every, eval_every, ckpt_every: intervals in steps (0 disables; a checkpoint,
-            images and an evaluation are also written at the end).
-        keep_last: checkpoints kept in ``out_dir/checkpoints``.
+        image_every, eval_every: intervals in steps of the preview images and of the held-out
+            evaluation (0 disables; both also run at the end).
         out_dir: output folder: ``checkpoints/``, ``logs/`` (JSONL scalars, PNG images, TensorBoard if
             installed), ``model.safetensors`` (final weights, :meth:`VQ3DModel.load`), ``metrics.json``.
-        seed: seed of the model initialisation and of the data order.
-        device: ``"auto"``, ``"cpu"``, ``"cuda"``.
-        time_budget_s: stop (with a checkpoint) after this many seconds of training (0: no limit); the
-            run then ends before ``steps``.
-        stop_at_step: end this invocation (with a checkpoint) once this step is reached, keeping the
-            schedule of ``steps`` (0: run to ``steps``); for jobs split into several runs with ``resume``.
-        resume: continue from the latest checkpoint in ``out_dir/checkpoints`` (if any).
-        progress: show a progress bar.
     """
 
     model: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
-    data: str = "procedural"
-    train_size: int = 1024
     eval_size: int = 16
-    data_seed: int = 0
     cache_data: bool = True
     depth: str = "auto"
-    steps: int = 2000
-    batch_size: int = 8
-    lr: float = 1e-3
-    betas: tuple[float, float] = (0.9, 0.99)
-    weight_decay: float = 0.0
     disc_lr: float = 2e-4
     disc_betas: tuple[float, float] = (0.5, 0.9)
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    amp: str = "none"
-    ema_decay: float = 0.0
-    ema_warmup: float = 100.0
-    log_every: int = 10
     image_every: int = 500
     eval_every: int = 0
-    ckpt_every: int = 500
-    keep_last: int = 3
     out_dir: str = "runs/stage1"
-    seed: int = 0
-    device: str = "auto"
-    time_budget_s: float = 0.0
-    stop_at_step: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
+        super().__post_init__()
         self.disc_betas = tuple(float(b) for b in self.disc_betas)  # type: ignore[assignment]
-        for name in ("steps", "batch_size", "lr", "disc_lr", "keep_last"):
-            check_positive(name, getattr(self, name))
-        for name in (
-            "train_size",
-            "eval_size",
-            "warmup_steps",
-            "grad_clip",
-            "weight_decay",
-            "ema_decay",
-            "ema_warmup",
-            "log_every",
-            "image_every",
-            "eval_every",
-            "ckpt_every",
-            "seed",
-            "time_budget_s",
-            "data_seed",
-            "stop_at_step",
-        ):
+        check_positive("disc_lr", self.disc_lr)
+        for name in ("eval_size", "image_every", "eval_every"):
             check_positive(name, getattr(self, name), allow_zero=True)
-        check_choice("amp", self.amp, AMP_MODES)
         check_choice("depth", self.depth, DEPTH_MODES)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if len(self.betas) != 2 or len(self.disc_betas) != 2:
-            raise ValueError(f"betas and disc_betas must be pairs, got {self.betas}, {self.disc_betas}")
+        check_pair("disc_betas", self.disc_betas)
         if not isinstance(self.model_overrides, dict):
             raise TypeError(f"model_overrides must be a dict, got {type(self.model_overrides).__name__}")
 
@@ -305,6 +240,8 @@ def _depth_in_use(mode: str, train: Dataset, source: str) -> bool:
 def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
     """The disparity target of a batch: ``batch["disparity"]`` or ``1 / batch["depth"]`` (``None`` without).
 
+    Depth is converted by :func:`~vq3dlib.render.depth_to_disparity` (depth ``<= 0``: disparity 0).
+
     Example:
         >>> depth_target({"depth": torch.full((1, 1, 2, 2), 4.0)}).flatten().tolist()
         [0.25, 0.25, 0.25, 0.25]
@@ -312,8 +249,7 @@ def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
     if "disparity" in batch:
         return batch["disparity"]
     if "depth" in batch:
-        d = batch["depth"]
-        return torch.where(d > 0, 1.0 / d.clamp_min(1e-6), torch.zeros_like(d))
+        return depth_to_disparity(batch["depth"])
     return None
 
 
@@ -386,13 +322,7 @@ def load_stage1_model(
     return model.to(map_location).eval()
 
 
-# ------------------------------------------------------------------------------------ loop
-
-
-def _progress(total: int, initial: int, enabled: bool, desc: str):
-    from tqdm.auto import tqdm
-
-    return tqdm(total=total, initial=initial, disable=not enabled, desc=desc, unit="step", dynamic_ncols=True)
+# ------------------------------------------------------------------------------------ trainer
 
 
 def _snapshot_buffers(module: nn.Module) -> list[torch.Tensor]:
@@ -416,32 +346,334 @@ def _average_grads(params: list[nn.Parameter]) -> None:
         p.grad.div_(world)
 
 
-def _clip(params: list[nn.Parameter], max_norm: float) -> torch.Tensor:
-    with_grad = [p for p in params if p.grad is not None]
-    if not with_grad:
-        return torch.zeros(())
-    return torch.nn.utils.clip_grad_norm_(with_grad, max_norm if max_norm > 0 else math.inf)
+class GeneratorStep(NamedTuple):
+    """What :meth:`Stage1Trainer.generator_step` returns."""
+
+    outputs: dict[str, Any]  # the model's forward outputs
+    loss: torch.Tensor  # the generator loss (float32 scalar)
+    grad_norm: torch.Tensor  # gradient norm before clipping
+    ok: bool  # finite on every process: written into the weights (else skipped)
 
 
-@torch.no_grad()
-def _preview(model: nn.Module, batch: dict[str, Any], device: torch.device) -> dict[str, torch.Tensor]:
-    """Images for the logs: inputs, reconstructions, depth, a novel view (global RNG untouched)."""
-    was = model.training
-    model.eval()
-    try:
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            out = model(batch["image"].to(device), step=0)
-    finally:
-        model.train(was)
-    views = {
-        "input": batch["image"],
-        "reconstruction": out["reconstruction"].clamp(0, 1),
-        "depth": out["depth"],
-        "opacity": out["opacity"],
-    }
-    if out.get("novel_rgb") is not None:
-        views["novel_view"] = out["novel_rgb"].clamp(0, 1)
-    return views
+class Stage1Trainer:
+    """One stage-1 training run: set up by the constructor, trained by :meth:`train` (see the module
+    docstring; :func:`train_stage1` documents the arguments).
+
+    The step's parts are separate methods — :meth:`generator_step`, :meth:`discriminator_step`,
+    :meth:`log`, :meth:`preview`, :meth:`evaluate` — composed by :meth:`train_step` and :meth:`train`.
+
+    Example:
+        >>> import tempfile
+        >>> micro = dict(image_size=16, render_resolution=8, plane_resolution=16, samples_per_ray=8,
+        ...              occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32,
+        ...              decoder_heads=2, disc_channels=8, disc_max_channels=16)
+        >>> cfg = Stage1Config(model_overrides=micro, steps=1, batch_size=2, train_size=2, eval_size=0,
+        ...                    out_dir=tempfile.mkdtemp(), progress=False, device="cpu")
+        >>> trainer = Stage1Trainer(cfg)  # doctest: +ELLIPSIS
+        VQ3D 'tiny' parameters: ...
+        >>> trainer.train()["step"]
+        1
+    """
+
+    def __init__(
+        self,
+        config: Stage1Config,
+        model: nn.Module | None = None,
+        depth_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        datasets: tuple[Dataset, Dataset | None] | None = None,
+    ) -> None:
+        from vq3dlib.models import VQ3DModel
+
+        if not isinstance(config, Stage1Config):
+            raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
+        if depth_fn is not None and not callable(depth_fn):
+            raise TypeError(f"depth_fn must be callable or None, got {type(depth_fn).__name__}")
+        if datasets is not None:
+            if not isinstance(datasets, (tuple, list)) or len(datasets) != 2:
+                raise TypeError("datasets must be a pair (train, held_out); held_out may be None")
+            if depth_fn is not None:
+                raise ValueError(
+                    "give depth_fn for an image folder (config.data) or depth in datasets, not both"
+                )
+            if len(datasets[0]) == 0:
+                raise ValueError("datasets[0] (the training set) is empty")
+        self.config = cfg = config
+        self.run = run = TrainingRun(cfg, "stage 1")
+        device = run.device
+        model_cfg = cfg.model_config()
+
+        run.seed(per_rank=False)  # identical initial weights on every rank
+        if model is None:
+            model = VQ3DModel(model_cfg)
+        elif not isinstance(model, VQ3DModel):
+            raise TypeError(f"model must be a VQ3DModel, got {type(model).__name__}")
+        self.model = model.to(device).train()
+        self.model_config = model_cfg = model.config
+        self.gen_params = list(model.generator_parameters())
+        self.disc_params = list(model.discriminator_parameters())
+        self.opt_g, self.sched_g = run.optimizer(self.gen_params, cfg.lr, cfg.betas, cfg.weight_decay)
+        self.opt_d, self.sched_d = run.optimizer(self.disc_params, cfg.disc_lr, cfg.disc_betas, 0.0)
+        self.scaler = run.grad_scaler()
+        self.ema = run.ema(model)
+
+        train_set, held_out = self._datasets(depth_fn, datasets)
+        if run.is_main:
+            counts = model.param_counts()
+            parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if v)
+            total = sum(counts.values()) / 1e6
+            print(f"VQ3D '{model_cfg.name}' parameters: {parts} (total {total:.2f}M)", flush=True)
+        if cfg.cache_data:
+            progress = cfg.progress and run.is_main
+            train_set = MemoryDataset(train_set, progress=progress, desc="rendering training data")
+            if held_out is not None:
+                held_out = MemoryDataset(held_out, progress=False)
+        self.train_set, self.held_out = train_set, held_out
+
+        states: dict[str, Any] = {
+            "model": model,
+            "opt_g": self.opt_g,
+            "opt_d": self.opt_d,
+            "sched_g": self.sched_g,
+            "sched_d": self.sched_d,
+            "scaler": self.scaler,
+        }
+        if self.ema is not None:
+            states["ema"] = self.ema
+        ckpt = run.resume(states)
+        extra = ckpt.extra if ckpt is not None else {}
+        self.skipped = int(extra.get("skipped_steps", 0))
+        self.skipped_disc = int(extra.get("skipped_disc_steps", 0))
+        # the discriminators' gradients are averaged in the discriminator step, not by DDP
+        disc = [f"loss.{n}" for n, _ in model.loss.named_parameters() if n.startswith("disc_")]
+        self.ddp_model = run.ddp(model, ignore=disc)
+        run.start()
+        shown = held_out if held_out is not None else train_set
+        self.preview_batch = get_batch(shown, torch.arange(min(8, len(shown))))
+        self.images_seen = 0
+
+    def _datasets(
+        self,
+        depth_fn: Callable[[torch.Tensor], torch.Tensor] | None,
+        datasets: tuple[Dataset, Dataset | None] | None,
+    ) -> tuple[Dataset, Dataset | None]:
+        """The run's (train, held-out) data; sets ``use_depth`` (``config.depth`` applied to it)."""
+        cfg, size = self.config, self.model_config.image_size
+        if datasets is None:
+            train_set, held_out = build_datasets(cfg, size, depth_fn=depth_fn)
+            source = repr(cfg.data)
+        else:
+            train_set, held_out = datasets
+            source = "datasets[0]"
+            first = train_set[0]
+            image = first.get("image") if isinstance(first, dict) else None
+            if not isinstance(image, torch.Tensor) or tuple(image.shape) != (3, size, size):
+                got = list(image.shape) if isinstance(image, torch.Tensor) else type(first).__name__
+                raise ValueError(f"datasets items must be dicts with 'image' [3, {size}, {size}], got {got}")
+        self.use_depth = _depth_in_use(cfg.depth, train_set, source)
+        return train_set, held_out
+
+    # ------------------------------------------------------------------------------- one step
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """This process's ``(images [B, 3, S, S], disparity target | None)`` of ``step`` on the device."""
+        run = self.run
+        idx = step_indices(step, len(self.train_set), self.config.batch_size, self.config.seed, run.rank,
+                           run.world_size)  # fmt: skip
+        batch = get_batch(self.train_set, idx)
+        images = batch["image"].to(run.device, non_blocking=True)
+        depth = depth_target(batch) if self.use_depth else None
+        return images, depth.to(run.device) if depth is not None else None
+
+    def generator_step(self, images: torch.Tensor, depth: torch.Tensor | None, step: int) -> GeneratorStep:
+        """Forward, backward, clipping and the generator's optimizer step (skipped when not finite)."""
+        model, scaler, opt = self.model, self.scaler, self.opt_g
+        saved = _snapshot_buffers(model)
+        with self.run.autocast():
+            out = self.ddp_model(images, depth=depth, step=step)
+        loss = out["loss"].float()
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grad_norm = clip_gradients(self.gen_params, self.config.grad_clip)
+        ok = bool(all_finite(loss, grad_norm))
+        if ok:
+            scaler.step(opt)
+            if self.ema is not None:
+                self.ema.update(model)
+        else:
+            opt.zero_grad(set_to_none=True)
+            _restore_buffers(model, saved)
+            self.skipped += 1
+            if scaler.is_enabled():
+                scaler.update()
+        return GeneratorStep(out, loss, grad_norm, ok)
+
+    def discriminator_step(self, images: torch.Tensor, outputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+        """The discriminators' losses, backward and optimizer step (skipped when not finite)."""
+        scaler, opt = self.scaler, self.opt_d
+        opt.zero_grad(set_to_none=True)
+        with self.run.autocast():
+            d_losses = self.model.discriminator_loss(images, outputs)
+        d_loss = d_losses["loss"].float()
+        scaler.scale(d_loss).backward()
+        if is_distributed():
+            _average_grads(self.disc_params)
+        scaler.unscale_(opt)
+        d_norm = clip_gradients(self.disc_params, self.config.grad_clip)
+        if bool(all_finite(d_loss, d_norm)):
+            scaler.step(opt)
+        else:
+            opt.zero_grad(set_to_none=True)
+            self.skipped_disc += 1
+        return d_losses
+
+    def train_step(self, step: int) -> tuple[GeneratorStep, dict[str, torch.Tensor]]:
+        """Step ``step``: its batch, the generator step, the discriminator step (once the adversarial
+        terms are on), the scaler and the LR schedules."""
+        images, depth = self.batch(step)
+        gen = self.generator_step(images, depth, step)
+        d_losses: dict[str, torch.Tensor] = {}
+        if gen.ok and self.model.loss.adversarial_on(step):
+            d_losses = self.discriminator_step(images, gen.outputs)
+        if gen.ok and self.scaler.is_enabled():
+            self.scaler.update()
+        self.opt_g.zero_grad(set_to_none=True)
+        self.opt_d.zero_grad(set_to_none=True)
+        with warnings.catch_warnings():  # the discriminator optimizer idles until the adversarial start
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
+            self.sched_g.step()
+            self.sched_d.step()
+        self.images_seen += images.shape[0] * self.run.world_size
+        return gen, d_losses
+
+    # ------------------------------------------------------------------------------- reporting
+    def images_per_second(self, seconds: float) -> float:
+        """Training throughput over ``seconds`` (all processes together)."""
+        return self.images_seen / max(seconds, 1e-9)
+
+    def step_losses(self, gen: GeneratorStep, d_losses: dict[str, torch.Tensor]) -> dict[str, float]:
+        """The step's loss terms as logged: ``loss/<term>``, ``loss/total``, ``disc/<term>``."""
+        losses = {f"loss/{k}": float(v.detach()) for k, v in gen.outputs["losses"].items()}
+        losses["loss/total"] = float(gen.loss.detach())
+        losses.update({f"disc/{k}": float(v.detach()) for k, v in d_losses.items()})
+        return losses
+
+    def log(self, step: int, gen: GeneratorStep, losses: dict[str, float], ips: float) -> None:
+        """Writes the scalars of ``step`` (losses, quantizer statistics, LR, gradient norm, skips)."""
+        stats = {
+            f"quantizer/{k}": float(v.float().mean())
+            for k, v in gen.outputs["quantizer_stats"].items()
+            if v.numel() >= 1
+        }
+        self.run.logger.scalars(
+            step,
+            {
+                **losses,
+                **stats,
+                "lr": self.sched_g.get_last_lr()[0],
+                "grad_norm": gen.grad_norm,
+                "skipped_steps": self.skipped,
+                "skipped_disc_steps": self.skipped_disc,
+                "images_per_second": ips,
+            },
+        )
+
+    @torch.no_grad()
+    def preview(self, model: nn.Module) -> dict[str, torch.Tensor]:
+        """Images for the logs: inputs, reconstructions, depth, a novel view (global RNG untouched)."""
+        device, batch = self.run.device, self.preview_batch
+        was = model.training
+        model.eval()
+        try:
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                out = model(batch["image"].to(device), step=0)
+        finally:
+            model.train(was)
+        views = {
+            "input": batch["image"],
+            "reconstruction": out["reconstruction"].clamp(0, 1),
+            "depth": out["depth"],
+            "opacity": out["opacity"],
+        }
+        if out.get("novel_rgb") is not None:
+            views["novel_view"] = out["novel_rgb"].clamp(0, 1)
+        return views
+
+    def evaluate(self, step: int) -> dict[str, Any]:
+        """Held-out metrics of the (EMA) model at ``step``, logged as ``eval/*`` (rank 0; ``{}`` without
+        held-out data)."""
+        from vq3dlib.train.evaluate import evaluate_stage1
+
+        if not self.run.is_main or self.held_out is None:
+            return {}
+        net = self.ema.module if self.ema is not None else self.model
+        batch_size, device = self.config.batch_size, self.run.device
+        metrics = evaluate_stage1(net, self.held_out, batch_size=batch_size, device=device)
+        self.run.logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
+        return metrics
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the states: the skip counts and the model config."""
+        return {
+            "skipped_steps": self.skipped,
+            "skipped_disc_steps": self.skipped_disc,
+            "model_config": self.model_config.to_dict(),
+        }
+
+    # ------------------------------------------------------------------------------- the run
+    def train(self) -> dict[str, Any]:
+        """Trains to ``config.steps`` (or the time budget / ``stop_at_step``) and writes the results;
+        returns what :func:`train_stage1` returns."""
+        cfg, run = self.config, self.run
+        losses: dict[str, float] = {}
+        metrics: dict[str, Any] = {}
+        with run:
+            for step in run.steps():
+                gen, d_losses = self.train_step(step)
+                done = step + 1
+                losses = self.step_losses(gen, d_losses)
+                ips = self.images_per_second(run.elapsed())
+                run.show(loss=f"{losses['loss/total']:.4f}", img_s=f"{ips:.1f}",
+                         skipped=self.skipped + self.skipped_disc)  # fmt: skip
+                if cfg.log_every and done % cfg.log_every == 0:
+                    self.log(done, gen, losses, ips)
+                del gen
+                if run.due(cfg.image_every, done) and run.is_main:
+                    run.logger.images(done, self.preview(self.model))
+                if run.due(cfg.eval_every, done):
+                    self.evaluate(done)
+                if run.due(cfg.ckpt_every, done):
+                    run.save(done, self.checkpoint_extra())
+            step = run.step
+            run.save(step, self.checkpoint_extra())
+            final_model = self.ema.module if self.ema is not None else self.model
+            if run.is_main:
+                final_model.save(run.out_dir / MODEL_FILE)
+                run.logger.images(step, self.preview(final_model))
+                metrics = self.evaluate(step)
+                summary = {
+                    "step": step,
+                    "skipped_steps": self.skipped,
+                    "skipped_disc_steps": self.skipped_disc,
+                    "uses_depth": self.use_depth,
+                    "train_seconds": run.train_seconds,
+                    "images_per_second": self.images_per_second(run.train_seconds),
+                    "losses": losses,
+                    "held_out": metrics,
+                }
+                (run.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+        return {
+            "step": step,
+            "skipped_steps": self.skipped,
+            "skipped_disc_steps": self.skipped_disc,
+            "uses_depth": self.use_depth,
+            "losses": losses,
+            "metrics": metrics,
+            "out_dir": run.out_dir,
+            "model_path": run.out_dir / MODEL_FILE,
+            "train_seconds": run.train_seconds,
+            "images_per_second": self.images_per_second(run.train_seconds),
+            "model": unwrap_model(self.model),
+        }
 
 
 def train_stage1(
@@ -450,7 +682,7 @@ def train_stage1(
     depth_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     datasets: tuple[Dataset, Dataset | None] | None = None,
 ) -> dict[str, Any]:
-    """Runs (or resumes) a stage-1 training run; see the module docstring.
+    """Runs (or resumes) a stage-1 training run (a :class:`Stage1Trainer`); see the module docstring.
 
     Args:
         config: the run's :class:`Stage1Config`.
@@ -474,279 +706,13 @@ def train_stage1(
             (the message names them) or a missing data folder.
         ValueError: ``config.depth == "required"`` and ``datasets`` without depth; bad arguments.
     """
-    from vq3dlib.models import VQ3DModel
-
-    if not isinstance(config, Stage1Config):
-        raise TypeError(f"config must be a Stage1Config, got {type(config).__name__}")
-    if depth_fn is not None and not callable(depth_fn):
-        raise TypeError(f"depth_fn must be callable or None, got {type(depth_fn).__name__}")
-    if datasets is not None:
-        if not isinstance(datasets, (tuple, list)) or len(datasets) != 2:
-            raise TypeError("datasets must be a pair (train, held_out); held_out may be None")
-        if depth_fn is not None:
-            raise ValueError("give depth_fn for an image folder (config.data) or depth in datasets, not both")
-        if len(datasets[0]) == 0:
-            raise ValueError("datasets[0] (the training set) is empty")
-    cfg = config
-    device = resolve_device(cfg.device)
-    dist_info = init_distributed(device="cuda" if device.type == "cuda" else "cpu")
-    if dist_info.world_size > 1:
-        device = dist_info.device
-    rank, world, main = dist_info.rank, dist_info.world_size, dist_info.is_main
-    model_cfg = cfg.model_config()
-    out_dir = Path(cfg.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-
-    seed_everything(cfg.seed, per_rank=False)  # identical initial weights on every rank
-    if model is None:
-        model = VQ3DModel(model_cfg)
-    elif not isinstance(model, VQ3DModel):
-        raise TypeError(f"model must be a VQ3DModel, got {type(model).__name__}")
-    model_cfg = model.config
-    model.to(device).train()
-    gen_params = list(model.generator_parameters())
-    disc_params = list(model.discriminator_parameters())
-    opt_g = torch.optim.AdamW(gen_params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    opt_d = torch.optim.AdamW(disc_params, lr=cfg.disc_lr, betas=cfg.disc_betas, weight_decay=0.0)
-    lr_fn = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    sched_g = torch.optim.lr_scheduler.LambdaLR(opt_g, lr_fn)
-    sched_d = torch.optim.lr_scheduler.LambdaLR(opt_d, lr_fn)
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    ema = ModelEMA(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
-
-    if datasets is None:
-        train_set, held_out = build_datasets(cfg, model_cfg.image_size, depth_fn=depth_fn)
-        source = repr(cfg.data)
-    else:
-        train_set, held_out = datasets
-        source = "datasets[0]"
-        size = model_cfg.image_size
-        first = train_set[0]
-        image = first.get("image") if isinstance(first, dict) else None
-        if not isinstance(image, torch.Tensor) or tuple(image.shape) != (3, size, size):
-            got = list(image.shape) if isinstance(image, torch.Tensor) else type(first).__name__
-            raise ValueError(f"datasets items must be dicts with 'image' [3, {size}, {size}], got {got}")
-    use_depth = _depth_in_use(cfg.depth, train_set, source)
-    if main:
-        counts = model.param_counts()
-        parts = ", ".join(f"{k} {v / 1e6:.2f}M" for k, v in counts.items() if v)
-        total = sum(counts.values()) / 1e6
-        print(f"VQ3D '{model_cfg.name}' parameters: {parts} (total {total:.2f}M)", flush=True)
-    if cfg.cache_data:
-        train_set = MemoryDataset(train_set, progress=cfg.progress and main, desc="rendering training data")
-        if held_out is not None:
-            held_out = MemoryDataset(held_out, progress=False)
-
-    state_objects: dict[str, Any] = {
-        "model": model,
-        "opt_g": opt_g,
-        "opt_d": opt_d,
-        "sched_g": sched_g,
-        "sched_d": sched_d,
-        "scaler": scaler,
-    }
-    if ema is not None:
-        state_objects["ema"] = ema
-    start_step, skipped, skipped_disc = 0, 0, 0
-    if cfg.resume:
-        latest = latest_checkpoint(ckpt_dir)
-        if latest is not None:
-            ckpt = load_checkpoint(latest, state_objects, map_location=device)
-            start_step, skipped = ckpt.step, int(ckpt.extra.get("skipped_steps", 0))
-            skipped_disc = int(ckpt.extra.get("skipped_disc_steps", 0))
-            if world > 1:  # RNG states are saved from rank 0; give each rank its own stream again
-                seed_everything(cfg.seed + 7919 * start_step, per_rank=True)
-    if start_step == 0:
-        seed_everything(cfg.seed, per_rank=True)  # per-rank noise (novel cameras, ray jitter)
-
-    ddp_model: nn.Module = model
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ignore = [f"loss.disc_canonical.{n}" for n, _ in model.loss.disc_canonical.named_parameters()]
-        ignore += [f"loss.disc_novel.{n}" for n, _ in model.loss.disc_novel.named_parameters()]
-        DDP._set_params_and_buffers_to_ignore_for_model(model, ignore)
-        ddp_model = DDP(
-            model, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=False
-        )
-
-    logger = TrainLogger(out_dir / "logs", enabled=main)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-    preview_batch = get_batch(
-        held_out if held_out is not None else train_set,
-        torch.arange(min(8, len(held_out if held_out is not None else train_set))),
-    )
-
-    def save(step: int) -> None:
-        if main:
-            save_checkpoint(
-                checkpoint_path(ckpt_dir, step),
-                state_objects,
-                step=step,
-                config=cfg,
-                extra={
-                    "skipped_steps": skipped,
-                    "skipped_disc_steps": skipped_disc,
-                    "model_config": model_cfg.to_dict(),
-                },
-                keep_last=cfg.keep_last,
-            )
-
-    def evaluate(step: int) -> dict[str, Any]:
-        from vq3dlib.train.evaluate import evaluate_stage1
-
-        if not main or held_out is None:
-            return {}
-        net = ema.module if ema is not None else model
-        metrics = evaluate_stage1(net, held_out, batch_size=cfg.batch_size, device=device)
-        logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
-        return metrics
-
-    adv_on = lambda s: model_cfg.adversarial_weight > 0 and s >= model_cfg.adversarial_start_step  # noqa: E731
-    bar = _progress(cfg.steps, start_step, cfg.progress and main, "stage 1")
-    t0 = time.perf_counter()
-    images_seen = 0
-    losses: dict[str, float] = {}
-    step = start_step
-    metrics: dict[str, Any] = {}
-    try:
-        while step < cfg.steps:
-            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
-                break
-            if cfg.stop_at_step and step >= cfg.stop_at_step:
-                break
-            idx = step_indices(step, len(train_set), cfg.batch_size, cfg.seed, rank, world)
-            batch = get_batch(train_set, idx)
-            images = batch["image"].to(device, non_blocking=True)
-            depth = depth_target(batch) if use_depth else None
-            depth = depth.to(device) if depth is not None else None
-
-            # ---- generator
-            saved = _snapshot_buffers(model)
-            with autocast(device, cfg.amp):
-                out = ddp_model(images, depth=depth, step=step)
-            loss = out["loss"].float()
-            opt_g.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt_g)
-            gnorm = _clip(gen_params, cfg.grad_clip)
-            ok = bool(all_finite(loss, gnorm))
-            if ok:
-                scaler.step(opt_g)
-                if ema is not None:
-                    ema.update(model)
-            else:
-                opt_g.zero_grad(set_to_none=True)
-                _restore_buffers(model, saved)
-                skipped += 1
-                if scaler.is_enabled():
-                    scaler.update()
-            # ---- discriminators
-            d_losses: dict[str, torch.Tensor] = {}
-            if ok and adv_on(step):
-                opt_d.zero_grad(set_to_none=True)
-                with autocast(device, cfg.amp):
-                    d_losses = model.discriminator_loss(images, out)
-                d_loss = d_losses["loss"].float()
-                scaler.scale(d_loss).backward()
-                if is_distributed():
-                    _average_grads(disc_params)
-                scaler.unscale_(opt_d)
-                d_norm = _clip(disc_params, cfg.grad_clip)
-                if bool(all_finite(d_loss, d_norm)):
-                    scaler.step(opt_d)
-                else:
-                    opt_d.zero_grad(set_to_none=True)
-                    skipped_disc += 1
-            if ok and scaler.is_enabled():
-                scaler.update()
-            opt_g.zero_grad(set_to_none=True)
-            opt_d.zero_grad(set_to_none=True)
-            with warnings.catch_warnings():  # the discriminator optimizer idles until the adversarial start
-                warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler")
-                sched_g.step()
-                sched_d.step()
-            step += 1
-            images_seen += images.shape[0] * world
-
-            # ---- logging, checkpoints
-            losses = {f"loss/{k}": float(v.detach()) for k, v in out["losses"].items()}
-            losses["loss/total"] = float(loss.detach())
-            losses.update({f"disc/{k}": float(v.detach()) for k, v in d_losses.items()})
-            elapsed = time.perf_counter() - t0
-            ips = images_seen / max(elapsed, 1e-9)
-            bar.update(1)
-            bar.set_postfix(
-                loss=f"{losses['loss/total']:.4f}", img_s=f"{ips:.1f}", skipped=skipped + skipped_disc
-            )
-            if cfg.log_every and step % cfg.log_every == 0:
-                stats = {
-                    f"quantizer/{k}": float(v.float().mean())
-                    for k, v in out["quantizer_stats"].items()
-                    if v.numel() >= 1
-                }
-                logger.scalars(
-                    step,
-                    {
-                        **losses,
-                        **stats,
-                        "lr": sched_g.get_last_lr()[0],
-                        "grad_norm": gnorm,
-                        "skipped_steps": skipped,
-                        "skipped_disc_steps": skipped_disc,
-                        "images_per_second": ips,
-                    },
-                )
-            del out
-            if cfg.image_every and step % cfg.image_every == 0 and main and step < cfg.steps:
-                logger.images(step, _preview(model, preview_batch, device))
-            if cfg.eval_every and step % cfg.eval_every == 0 and step < cfg.steps:
-                evaluate(step)
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save(step)
-        train_seconds = time.perf_counter() - t0
-        bar.close()
-        save(step)
-        final_model = ema.module if ema is not None else model
-        if main:
-            final_model.save(out_dir / MODEL_FILE)
-            logger.images(step, _preview(final_model, preview_batch, device))
-            metrics = evaluate(step)
-            summary = {
-                "step": step,
-                "skipped_steps": skipped,
-                "skipped_disc_steps": skipped_disc,
-                "uses_depth": use_depth,
-                "train_seconds": train_seconds,
-                "images_per_second": images_seen / max(train_seconds, 1e-9),
-                "losses": losses,
-                "held_out": metrics,
-            }
-            (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-    finally:
-        bar.close()
-        logger.close()
-        if world > 1:
-            cleanup()
-    return {
-        "step": step,
-        "skipped_steps": skipped,
-        "skipped_disc_steps": skipped_disc,
-        "uses_depth": use_depth,
-        "losses": losses,
-        "metrics": metrics,
-        "out_dir": out_dir,
-        "model_path": out_dir / MODEL_FILE,
-        "train_seconds": train_seconds,
-        "images_per_second": images_seen / max(train_seconds, 1e-9),
-        "model": unwrap_model(model),
-    }
+    return Stage1Trainer(config, model=model, depth_fn=depth_fn, datasets=datasets).train()
 
 
 __all__ = [
+    "GeneratorStep",
     "Stage1Config",
+    "Stage1Trainer",
     "build_datasets",
     "dataset_has_depth",
     "depth_target",

@@ -7,10 +7,11 @@ unchanged), and the prior trains on that cache only — no image is decoded or r
 during stage 2. Class labels come from the dataset (``label`` of :class:`~vq3dlib.data.ProceduralScenes`);
 a dataset without labels trains an unconditional prior (every label is the null label).
 
-The loop shares the stage-1 machinery: step-derived data order, AdamW with warmup + cosine, gradient
-clipping, NaN/Inf steps skipped and counted, bf16/fp16 autocast, optional EMA of the weights, a time
-budget, DDP under ``torchrun``, atomic checkpoints with bit-exact resume on CPU. The result is
-``out_dir/prior.safetensors`` (:func:`load_prior`; the EMA weights when ``ema_decay > 0``).
+:class:`Stage2Trainer` runs on the scaffold stage 1 uses (:class:`~vq3dlib.train.run.TrainingRun`):
+step-derived data order, AdamW with warmup + cosine, gradient clipping, NaN/Inf steps skipped and
+counted, bf16/fp16 autocast, optional EMA of the weights, a time budget, DDP under ``torchrun``,
+atomic checkpoints with bit-exact resume on CPU. The result is ``out_dir/prior.safetensors``
+(:func:`load_prior`; the EMA weights when ``ema_decay > 0``).
 
 Example (``train_stage2(cfg)`` runs it; ``vq3d train --stage 2 --stage1 runs/stage1`` from a shell):
     >>> cfg = Stage2Config(stage1="runs/stage1", steps=500, prior_overrides={"prior_width": 64})
@@ -20,11 +21,9 @@ Example (``train_stage2(cfg)`` runs it; ``vq3d train --stage 2 --stage1 runs/sta
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 import os
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,20 +32,23 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vq3dlib._validation import check_choice, check_positive
-from vq3dlib.train.checkpoint import checkpoint_path, latest_checkpoint, load_checkpoint, save_checkpoint
-from vq3dlib.train.distributed import barrier, cleanup, init_distributed, seed_everything
+from vq3dlib._validation import check_positive
+from vq3dlib.train.checkpoint import latest_checkpoint, load_checkpoint
+from vq3dlib.train.distributed import barrier
 from vq3dlib.train.ema import ModelEMA
-from vq3dlib.train.logger import TrainLogger
-from vq3dlib.train.loop import AMP_MODES, all_finite, autocast, resolve_device, step_indices, warmup_cosine
+from vq3dlib.train.loop import all_finite, clip_gradients, step_indices
+from vq3dlib.train.run import RunConfig, TrainingRun
 
 PRIOR_FILE = "prior.safetensors"
 CODES_FILE = "codes.safetensors"
 
 
 @dataclass
-class Stage2Config:
+class Stage2Config(RunConfig):
     """A stage-2 run; every field can be set from the command line (``--set k=v``).
+
+    The fields of :class:`~vq3dlib.train.run.RunConfig` (here with stage 2's defaults: batch 32, lr
+    5e-4, betas (0.9, 0.95), weight decay 0.01), and:
 
     Attributes:
         stage1: the stage-1 model: a run folder, a checkpoint or a ``model.safetensors``
@@ -55,65 +57,24 @@ class Stage2Config:
             (``--set prior.prior_width=256``).
         data, train_size, data_seed: the images to encode (as in
             :class:`~vq3dlib.train.stage1.Stage1Config`; use the stage-1 values). An image folder is
-            encoded whole (stage 1's held-out images included).
+            encoded whole (stage 1's held-out images included); ``train_size`` must be > 0.
         codes_cache: where the extracted codes live (default ``out_dir/codes.safetensors``).
-        steps, batch_size, lr, betas, weight_decay, warmup_steps, min_lr_ratio, grad_clip, amp: as in
-            stage 1.
         ema_decay, ema_warmup: EMA of the prior's weights when ``ema_decay > 0``
             (:class:`~vq3dlib.train.ModelEMA`); ``prior.safetensors`` then holds the average.
-        log_every, ckpt_every, keep_last, out_dir, seed, device, time_budget_s, stop_at_step, resume,
-            progress: as in stage 1.
     """
 
     stage1: str = "runs/stage1"
     prior_overrides: dict[str, Any] = field(default_factory=dict)
-    data: str = "procedural"
-    train_size: int = 1024
-    data_seed: int = 0
     codes_cache: str = ""
-    steps: int = 2000
     batch_size: int = 32
     lr: float = 5e-4
     betas: tuple[float, float] = (0.9, 0.95)
     weight_decay: float = 0.01
-    warmup_steps: int = 50
-    min_lr_ratio: float = 0.1
-    grad_clip: float = 1.0
-    amp: str = "none"
-    ema_decay: float = 0.0
-    ema_warmup: float = 100.0
-    log_every: int = 10
-    ckpt_every: int = 500
-    keep_last: int = 3
     out_dir: str = "runs/stage2"
-    seed: int = 0
-    device: str = "auto"
-    time_budget_s: float = 0.0
-    stop_at_step: int = 0
-    resume: bool = False
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
-        for name in ("steps", "batch_size", "lr", "keep_last", "train_size"):
-            check_positive(name, getattr(self, name))
-        for name in (
-            "warmup_steps",
-            "grad_clip",
-            "weight_decay",
-            "log_every",
-            "ckpt_every",
-            "seed",
-            "data_seed",
-            "ema_decay",
-            "ema_warmup",
-            "time_budget_s",
-            "stop_at_step",
-        ):
-            check_positive(name, getattr(self, name), allow_zero=True)
-        check_choice("amp", self.amp, AMP_MODES)
-        if not 0.0 <= self.ema_decay < 1.0:
-            raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        super().__post_init__()
+        check_positive("train_size", self.train_size)
         bad = [k for k in self.prior_overrides if not (k.startswith("prior_") or k == "num_classes")]
         if bad:
             raise ValueError(f"prior_overrides may only set prior_* fields and num_classes, got {bad}")
@@ -280,189 +241,176 @@ def load_prior(
     return prior.to(map_location).eval()
 
 
-# ---------------------------------------------------------------------------------- loop
+# ---------------------------------------------------------------------------------- trainer
+
+
+class Stage2Trainer:
+    """One stage-2 training run: codes extracted (or read from their cache) and the prior built by the
+    constructor, trained by :meth:`train` (see the module docstring; :func:`train_stage2` runs both).
+
+    The step's parts are methods: :meth:`batch`, :meth:`train_step`, :meth:`log`.
+    """
+
+    def __init__(self, config: Stage2Config) -> None:
+        from vq3dlib.models import CodePrior
+        from vq3dlib.train.stage1 import Stage1Config, build_datasets, load_stage1_model, stage1_model_file
+
+        if not isinstance(config, Stage2Config):
+            raise TypeError(f"config must be a Stage2Config, got {type(config).__name__}")
+        self.config = cfg = config
+        self.run = run = TrainingRun(cfg, "stage 2")
+        device = run.device
+
+        stage1_file = stage1_model_file(cfg.stage1)  # the file load_stage1_model reads
+        stage1 = load_stage1_model(stage1_file, map_location=device)
+        model_cfg = stage1.config.replace(**cfg.prior_overrides) if cfg.prior_overrides else stage1.config
+        self.model_config = model_cfg
+        data_cfg = Stage1Config(
+            data=cfg.data,
+            train_size=cfg.train_size,
+            eval_size=0,
+            data_seed=cfg.data_seed,
+            cache_data=False,
+            depth="none",
+        )
+        signature = {
+            "stage1": _file_signature(stage1_file),
+            "data": cfg.data,
+            "train_size": cfg.train_size,
+            "data_seed": cfg.data_seed,
+            "image_size": stage1.config.image_size,
+        }
+        self.codes_path = Path(cfg.codes_cache) if cfg.codes_cache else run.out_dir / CODES_FILE
+
+        def compute() -> dict[str, torch.Tensor]:
+            train_set = build_datasets(data_cfg, stage1.config.image_size)[0]
+            return extract_codes(stage1, train_set, progress=cfg.progress and run.is_main)
+
+        if run.is_main:
+            codes = cached_codes(self.codes_path, signature, compute)
+        barrier()
+        if not run.is_main:
+            codes = cached_codes(self.codes_path, signature, None)
+        self.indices, self.labels = codes["indices"].to(device), codes["labels"].to(device)
+        if int(self.labels.max()) >= model_cfg.num_classes and model_cfg.num_classes > 0:
+            raise ValueError(
+                f"the dataset has labels up to {int(self.labels.max())} but the prior has num_classes="
+                f"{model_cfg.num_classes}; set prior.num_classes"
+            )
+        self.conditional = bool((self.labels >= 0).all()) and model_cfg.num_classes > 0
+
+        run.seed(per_rank=False)  # identical initial weights on every rank
+        self.prior = prior = CodePrior.from_config(model_cfg).to(device).train()
+        self.opt, self.sched = run.optimizer(prior.parameters(), cfg.lr, cfg.betas, cfg.weight_decay)
+        self.scaler = run.grad_scaler()
+        states: dict[str, Any] = {"prior": prior, "opt": self.opt, "sched": self.sched, "scaler": self.scaler}
+        self.ema = run.ema(prior)
+        if self.ema is not None:
+            states["ema"] = self.ema
+        ckpt = run.resume(states)
+        self.skipped = int(ckpt.extra.get("skipped_steps", 0)) if ckpt is not None else 0
+        self.net = run.ddp(prior)
+        run.start()
+
+    def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """This process's ``(codes [B, L], labels [B])`` of ``step`` (labels dropped to the null label
+        with the prior's class-dropout rate; all null for an unconditional prior)."""
+        run, prior = self.run, self.prior
+        idx = step_indices(step, self.indices.shape[0], self.config.batch_size, self.config.seed, run.rank,
+                           run.world_size).to(run.device)  # fmt: skip
+        x = self.indices[idx]
+        y = self.labels[idx] if self.conditional else torch.full_like(idx, prior.null_label)
+        if self.conditional and prior.class_dropout > 0:
+            drop = torch.rand(y.shape, device=run.device) < prior.class_dropout
+            y = y.masked_fill(drop, prior.null_label)
+        return x, y
+
+    def train_step(self, step: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Step ``step``: next-code cross-entropy, backward, clipping, the optimizer step (skipped and
+        counted when not finite), the scaler and the LR schedule. Returns ``(loss, grad_norm)``."""
+        prior, scaler, opt = self.prior, self.scaler, self.opt
+        x, y = self.batch(step)
+        with self.run.autocast():
+            logits = self.net(x, y)
+        loss = F.cross_entropy(logits.reshape(-1, prior.vocab_size).float(), x.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        scaler.unscale_(opt)
+        grad_norm = clip_gradients(prior.parameters(), self.config.grad_clip)
+        if bool(all_finite(loss, grad_norm)):
+            scaler.step(opt)
+            if self.ema is not None:
+                self.ema.update(prior)
+        else:
+            self.skipped += 1
+        scaler.update()
+        opt.zero_grad(set_to_none=True)
+        self.sched.step()
+        return loss, grad_norm
+
+    def log(self, step: int, loss: float, grad_norm: torch.Tensor) -> None:
+        """Writes the scalars of ``step`` (loss, LR, gradient norm, skipped steps)."""
+        self.run.logger.scalars(
+            step,
+            {"loss/prior": loss, "lr": self.sched.get_last_lr()[0], "grad_norm": grad_norm,
+             "skipped_steps": self.skipped},
+        )  # fmt: skip
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the states: the skip count and the model config."""
+        return {"skipped_steps": self.skipped, "model_config": self.model_config.to_dict()}
+
+    def train(self) -> dict[str, Any]:
+        """Trains to ``config.steps`` (or the time budget / ``stop_at_step``) and writes the prior;
+        returns what :func:`train_stage2` returns."""
+        cfg, run = self.config, self.run
+        last = math.nan
+        with run:
+            for step in run.steps():
+                loss, grad_norm = self.train_step(step)
+                done = step + 1
+                last = float(loss.detach())
+                run.show(loss=f"{last:.4f}", skipped=self.skipped)
+                if cfg.log_every and done % cfg.log_every == 0:
+                    self.log(done, last, grad_norm)
+                if run.due(cfg.ckpt_every, done):
+                    run.save(done, self.checkpoint_extra())
+            run.save(run.step, self.checkpoint_extra())
+            final = self.ema.module if self.ema is not None else self.prior
+            if run.is_main:
+                save_prior(final, self.model_config, run.out_dir / PRIOR_FILE)
+        final.vq3d_config = self.model_config
+        return {
+            "step": run.step,
+            "skipped_steps": self.skipped,
+            "loss": last,
+            "out_dir": run.out_dir,
+            "prior_path": run.out_dir / PRIOR_FILE,
+            "train_seconds": run.train_seconds,
+            "prior": final,
+            "codes_path": self.codes_path,
+            "n_codes": int(self.indices.shape[0]),
+            "conditional": self.conditional,
+        }
 
 
 def train_stage2(config: Stage2Config) -> dict[str, Any]:
-    """Runs (or resumes) a stage-2 run; see the module docstring.
+    """Runs (or resumes) a stage-2 run (a :class:`Stage2Trainer`); see the module docstring.
 
     Returns:
         ``{"step", "skipped_steps", "loss" (last), "out_dir", "prior_path", "train_seconds", "prior" (the
         exported prior: the EMA average when ``ema_decay > 0``), "codes_path", "n_codes",
         "conditional"}``.
     """
-    from vq3dlib.models import CodePrior
-    from vq3dlib.train.stage1 import Stage1Config, build_datasets, load_stage1_model, stage1_model_file
-
-    if not isinstance(config, Stage2Config):
-        raise TypeError(f"config must be a Stage2Config, got {type(config).__name__}")
-    cfg = config
-    device = resolve_device(cfg.device)
-    info = init_distributed(device="cuda" if device.type == "cuda" else "cpu")
-    if info.world_size > 1:
-        device = info.device
-    rank, world, main = info.rank, info.world_size, info.is_main
-    out_dir = Path(cfg.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-
-    stage1_file = stage1_model_file(cfg.stage1)  # the file load_stage1_model reads
-    stage1 = load_stage1_model(stage1_file, map_location=device)
-    model_cfg = stage1.config.replace(**cfg.prior_overrides) if cfg.prior_overrides else stage1.config
-    data_cfg = Stage1Config(
-        data=cfg.data,
-        train_size=cfg.train_size,
-        eval_size=0,
-        data_seed=cfg.data_seed,
-        cache_data=False,
-        depth="none",
-    )
-    signature = {
-        "stage1": _file_signature(stage1_file),
-        "data": cfg.data,
-        "train_size": cfg.train_size,
-        "data_seed": cfg.data_seed,
-        "image_size": stage1.config.image_size,
-    }
-    codes_path = Path(cfg.codes_cache) if cfg.codes_cache else out_dir / CODES_FILE
-
-    def compute() -> dict[str, torch.Tensor]:
-        train_set = build_datasets(data_cfg, stage1.config.image_size)[0]
-        return extract_codes(stage1, train_set, progress=cfg.progress and main)
-
-    if main:
-        codes = cached_codes(codes_path, signature, compute)
-    barrier()
-    if not main:
-        codes = cached_codes(codes_path, signature, None)
-    indices, labels = codes["indices"].to(device), codes["labels"].to(device)
-    if int(labels.max()) >= model_cfg.num_classes and model_cfg.num_classes > 0:
-        raise ValueError(
-            f"the dataset has labels up to {int(labels.max())} but the prior has num_classes="
-            f"{model_cfg.num_classes}; set prior.num_classes"
-        )
-    conditional = bool((labels >= 0).all()) and model_cfg.num_classes > 0
-
-    seed_everything(cfg.seed, per_rank=False)
-    prior = CodePrior.from_config(model_cfg).to(device).train()
-    opt = torch.optim.AdamW(prior.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
-    )
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.amp == "fp16")
-    objects: dict[str, Any] = {"prior": prior, "opt": opt, "sched": sched, "scaler": scaler}
-    ema = ModelEMA(prior, cfg.ema_decay, cfg.ema_warmup) if cfg.ema_decay > 0 else None
-    if ema is not None:
-        objects["ema"] = ema
-    start, skipped = 0, 0
-    if cfg.resume and latest_checkpoint(ckpt_dir) is not None:
-        ckpt = load_checkpoint(ckpt_dir, objects, map_location=device)
-        start, skipped = ckpt.step, int(ckpt.extra.get("skipped_steps", 0))
-        if world > 1:
-            seed_everything(cfg.seed + 7919 * start, per_rank=True)
-    else:
-        seed_everything(cfg.seed, per_rank=True)
-    net: nn.Module = prior
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        net = DDP(prior, device_ids=[device.index] if device.type == "cuda" else None)
-
-    logger = TrainLogger(out_dir / "logs", enabled=main)
-    if main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        (out_dir / "train_config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
-
-    def save(step: int) -> None:
-        if main:
-            save_checkpoint(
-                checkpoint_path(ckpt_dir, step),
-                objects,
-                step=step,
-                config=cfg,
-                keep_last=cfg.keep_last,
-                extra={"skipped_steps": skipped, "model_config": model_cfg.to_dict()},
-            )
-
-    from tqdm.auto import tqdm
-
-    bar = tqdm(
-        total=cfg.steps,
-        initial=start,
-        disable=not (cfg.progress and main),
-        desc="stage 2",
-        unit="step",
-        dynamic_ncols=True,
-    )
-    t0 = time.perf_counter()
-    step, last = start, math.nan
-    try:
-        while step < cfg.steps and not (cfg.stop_at_step and step >= cfg.stop_at_step):
-            if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
-                break
-            idx = step_indices(step, indices.shape[0], cfg.batch_size, cfg.seed, rank, world).to(device)
-            x = indices[idx]
-            y = labels[idx] if conditional else torch.full_like(idx, prior.null_label)
-            if conditional and prior.class_dropout > 0:
-                drop = torch.rand(y.shape, device=device) < prior.class_dropout
-                y = y.masked_fill(drop, prior.null_label)
-            with autocast(device, cfg.amp):
-                logits = net(x, y)
-            loss = F.cross_entropy(logits.reshape(-1, prior.vocab_size).float(), x.reshape(-1))
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(opt)
-            gnorm = torch.nn.utils.clip_grad_norm_(
-                prior.parameters(), cfg.grad_clip if cfg.grad_clip > 0 else math.inf
-            )
-            if bool(all_finite(loss, gnorm)):
-                scaler.step(opt)
-                if ema is not None:
-                    ema.update(prior)
-            else:
-                skipped += 1
-            scaler.update()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            last = float(loss.detach())
-            bar.update(1)
-            bar.set_postfix(loss=f"{last:.4f}", skipped=skipped)
-            if cfg.log_every and step % cfg.log_every == 0:
-                logger.scalars(
-                    step,
-                    {
-                        "loss/prior": last,
-                        "lr": sched.get_last_lr()[0],
-                        "grad_norm": gnorm,
-                        "skipped_steps": skipped,
-                    },
-                )
-            if cfg.ckpt_every and step % cfg.ckpt_every == 0 and step < cfg.steps:
-                save(step)
-        train_seconds = time.perf_counter() - t0
-        bar.close()
-        save(step)
-        final = ema.module if ema is not None else prior
-        if main:
-            save_prior(final, model_cfg, out_dir / PRIOR_FILE)
-    finally:
-        bar.close()
-        logger.close()
-        if world > 1:
-            cleanup()
-    final.vq3d_config = model_cfg
-    return {
-        "step": step,
-        "skipped_steps": skipped,
-        "loss": last,
-        "out_dir": out_dir,
-        "prior_path": out_dir / PRIOR_FILE,
-        "train_seconds": train_seconds,
-        "prior": final,
-        "codes_path": codes_path,
-        "n_codes": int(indices.shape[0]),
-        "conditional": conditional,
-    }
+    return Stage2Trainer(config).train()
 
 
-__all__ = ["Stage2Config", "cached_codes", "extract_codes", "load_prior", "save_prior", "train_stage2"]
+__all__ = [
+    "Stage2Config",
+    "Stage2Trainer",
+    "cached_codes",
+    "extract_codes",
+    "load_prior",
+    "save_prior",
+    "train_stage2",
+]
