@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from vq3dlib import cli
+from vq3dlib import io
 from vq3dlib.cli import main
 from vq3dlib.train.logger import tensorboard_available
 
@@ -84,7 +84,7 @@ def test_reconstruct_and_render(stage1_run, image_file, tmp_path, capsys):
     with Image.open(out / "photo_turntable.gif") as gif:
         assert gif.n_frames == 3 and gif.height == 16
     scene = out / "photo.scene.safetensors"
-    assert cli.load_scene_indices(scene).shape == (1, 4, 4)
+    assert io.load_scene_indices(scene).shape == (1, 4, 4)
     rend = tmp_path / "rend"
     assert main(["render", "--model", str(stage1_run), "--scene", str(scene), "--frames", "2", "--size", "16",
                  "--frames-png", "--out", str(rend)]) == 0  # fmt: skip
@@ -124,7 +124,7 @@ def test_stage2_train_and_sample(stage1_run, tmp_path):
     assert main(["sample", "--model", str(stage1_run), "--prior", str(prior_dir), "--n", "2", "--label", "1",
                  "--top-k", "5", "--frames", "2", "--size", "16", "--out", str(out)]) == 0  # fmt: skip
     assert (out / "samples.gif").is_file() and (out / "sample01_turntable.gif").is_file()
-    assert cli.load_scene_indices(out / "samples.scene.safetensors").shape == (2, 4, 4)
+    assert io.load_scene_indices(out / "samples.scene.safetensors").shape == (2, 4, 4)
 
 
 def test_demo_end_to_end_micro(tmp_path, capsys):
@@ -188,7 +188,7 @@ def test_bad_inputs_to_existing_model(stage1_run, tmp_path, capsys):
     assert main(["reconstruct", str(bad), "--model", str(stage1_run), "--out", str(tmp_path)]) == 2
     assert "not an image" in capsys.readouterr().err
     wrong = tmp_path / "wrong.safetensors"
-    cli.save_scene(torch.zeros(1, 3, 3, dtype=torch.long), wrong)
+    io.save_scene(torch.zeros(1, 3, 3, dtype=torch.long), wrong)
     assert main(["render", "--model", str(stage1_run), "--scene", str(wrong), "--out", str(tmp_path)]) == 2
     assert "expects" in capsys.readouterr().err
     assert main(["export-mesh", "--model", str(stage1_run)]) == 2  # neither IMAGE nor --scene
@@ -203,3 +203,28 @@ def test_console_entry_point_exit_codes(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "vq3dlib.cli", "eval", "--model", str(tmp_path / "x")],
                          capture_output=True, text=True, env=env, timeout=120)  # fmt: skip
     assert bad.returncode == 2 and "vq3d: error:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_library_errors_are_not_turned_into_user_errors(monkeypatch):
+    # a bug inside the library (here: any exception from the training run) shows its traceback
+    from vq3dlib.train import stage1
+
+    def broken(config):
+        raise ValueError("a bug deep inside")
+
+    monkeypatch.setattr(stage1, "train_stage1", broken)
+    with pytest.raises(ValueError, match="a bug deep inside"):
+        main(["train", "--steps", "1", "--no-progress", "--device", "cpu", *SETS])
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["sample", "--model", "m", "--prior", "p", "--n", "0"], "--n"),
+        (["render", "--model", "m", "--scene", "s", "--frames", "0"], "--frames"),
+        (["train", "--steps", "0", "--no-progress"], "steps"),
+    ],
+)
+def test_numeric_arguments_are_checked_before_any_work(argv, message, capsys):
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err

@@ -1,0 +1,49 @@
+"""The demo as a library function (vq3dlib.demo): its config, its outputs, its verdict on baselines."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from vq3dlib.demo import DemoViews, baseline_verdict, demo_config, run_demo
+
+MICRO = dict(
+    image_size=16, render_resolution=8, plane_resolution=16, plane_channels=8, samples_per_ray=8,
+    occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32, decoder_heads=2,
+    codebook_size=32, code_dim=8, disc_channels=8, disc_max_channels=16, field_hidden_dim=16,
+    adversarial_start_step=1,
+)  # fmt: skip
+
+
+def test_demo_config_defaults_and_fields():
+    cfg = demo_config("runs/x")
+    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.train_size, cfg.eval_size) == ("tiny", 600, 4, 512, 32)
+    assert cfg.time_budget_s == 240.0 and cfg.out_dir == "runs/x/train" and cfg.eval_every == 0
+    assert demo_config("runs/x", lr=3e-4).lr == 3e-4
+
+
+def test_run_demo_writes_its_outputs_and_summary(tmp_path):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = demo_config(tmp_path, steps=2, batch_size=2, train_size=4, eval_size=2, progress=False,
+                          device="cpu", model_overrides=MICRO)  # fmt: skip
+        summary = run_demo(cfg, tmp_path, DemoViews(scenes=2, frames=2))
+    finally:
+        torch.set_num_threads(n)
+    names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
+    assert names == ["depth_00.png", "depth_01.png", "metrics.json", "turntable_00.gif", "turntable_01.gif",
+                     "turntables.gif"]  # fmt: skip
+    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == summary["train_steps"] == 2
+    assert summary["held_out"]["n_images"] == 2 and "machine" in summary
+    assert "turntables" in summary["outputs"]
+
+
+def test_baseline_verdict():
+    good = dict(psnr=20.0, baseline_colour_psnr=12.0, baseline_psnr=19.0, novel_psnr=16.0,
+                baseline_novel_colour_psnr=12.0, baseline_novel_psnr=15.0, depth_abs_rel=0.2,
+                baseline_depth_abs_rel=0.3)  # fmt: skip
+    assert baseline_verdict(good) is None
+    assert "mean image" in baseline_verdict({**good, "novel_psnr": 14.0})
+    assert "trivial baseline yet" in baseline_verdict({**good, "depth_abs_rel": 0.4})
