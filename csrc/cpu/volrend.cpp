@@ -21,11 +21,6 @@ int64_t ray_grain(int64_t n_samples, int64_t n_rays) {
   return std::max<int64_t>(1, 16384 / per_ray);
 }
 
-template <typename T>
-const T* optional_ptr(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
 std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cpu(
     const at::Tensor& t_starts, const at::Tensor& t_ends, const at::Tensor& sigmas, const at::Tensor& packed_info,
     int64_t samples_per_ray) {
@@ -141,9 +136,4 @@ at::Tensor volrend_alpha_bwd_cpu(const c10::optional<at::Tensor>& grad_weights,
 }  // namespace
 }  // namespace vq3dlib
 
-TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
-  m.impl("volrend_density_fwd", &vq3dlib::volrend_density_fwd_cpu);
-  m.impl("volrend_density_bwd", &vq3dlib::volrend_density_bwd_cpu);
-  m.impl("volrend_alpha_fwd", &vq3dlib::volrend_alpha_fwd_cpu);
-  m.impl("volrend_alpha_bwd", &vq3dlib::volrend_alpha_bwd_cpu);
-}
+VQ3D_REGISTER_VOLREND_KERNELS(CPU, cpu)

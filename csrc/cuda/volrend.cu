@@ -23,11 +23,6 @@ inline unsigned int ray_blocks(int64_t n_rays) {
 }
 
 template <typename T>
-const T* optional_ptr(const c10::optional<at::Tensor>& t) {
-  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
-}
-
-template <typename T>
 __global__ void density_fwd_kernel(int64_t n_rays, const int64_t* __restrict__ packed_info, int64_t per_ray,
                                    const T* __restrict__ ts, const T* __restrict__ te, const T* __restrict__ sg,
                                    T* __restrict__ w, T* __restrict__ tr, T* __restrict__ al) {
@@ -101,9 +96,9 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cuda(
     const c10::optional<at::Tensor>& grad_alphas, const at::Tensor& t_starts, const at::Tensor& t_ends,
     const at::Tensor& sigmas, const at::Tensor& trans, const at::Tensor& alphas, const at::Tensor& packed_info,
     int64_t samples_per_ray, bool need_delta_grad) {
+  const c10::cuda::CUDAGuard guard(sigmas.device());
   check_volrend_density_inputs(t_starts, t_ends, sigmas, packed_info, samples_per_ray);
   check_volrend_grads(sigmas, {&grad_weights, &grad_trans, &grad_alphas}, {&trans, &alphas});
-  const c10::cuda::CUDAGuard guard(sigmas.device());
   auto grad_sigmas = at::empty_like(sigmas);
   auto grad_deltas = need_delta_grad ? at::empty_like(sigmas) : at::empty({0}, sigmas.options());
   const int64_t n_rays = volrend_n_rays(sigmas, packed_info, samples_per_ray);
@@ -141,9 +136,9 @@ std::tuple<at::Tensor, at::Tensor> volrend_alpha_fwd_cuda(const at::Tensor& alph
 at::Tensor volrend_alpha_bwd_cuda(const c10::optional<at::Tensor>& grad_weights,
                                   const c10::optional<at::Tensor>& grad_trans, const at::Tensor& alphas,
                                   const at::Tensor& trans, const at::Tensor& packed_info, int64_t samples_per_ray) {
+  const c10::cuda::CUDAGuard guard(alphas.device());
   check_volrend_alpha_inputs(alphas, packed_info, samples_per_ray);
   check_volrend_grads(alphas, {&grad_weights, &grad_trans}, {&trans});
-  const c10::cuda::CUDAGuard guard(alphas.device());
   auto grad_alphas = at::empty_like(alphas);
   const int64_t n_rays = volrend_n_rays(alphas, packed_info, samples_per_ray);
   if (n_rays == 0 || alphas.numel() == 0) return grad_alphas;
@@ -161,9 +156,4 @@ at::Tensor volrend_alpha_bwd_cuda(const c10::optional<at::Tensor>& grad_weights,
 }  // namespace
 }  // namespace vq3dlib
 
-TORCH_LIBRARY_IMPL(vq3dlib, CUDA, m) {
-  m.impl("volrend_density_fwd", &vq3dlib::volrend_density_fwd_cuda);
-  m.impl("volrend_density_bwd", &vq3dlib::volrend_density_bwd_cuda);
-  m.impl("volrend_alpha_fwd", &vq3dlib::volrend_alpha_fwd_cuda);
-  m.impl("volrend_alpha_bwd", &vq3dlib::volrend_alpha_bwd_cuda);
-}
+VQ3D_REGISTER_VOLREND_KERNELS(CUDA, cuda)

@@ -2,8 +2,8 @@
 
 :class:`OccupancyGrid` covers either MERF's L∞-contracted space (the cube ``[-2, 2]^3``, which holds
 all of ``R^3``; the default) or a plain world-space box, optionally with nested levels (each twice the
-size of the previous one, like nerfacc's multi-level grids). It has two ways to be filled (see
-``DESIGN.md``, "Occupancy for generated scenes"):
+size of the previous one, like nerfacc's multi-level grids). It has two ways to be filled, one for
+fitting a single scene and one for generators, whose scenes are new at every step (docs/rendering.md):
 
 * :meth:`OccupancyGrid.update_every_n_steps` — nerfacc ``OccGridEstimator`` behaviour for fitting one
   scene: every ``n`` steps, evaluate occupancy at jittered points of all cells (warm-up) or of a

@@ -6,7 +6,23 @@
 
 #include "vq3dlib/volrend.h"
 
+// Registers one backend's four volume-rendering kernels, volrend_{density,alpha}_{fwd,bwd}_<suffix> of
+// the including file, under the dispatch key KEY (CPU or CUDA).
+#define VQ3D_REGISTER_VOLREND_KERNELS(KEY, suffix)                         \
+  TORCH_LIBRARY_IMPL(vq3dlib, KEY, m) {                                    \
+    m.impl("volrend_density_fwd", &vq3dlib::volrend_density_fwd_##suffix); \
+    m.impl("volrend_density_bwd", &vq3dlib::volrend_density_bwd_##suffix); \
+    m.impl("volrend_alpha_fwd", &vq3dlib::volrend_alpha_fwd_##suffix);     \
+    m.impl("volrend_alpha_bwd", &vq3dlib::volrend_alpha_bwd_##suffix);     \
+  }
+
 namespace vq3dlib {
+
+// Data pointer of an optional gradient (nullptr when autograd passed none: the kernels skip it).
+template <typename T>
+const T* optional_ptr(const c10::optional<at::Tensor>& t) {
+  return t.has_value() && t->defined() ? t->data_ptr<T>() : nullptr;
+}
 
 inline void check_volrend_layout(const at::Tensor& values, const at::Tensor& packed_info, int64_t samples_per_ray,
                                  const char* name) {
