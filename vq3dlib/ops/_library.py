@@ -13,10 +13,10 @@ Example:
     >>> info = register_op("doc_example_op", ["doc_example_kernel"], "an example")
     >>> info.kernels, "doc_example_op" in registered_ops()
     (('doc_example_kernel',), True)
-    >>> calls = []
+    >>> _ = _REGISTRY.pop("doc_example_op")  # an example only: leave the registry as it was
     >>> @on_extension_loaded
-    ... def _register():
-    ...     calls.append(1)
+    ... def _register() -> None:
+    ...     pass  # the op's torch.library.register_fake / register_autograd calls
     >>> _register.__name__
     '_register'
 """
@@ -50,6 +50,7 @@ def register_op(name: str, kernels: Sequence[str], summary: str = "") -> OpInfo:
     Example:
         >>> register_op("doc_example_op", ["doc_example_kernel"]).name
         'doc_example_op'
+        >>> _ = _REGISTRY.pop("doc_example_op")
     """
     info = OpInfo(name, tuple(kernels), summary)
     _REGISTRY[name] = info
