@@ -55,7 +55,12 @@ from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turnta
 
 
 class UsageError(Exception):
-    """A problem with what the user gave the command line: printed without a traceback, exit status 2."""
+    """A problem with what the user gave the command line: printed without a traceback, exit status 2.
+
+    Example:
+        >>> main(["export-mesh", "--model", "m"])  # neither IMAGE nor --scene: a UsageError
+        2
+    """
 
 
 @contextlib.contextmanager

@@ -9,17 +9,8 @@ returns that summary; :func:`baseline_verdict` says in one line how the metrics 
 baselines. ``vq3d demo`` (:mod:`vq3dlib.cli`) is a thin wrapper that prints them.
 
 Example:
-    >>> import tempfile
-    >>> micro = dict(image_size=16, render_resolution=8, plane_resolution=16, samples_per_ray=8,
-    ...              occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32,
-    ...              decoder_heads=2, disc_channels=8, disc_max_channels=16)
-    >>> out = tempfile.mkdtemp()
-    >>> cfg = demo_config(out, steps=1, batch_size=2, train_size=2, eval_size=1, progress=False,
-    ...                   device="cpu", model_overrides=micro)
-    >>> summary = run_demo(cfg, out, DemoViews(scenes=1, frames=2))  # doctest: +ELLIPSIS
-    VQ3D 'tiny' parameters: ...
-    >>> summary["train_steps"], sorted(p.name for p in Path(out).glob("*.gif"))
-    (1, ['turntable_00.gif', 'turntables.gif'])
+    >>> demo_config("runs/demo").model, OUTPUTS["model"]
+    ('tiny', 'train/model.safetensors')
 """
 
 from __future__ import annotations
@@ -114,7 +105,12 @@ def _area(images: torch.Tensor, r: int) -> torch.Tensor:
 @dataclass(frozen=True)
 class DemoViews:
     """What the demo shows: ``scenes`` held-out scenes, turntables of ``frames`` frames at
-    ``elevation`` degrees swinging through ``sweep`` degrees (:func:`~vq3dlib.models.render_turntable`)."""
+    ``elevation`` degrees swinging through ``sweep`` degrees (:func:`~vq3dlib.models.render_turntable`).
+
+    Example:
+        >>> DemoViews(scenes=2).frames
+        24
+    """
 
     scenes: int = 4
     frames: int = 24
@@ -130,6 +126,15 @@ def write_reconstructions(
 
     Returns the files written. Renders at the model's render resolution ``r``; the true scenes are
     ray cast at the image size and area-downsampled to ``r``.
+
+    Example:
+        >>> import tempfile
+        >>> from vq3dlib.models import VQ3DModel
+        >>> model = VQ3DModel.from_config("tiny", render_resolution=8).eval()  # untrained
+        >>> out = tempfile.mkdtemp()
+        >>> files = write_reconstructions(model, demo_config(out, eval_size=1), out, DemoViews(1, frames=2))
+        >>> sorted(p.name for p in files)
+        ['depth_00.png', 'turntable_00.gif', 'turntables.gif']
     """
     from vq3dlib.data import ProceduralScenes
 
@@ -182,6 +187,19 @@ def run_demo(config: Stage1Config, out: str | os.PathLike, views: DemoViews = De
         ``{"argv", "date", "machine", "train_steps", "skipped_steps", "skipped_disc_steps",
         "train_seconds", "total_seconds", "images_per_second", "held_out" (metrics), "config",
         "outputs"}``.
+
+    Example:
+        >>> import tempfile
+        >>> micro = dict(image_size=16, render_resolution=8, plane_resolution=16, samples_per_ray=8,
+        ...              occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32,
+        ...              decoder_heads=2, disc_channels=8, disc_max_channels=16)
+        >>> out = tempfile.mkdtemp()
+        >>> cfg = demo_config(out, steps=1, batch_size=2, train_size=2, eval_size=1, progress=False,
+        ...                   device="cpu", model_overrides=micro)
+        >>> summary = run_demo(cfg, out, DemoViews(scenes=1, frames=2))  # doctest: +ELLIPSIS
+        VQ3D 'tiny' parameters: ...
+        >>> summary["train_steps"], sorted(p.name for p in Path(out).glob("*.gif"))
+        (1, ['turntable_00.gif', 'turntables.gif'])
     """
     t0 = time.perf_counter()
     result = train_stage1(config)

@@ -34,7 +34,13 @@ from vq3dlib import _ext, backend
 
 @dataclass(frozen=True)
 class OpInfo:
-    """An op known to the dispatcher: its name, the extension kernels it calls, and a summary."""
+    """An op known to the dispatcher: its name, the extension kernels it calls, and a summary.
+
+    Example:
+        >>> import vq3dlib.ops
+        >>> registered_ops()["ray_march"].kernels
+        ('march_packed',)
+    """
 
     name: str
     kernels: tuple[str, ...]

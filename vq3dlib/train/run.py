@@ -15,19 +15,8 @@ the RNG states, and the data order is a function of the step, so a resumed run c
 (on CPU).
 
 Example:
-    >>> import tempfile, torch
-    >>> cfg = RunConfig(steps=3, batch_size=2, out_dir=tempfile.mkdtemp(), progress=False, device="cpu")
-    >>> run = TrainingRun(cfg, "demo")
-    >>> net = torch.nn.Linear(2, 1)
-    >>> opt, sched = run.optimizer(net.parameters(), lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
-    >>> run.resume({"net": net, "opt": opt, "sched": sched}) is None  # nothing to resume from
-    True
-    >>> with run:
-    ...     run.start()
-    ...     done = [step for step in run.steps()]
-    ...     run.save(run.step)
-    >>> done, run.step, (run.ckpt_dir / "step_000000003.safetensors").is_file()
-    ([0, 1, 2], 3, True)
+    >>> RunConfig().steps, RunConfig(steps=10).out_dir
+    (2000, 'runs/train')
 """
 
 from __future__ import annotations
@@ -170,6 +159,21 @@ class TrainingRun:
         step: steps done (the resumed step before the loop, the final step after it).
         train_seconds: wall time of the step loop (after :meth:`steps` has ended).
         logger: the :class:`~vq3dlib.train.logger.TrainLogger` (after :meth:`start`; files on rank 0).
+
+    Example:
+        >>> import tempfile, torch
+        >>> cfg = RunConfig(steps=3, batch_size=2, out_dir=tempfile.mkdtemp(), progress=False, device="cpu")
+        >>> run = TrainingRun(cfg, "demo")
+        >>> net = torch.nn.Linear(2, 1)
+        >>> opt, sched = run.optimizer(net.parameters(), lr=0.1, betas=(0.9, 0.99), weight_decay=0.0)
+        >>> run.resume({"net": net, "opt": opt, "sched": sched}) is None  # nothing to resume from
+        True
+        >>> with run:
+        ...     run.start()
+        ...     done = [step for step in run.steps()]
+        ...     run.save(run.step)
+        >>> done, run.step, (run.ckpt_dir / "step_000000003.safetensors").is_file()
+        ([0, 1, 2], 3, True)
     """
 
     def __init__(self, config: RunConfig, desc: str) -> None:

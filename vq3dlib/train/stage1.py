@@ -347,7 +347,12 @@ def _average_grads(params: list[nn.Parameter]) -> None:
 
 
 class GeneratorStep(NamedTuple):
-    """What :meth:`Stage1Trainer.generator_step` returns."""
+    """What :meth:`Stage1Trainer.generator_step` returns.
+
+    Example:
+        >>> GeneratorStep._fields
+        ('outputs', 'loss', 'grad_norm', 'ok')
+    """
 
     outputs: dict[str, Any]  # the model's forward outputs
     loss: torch.Tensor  # the generator loss (float32 scalar)

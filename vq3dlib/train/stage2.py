@@ -249,6 +249,18 @@ class Stage2Trainer:
     constructor, trained by :meth:`train` (see the module docstring; :func:`train_stage2` runs both).
 
     The step's parts are methods: :meth:`batch`, :meth:`train_step`, :meth:`log`.
+
+    Example:
+        >>> import tempfile
+        >>> from vq3dlib.models import VQ3DModel
+        >>> run = tempfile.mkdtemp()
+        >>> VQ3DModel.from_config("tiny", image_size=16, plane_resolution=16, encoder_depth=1, prior_width=16,
+        ...                       prior_depth=1, prior_heads=2).save(f"{run}/model.safetensors")
+        >>> cfg = Stage2Config(stage1=run, steps=2, batch_size=2, train_size=4, out_dir=f"{run}/prior",
+        ...                    progress=False, device="cpu")
+        >>> trainer = Stage2Trainer(cfg)
+        >>> trainer.indices.shape, trainer.train()["step"]
+        (torch.Size([4, 16]), 2)
     """
 
     def __init__(self, config: Stage2Config) -> None:
