@@ -123,11 +123,16 @@ def _print_metrics(metrics: dict[str, Any], n: int) -> None:
         ("", "novel_psnr", "baseline_novel_psnr", mean_image),
         ("depth AbsRel, aligned (lower is better)", "depth_abs_rel", "baseline_depth_abs_rel", constant),
         ("depth delta<1.25, aligned (higher is better)", "depth_delta1", "baseline_depth_delta1", constant),
+        ("own-vs-other PSNR gap [dB] (higher is better)", "own_vs_other_db", "baseline_own_vs_other_db", colour),
+        ("holes: opacity < 0.99, input view (fraction)", "holes_fraction", None, ""),
+        ("holes: opacity < 0.99, novel views (fraction)", "novel_holes_fraction", None, ""),
     ]
     print(f"\nheld-out scenes: {n}")
     print(f"{'metric':<46} {'VQ3D':>9} {'baseline':>9}  baseline is")
     for label, key, base, what in rows:
-        if key in metrics:
+        if key in metrics and base is None:
+            print(f"{label:<46} {metrics[key]:>9.3f}")
+        elif key in metrics:
             print(f"{label:<46} {metrics[key]:>9.3f} {metrics.get(base, float('nan')):>9.3f}  {what}")
     if "ssim" in metrics:
         print(f"{'SSIM':<46} {metrics['ssim']:>9.3f}")
@@ -479,16 +484,26 @@ def build_parser() -> argparse.ArgumentParser:
         "baselines (mean image, constant depth).",
     )
     p.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    p.add_argument("--steps", type=int, default=600, help="training steps (default: 600)")
+    from vq3dlib.demo import DEMO_DEFAULTS as d  # noqa: N811
+    p.add_argument("--steps", type=int, default=d["steps"], help=f"training steps (default: {d['steps']})")
     p.add_argument(
         "--time-budget",
         type=float,
-        default=240.0,
-        help="stop training after this many seconds, 0 = no limit (default: 240)",
+        default=d["time_budget_s"],
+        help=f"stop training after this many seconds, 0 = no limit (default: {d['time_budget_s']:.0f})",
     )
-    p.add_argument("--batch-size", type=int, default=4, help="images per step (default: 4)")
-    p.add_argument("--train-size", type=int, default=512, help="procedural training scenes (default: 512)")
-    p.add_argument("--eval-size", type=int, default=32, help="held-out scenes (default: 32)")
+    p.add_argument(
+        "--batch-size", type=int, default=d["batch_size"], help=f"images per step (default: {d['batch_size']})"
+    )
+    p.add_argument(
+        "--train-size",
+        type=int,
+        default=d["train_size"],
+        help=f"procedural training scenes (default: {d['train_size']})",
+    )
+    p.add_argument(
+        "--eval-size", type=int, default=d["eval_size"], help=f"held-out scenes (default: {d['eval_size']})"
+    )
     p.add_argument("--scenes", type=int, default=4, help="held-out scenes shown as turntables (default: 4)")
     _add_turntable(p)
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")

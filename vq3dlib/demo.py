@@ -57,13 +57,25 @@ def machine_info() -> dict[str, Any]:
     }
 
 
+#: the demo's run: 3 minutes of training on a 2-core CPU (measured in docs/training.md)
+DEMO_DEFAULTS: dict[str, Any] = {
+    "steps": 1600,
+    "batch_size": 16,
+    "train_size": 512,
+    "eval_size": 32,
+    "time_budget_s": 180.0,
+    "lr": 2e-3,
+    "warmup_steps": 100,
+}
+
+
 def demo_config(
     out: str | os.PathLike,
-    steps: int = 600,
-    batch_size: int = 4,
-    train_size: int = 512,
-    eval_size: int = 32,
-    time_budget_s: float = 240.0,
+    steps: int = DEMO_DEFAULTS["steps"],
+    batch_size: int = DEMO_DEFAULTS["batch_size"],
+    train_size: int = DEMO_DEFAULTS["train_size"],
+    eval_size: int = DEMO_DEFAULTS["eval_size"],
+    time_budget_s: float = DEMO_DEFAULTS["time_budget_s"],
     seed: int = 0,
     progress: bool = True,
     device: str = "auto",
@@ -71,8 +83,8 @@ def demo_config(
     **fields: Any,
 ) -> Stage1Config:
     """The demo's :class:`~vq3dlib.train.stage1.Stage1Config`: the ``tiny`` model on procedural scenes,
-    trained into ``out/train`` (logs every 10 steps, images and checkpoints every 100, no evaluation
-    during training); ``fields`` sets any other config field.
+    trained into ``out/train`` (:data:`DEMO_DEFAULTS`; logs every 10 steps, images and checkpoints
+    every 200, no evaluation during training); ``fields`` sets any other config field.
 
     Example:
         >>> demo_config("runs/demo").out_dir
@@ -87,9 +99,11 @@ def demo_config(
         eval_size=eval_size,
         time_budget_s=time_budget_s,
         log_every=10,
-        image_every=100,
-        ckpt_every=100,
+        image_every=200,
+        ckpt_every=200,
         eval_every=0,
+        lr=DEMO_DEFAULTS["lr"],
+        warmup_steps=DEMO_DEFAULTS["warmup_steps"],
         seed=seed,
         progress=progress,
         device=device,
@@ -124,8 +138,9 @@ def write_reconstructions(
     """Reconstructs the first ``views.scenes`` held-out procedural scenes of ``config`` from one image
     each and writes ``turntable_XX.gif``, ``depth_XX.png`` and ``turntables.gif`` (all of them) to ``out``.
 
-    Returns the files written. Renders at the model's render resolution ``r``; the true scenes are
-    ray cast at the image size and area-downsampled to ``r``.
+    Returns the files written. Shows the model's output images (the super-resolved render when the
+    model has the head) next to the true scenes, ray cast at the image size; disparity at the render
+    resolution ``r``.
 
     Example:
         >>> import tempfile
@@ -151,23 +166,24 @@ def write_reconstructions(
         turn = render_turntable(scene, frames, elevation, sweep=sweep)
         cams = turntable_cameras(model.config, frames, elevation, resolution=size, sweep=sweep)
         truth = held.scene(i).render(cams)
-        pair = torch.cat([_area(truth["rgb"], r), turn["rgb"]], dim=-1)  # [F, 3, r, 2r]
+        shown = turn["image"].shape[-1]
+        pair = torch.cat([_area(truth["rgb"], shown), turn["image"]], dim=-1)  # [F, 3, s, 2s]
         rows.append(pair)
         canon = scene.render(model.canonical_cameras(1)).images()
         gt_depth = F.interpolate(item["depth"][None], size=(r, r), mode="nearest-exact")
-        up = dict(size=(size, size), mode="bilinear", align_corners=False)
-        recon = F.interpolate(canon["rgb"].clamp(0, 1).cpu(), **up)
+        up = dict(size=(size, size), mode="nearest-exact")
+        recon = canon.get("image", canon["rgb"]).clamp(0, 1).cpu()
         panel = torch.cat(
             [
-                _area(item["image"][None], r)[0],
-                _area(recon, r)[0],
-                disparity_image(gt_depth)[0].expand(3, r, r),
-                disparity_image(canon["depth"].cpu())[0].expand(3, r, r),
+                item["image"][None],
+                F.interpolate(recon, size=(size, size), mode="bilinear", align_corners=False),
+                F.interpolate(disparity_image(gt_depth), **up).expand(-1, 3, -1, -1),
+                F.interpolate(disparity_image(canon["depth"].cpu()), **up).expand(-1, 3, -1, -1),
             ],
             dim=-1,
-        )
-        written.append(write_png(panel, out / f"depth_{i:02d}.png", size=4 * r))
-        written.append(write_gif(pair, out / f"turntable_{i:02d}.gif", size=4 * r))
+        )[0]
+        written.append(write_png(panel, out / f"depth_{i:02d}.png", size=4 * size))
+        written.append(write_gif(pair, out / f"turntable_{i:02d}.gif", size=4 * shown))
     if rows:
         size = 2 * rows[0].shape[-2] * len(rows)
         written.append(write_gif(torch.cat(rows, dim=-2), out / "turntables.gif", size=size))
@@ -254,6 +270,7 @@ def baseline_verdict(metrics: dict[str, Any]) -> str | None:
 
 
 __all__ = [
+    "DEMO_DEFAULTS",
     "OUTPUTS",
     "DemoViews",
     "baseline_verdict",

@@ -2,8 +2,11 @@
 
 Each of the ``g x g`` tokens predicts a ``p x p`` patch of all three planes (``R = g * p``): a
 linear head to ``3 * C * p * p`` values followed by a pixel-shuffle style "unpatchify", so token
-``(i, j)`` owns texels ``[i*p:(i+1)*p, j*p:(j+1)*p]`` of every plane. An optional residual 3x3
-conv refinement, shared by the three planes and initialised to the identity, smooths patch seams.
+``(i, j)`` owns texels ``[i*p:(i+1)*p, j*p:(j+1)*p]`` of every plane. With a
+:class:`~vq3dlib.models.lifting.PlaneLifting` a second head predicts an image-aligned feature map
+(token ``(i, j)`` owns the image patch it came from) that is lifted onto the planes through the input
+camera and added to them. An optional residual 3x3 conv refinement, shared by the three planes and
+initialised to the identity, smooths patch seams.
 
 Example:
     >>> import torch
@@ -23,6 +26,7 @@ from timm.layers import trunc_normal_
 from torch import nn
 
 from vq3dlib._validation import check_positive, check_tensor
+from vq3dlib.models.lifting import PlaneLifting
 from vq3dlib.models.vit import init_vit_weights, transformer_blocks
 
 if TYPE_CHECKING:
@@ -72,6 +76,8 @@ class TriplaneDecoder(nn.Module):
         plane_channels: ``C``, feature channels per plane.
         plane_resolution: ``R``; must be a multiple of ``grid_size``.
         conv_refine: add a :class:`PlaneRefiner` after the unpatchify.
+        lifting: a :class:`~vq3dlib.models.lifting.PlaneLifting` (same ``plane_resolution`` and
+            ``plane_channels``): adds the lifted image-aligned head (``None``: the plain head only).
         qkv_bias: bias in the qkv projection.
         drop_path: stochastic depth rate.
 
@@ -96,6 +102,7 @@ class TriplaneDecoder(nn.Module):
         conv_refine: bool = False,
         qkv_bias: bool = True,
         drop_path: float = 0.0,
+        lifting: PlaneLifting | None = None,
     ) -> None:
         super().__init__()
         check_positive("grid_size", grid_size)
@@ -122,6 +129,16 @@ class TriplaneDecoder(nn.Module):
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, 3 * plane_channels * self.upscale**2)
         self.refine = PlaneRefiner(plane_channels) if conv_refine else nn.Identity()
+        if lifting is not None:
+            if not isinstance(lifting, PlaneLifting):
+                raise TypeError(f"lifting must be a PlaneLifting or None, got {type(lifting).__name__}")
+            if (lifting.resolution, lifting.channels) != (plane_resolution, plane_channels):
+                raise ValueError(
+                    f"lifting has resolution {lifting.resolution} and channels {lifting.channels}; the "
+                    f"decoder's planes are {plane_resolution} and {plane_channels}"
+                )
+        self.lifting = lifting
+        self.lift_head = nn.Linear(width, 3 * plane_channels * self.upscale**2) if lifting else None
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)
 
@@ -146,6 +163,16 @@ class TriplaneDecoder(nn.Module):
             conv_refine=cfg.decoder_conv_refine,
             qkv_bias=cfg.qkv_bias,
             drop_path=cfg.drop_path,
+            lifting=PlaneLifting(
+                cfg.plane_resolution,
+                cfg.camera_distance,
+                cfg.fov_degrees,
+                cfg.plane_channels,
+                bound=cfg.scene_bound,
+                contraction=cfg.contraction,
+            )
+            if cfg.decoder_lifting
+            else None,
         )
 
     @property
@@ -193,6 +220,9 @@ class TriplaneDecoder(nn.Module):
         x = self.head(features)
         g, p = self.grid_size, self.upscale
         planes = rearrange(x, "b (h w) (k c p q) -> b k c (h p) (w q)", h=g, w=g, k=3, p=p, q=p)
+        if self.lifting is not None:
+            image = rearrange(self.lift_head(features), "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+            planes = planes + self.lifting(image)
         return self.refine(planes)
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -5,7 +5,8 @@ discriminators (:class:`~vq3dlib.losses.StyleGANDiscriminator`) and the frozen L
 (:class:`~vq3dlib.losses.LPIPS`) — and assembles the terms from the public blocks of
 :mod:`vq3dlib.losses`:
 
-* generator (:meth:`VQ3DLoss.generator_losses`): L2 and perceptual reconstruction, the quantizer's
+* generator (:meth:`VQ3DLoss.generator_losses`): L2 and perceptual reconstruction, an L2 on the
+  low-resolution render itself (``render_l2_weight``), the quantizer's
   own terms, VQ3D's pointwise depth loss on the rendering weights against the scale/shift-aligned
   pseudo disparity, the distortion loss, and the adversarial terms of both views (with an adaptive
   weight; from ``adversarial_start_step`` on; the discriminators' parameters record no gradient);
@@ -87,7 +88,7 @@ class VQ3DLoss(nn.Module):
 
     Example:
         >>> from vq3dlib.models import get_config
-        >>> loss = VQ3DLoss(get_config("tiny", perceptual_weight=0.0, adversarial_start_step=10))
+        >>> loss = VQ3DLoss(get_config("tiny", adversarial_weight=0.1, adversarial_start_step=10))
         >>> loss.adversarial_on(9), loss.adversarial_on(10)
         (False, True)
     """
@@ -165,22 +166,27 @@ class VQ3DLoss(nn.Module):
                 when given and gradients are recorded; else the weight is 1).
 
         Returns:
-            ``{"l2", "perceptual", "quantizer", "depth", "distortion", "adversarial",
+            ``{"l2", "render_l2", "perceptual", "quantizer", "depth", "distortion", "adversarial",
             "adversarial_novel"}``, each present when its weight (and input) is non-zero.
 
         Example:
             >>> from vq3dlib.models import VQ3DModel
-            >>> model = VQ3DModel.from_config("tiny", render_resolution=8, perceptual_weight=0.0)
+            >>> model = VQ3DModel.from_config("tiny", render_resolution=8, adversarial_weight=0.1,
+            ...                               novel_adversarial_weight=0.1)
             >>> images, depth = torch.rand(1, 3, 32, 32), torch.rand(1, 1, 32, 32)
             >>> sorted(model(images, step=0)["losses"])  # before adversarial_start_step, without depth
-            ['l2', 'quantizer']
+            ['l2', 'quantizer', 'render_l2']
             >>> sorted(model(images, depth=depth, step=model.config.adversarial_start_step)["losses"])
-            ['adversarial', 'adversarial_novel', 'depth', 'l2', 'quantizer']
+            ['adversarial', 'adversarial_novel', 'depth', 'l2', 'quantizer', 'render_l2']
         """
         cfg = self.config
         losses: dict[str, Tensor] = {}
         rec_loss = F.mse_loss(reconstruction, images)
         losses["l2"] = cfg.l2_weight * rec_loss
+        if cfg.render_l2_weight > 0:  # the low-resolution render itself, against the resized input
+            low = render.images()["rgb"]
+            target = F.interpolate(images, size=tuple(low.shape[-2:]), mode="area")
+            losses["render_l2"] = cfg.render_l2_weight * F.mse_loss(low, target)
         if self.perceptual is not None:
             losses["perceptual"] = cfg.perceptual_weight * self.perceptual(reconstruction, images).mean()
         losses["quantizer"] = cfg.quantizer_weight * quantizer_loss

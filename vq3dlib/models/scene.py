@@ -236,22 +236,25 @@ def render_turntable(
     """Renders scene ``index`` of ``scene`` from :func:`turntable_cameras` (a fixed seed for the ray jitter).
 
     Returns:
-        ``{"rgb": [F, 3, r, r] in [0, 1], "depth": [F, 1, r, r]}`` on the CPU (``F = n_frames``).
+        ``{"rgb": [F, 3, r, r] in [0, 1], "depth": [F, 1, r, r], "image": [F, 3, s, s] in [0, 1]}`` on
+        the CPU (``F = n_frames``; ``image`` is the model's output image, super-resolved to the image
+        size ``s`` when the model has the head, else upsampled).
 
     Example:
         >>> import torch
         >>> from vq3dlib.models import VQ3DModel
         >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
         >>> frames = render_turntable(model.reconstruct(torch.rand(1, 3, 32, 32)), n_frames=2)
-        >>> frames["rgb"].shape, frames["depth"].shape
-        (torch.Size([2, 3, 8, 8]), torch.Size([2, 1, 8, 8]))
+        >>> frames["rgb"].shape, frames["depth"].shape, frames["image"].shape
+        (torch.Size([2, 3, 8, 8]), torch.Size([2, 1, 8, 8]), torch.Size([2, 3, 32, 32]))
     """
     one = scene[index]
     cams = turntable_cameras(scene.model.config, n_frames, elevation, sweep=sweep).to(scene.planes.device)
     with torch.random.fork_rng():
         torch.manual_seed(0)
         images = one.render(cams).images()
-    return {"rgb": images["rgb"].clamp(0, 1).cpu(), "depth": images["depth"].cpu()}
+    image = images.get("image", images["rgb"]).clamp(0, 1).cpu()
+    return {"rgb": images["rgb"].clamp(0, 1).cpu(), "depth": images["depth"].cpu(), "image": image}
 
 
 __all__ = [

@@ -210,6 +210,8 @@ class VQ3DModel(nn.Module):
             max_samples=cfg.samples_per_ray,
             aabb=[-cfg.scene_bound] * 3 + [cfg.scene_bound] * 3,
             jitter=True,
+            sampling=cfg.sampling,
+            inner_fraction=cfg.stratified_inner_fraction,
         )
         self.super_resolution = (
             SuperResolution(cfg.image_size, cfg.super_resolution_hidden, cfg.field_out_features)
@@ -417,8 +419,11 @@ class VQ3DModel(nn.Module):
             >>> import torch
             >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
             >>> out = model.render(torch.zeros(1, 3, 16, 32, 32), model.canonical_cameras(2))
-            >>> out.rgb.shape, out.images()["depth"].shape, out.grid.n_scenes
-            (torch.Size([2, 8, 8, 3]), torch.Size([2, 1, 8, 8]), 1)
+            >>> out.rgb.shape, out.images()["depth"].shape, out.image.shape
+            (torch.Size([2, 8, 8, 3]), torch.Size([2, 1, 8, 8]), torch.Size([2, 3, 32, 32]))
+            >>> march = VQ3DModel.from_config("tiny", sampling="march", render_resolution=8)
+            >>> march.render(torch.zeros(1, 3, 16, 32, 32), march.canonical_cameras(1)).grid.n_scenes
+            1
         """
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
@@ -431,7 +436,7 @@ class VQ3DModel(nn.Module):
             planes = planes.float()
             rays = cameras.to(planes.device).generate_rays()
             scene_index = rays.scene_index % max(n_scenes, 1)
-            if grid is None:
+            if grid is None and self.config.sampling == "march":
                 grid = self.occupancy(planes)
             extra = self.config.field_out_features
             if extra and background is not None:  # the background colours rgb; features fade to 0
@@ -443,6 +448,9 @@ class VQ3DModel(nn.Module):
             )
         if extra:  # the renderer composited [rgb, features] together
             out = dataclasses.replace(out, rgb=out.rgb[..., :3], features=out.rgb[..., 3:])
+        if tuple(cameras.image_size) == (self.config.render_resolution,) * 2:
+            views = out.images()
+            out.image = self._upsample(views["rgb"], views.get("features"))
         return out
 
     def _upsample(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
@@ -490,7 +498,7 @@ class VQ3DModel(nn.Module):
         cams = cameras if cameras is not None else self.canonical_cameras(b)
         canonical = self.render(planes, cams)
         views = canonical.images()
-        recon = self._upsample(views["rgb"], views.get("features"))
+        recon = views["image"] if "image" in views else self._upsample(views["rgb"], views.get("features"))
 
         novel_rgb = None
         # novel views feed only the novel-view discriminator: training steps before it starts skip them

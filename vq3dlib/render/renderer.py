@@ -38,6 +38,7 @@ from torch import Tensor, nn
 from vq3dlib._validation import check_choice, check_positive, check_tensor, finite_checks_enabled
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
+from vq3dlib.render.stratified import stratified_intervals
 from vq3dlib.render.volrend import (
     accumulate_along_rays,
     depth_to_disparity,
@@ -47,6 +48,9 @@ from vq3dlib.render.volrend import (
 )
 
 Field = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+#: how a :class:`Renderer` places samples: occupancy-grid marching, or fixed stratified intervals
+SAMPLINGS = ("march", "stratified")
 
 
 @dataclass
@@ -65,8 +69,10 @@ class RenderOutput:
             and distortion losses); ``n_rays`` the number of flattened rays.
         features: ``[..., E]`` extra features composited like colour, or ``None`` (a model whose field
             has ``field_out_features = E > 0``).
-        grid: the :class:`~vq3dlib.render.OccupancyGrid` the render marched through (``None``: dense),
-            reusable for another render of the same scenes.
+        grid: the :class:`~vq3dlib.render.OccupancyGrid` the render marched through (``None``: dense
+            or stratified sampling), reusable for another render of the same scenes.
+        image: ``[N, 3, H', W']`` the final image of a model render (e.g. after a super-resolution
+            head; ``None`` for plain renders).
 
     Rays from ``Cameras`` have the leading shape ``[N, H, W]``; :meth:`images` returns the image-like
     fields channels first (``[N, C, H, W]``, the layout of datasets, metrics and discriminators).
@@ -83,6 +89,7 @@ class RenderOutput:
     n_rays: int
     features: Tensor | None = None
     grid: OccupancyGrid | None = None
+    image: Tensor | None = None
 
     def images(self) -> dict[str, Tensor]:
         """Channels-first images of a render of ``[N, H, W]`` rays (e.g. from ``Cameras``).
@@ -116,6 +123,8 @@ class RenderOutput:
         }
         if self.features is not None:
             images["features"] = self.features.permute(0, 3, 1, 2)
+        if self.image is not None:
+            images["image"] = self.image
         return images
 
 
@@ -224,6 +233,13 @@ class Renderer(nn.Module):
         chunk_size: rays per chunk (bounds the memory of marching and of inference).
         jitter: random start offset per ray while ``self.training`` (stratified sampling); a call's
             ``jitter=`` overrides it (no ``.eval()``/``.train()`` toggling needed to render a clean view).
+        sampling: ``"march"`` (occupancy-grid marching, the default) or ``"stratified"``:
+            ``max_samples`` fixed intervals per ray from
+            :func:`~vq3dlib.render.stratified.stratified_intervals` (linear in the ``aabb`` box,
+            default ``[-1, 1]^3``, disparity-linear to ``far``) and an opaque background interval
+            behind ``far`` (its colour is the field's at ``far``, its depth counts as ``far``): no
+            grid, no early stop, and every ray ends opaque — for feed-forward scenes.
+        inner_fraction: share of the stratified intervals inside the box.
 
     Example:
         >>> field = lambda x, d, s: (torch.ones(len(x)), torch.full((len(x), 3), 0.5))
@@ -250,8 +266,13 @@ class Renderer(nn.Module):
         normalize_depth: bool = True,
         chunk_size: int = 1 << 16,
         jitter: bool = False,
+        sampling: str = "march",
+        inner_fraction: float = 0.75,
     ) -> None:
         super().__init__()
+        check_choice("sampling", sampling, SAMPLINGS)
+        if not 0.0 <= inner_fraction <= 1.0:
+            raise ValueError(f"inner_fraction must be in [0, 1], got {inner_fraction}")
         check_positive("step_size", step_size)
         check_choice("spacing", spacing, ("t", "contracted"))
         check_positive("max_samples", max_samples)
@@ -273,6 +294,8 @@ class Renderer(nn.Module):
         self.normalize_depth = normalize_depth
         self.chunk_size = chunk_size
         self.jitter = jitter
+        self.sampling = sampling
+        self.inner_fraction = inner_fraction
 
     def step_length(self, positions: Tensor) -> Tensor:
         """World-space length ``[P]`` of a marching step that starts at ``positions [P, 3]``.
@@ -328,6 +351,8 @@ class Renderer(nn.Module):
         if not callable(field):
             raise TypeError(f"field must be callable, got {type(field).__name__}")
         grid = self.grid if grid is None else grid
+        if self.sampling == "stratified":
+            grid = None
         rays, scene_index = _to_device(rays, scene_index, _target_device(field, grid))
         origins, directions, scene_index, z_scale, lead = _flatten_rays(rays, scene_index)
         jitter = self.jitter and self.training if jitter is None else bool(jitter)
@@ -380,6 +405,8 @@ class Renderer(nn.Module):
     ) -> _ChunkRender:
         o, d = origins[start:end], directions[start:end]
         sidx = scene_index[start:end] if scene_index is not None else None
+        if self.sampling == "stratified":
+            return self._render_stratified(field, o, d, sidx, jitter, start)
         n = o.shape[0]
         with torch.no_grad():
             samples = ray_march(
@@ -422,3 +449,38 @@ class Renderer(nn.Module):
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
         return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights)
+
+    def _render_stratified(
+        self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int
+    ) -> _ChunkRender:
+        """One chunk with ``sampling="stratified"``: ``max_samples + 1`` intervals on every ray."""
+        n = o.shape[0]
+        aabb = (-1.0, -1.0, -1.0, 1.0, 1.0, 1.0) if self.aabb is None else self.aabb
+        with torch.no_grad():
+            t0, t1 = stratified_intervals(
+                o.detach(),
+                d.detach(),
+                self.max_samples,
+                near=self.near,
+                far=self.far,
+                aabb=aabb,
+                inner_fraction=self.inner_fraction,
+                jitter=jitter,
+            )
+        k = t0.shape[1]
+        t_mid = ((t0 + t1) * 0.5).clamp(max=self.far)  # the background interval sits at far
+        pos = o[:, None] + t_mid[..., None] * d[:, None]
+        ri = torch.arange(n, device=o.device).repeat_interleave(k)
+        field_scene = sidx.repeat_interleave(k) if sidx is not None else torch.zeros_like(ri)
+        density, rgb = _split_field_output(field(pos.reshape(-1, 3), d[ri], field_scene), n * k)
+        weights, _, _ = render_weight_from_density(t0, t1, density.reshape(n, k))
+        color = (weights[..., None] * rgb.reshape(n, k, -1)).sum(1)
+        return _ChunkRender(
+            color,
+            (weights * t_mid).sum(1),
+            weights.sum(1),
+            ri + start,
+            t0.reshape(-1),
+            t1.reshape(-1),
+            weights.reshape(-1),
+        )

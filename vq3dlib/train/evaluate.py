@@ -2,7 +2,12 @@
 
 :func:`evaluate_stage1` reconstructs every image of a dataset and reports
 
-* ``psnr``/``ssim`` of the reconstruction against the input;
+* ``psnr``/``ssim`` of the reconstruction (the model's output image) against the input;
+* ``own_psnr``/``other_psnr``/``own_vs_other_db``: how much closer a reconstruction is to its own
+  input than to the other inputs of the set (:func:`own_and_other_psnr`; a model that ignores its
+  input scores 0 dB), next to ``baseline_own_vs_other_db``, the same gap of the per-image mean colour;
+* ``holes_fraction``/``novel_holes_fraction``: pixels of the canonical/novel renders whose opacity is
+  below 0.99 (see-through holes);
 * ``novel_psnr``: the reconstructed scene rendered from the dataset's true novel cameras (procedural
   scenes) against the true novel views — the test of 3D consistency;
 * ``depth_abs_rel``/``depth_delta1``: the rendered depth against the true depth after a per-image
@@ -42,6 +47,45 @@ from vq3dlib.train.loop import get_batch
 def _mean_colour(images: Tensor) -> Tensor:
     """Each image replaced by its own mean colour (the trivial per-image baseline)."""
     return images.mean((2, 3), keepdim=True).expand_as(images)
+
+
+def _output_image(view: dict[str, Tensor], size: tuple[int, int]) -> Tensor:
+    """The model's output image of a render (super-resolved when it has one), at ``size``, in [0, 1]."""
+    image = view.get("image", view["rgb"])
+    return _resize(image, size).clamp(0, 1)
+
+
+def own_and_other_psnr(predictions: Tensor, targets: Tensor) -> tuple[Tensor, Tensor]:
+    """PSNR of each prediction against its own target and, averaged, against every other target.
+
+    Args:
+        predictions: ``[N, C, H, W]`` in [0, 1].
+        targets: ``[N, C, H, W]`` in [0, 1], ``N >= 2``.
+
+    Returns:
+        ``(own [N], other [N])``: ``own[i] = psnr(pred_i, target_i)``, ``other[i]`` the mean of
+        ``psnr(pred_i, target_j)`` over ``j != i``. ``own - other`` is the own-vs-other gap in dB.
+
+    Example:
+        >>> targets = torch.stack([torch.zeros(3, 4, 4), torch.ones(3, 4, 4)])
+        >>> own, other = own_and_other_psnr(targets * 0.9 + 0.05, targets)
+        >>> [round(v, 1) for v in own.tolist()], [round(v, 1) for v in other.tolist()]
+        ([26.0, 26.0], [0.4, 0.4])
+    """
+    if predictions.shape != targets.shape or predictions.dim() != 4:
+        raise ValueError(
+            f"predictions and targets must both be [N, C, H, W] of one shape, got {list(predictions.shape)} "
+            f"and {list(targets.shape)}"
+        )
+    n = predictions.shape[0]
+    if n < 2:
+        raise ValueError(f"own_and_other_psnr needs at least 2 images, got {n}")
+    p, t = predictions.flatten(1).double(), targets.flatten(1).double()
+    mse = ((p * p).sum(1, keepdim=True) - 2 * p @ t.T + (t * t).sum(1)[None]) / p.shape[1]
+    table = -10 * torch.log10(mse.clamp(min=1e-10))  # [i, j]: prediction i against target j
+    own = table.diagonal()
+    other = (table.sum(1) - own) / (n - 1)
+    return own.float(), other.float()
 
 
 def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
@@ -91,7 +135,7 @@ def evaluate_stage1(
     was_training = model.training
     model.eval()
     sums: dict[str, list[Tensor]] = {}
-    images_all, novel_all, indices_all = [], [], []
+    images_all, novel_all, indices_all, recon_all = [], [], [], []
     cfg = model.config
     r = cfg.render_resolution
 
@@ -108,10 +152,12 @@ def evaluate_stage1(
                 scene = model.reconstruct(images)
                 indices_all.append(scene.indices.reshape(b, -1).cpu())
                 view = scene.render(model.canonical_cameras(b)).images()
-                recon = _resize(view["rgb"], tuple(images.shape[-2:])).clamp(0, 1)
+                recon = _output_image(view, tuple(images.shape[-2:]))
                 add("psnr", psnr(recon, images))
                 add("ssim", ssim(recon, images))
+                add("holes_fraction", (view["opacity"] < 0.99).float().mean((1, 2, 3)))
                 images_all.append(images.cpu())
+                recon_all.append(recon.cpu())
                 if "depth" in batch:
                     gt = _resize(batch["depth"].to(device), (r, r), "nearest")
                     mask = gt < max_depth
@@ -133,9 +179,9 @@ def evaluate_stage1(
                     # camera i of the flattened [B, V] list sees scene i // V; render() maps camera
                     # j to scene j mod B, so reorder to view-major and back
                     order = torch.arange(b * v).reshape(b, v).t().reshape(-1)
-                    novel = scene.render(cams[order]).images()["rgb"]
-                    novel = novel[torch.argsort(order)]
-                    novel = _resize(novel, tuple(target.shape[-2:])).clamp(0, 1)
+                    novel_view = scene.render(cams[order]).images()
+                    add("novel_holes_fraction", (novel_view["opacity"] < 0.99).float().mean((1, 2, 3)))
+                    novel = _output_image(novel_view, tuple(target.shape[-2:]))[torch.argsort(order)]
                     add("novel_psnr", psnr(novel, target))
                     novel_all.append(target.cpu())
     finally:
@@ -146,6 +192,12 @@ def evaluate_stage1(
     mean_image = images.mean(0, keepdim=True).expand_as(images)
     out["baseline_psnr"] = float(psnr(mean_image, images).mean())
     out["baseline_colour_psnr"] = float(psnr(_mean_colour(images), images).mean())
+    if n >= 2:
+        own, other = own_and_other_psnr(torch.cat(recon_all), images)
+        out["own_psnr"], out["other_psnr"] = float(own.mean()), float(other.mean())
+        out["own_vs_other_db"] = out["own_psnr"] - out["other_psnr"]
+        base_own, base_other = own_and_other_psnr(_mean_colour(images), images)
+        out["baseline_own_vs_other_db"] = float(base_own.mean() - base_other.mean())
     if novel_all:
         novel = torch.cat(novel_all)
         out["baseline_novel_psnr"] = float(psnr(novel.mean(0, keepdim=True).expand_as(novel), novel).mean())
@@ -157,4 +209,4 @@ def evaluate_stage1(
     return dict(sorted(out.items()))
 
 
-__all__ = ["evaluate_stage1"]
+__all__ = ["evaluate_stage1", "own_and_other_psnr"]

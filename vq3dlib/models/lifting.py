@@ -1,0 +1,161 @@
+"""Lifting an image-aligned feature map onto the triplane through the input camera.
+
+A ViT decoder's tokens are image patches: token ``(i, j)`` sees what the input camera sees in
+patch row ``i``, column ``j``. Predicting the triplane texel by texel from them (the plain
+unpatchify head) asks the network to learn the camera's perspective projection. The lifting does
+that projection in closed form instead, once, as fixed sampling grids:
+
+* the **xy plane** (texels at ``z = 0``) samples the first ``C`` channels of the feature map where the
+  texel projects into the image;
+* the **xz plane** samples the column means of the next ``C`` channels at the image column its texel
+  ``(x, z)`` projects to (the column a ray through that texel crosses);
+* the **yz plane** samples the row means of the last ``C`` channels at the image row of ``(y, z)``.
+
+Texels are placed in world space by undoing the triplane's contraction (``linf`` or ``none``), so
+the far field is lifted too; texels behind (or at) the camera fade to zero. The result is added to
+the decoder's own planes (:class:`~vq3dlib.models.decoder.TriplaneDecoder` with ``lifting``).
+
+The canonical camera is the one of :func:`~vq3dlib.cameras.canonical_cameras`: at ``(0, 0, d)``
+looking at the origin along ``-z``, image right ``+x``, image down ``-y``.
+
+Example:
+    >>> import torch
+    >>> lift = PlaneLifting(16, camera_distance=2.7, fov_degrees=40.0, channels=4)
+    >>> lift(torch.rand(2, 12, 8, 8)).shape
+    torch.Size([2, 3, 4, 16, 16])
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from vq3dlib._validation import check_choice, check_positive, check_tensor
+from vq3dlib.contraction import uncontract_linf
+from vq3dlib.ops.triplane import PLANE_AXES
+
+LIFTING_CONTRACTIONS = ("linf", "none")
+
+
+def _texel_world_points(resolution: int, plane: int, bound: float, contraction: str) -> Tensor:
+    """World points ``[R, R, 3]`` of the texel centres of plane ``plane`` (its third axis at 0)."""
+    g = (torch.arange(resolution, dtype=torch.float64) * 2 + 1) / resolution - 1  # align_corners=False
+    rows, cols = torch.meshgrid(g, g, indexing="ij")  # row = the plane's height axis, col = its width
+    width_axis, height_axis = PLANE_AXES[plane]
+    q = torch.zeros(resolution, resolution, 3, dtype=torch.float64)
+    q[..., width_axis] = cols
+    q[..., height_axis] = rows
+    if contraction == "linf":  # the triplane halves the contracted cube (-2, 2)^3 onto the plane
+        return uncontract_linf(2 * q) * bound
+    return q * bound
+
+
+def lifting_grids(
+    resolution: int,
+    camera_distance: float,
+    fov_degrees: float,
+    bound: float = 1.0,
+    contraction: str = "linf",
+) -> tuple[Tensor, Tensor]:
+    """Sampling grids and fade weights of :class:`PlaneLifting`.
+
+    Args:
+        resolution: plane side ``R``.
+        camera_distance: distance ``d`` of the canonical camera from the origin.
+        fov_degrees: its field of view (square images).
+        bound: the triplane's ``bound``.
+        contraction: the triplane's contraction, ``"linf"`` or ``"none"``.
+
+    Returns:
+        ``(grids [3, R, R, 2], fade [3, R, R])``: ``F.grid_sample`` coordinates (``align_corners=False``)
+        into the image (xy plane) and into the column (xz) and row (yz) means, stored as ``(u, 0)``;
+        fade in ``[0, 1]`` (0 behind the camera).
+
+    Example:
+        >>> grids, fade = lifting_grids(4, 2.7, 40.0)
+        >>> grids.shape, fade.shape, bool(fade[0].eq(1).all())
+        (torch.Size([3, 4, 4, 2]), torch.Size([3, 4, 4]), True)
+    """
+    check_positive("resolution", resolution)
+    check_positive("camera_distance", camera_distance)
+    check_positive("bound", bound)
+    check_choice("contraction", contraction, LIFTING_CONTRACTIONS)
+    if not 0 < fov_degrees < 180:
+        raise ValueError(f"fov_degrees must be in (0, 180), got {fov_degrees}")
+    tan_half = math.tan(math.radians(fov_degrees) / 2)
+    grids, fades = [], []
+    for plane in range(3):
+        p = _texel_world_points(resolution, plane, bound, contraction)
+        depth = camera_distance - p[..., 2]  # along the camera's forward axis (-z)
+        safe = depth.clamp(min=1e-3 * camera_distance)
+        u = (p[..., 0] / (safe * tan_half)).clamp(-4, 4)  # image right = +x
+        v = (-p[..., 1] / (safe * tan_half)).clamp(-4, 4)  # image down = -y
+        near, full = 0.05 * camera_distance, 0.3 * camera_distance
+        fades.append(((depth - near) / (full - near)).clamp(0, 1))
+        if plane == 0:
+            grids.append(torch.stack([u, v], dim=-1))
+        elif plane == 1:
+            grids.append(torch.stack([u, torch.zeros_like(u)], dim=-1))
+        else:
+            grids.append(torch.stack([v, torch.zeros_like(v)], dim=-1))
+    return torch.stack(grids).float(), torch.stack(fades).float()
+
+
+class PlaneLifting(nn.Module):
+    """Image-aligned features ``[B, 3C, h, w]`` → triplane ``[B, 3, C, R, R]`` (see the module docstring).
+
+    Args:
+        resolution: plane side ``R``.
+        camera_distance, fov_degrees: the canonical input camera.
+        channels: ``C``, channels per plane.
+        bound, contraction: those of the triplane the planes are sampled by.
+
+    Example:
+        >>> lift = PlaneLifting(8, camera_distance=2.0, fov_degrees=60.0, channels=1)
+        >>> feats = torch.zeros(1, 3, 8, 8); feats[:, 0, :, 4:] = 1.0  # right half of the image
+        >>> xy = lift(feats)[0, 0, 0]
+        >>> float(xy[:, :4].max()), float(xy[:, 5:].min())  # the plane's +x half is lit
+        (0.0, 1.0)
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        camera_distance: float,
+        fov_degrees: float,
+        channels: int,
+        bound: float = 1.0,
+        contraction: str = "linf",
+    ) -> None:
+        super().__init__()
+        check_positive("channels", channels)
+        grids, fade = lifting_grids(resolution, camera_distance, fov_degrees, bound, contraction)
+        self.channels = channels
+        self.resolution = resolution
+        self.register_buffer("grids", grids, persistent=False)
+        self.register_buffer("fade", fade, persistent=False)
+
+    def forward(self, features: Tensor) -> Tensor:
+        check_tensor("features", features, shape=(None, 3 * self.channels, None, None), floating=True)
+        b, c = features.shape[0], self.channels
+        xy, xz, yz = features.split(c, dim=1)
+        grids = self.grids.to(features.dtype)
+        fade = self.fade.to(features.dtype)
+
+        def sample(x: Tensor, grid: Tensor) -> Tensor:
+            return F.grid_sample(
+                x, grid.expand(b, -1, -1, -1), mode="bilinear", padding_mode="border", align_corners=False
+            )
+
+        planes = [
+            sample(xy, grids[0]),
+            sample(xz.mean(dim=2, keepdim=True), grids[1]) * fade[1],  # column means
+            sample(yz.mean(dim=3, keepdim=True).transpose(2, 3), grids[2]) * fade[2],  # row means
+        ]
+        return torch.stack(planes, dim=1)
+
+
+__all__ = ["LIFTING_CONTRACTIONS", "PlaneLifting", "lifting_grids"]
