@@ -12,6 +12,7 @@ MICRO = dict(
     image_size=16, render_resolution=8, plane_resolution=16, plane_channels=8, samples_per_ray=8,
     occupancy_resolution=16, encoder_width=32, encoder_heads=2, decoder_width=32, decoder_heads=2,
     codebook_size=32, code_dim=8, disc_channels=8, disc_max_channels=16, field_hidden_dim=16,
+    adversarial_weight=0.1, novel_adversarial_weight=0.1,
     adversarial_start_step=1,
 )  # fmt: skip
 

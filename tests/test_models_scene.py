@@ -64,9 +64,14 @@ def test_scene_selection_and_the_render_result():
     with pytest.raises(IndexError):
         scene[3]
     out = one.render(model.canonical_cameras(1))
-    assert out.rgb.shape == (1, 8, 8, 3) and out.grid is not None and out.features is None
+    assert out.rgb.shape == (1, 8, 8, 3) and out.grid is None and out.features is not None  # stratified
     images = out.images()
-    assert set(images) == {"rgb", "depth", "disparity", "opacity"} and images["rgb"].shape == (1, 3, 8, 8)
+    assert set(images) == {"rgb", "depth", "disparity", "opacity", "features", "image"}
+    assert images["rgb"].shape == (1, 3, 8, 8) and images["image"].shape == (1, 3, 16, 16)
+    march = micro_vq3d(sampling="march", field_out_features=0, super_resolution=False).eval()
+    out = march.reconstruct(torch.rand(1, 3, 16, 16)).render(march.canonical_cameras(1))
+    assert out.grid is not None and out.features is None
+    assert set(out.images()) == {"rgb", "depth", "disparity", "opacity", "image"}
 
 
 def test_turntables_swing_around_the_input_view_with_a_fixed_jitter():

@@ -50,6 +50,12 @@ def test_metrics_and_baselines(model):
         "codebook_perplexity",
         "codebook_used",
         "n_images",
+        "own_psnr",
+        "other_psnr",
+        "own_vs_other_db",
+        "baseline_own_vs_other_db",
+        "holes_fraction",
+        "novel_holes_fraction",
     }
     assert set(m) == keys and m["n_images"] == 3
     images = torch.stack([data[i]["image"] for i in range(3)])
@@ -58,6 +64,8 @@ def test_metrics_and_baselines(model):
     own_colour = psnr(images.mean((2, 3), keepdim=True).expand_as(images), images).mean()
     assert m["baseline_colour_psnr"] == pytest.approx(float(own_colour), rel=1e-5)
     assert 0 <= m["depth_delta1"] <= 1 and 0 <= m["codebook_used"] <= 1
+    assert m["own_vs_other_db"] == pytest.approx(m["own_psnr"] - m["other_psnr"])
+    assert m["holes_fraction"] == 0.0 and m["novel_holes_fraction"] == 0.0  # stratified: always opaque
     assert all(v == v for v in m.values())  # no NaN
     # deterministic: same numbers twice
     assert evaluate_stage1(model, data, batch_size=3) == pytest.approx(m, rel=1e-4)
@@ -75,3 +83,21 @@ def test_max_items_and_image_only_data(model, tmp_path):
     assert evaluate_stage1(model, ProceduralScenes(4, 16), max_items=1)["n_images"] == 1
     with pytest.raises(ValueError, match="empty"):
         evaluate_stage1(model, ProceduralScenes(0, 16))
+
+
+def test_own_and_other_psnr_against_a_direct_computation():
+    from vq3dlib.train.evaluate import own_and_other_psnr
+
+    g = torch.Generator().manual_seed(0)
+    targets = torch.rand(4, 3, 5, 5, generator=g)
+    preds = (targets + 0.05 * torch.randn(4, 3, 5, 5, generator=g)).clamp(0, 1)
+    own, other = own_and_other_psnr(preds, targets)
+    for i in range(4):
+        assert own[i].item() == pytest.approx(float(psnr(preds[i : i + 1], targets[i : i + 1])), abs=1e-3)
+        others = [float(psnr(preds[i : i + 1], targets[j : j + 1])) for j in range(4) if j != i]
+        assert other[i].item() == pytest.approx(sum(others) / 3, abs=1e-3)
+    assert bool((own > other + 5).all())  # close to their own targets only
+    same, _ = own_and_other_psnr(preds[:1].expand(4, -1, -1, -1).contiguous(), targets)
+    with pytest.raises(ValueError, match="at least 2"):
+        own_and_other_psnr(preds[:1], targets[:1])
+    assert same.shape == (4,)

@@ -90,3 +90,23 @@ def test_ema_scaler_and_autocast_follow_the_config(tmp_path):
     assert _run(tmp_path).ddp(torch.nn.Linear(2, 2)).__class__ is torch.nn.Linear  # one process
     with pytest.raises(TypeError, match="RunConfig"):
         TrainingRun({"steps": 1}, "x")
+
+
+def test_the_lr_schedule_follows_the_time_budget_when_asked(tmp_path, monkeypatch):
+    """With a time budget the cosine decay follows the time spent: a run the budget ends at 50% of its
+    steps has still annealed its learning rate; by steps only, it would stop half way down."""
+    from vq3dlib.train.loop import warmup_cosine
+
+    by_steps = warmup_cosine(10, 100, 0.1)
+    for by_time in (True, False):
+        run = _run(tmp_path / str(by_time), steps=100, warmup_steps=10, time_budget_s=10.0, min_lr_ratio=0.1,
+                   schedule_by_time=by_time)
+        _, sched = run.optimizer(_states().parameters(), lr=1.0, betas=(0.9, 0.99), weight_decay=0.0)
+        factor = sched.lr_lambdas[0]
+        monkeypatch.setattr(run, "elapsed", lambda: 10.0)  # the whole budget spent
+        assert factor(5) == pytest.approx(0.6)  # warmup is by steps either way
+        assert factor(50) == pytest.approx(0.1 if by_time else by_steps(50))
+        monkeypatch.setattr(run, "elapsed", lambda: 5.0)  # half the budget: as if at step 50
+        assert factor(20) == pytest.approx(by_steps(50) if by_time else by_steps(20))
+        assert factor(80) == pytest.approx(by_steps(80))  # steps ahead of time: by steps
+    assert by_steps(50) > 0.5 > 0.1

@@ -197,10 +197,7 @@ class VQ3DConfig:
             raise ValueError(
                 f"stratified_inner_fraction must be in [0, 1], got {self.stratified_inner_fraction}"
             )
-        if self.decoder_lifting and self.contraction not in LIFTING_CONTRACTIONS:
-            raise ValueError(
-                f"decoder_lifting needs contraction in {LIFTING_CONTRACTIONS}, got {self.contraction!r}"
-            )
+
         check_choice("depth_align", self.depth_align, ("lsq", "range", "none"))
         check_choice("depth_target", self.depth_target, DEPTH_TARGETS)
         self.depth_range = tuple(float(v) for v in self.depth_range)
@@ -218,6 +215,10 @@ class VQ3DConfig:
             )
         # the occupancy grid and the ray marcher (vq3dlib.render) march these; the triplane also knows "l2"
         check_choice("contraction", self.contraction, MARCH_CONTRACTIONS)
+        if self.decoder_lifting and self.contraction not in LIFTING_CONTRACTIONS:
+            raise ValueError(
+                f"decoder_lifting needs contraction in {LIFTING_CONTRACTIONS}, got {self.contraction!r}"
+            )
         if self.field_out_features and not self.super_resolution:
             raise ValueError(
                 f"field_out_features={self.field_out_features} needs super_resolution=True: the rendered "
@@ -363,7 +364,8 @@ def _tiny() -> VQ3DConfig:
 
 def _imagenet256() -> VQ3DConfig:
     # ViT-VQGAN-base scale as used by VQ3D: 256 px, patch 8 (32 x 32 = 1024 tokens), width 768,
-    # depth 12, 12 heads, codebook 8192 x 32 with l2-normalised factorised codes. Triplane, renderer
+    # depth 12, 12 heads, codebook 8192 x 32 with l2-normalised factorised codes. The fixes measured
+    # on tiny (lifted planes, stratified sampling with an opaque background, the render L2) apply. Triplane, renderer
     # and prior sizes are not given in our summary of the paper; these are our choices at that scale.
     return VQ3DConfig(
         name="imagenet256",
@@ -381,14 +383,17 @@ def _imagenet256() -> VQ3DConfig:
         plane_resolution=256,
         plane_channels=32,
         decoder_conv_refine=True,
+        decoder_lifting=True,
         field_hidden_dim=64,
         field_hidden_layers=1,
         field_geo_features=15,
         render_resolution=128,
+        sampling="stratified",
         samples_per_ray=96,
         march_step_size=0.01,
         occupancy_resolution=64,
         super_resolution=True,
+        render_l2_weight=0.5,
         novel_views=1,
         num_classes=1000,
         prior_width=1024,

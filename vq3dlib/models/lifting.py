@@ -42,10 +42,11 @@ LIFTING_CONTRACTIONS = ("linf", "none")
 
 def _texel_world_points(resolution: int, plane: int, bound: float, contraction: str) -> Tensor:
     """World points ``[R, R, 3]`` of the texel centres of plane ``plane`` (its third axis at 0)."""
-    g = (torch.arange(resolution, dtype=torch.float64) * 2 + 1) / resolution - 1  # align_corners=False
+    # fixed grids, computed on the CPU (also while a model is built on the meta device)
+    g = (torch.arange(resolution, dtype=torch.float64, device="cpu") * 2 + 1) / resolution - 1
     rows, cols = torch.meshgrid(g, g, indexing="ij")  # row = the plane's height axis, col = its width
     width_axis, height_axis = PLANE_AXES[plane]
-    q = torch.zeros(resolution, resolution, 3, dtype=torch.float64)
+    q = torch.zeros(resolution, resolution, 3, dtype=torch.float64, device="cpu")
     q[..., width_axis] = cols
     q[..., height_axis] = rows
     if contraction == "linf":  # the triplane halves the contracted cube (-2, 2)^3 onto the plane

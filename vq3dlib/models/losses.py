@@ -201,8 +201,11 @@ class VQ3DLoss(nn.Module):
                 align=cfg.depth_align == "lsq",
             )
         if cfg.distortion_weight > 0:
+            t0, t1 = render.t_starts, render.t_ends
+            if cfg.sampling == "stratified":  # mip-NeRF 360's normalised disparity s = 1 - near / t
+                t0, t1 = 1 - cfg.near / t0.clamp(min=cfg.near), 1 - cfg.near / t1.clamp(min=cfg.near)
             losses["distortion"] = cfg.distortion_weight * distortion_loss(
-                render.weights, render.t_starts, render.t_ends, render.ray_indices, n_rays=render.n_rays
+                render.weights, t0, t1, render.ray_indices, n_rays=render.n_rays
             )
         if self.adversarial_on(step):
             with frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone

@@ -61,6 +61,9 @@ class RunConfig:
         steps: total optimizer steps; batch_size: items per step and process.
         lr, betas, weight_decay: AdamW.
         warmup_steps, min_lr_ratio: linear warmup then cosine decay to ``min_lr_ratio * lr``.
+        schedule_by_time: with a ``time_budget_s``, the cosine decay follows whichever of the steps
+            done and the training time spent is further along, so a run that the budget ends early
+            still ends at ``min_lr_ratio * lr`` (``False``: by steps only, reproducible step by step).
         grad_clip: max gradient norm (0 disables clipping; the norm is still checked for NaN/Inf).
         amp: ``"none"``, ``"bf16"`` (CPU or GPU) or ``"fp16"`` (GPU, with a gradient scaler).
         ema_decay, ema_warmup: EMA of the weights when ``ema_decay > 0``
@@ -95,6 +98,7 @@ class RunConfig:
     weight_decay: float = 0.0
     warmup_steps: int = 50
     min_lr_ratio: float = 0.1
+    schedule_by_time: bool = True
     grad_clip: float = 1.0
     amp: str = "none"
     ema_decay: float = 0.0
@@ -206,10 +210,18 @@ class TrainingRun:
         self, params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float], weight_decay: float
     ) -> tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LambdaLR]:
         """AdamW over ``params`` and its warmup + cosine schedule (``config.warmup_steps``, ``steps``,
-        ``min_lr_ratio``)."""
+        ``min_lr_ratio``; with ``time_budget_s`` and ``schedule_by_time`` the decay also follows the
+        fraction of the time budget spent)."""
         cfg = self.config
         opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
-        schedule = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        by_steps = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
+        if not (cfg.time_budget_s and cfg.schedule_by_time):
+            return opt, torch.optim.lr_scheduler.LambdaLR(opt, by_steps)
+
+        def schedule(step: int) -> float:
+            spent = int(self.elapsed() / cfg.time_budget_s * cfg.steps)
+            return by_steps(max(step, spent) if step >= cfg.warmup_steps else step)
+
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
