@@ -6,7 +6,8 @@ import json
 
 import torch
 
-from vq3dlib.demo import DemoViews, baseline_verdict, demo_config, run_demo
+from vq3dlib.cli import build_parser
+from vq3dlib.demo import DEMO_DEFAULTS, DemoViews, baseline_verdict, demo_config, run_demo
 
 MICRO = dict(
     image_size=16, render_resolution=8, plane_resolution=16, plane_channels=8, samples_per_ray=8,
@@ -19,8 +20,10 @@ MICRO = dict(
 
 def test_demo_config_defaults_and_fields():
     cfg = demo_config("runs/x")
-    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.train_size, cfg.eval_size) == ("tiny", 600, 4, 512, 32)
-    assert cfg.time_budget_s == 240.0 and cfg.out_dir == "runs/x/train" and cfg.eval_every == 0
+    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.train_size, cfg.eval_size) == ("tiny", 1600, 16, 512, 32)
+    assert cfg.time_budget_s == 180.0 and cfg.out_dir == "runs/x/train" and cfg.eval_every == 0
+    assert (cfg.lr, cfg.warmup_steps) == (DEMO_DEFAULTS["lr"], DEMO_DEFAULTS["warmup_steps"])
+    assert build_parser().parse_args(["demo"]).steps == DEMO_DEFAULTS["steps"]  # the CLI shows the same
     assert demo_config("runs/x", lr=3e-4).lr == 3e-4
 
 

@@ -60,7 +60,9 @@ def test_linf_texels_reach_the_far_field():
     assert float(pts[..., 2].abs().max()) == 0.0
 
 
-@pytest.mark.parametrize(("kwargs", "match"), [(dict(contraction="l2"), "contraction"), (dict(fov_degrees=180.0), "fov")])
+@pytest.mark.parametrize(
+    ("kwargs", "match"), [(dict(contraction="l2"), "contraction"), (dict(fov_degrees=180.0), "fov")]
+)
 def test_bad_lifting_arguments(kwargs, match):
     args = dict(resolution=8, camera_distance=2.0, fov_degrees=40.0) | kwargs
     with pytest.raises(ValueError, match=match):
@@ -69,14 +71,15 @@ def test_bad_lifting_arguments(kwargs, match):
 
 def test_decoder_with_lifting_shapes_gradients_and_checks():
     lift = PlaneLifting(16, camera_distance=2.7, fov_degrees=40.0, channels=4)
-    dec = TriplaneDecoder(grid_size=4, width=16, depth=1, heads=2, plane_channels=4, plane_resolution=16, lifting=lift)
+    sizes = dict(grid_size=4, width=16, depth=1, heads=2, plane_resolution=16)
+    dec = TriplaneDecoder(**sizes, plane_channels=4, lifting=lift)
     tokens = torch.randn(2, 16, 16, requires_grad=True)
     planes = dec(tokens)
     assert planes.shape == (2, 3, 4, 16, 16)
     planes.square().sum().backward()
     assert dec.lift_head.weight.grad is not None and float(dec.lift_head.weight.grad.abs().sum()) > 0
     with pytest.raises(ValueError, match="lifting"):
-        TriplaneDecoder(grid_size=4, width=16, depth=1, heads=2, plane_channels=8, plane_resolution=16, lifting=lift)
+        TriplaneDecoder(**sizes, plane_channels=8, lifting=lift)
 
 
 def test_lifted_plane_renders_an_image_feature_where_the_camera_sees_it():

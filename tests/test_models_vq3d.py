@@ -107,7 +107,8 @@ def _fit_one_scene(steps: int, use_depth: bool, seed: int = 0):
     with torch.no_grad():
         out = model(images)
     fit = float(psnr(out["reconstruction"].clamp(0, 1), images).mean())
-    true_depth = torch.nn.functional.interpolate(item["depth"][None], size=out["depth"].shape[-2:], mode="nearest-exact")
+    size = tuple(out["depth"].shape[-2:])
+    true_depth = torch.nn.functional.interpolate(item["depth"][None], size=size, mode="nearest-exact")
     corr = float(depth_pearson(out["depth"], true_depth).mean())
     baseline = float(psnr(images.mean((2, 3), keepdim=True).expand_as(images), images).mean())
     return fit, corr, baseline

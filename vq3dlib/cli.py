@@ -123,7 +123,8 @@ def _print_metrics(metrics: dict[str, Any], n: int) -> None:
         ("", "novel_psnr", "baseline_novel_psnr", mean_image),
         ("depth AbsRel, aligned (lower is better)", "depth_abs_rel", "baseline_depth_abs_rel", constant),
         ("depth delta<1.25, aligned (higher is better)", "depth_delta1", "baseline_depth_delta1", constant),
-        ("own-vs-other PSNR gap [dB] (higher is better)", "own_vs_other_db", "baseline_own_vs_other_db", colour),
+        ("own-vs-other PSNR gap [dB] (higher is better)", "own_vs_other_db", "baseline_own_vs_other_db",
+         colour),
         ("holes: opacity < 0.99, input view (fraction)", "holes_fraction", None, ""),
         ("holes: opacity < 0.99, novel views (fraction)", "novel_holes_fraction", None, ""),
     ]
@@ -492,9 +493,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=d["time_budget_s"],
         help=f"stop training after this many seconds, 0 = no limit (default: {d['time_budget_s']:.0f})",
     )
-    p.add_argument(
-        "--batch-size", type=int, default=d["batch_size"], help=f"images per step (default: {d['batch_size']})"
-    )
+    batch = d["batch_size"]
+    p.add_argument("--batch-size", type=int, default=batch, help=f"images per step (default: {batch})")
     p.add_argument(
         "--train-size",
         type=int,

@@ -365,8 +365,9 @@ def _tiny() -> VQ3DConfig:
 def _imagenet256() -> VQ3DConfig:
     # ViT-VQGAN-base scale as used by VQ3D: 256 px, patch 8 (32 x 32 = 1024 tokens), width 768,
     # depth 12, 12 heads, codebook 8192 x 32 with l2-normalised factorised codes. The fixes measured
-    # on tiny (lifted planes, stratified sampling with an opaque background, the render L2) apply. Triplane, renderer
-    # and prior sizes are not given in our summary of the paper; these are our choices at that scale.
+    # on tiny (lifted planes, stratified sampling with an opaque background, the render L2) apply.
+    # Triplane, renderer and prior sizes are not given in our summary of the paper; these are our
+    # choices at that scale.
     return VQ3DConfig(
         name="imagenet256",
         image_size=256,

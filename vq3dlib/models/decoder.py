@@ -221,7 +221,8 @@ class TriplaneDecoder(nn.Module):
         g, p = self.grid_size, self.upscale
         planes = rearrange(x, "b (h w) (k c p q) -> b k c (h p) (w q)", h=g, w=g, k=3, p=p, q=p)
         if self.lifting is not None:
-            image = rearrange(self.lift_head(features), "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+            lifted = self.lift_head(features)
+            image = rearrange(lifted, "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
             planes = planes + self.lifting(image)
         return self.refine(planes)
 
