@@ -143,8 +143,8 @@ class PlaneLifting(nn.Module):
         check_tensor("features", features, shape=(None, 3 * self.channels, None, None), floating=True)
         b, c = features.shape[0], self.channels
         xy, xz, yz = features.split(c, dim=1)
-        grids = self.grids.to(features.dtype)
-        fade = self.fade.to(features.dtype)
+        grids = self.grids.to(features.device, features.dtype)
+        fade = self.fade.to(features.device, features.dtype)
 
         def sample(x: Tensor, grid: Tensor) -> Tensor:
             return F.grid_sample(
