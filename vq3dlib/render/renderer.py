@@ -238,7 +238,9 @@ class Renderer(nn.Module):
             :func:`~vq3dlib.render.stratified.stratified_intervals` (linear in the ``aabb`` box,
             default ``[-1, 1]^3``, disparity-linear to ``far``) and an opaque background interval
             behind ``far`` (its colour is the field's at ``far``, its depth counts as ``far``): no
-            grid, no early stop, and every ray ends opaque — for feed-forward scenes.
+            grid, no early stop, and every ray ends opaque — for feed-forward scenes. Its depth is
+            the depth of the expected disparity, ``opacity / Σ w / t`` (a little weight on the far
+            background barely moves it; the expected depth ``Σ w t`` would jump towards ``far``).
         inner_fraction: share of the stratified intervals inside the box.
 
     Example:
@@ -475,10 +477,15 @@ class Renderer(nn.Module):
         density, rgb = _split_field_output(field(pos.reshape(-1, 3), d[ri], field_scene), n * k)
         weights, _, _ = render_weight_from_density(t0, t1, density.reshape(n, k))
         color = (weights[..., None] * rgb.reshape(n, k, -1)).sum(1)
+        opacity = weights.sum(1)
+        # depth = opacity / sum(w / t): the depth of the expected disparity (a weight left on the far
+        # background moves it by w / far, not by w * far as the expected depth would)
+        disparity_sum = (weights / t_mid.clamp(min=1e-6)).sum(1)
+        depth_sum = opacity.square() / disparity_sum.clamp(min=1e-12)
         return _ChunkRender(
             color,
-            (weights * t_mid).sum(1),
-            weights.sum(1),
+            depth_sum,
+            opacity,
             ri + start,
             t0.reshape(-1),
             t1.reshape(-1),
