@@ -20,7 +20,7 @@ MICRO = dict(
 
 def test_demo_config_defaults_and_fields():
     cfg = demo_config("runs/x")
-    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.train_size, cfg.eval_size) == ("tiny", 1600, 16, 512, 32)
+    assert (cfg.model, cfg.steps, cfg.batch_size, cfg.train_size, cfg.eval_size) == ("tiny", 3200, 8, 512, 32)
     assert cfg.time_budget_s == 180.0 and cfg.out_dir == "runs/x/train" and cfg.eval_every == 0
     assert (cfg.lr, cfg.warmup_steps) == (DEMO_DEFAULTS["lr"], DEMO_DEFAULTS["warmup_steps"])
     assert build_parser().parse_args(["demo"]).steps == DEMO_DEFAULTS["steps"]  # the CLI shows the same

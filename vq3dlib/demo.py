@@ -59,8 +59,8 @@ def machine_info() -> dict[str, Any]:
 
 #: the demo's run: 3 minutes of training on a 2-core CPU (measured in docs/training.md)
 DEMO_DEFAULTS: dict[str, Any] = {
-    "steps": 1600,
-    "batch_size": 16,
+    "steps": 3200,
+    "batch_size": 8,
     "train_size": 512,
     "eval_size": 32,
     "time_budget_s": 180.0,
