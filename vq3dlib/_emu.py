@@ -177,7 +177,8 @@ def load_emulation(
         ops: build only these ops' translation units (``"triplane"``, ``"march"``, ``"volrend"``).
 
     One emulation per process (its ``TORCH_LIBRARY`` block registers the namespace once); the first
-    call decides. ``VQ3DLIB_SANITIZE`` selects a sanitized build.
+    call decides. ``VQ3DLIB_SANITIZE`` selects a sanitized build; ``VQ3DLIB_EMU_CSRC`` and
+    ``VQ3DLIB_EMU_OPS`` (comma-separated) give ``csrc`` and ``ops`` to a child process.
 
     Example:
         >>> isinstance(load_emulation(), bool)
@@ -189,8 +190,10 @@ def load_emulation(
         _state["attempted"] = True
         try:
             sanitize = requested_sanitizers()
-            root = Path(csrc) if csrc is not None else _ext.CSRC_DIR
-            _state["path"] = _build(root, ops, sanitize, verbose)
+            csrc = csrc if csrc is not None else os.environ.get("VQ3DLIB_EMU_CSRC") or _ext.CSRC_DIR
+            if ops is None and os.environ.get("VQ3DLIB_EMU_OPS"):
+                ops = os.environ["VQ3DLIB_EMU_OPS"].split(",")
+            _state["path"] = _build(Path(csrc), ops, sanitize, verbose)
             _state["sanitize"] = sanitize
             _state["loaded"] = True
             _state["error"] = None
