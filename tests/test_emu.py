@@ -72,7 +72,10 @@ def test_asan_reports_an_off_by_one_read_past_a_buffer(tmp_path):
     """density_fwd_kernel with ``r > n_rays``: the thread r == n_rays reads packed_info past its end."""
     if not _emu.asan_runtime():
         pytest.skip("the compiler has no ASan runtime")
-    old = "  const int64_t r = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x;\n  if (r >= n_rays) return;\n  const RaySpan s = ray_span(r, packed_info, per_ray);\n  const int64_t b = s.begin;\n  density_weights_forward"
+    old = (
+        "  if (r >= n_rays) return;\n  const RaySpan s = ray_span(r, packed_info, per_ray);\n"
+        "  const int64_t b = s.begin;\n  density_weights_forward"
+    )
     csrc = _broken_copy(tmp_path, "volrend_kernels.cuh", old, old.replace("r >= n_rays", "r > n_rays"))
     code = (
         "import torch\n"
@@ -97,11 +100,12 @@ def test_a_wrong_channel_group_bound_fails_the_value_tests(tmp_path):
     csrc = _broken_copy(tmp_path, "triplane_kernels.cuh", old, "return {n_groups, channels / n_groups};")
     env = {"VQ3DLIB_EMU_CSRC": str(csrc), "VQ3DLIB_EMU_OPS": "triplane"}
     test = "tests/test_ops_triplane.py"
-    out = _run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "channel and cuda-emu"], env)
+    cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", test, "-k", "channel and cuda-emu"]
+    out = _run(cmd, env)
     report = out.stdout + out.stderr
     print(report[-4000:])
     assert out.returncode == 1, "the value tests did not notice the broken channel groups"
     assert "Tensor-likes are not close!" in report
     # the multiples of the group still pass: exactly the uneven channel counts are caught
     assert "[cuda-emu-8]" not in report.split("short test summary")[-1]
-    assert "FAILED tests/test_ops_triplane.py::test_kernel_channel_counts_around_the_channel_group[cuda-emu-13]" in report
+    assert "test_kernel_channel_counts_around_the_channel_group[cuda-emu-13]" in report

@@ -98,9 +98,10 @@ def test_kernel_equals_reference_packed(kernel_target, contraction):
 @requires_ext
 @pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
 def test_gradcheck_kernel(kernel_target, contraction):
-    planes = torch.randn(2, 3, 3, 5, 6, dtype=torch.float64, device=kernel_target.device, requires_grad=True)
+    device = kernel_target.device
+    planes = torch.randn(2, 3, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
     # keep points away from texel boundaries where bilinear interpolation has kinks
-    points = (torch.rand(2, 12, 3, dtype=torch.float64, device=kernel_target.device) * 3 - 1.5).requires_grad_()
+    points = (torch.rand(2, 12, 3, dtype=torch.float64, device=device) * 3 - 1.5).requires_grad_()
 
     def fn(pl, pt):
         with kernel_target.forced():
@@ -111,8 +112,9 @@ def test_gradcheck_kernel(kernel_target, contraction):
 
 @requires_ext
 def test_double_backward_kernel_matches_reference(kernel_target):
-    planes = torch.randn(1, 3, 4, 8, 8, dtype=torch.float64, device=kernel_target.device, requires_grad=True)
-    points = (torch.rand(1, 30, 3, dtype=torch.float64, device=kernel_target.device) * 1.6 - 0.8).requires_grad_()
+    device = kernel_target.device
+    planes = torch.randn(1, 3, 4, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
+    points = (torch.rand(1, 30, 3, dtype=torch.float64, device=device) * 1.6 - 0.8).requires_grad_()
 
     def eikonal(impl):
         out = impl(planes, points, contraction="l2")[..., 0]
