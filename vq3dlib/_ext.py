@@ -91,7 +91,8 @@ def _cuda_targets() -> str:
 def _sources_hash(files: list[str], flags: tuple[list[str], ...] = (), csrc: Path = CSRC_DIR) -> str:
     """Hash of the sources, every header under ``csrc`` and the build flags (a new build per change)."""
     digest = hashlib.sha1()
-    headers = sorted(f for ext in ("h", "cuh") for f in glob.glob(str(csrc / "**" / f"*.{ext}"), recursive=True))
+    patterns = (str(csrc / "**" / "*.h"), str(csrc / "**" / "*.cuh"))
+    headers = sorted(f for pattern in patterns for f in glob.glob(pattern, recursive=True))
     for f in files + headers:
         digest.update(Path(f).read_bytes())
     digest.update(repr(flags).encode())

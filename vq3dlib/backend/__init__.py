@@ -10,7 +10,8 @@ tensors (:mod:`vq3dlib._emu`; for tests, never chosen by ``auto``; an error wher
 This module knows no op: the ops declare themselves and their kernels in the registry of
 :mod:`vq3dlib.ops` (``vq3dlib.ops.use_extension(op, device)`` looks the kernels up and asks here).
 It imports only the extension loaders (:mod:`vq3dlib._ext`, :mod:`vq3dlib._emu`).
-``python -m vq3dlib.backend`` prints the report of :mod:`vq3dlib.backend.report` (``--build [--cuda]`` prebuilds the extension).
+``python -m vq3dlib.backend`` prints the report of :mod:`vq3dlib.backend.report` (``--build [--cuda]``
+prebuilds the extension).
 
 Example:
     >>> import torch
