@@ -36,10 +36,10 @@ def test_emulated_kernels_are_registered_for_cpu_tensors():
         pytest.skip(f"emulation did not build: {_emu.emulation_status()['error']}")
     with backend.forced("cuda-emu"):
         assert use_extension("render_weight_from_alpha", "cpu")
-    alphas = torch.tensor([0.5, 0.5, 0.2, 1.0])
+    alphas = torch.tensor([0.5, 0.5, 0.25, 1.0])
     info = torch.tensor([[0, 2], [2, 2]])
     weights, trans = torch.ops.vq3dlib_emu.volrend_alpha_fwd(alphas, info, 0)
-    assert weights.tolist() == [0.5, 0.25, 0.2, 0.8] and trans.tolist() == [1.0, 0.5, 1.0, 0.8]
+    assert weights.tolist() == [0.5, 0.25, 0.25, 0.75] and trans.tolist() == [1.0, 0.5, 1.0, 0.75]
     assert torch.ops.vq3dlib_emu.sanitized() == ("address" in _emu.emulation_status()["sanitize"])
 
 
