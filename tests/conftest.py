@@ -1,9 +1,14 @@
-"""Shared test fixtures: devices to run on, float64 defaults for gradcheck."""
+"""Shared test fixtures: devices to run on, kernel targets (the CUDA kernels emulated on the CPU too)."""
 
 from __future__ import annotations
 
+import contextlib
+from dataclasses import dataclass
+
 import pytest
 import torch
+
+from vq3dlib import backend
 
 CUDA = torch.cuda.is_available()
 
@@ -21,6 +26,42 @@ def pytest_collection_modifyitems(config, items):
 def device(request) -> torch.device:
     """Every available device: cpu always, cuda when present."""
     return torch.device(request.param)
+
+
+@dataclass(frozen=True)
+class KernelTarget:
+    """Where a kernel test runs: a device and the backend whose kernels run there.
+
+    ``cpu``: the CPU kernels; ``cuda-emu``: the CUDA kernels' code emulated on the CPU (CPU tensors);
+    ``cuda``: the CUDA kernels on a GPU.
+    """
+
+    name: str
+    device: torch.device
+    backend: str  # "ext" or "cuda-emu"
+
+    def forced(self, mode: str = "kernel") -> contextlib.AbstractContextManager:
+        """``backend.forced`` of this target's kernels (``mode="kernel"``) or of ``mode`` itself."""
+        return backend.forced(self.backend if mode == "kernel" else mode)
+
+    def __str__(self) -> str:
+        return self.name
+
+
+KERNEL_TARGETS = ["cpu", "cuda-emu"] + (["cuda"] if CUDA else [])
+
+
+@pytest.fixture(params=KERNEL_TARGETS)
+def kernel_target(request) -> KernelTarget:
+    """Every kernel implementation: CPU kernels, emulated CUDA kernels, and real ones on a GPU."""
+    name = request.param
+    if name == "cuda-emu":
+        from vq3dlib import _emu
+
+        if not _emu.load_emulation():
+            pytest.skip(f"the emulated CUDA kernels did not build: {_emu.emulation_status()['error']}")
+        return KernelTarget(name, torch.device("cpu"), "cuda-emu")
+    return KernelTarget(name, torch.device(name), "ext")
 
 
 @pytest.fixture(autouse=True)

@@ -62,14 +62,14 @@ def test_reference_equals_grid_sample(opts):
 
 @requires_ext
 @pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
-def test_kernel_equals_reference_dense(device, opts):
-    planes, points = _inputs(device)
-    with backend.forced("ext"):
+def test_kernel_equals_reference_dense(kernel_target, opts):
+    planes, points = _inputs(kernel_target.device)
+    with kernel_target.forced():
         ours = triplane_sample(planes, points, bound=1.3, **opts)
     ref = triplane_sample_reference(planes, points, bound=1.3, **opts)
     torch.testing.assert_close(ours, ref)
     g = torch.randn_like(ours)
-    with backend.forced("ext"):
+    with kernel_target.forced():
         ours_grads = torch.autograd.grad(ours, (planes, points), g)
     for a, b in zip(ours_grads, torch.autograd.grad(ref, (planes, points), g)):
         torch.testing.assert_close(a, b)
@@ -77,11 +77,11 @@ def test_kernel_equals_reference_dense(device, opts):
 
 @requires_ext
 @pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
-def test_kernel_equals_reference_packed(device, contraction):
-    planes = torch.randn(3, 3, 6, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
-    points = (torch.randn(200, 3, dtype=torch.float64, device=device) * 2).requires_grad_()
-    scene = torch.randint(0, 3, (200,), device=device)
-    with backend.forced("ext"):
+def test_kernel_equals_reference_packed(kernel_target, contraction):
+    planes = torch.randn(3, 3, 6, 8, 8, dtype=torch.float64, device=kernel_target.device, requires_grad=True)
+    points = (torch.randn(200, 3, dtype=torch.float64, device=kernel_target.device) * 2).requires_grad_()
+    scene = torch.randint(0, 3, (200,), device=kernel_target.device)
+    with kernel_target.forced():
         ours = triplane_sample(planes, points, scene, contraction=contraction)
         grads = torch.autograd.grad(ours.square().sum(), (planes, points))
     ref = triplane_sample_reference(planes, points, scene, contraction=contraction)
@@ -91,26 +91,28 @@ def test_kernel_equals_reference_packed(device, contraction):
     # packed == dense for the same points
     dense_pts = points.detach()[None].expand(3, -1, -1)
     dense = triplane_sample(planes.detach(), dense_pts.contiguous(), contraction=contraction)
-    rows = dense[scene, torch.arange(200, device=device)]
+    rows = dense[scene, torch.arange(200, device=kernel_target.device)]
     torch.testing.assert_close(rows, ours.detach())
 
 
 @requires_ext
 @pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
-def test_gradcheck_kernel(device, contraction):
+def test_gradcheck_kernel(kernel_target, contraction):
+    device = kernel_target.device
     planes = torch.randn(2, 3, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
     # keep points away from texel boundaries where bilinear interpolation has kinks
     points = (torch.rand(2, 12, 3, dtype=torch.float64, device=device) * 3 - 1.5).requires_grad_()
 
     def fn(pl, pt):
-        with backend.forced("ext"):
+        with kernel_target.forced():
             return triplane_sample(pl, pt, contraction=contraction, reduce="concat")
 
     assert torch.autograd.gradcheck(fn, (planes, points), eps=1e-6, atol=1e-5)
 
 
 @requires_ext
-def test_double_backward_kernel_matches_reference(device):
+def test_double_backward_kernel_matches_reference(kernel_target):
+    device = kernel_target.device
     planes = torch.randn(1, 3, 4, 8, 8, dtype=torch.float64, device=device, requires_grad=True)
     points = (torch.rand(1, 30, 3, dtype=torch.float64, device=device) * 1.6 - 0.8).requires_grad_()
 
@@ -120,7 +122,7 @@ def test_double_backward_kernel_matches_reference(device):
         loss = (grad_pts.norm(dim=-1) - 1).square().mean()
         return torch.autograd.grad(loss, (planes, points))
 
-    with backend.forced("ext"):
+    with kernel_target.forced():
         ours = eikonal(triplane_sample)
     ref = eikonal(triplane_sample_reference)
     for a, b in zip(ours, ref):
@@ -157,16 +159,64 @@ def test_points_outside_bound_read_zero_or_border():
     assert float(triplane_sample(planes, far * 100, contraction="linf").min()) > 0
 
 
-def test_empty_inputs(device):
+def test_empty_inputs(kernel_target):
+    device = kernel_target.device
     planes = torch.randn(2, 3, 4, 8, 8, device=device, requires_grad=True)
-    out = triplane_sample(planes, torch.zeros(2, 0, 3, device=device))
+    with kernel_target.forced():
+        out = triplane_sample(planes, torch.zeros(2, 0, 3, device=device))
+        packed = triplane_sample(
+            planes, torch.zeros(0, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
+        )
+        packed.sum().backward()
     assert out.shape == (2, 0, 4)
-    packed = triplane_sample(
-        planes, torch.zeros(0, 3, device=device), torch.zeros(0, dtype=torch.long, device=device)
-    )
     assert packed.shape == (0, 4)
-    packed.sum().backward()
     assert planes.grad is not None and float(planes.grad.abs().sum()) == 0.0
+
+
+@requires_ext
+@pytest.mark.parametrize("channels", [1, 7, 8, 9, 13, 17, 24])
+def test_kernel_channel_counts_around_the_channel_group(kernel_target, channels):
+    """Channel counts that are not a multiple of the CUDA kernels' channel group (8) split unevenly."""
+    device = kernel_target.device
+    planes, points = _inputs(device, n=37, channels=channels)
+    for reduce in ("sum", "concat"):
+        with kernel_target.forced():
+            ours = triplane_sample(planes, points, contraction="linf", reduce=reduce)
+            g = torch.randn_like(ours)
+            grads = torch.autograd.grad(ours, (planes, points), g)
+        ref = triplane_sample_reference(planes, points, contraction="linf", reduce=reduce)
+        torch.testing.assert_close(ours, ref)
+        for a, b in zip(grads, torch.autograd.grad(ref, (planes, points), g)):
+            torch.testing.assert_close(a, b)
+
+
+@requires_ext
+def test_kernel_one_point_and_scenes_out_of_range(kernel_target):
+    """One packed point; with value checks off, points of a scene outside [0, B) read and get zero."""
+    from vq3dlib._validation import inner_checks_off
+
+    device = kernel_target.device
+    planes = torch.randn(2, 3, 5, 6, 6, dtype=torch.float64, device=device, requires_grad=True)
+    one = torch.tensor([[0.1, -0.2, 0.3]], dtype=torch.float64, device=device, requires_grad=True)
+    scene = torch.tensor([1], device=device)
+    with kernel_target.forced():
+        ours = triplane_sample(planes, one, scene)
+        grads = torch.autograd.grad(ours.sum(), (planes, one))
+    ref = triplane_sample_reference(planes, one, scene)
+    torch.testing.assert_close(ours, ref)
+    for a, b in zip(grads, torch.autograd.grad(ref.sum(), (planes, one))):
+        torch.testing.assert_close(a, b)
+
+    points = torch.rand(6, 3, dtype=torch.float64, device=device) - 0.5
+    bad = torch.tensor([0, 2, -1, 1, 7, 0], device=device)
+    with kernel_target.forced(), inner_checks_off():
+        out = triplane_sample(planes, points.requires_grad_(), bad)
+        g_planes, g_points = torch.autograd.grad(out.sum(), (planes, points))
+    ok = (bad >= 0) & (bad < 2)
+    assert float(out.detach()[~ok].abs().max()) == 0.0 and float(g_points[~ok].abs().max()) == 0.0
+    torch.testing.assert_close(out[ok], triplane_sample_reference(planes, points[ok], bad[ok]))
+    ref_planes = torch.autograd.grad(triplane_sample_reference(planes, points[ok], bad[ok]).sum(), planes)[0]
+    torch.testing.assert_close(g_planes, ref_planes)
 
 
 def test_half_precision_computed_in_float32():

@@ -53,7 +53,8 @@ CASES = [
 
 @pytest.mark.parametrize("contraction,spacing,n_scenes,levels,res", CASES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_kernel_equals_reference(device, contraction, spacing, n_scenes, levels, res, dtype):
+def test_kernel_equals_reference(kernel_target, contraction, spacing, n_scenes, levels, res, dtype):
+    device = kernel_target.device
     _ext_or_skip(device)
     n = 600
     o, d = _rays(n, device, dtype)
@@ -65,7 +66,7 @@ def test_kernel_equals_reference(device, contraction, spacing, n_scenes, levels,
     if spacing == "contracted":
         far[::2] = 1e10
     kw = dict(scene_index=scene, near=near, far=far, step_size=0.02, max_samples=100, spacing=spacing)
-    with backend.forced("ext"):
+    with kernel_target.forced():
         ext = ray_march(o, d, grid, **kw)
     with backend.forced("torch"):
         ref = ray_march(o, d, grid, **kw)
@@ -171,15 +172,24 @@ def test_max_samples_keeps_first(device):
     assert torch.equal(capped.t_starts, full.t_starts[keep])
 
 
-def test_rays_that_miss_inside_and_degenerate(device):
+def test_rays_that_miss_inside_and_degenerate(kernel_target):
+    device = kernel_target.device
     grid = OccupancyGrid([-1, -1, -1, 1, 1, 1], 4, contraction="none").to(device)
     o = torch.tensor([[5.0, 5.0, 5.0], [0.0, 0.0, 0.0], [0.0, 0.0, -3.0], [0.0, 0.0, -3.0]], device=device)
     d = torch.tensor([[0.0, 0.0, 1.0], [0.0, 0.0, 1.0], [0.0, 0.0, -1.0], [0.0, 0.0, 1.0]], device=device)
     near = torch.tensor([0.0, 0.0, 0.0, 3.0], device=device)
     far = torch.tensor([10.0, 10.0, 10.0, 3.0], device=device)  # last: near == far
-    s = ray_march(o, d, grid, near=near, far=far, step_size=0.25)
+    with kernel_target.forced():
+        s = ray_march(o, d, grid, near=near, far=far, step_size=0.25)
     assert s.ray_indices.unique().tolist() == [1]  # miss, inside, behind, empty interval
     assert s.t_starts[0].item() == 0.0 and s.t_ends[-1].item() == 1.0
+    with backend.forced("torch"):
+        ref = ray_march(o, d, grid, near=near, far=far, step_size=0.25)
+    for a, b in zip(s, ref, strict=True):
+        assert torch.equal(a, b)
+    with kernel_target.forced():  # one ray
+        one = ray_march(o[1:2], d[1:2], grid, near=near[1:2], far=far[1:2], step_size=0.25)
+    assert torch.equal(one.t_starts, s.t_starts) and int(one.ray_indices.max()) == 0
 
 
 def test_cpu_kernel_output_does_not_depend_on_threads():
@@ -207,13 +217,14 @@ def test_cpu_kernel_output_does_not_depend_on_threads():
         assert torch.equal(a, b)
 
 
-def test_zero_samples_and_empty_batch(device):
+def test_zero_samples_and_empty_batch(kernel_target):
+    device = kernel_target.device
     grid = OccupancyGrid(resolution=4).to(device)
     grid.binaries.fill_(False)
     o, d = _rays(10, device)
     for spacing in ("t", "contracted"):
-        for backend_name in ("torch", "auto"):
-            with backend.forced(backend_name):
+        for backend_name in ("torch", "kernel"):
+            with kernel_target.forced(backend_name):
                 s = ray_march(o, d, grid, far=5.0, spacing=spacing)
                 assert s.ray_indices.shape == (0,) and s.t_starts.dtype == torch.float32
                 e = ray_march(o[:0], d[:0], grid, far=5.0, spacing=spacing)

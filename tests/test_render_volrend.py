@@ -53,7 +53,8 @@ def _run(fn, mode: str, *args, **kwargs):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 @pytest.mark.parametrize("layout", ["packed", "dense"])
-def test_density_kernel_matches_reference(device, dtype, layout):
+def test_density_kernel_matches_reference(kernel_target, dtype, layout):
+    device = kernel_target.device
     _need_ext("render_weight_from_density", device)
     if layout == "packed":
         ts, te, sg, ri = _packed(COUNTS, device, dtype)
@@ -64,7 +65,8 @@ def test_density_kernel_matches_reference(device, dtype, layout):
     results = {}
     for mode in ("torch", "ext"):
         leaves = [x.clone().requires_grad_(True) for x in (ts, te, sg)]
-        outs = _run(vr.render_weight_from_density, mode, *leaves, **kw)
+        with kernel_target.forced("kernel" if mode == "ext" else mode):
+            outs = vr.render_weight_from_density(*leaves, **kw)
         g = torch.Generator().manual_seed(1)
         cot = [torch.randn(o.shape, generator=g, dtype=dtype).to(device) for o in outs]
         grads = torch.autograd.grad(outs, leaves, cot)
@@ -76,7 +78,8 @@ def test_density_kernel_matches_reference(device, dtype, layout):
 
 
 @pytest.mark.parametrize("layout", ["packed", "dense"])
-def test_alpha_kernel_matches_reference_including_opaque_samples(device, layout):
+def test_alpha_kernel_matches_reference_including_opaque_samples(kernel_target, layout):
+    device = kernel_target.device
     _need_ext("render_weight_from_alpha", device)
     dtype = torch.float64
     if layout == "packed":
@@ -91,7 +94,8 @@ def test_alpha_kernel_matches_reference_including_opaque_samples(device, layout)
     results = {}
     for mode in ("torch", "ext"):
         leaf = alphas.clone().requires_grad_(True)
-        outs = _run(vr.render_weight_from_alpha, mode, leaf, **kw)
+        with kernel_target.forced("kernel" if mode == "ext" else mode):
+            outs = vr.render_weight_from_alpha(leaf, **kw)
         cot = [torch.ones_like(o) * (i + 1) for i, o in enumerate(outs)]
         results[mode] = outs + torch.autograd.grad(outs, [leaf], cot)
     for a, b in zip(results["torch"], results["ext"], strict=True):
@@ -99,10 +103,11 @@ def test_alpha_kernel_matches_reference_including_opaque_samples(device, layout)
     assert torch.isfinite(results["ext"][-1]).all()
 
 
-@pytest.mark.parametrize("mode", ["torch", "ext"])
+@pytest.mark.parametrize("mode", ["torch", "kernel"])
 @pytest.mark.parametrize("layout", ["packed", "dense"])
-def test_gradcheck_density(device, mode, layout):
-    if mode == "ext":
+def test_gradcheck_density(kernel_target, mode, layout):
+    device = kernel_target.device
+    if mode == "kernel":
         _need_ext("render_weight_from_density", device)
     if layout == "packed":
         ts, te, sg, ri = _packed([2, 0, 3, 1], device, torch.float64)
@@ -115,14 +120,15 @@ def test_gradcheck_density(device, mode, layout):
     def fn(a, b, c):
         return vr.render_weight_from_density(a, b, c, **kw)
 
-    with backend.forced(mode):
+    with kernel_target.forced(mode):
         assert torch.autograd.gradcheck(fn, leaves)
 
 
-@pytest.mark.parametrize("mode", ["torch", "ext"])
+@pytest.mark.parametrize("mode", ["torch", "kernel"])
 @pytest.mark.parametrize("layout", ["packed", "dense"])
-def test_gradcheck_alpha(device, mode, layout):
-    if mode == "ext":
+def test_gradcheck_alpha(kernel_target, mode, layout):
+    device = kernel_target.device
+    if mode == "kernel":
         _need_ext("render_weight_from_alpha", device)
     if layout == "packed":
         _, _, sg, ri = _packed([2, 0, 3, 1], device, torch.float64)
@@ -130,7 +136,7 @@ def test_gradcheck_alpha(device, mode, layout):
     else:
         alphas, kw = _dense(2, 4, device, torch.float64)[2] / 7, {}
     leaf = alphas.clone().requires_grad_(True)
-    with backend.forced(mode):
+    with kernel_target.forced(mode):
         assert torch.autograd.gradcheck(lambda a: vr.render_weight_from_alpha(a, **kw), [leaf])
 
 
@@ -344,11 +350,12 @@ def test_half_sigmas_promote_with_float_intervals():
 # --------------------------------------------------------------------------- edge cases
 
 
-@pytest.mark.parametrize("mode", ["torch", "auto"])
-def test_zero_samples(device, mode):
+@pytest.mark.parametrize("mode", ["torch", "kernel"])
+def test_zero_samples(kernel_target, mode):
+    device = kernel_target.device
     empty = torch.zeros(0, device=device, requires_grad=True)
     ri = torch.zeros(0, dtype=torch.long, device=device)
-    with backend.forced(mode):
+    with kernel_target.forced(mode):
         w, trans, alphas = vr.render_weight_from_density(empty, empty, empty, ray_indices=ri, n_rays=3)
         wa, ta = vr.render_weight_from_alpha(empty, ray_indices=ri, n_rays=0)
         dense = vr.render_weight_from_density(torch.zeros(4, 0), torch.zeros(4, 0), torch.zeros(4, 0))
@@ -360,13 +367,14 @@ def test_zero_samples(device, mode):
     assert empty.grad.shape == (0,)
 
 
-@pytest.mark.parametrize("mode", ["torch", "auto"])
-def test_empty_rays_and_zero_length_intervals(device, mode):
+@pytest.mark.parametrize("mode", ["torch", "kernel"])
+def test_empty_rays_and_zero_length_intervals(kernel_target, mode):
+    device = kernel_target.device
     ts = torch.tensor([0.0, 1.0, 1.0, 0.5, 0.7], device=device)
     te = torch.tensor([1.0, 1.0, 2.0, 0.6, 0.7], device=device)  # samples 1 and 4 have zero length
     sg = torch.tensor([1.0, 50.0, 1.0, 2.0, 9.0], device=device)
     ri = torch.tensor([1, 1, 1, 3, 3], device=device)  # rays 0, 2, 4 are empty
-    with backend.forced(mode):
+    with kernel_target.forced(mode):
         w, trans, alphas = vr.render_weight_from_density(ts, te, sg, ray_indices=ri, n_rays=5)
     assert alphas[1] == 0 and w[1] == 0 and w[4] == 0
     torch.testing.assert_close(trans[2], trans[1])  # a zero-length interval does not attenuate
@@ -412,7 +420,7 @@ def test_bad_inputs_raise():
         vr.render_weight_from_density(ts, te, sg, ray_indices=ri, prefix_trans=torch.ones(2))
 
 
-@pytest.mark.parametrize("mode", ["torch", "auto"])
+@pytest.mark.parametrize("mode", ["torch", "auto", "cuda-emu"])
 def test_packed_info_with_gaps_and_reordered_rays(mode):
     # nerfacc-style packed_info may address any runs; samples outside every ray get zeros
     ts, te, sg, _ = _packed([9], "cpu", torch.float64)

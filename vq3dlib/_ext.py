@@ -88,10 +88,11 @@ def _cuda_targets() -> str:
     return ""
 
 
-def _sources_hash(files: list[str], flags: tuple[list[str], ...] = ()) -> str:
-    """Hash of the sources, every header under ``csrc/`` and the build flags (a new build per change)."""
+def _sources_hash(files: list[str], flags: tuple[list[str], ...] = (), csrc: Path = CSRC_DIR) -> str:
+    """Hash of the sources, every header under ``csrc`` and the build flags (a new build per change)."""
     digest = hashlib.sha1()
-    headers = sorted(glob.glob(str(CSRC_DIR / "**" / "*.h"), recursive=True))
+    patterns = (str(csrc / "**" / "*.h"), str(csrc / "**" / "*.cuh"))
+    headers = sorted(f for pattern in patterns for f in glob.glob(pattern, recursive=True))
     for f in files + headers:
         digest.update(Path(f).read_bytes())
     digest.update(repr(flags).encode())

@@ -4,12 +4,14 @@
 the compiled kernels run; otherwise the op's pure-torch reference runs. ``VQ3DLIB_BACKEND=torch``
 forces the reference, ``VQ3DLIB_BACKEND=ext`` requires the extension (an error if it cannot run the
 op), ``auto`` (default) picks the extension when it is available; :func:`forced` does the same for a
-block of code.
+block of code. ``VQ3DLIB_BACKEND=cuda-emu`` runs the CUDA kernels' code emulated on the CPU, on CPU
+tensors (:mod:`vq3dlib._emu`; for tests, never chosen by ``auto``; an error where it cannot run).
 
 This module knows no op: the ops declare themselves and their kernels in the registry of
 :mod:`vq3dlib.ops` (``vq3dlib.ops.use_extension(op, device)`` looks the kernels up and asks here).
-It imports only the extension loader (:mod:`vq3dlib._ext`). ``python -m vq3dlib.backend`` prints the
-report of :mod:`vq3dlib.backend.report` (``--build [--cuda]`` prebuilds the extension).
+It imports only the extension loaders (:mod:`vq3dlib._ext`, :mod:`vq3dlib._emu`).
+``python -m vq3dlib.backend`` prints the report of :mod:`vq3dlib.backend.report` (``--build [--cuda]``
+prebuilds the extension).
 
 Example:
     >>> import torch
@@ -27,9 +29,10 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
-from vq3dlib import _ext
+from vq3dlib import _emu, _ext
 
-BACKENDS = ("auto", "torch", "ext")
+BACKENDS = ("auto", "torch", "ext", "cuda-emu")
+EMULATED = "cuda-emu"
 _forced: list[str] = []
 
 
@@ -51,7 +54,7 @@ def requested_backend() -> str:
 
 @contextlib.contextmanager
 def forced(backend: str) -> Iterator[None]:
-    """Context manager forcing ``"torch"``, ``"ext"`` or ``"auto"`` (tests use it to compare).
+    """Context manager forcing a backend of :data:`BACKENDS` for a block (tests use it to compare).
 
     Example:
         >>> with forced("auto"):
@@ -67,14 +70,24 @@ def forced(backend: str) -> Iterator[None]:
         _forced.pop()
 
 
-def kernels_present(kernels: Sequence[str]) -> bool:
-    """Whether the loaded extension defines every ``torch.ops.vq3dlib`` kernel named (no build).
+def library_name(backend: str | None = None) -> str:
+    """The ``torch.ops`` library whose kernels ``backend`` (default: the requested one) runs.
+
+    Example:
+        >>> library_name("cuda-emu"), library_name("auto")
+        ('vq3dlib_emu', 'vq3dlib')
+    """
+    return _emu.NAMESPACE if (backend or requested_backend()) == EMULATED else "vq3dlib"
+
+
+def kernels_present(kernels: Sequence[str], library: str = "vq3dlib") -> bool:
+    """Whether the loaded ``torch.ops.<library>`` defines every kernel named (no build).
 
     Example:
         >>> kernels_present(["no_such_kernel"])
         False
     """
-    namespace = torch.ops.vq3dlib
+    namespace = getattr(torch.ops, library)
     for kernel in kernels:
         try:
             getattr(namespace, kernel)
@@ -116,6 +129,8 @@ def dispatch(op: str, kernels: Sequence[str], device: torch.device | str) -> boo
     backend = requested_backend()
     if backend == "torch":
         return False
+    if backend == EMULATED:
+        return _emulation_runs(op, kernels, torch.device(device))
     supported = kernels_available(kernels, device)
     if backend == "ext" and not supported:
         status = _ext.extension_status()
@@ -126,8 +141,33 @@ def dispatch(op: str, kernels: Sequence[str], device: torch.device | str) -> boo
     return supported
 
 
+def emulation_available(kernels: Sequence[str], device: torch.device | str) -> bool:
+    """Whether the emulated CUDA kernels can run ``kernels`` on ``device`` (CPU only; builds them).
+
+    Example:
+        >>> emulation_available(["triplane_sample_fwd"], "meta")
+        False
+    """
+    if torch.device(device).type != "cpu" or not _emu.load_emulation():
+        return False
+    return kernels_present(kernels, _emu.NAMESPACE)
+
+
+def _emulation_runs(op: str, kernels: Sequence[str], device: torch.device) -> bool:
+    if emulation_available(kernels, device):
+        return True
+    if device.type != "cpu":
+        why = f"it runs CPU tensors only, got tensors on {device}"
+    else:
+        why = f"error={_emu.emulation_status()['error']}"
+    raise RuntimeError(f"VQ3DLIB_BACKEND=cuda-emu but the emulated CUDA kernels cannot run {op!r} ({why})")
+
+
 __all__ = [
     "BACKENDS",
+    "EMULATED",
+    "emulation_available",
+    "library_name",
     "dispatch",
     "forced",
     "kernels_available",

@@ -5,9 +5,11 @@ calls, a summary); :func:`use_extension` then asks the dispatcher (:func:`vq3dli
 whether those kernels run for a device. :func:`registered_ops` lists the declared ops (the backend
 report prints them).
 
-Op modules also decorate a function with :func:`on_extension_loaded`; it runs once, right after the
-extension has been loaded, and registers ``torch.library.register_fake`` / ``register_autograd``
-for that op's kernels. :func:`kernels` returns ``torch.ops.vq3dlib`` with all registrations done.
+Op modules also decorate a function ``fn(lib)`` with :func:`on_extension_loaded`; it runs once per
+kernel library, right after it has been loaded (``lib`` = ``"vq3dlib"`` for the extension,
+``"vq3dlib_emu"`` for the emulated CUDA kernels of the ``cuda-emu`` backend), and registers
+``torch.library.register_fake`` / ``register_autograd`` for that op's kernels in ``lib``.
+:func:`kernels` returns the library of the requested backend with all registrations done.
 
 Example:
     >>> info = register_op("doc_example_op", ["doc_example_kernel"], "an example")
@@ -15,8 +17,8 @@ Example:
     (('doc_example_kernel',), True)
     >>> _ = _REGISTRY.pop("doc_example_op")  # an example only: leave the registry as it was
     >>> @on_extension_loaded
-    ... def _register() -> None:
-    ...     pass  # the op's torch.library.register_fake / register_autograd calls
+    ... def _register(lib: str) -> None:
+    ...     pass  # the op's torch.library.register_fake / register_autograd calls in library `lib`
     >>> _register.__name__
     '_register'
 """
@@ -29,7 +31,7 @@ from dataclasses import dataclass
 
 import torch
 
-from vq3dlib import _ext, backend
+from vq3dlib import _emu, _ext, backend
 
 
 @dataclass(frozen=True)
@@ -104,43 +106,52 @@ def use_extension(op: str, device: torch.device | str) -> bool:
     return backend.dispatch(op, _info(op).kernels, device)
 
 
-_pending: list[Callable[[], None]] = []
+_pending: list[Callable[[str], None]] = []
+_done: dict[str, int] = {}  # library -> how many of _pending have run for it
 _lock = threading.Lock()
 
 
-def on_extension_loaded(fn: Callable[[], None]) -> Callable[[], None]:
-    """Queues ``fn`` to run once after the extension is loaded (immediately if it already is).
+def _loaded_libraries() -> list[str]:
+    loaded = [("vq3dlib", _ext.extension_status()), (_emu.NAMESPACE, _emu.emulation_status())]
+    return [lib for lib, status in loaded if status["loaded"]]
+
+
+def on_extension_loaded(fn: Callable[[str], None]) -> Callable[[str], None]:
+    """Queues ``fn(lib)`` to run once per kernel library after it is loaded (now for loaded ones).
 
     Example:
-        >>> on_extension_loaded(lambda: None) is not None
+        >>> on_extension_loaded(lambda lib: None) is not None
         True
     """
     with _lock:
         _pending.append(fn)
-    if _ext.extension_status()["loaded"]:
-        _run_pending()
+    for lib in _loaded_libraries():
+        _run_pending(lib)
     return fn
 
 
-def _run_pending() -> None:
+def _run_pending(lib: str) -> None:
     with _lock:
-        todo = list(_pending)
-        _pending.clear()
+        start = _done.get(lib, 0)
+        todo = _pending[start:]
+        _done[lib] = len(_pending)
     for fn in todo:
-        fn()
+        fn(lib)
 
 
 def kernels():
-    """``torch.ops.vq3dlib`` after loading the extension and running pending registrations.
+    """``torch.ops.vq3dlib`` (``torch.ops.vq3dlib_emu`` for ``cuda-emu``), loaded and registered.
 
-    Raises ``RuntimeError`` if the extension is unavailable; callers check :func:`use_extension` first.
+    Raises ``RuntimeError`` if that library is unavailable; callers check :func:`use_extension` first.
 
     Example:
         >>> import vq3dlib.ops
         >>> if use_extension("triplane_sample", "cpu"):
         ...     _ = kernels().triplane_sample_fwd
     """
-    if not _ext.load_extension():
-        raise RuntimeError("the vq3dlib extension is not available; use the reference ops")
-    _run_pending()
-    return torch.ops.vq3dlib
+    lib = backend.library_name()
+    loaded = _emu.load_emulation() if lib == _emu.NAMESPACE else _ext.load_extension()
+    if not loaded:
+        raise RuntimeError(f"the {lib} kernel library is not available; use the reference ops")
+    _run_pending(lib)
+    return getattr(torch.ops, lib)

@@ -49,10 +49,10 @@ _MAX_CANDIDATES = 1 << 22  # candidate steps (rays x steps) one chunk of the ref
 
 
 @on_extension_loaded
-def _register_kernels() -> None:
+def _register_kernels(lib: str) -> None:
     """Fake (meta) kernel: data-dependent sample count. No autograd: marching is not differentiable."""
 
-    @torch.library.register_fake("vq3dlib::march_packed")
+    @torch.library.register_fake(lib + "::march_packed")
     def _fake(origins, directions, near, far, binaries, boxes, scene_index, *args):
         n = torch.library.get_ctx().new_dynamic_size()
         return (origins.new_empty(n, dtype=torch.long), origins.new_empty(n), origins.new_empty(n))

@@ -308,15 +308,15 @@ def triplane_sample(
 
 
 @on_extension_loaded
-def _register_triplane_kernels() -> None:
-    lib = "vq3dlib::"
+def _register_triplane_kernels(lib: str) -> None:
+    ns = lib + "::"
 
-    @torch.library.register_fake(lib + "triplane_sample_fwd")
+    @torch.library.register_fake(ns + "triplane_sample_fwd")
     def _fwd_fake(planes, points, scene_index, pps, contraction, bound, align, padding, reduce):
         channels = planes.shape[4] * (3 if reduce == 2 else 1)
         return points.new_empty(points.shape[0], channels)
 
-    @torch.library.register_fake(lib + "triplane_sample_bwd")
+    @torch.library.register_fake(ns + "triplane_sample_bwd")
     def _bwd_fake(
         grad_out,
         planes,
@@ -336,13 +336,13 @@ def _register_triplane_kernels() -> None:
             points.new_empty(points.shape if need_points else (0,)),
         )
 
-    @torch.library.register_fake(lib + "planes_channels_last")
+    @torch.library.register_fake(ns + "planes_channels_last")
     def _layout_fake(planes):
         b, three, c, h, w = planes.shape
         return planes.new_empty(b, three, h, w, c)
 
     torch.library.register_autograd(
-        lib + "planes_channels_last",
+        ns + "planes_channels_last",
         lambda ctx, grad: grad.permute(0, 1, 4, 2, 3),
         setup_context=lambda ctx, inputs, output: None,
     )
@@ -355,12 +355,12 @@ def _register_triplane_kernels() -> None:
     def _fwd_backward(ctx, grad_out):
         planes, points, scene_index = ctx.saved_tensors
         need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
-        grad_planes, grad_points = torch.ops.vq3dlib.triplane_sample_bwd(
+        grad_planes, grad_points = getattr(torch.ops, lib).triplane_sample_bwd(
             grad_out.contiguous(), planes, points, scene_index, *ctx.options, need_planes, need_points
         )
         return (grad_planes if need_planes else None, grad_points if need_points else None) + (None,) * 7
 
-    torch.library.register_autograd(lib + "triplane_sample_fwd", _fwd_backward, setup_context=_fwd_setup)
+    torch.library.register_autograd(ns + "triplane_sample_fwd", _fwd_backward, setup_context=_fwd_setup)
 
     def _bwd_setup(ctx, inputs, output):
         grad_out, planes, points, scene_index = inputs[:4]
@@ -400,4 +400,4 @@ def _register_triplane_kernels() -> None:
         p_grad, x_grad = next(grads), next(grads)
         return (g_grad, p_grad, x_grad) + (None,) * 9
 
-    torch.library.register_autograd(lib + "triplane_sample_bwd", _bwd_backward, setup_context=_bwd_setup)
+    torch.library.register_autograd(ns + "triplane_sample_bwd", _bwd_backward, setup_context=_bwd_setup)

@@ -215,22 +215,22 @@ def _contiguous_or_none(t: torch.Tensor | None) -> torch.Tensor | None:
 
 
 @on_extension_loaded
-def _register_volrend_kernels() -> None:
-    lib = "vq3dlib::"
+def _register_volrend_kernels(lib: str) -> None:
+    ns = lib + "::"
 
-    @torch.library.register_fake(lib + "volrend_density_fwd")
+    @torch.library.register_fake(ns + "volrend_density_fwd")
     def _density_fwd_fake(t_starts, t_ends, sigmas, packed_info, per_ray):
         return torch.empty_like(sigmas), torch.empty_like(sigmas), torch.empty_like(sigmas)
 
-    @torch.library.register_fake(lib + "volrend_density_bwd")
+    @torch.library.register_fake(ns + "volrend_density_bwd")
     def _density_bwd_fake(gw, gt, ga, t_starts, t_ends, sigmas, trans, alphas, info, per_ray, need_delta):
         return torch.empty_like(sigmas), (torch.empty_like(sigmas) if need_delta else sigmas.new_empty(0))
 
-    @torch.library.register_fake(lib + "volrend_alpha_fwd")
+    @torch.library.register_fake(ns + "volrend_alpha_fwd")
     def _alpha_fwd_fake(alphas, packed_info, per_ray):
         return torch.empty_like(alphas), torch.empty_like(alphas)
 
-    @torch.library.register_fake(lib + "volrend_alpha_bwd")
+    @torch.library.register_fake(ns + "volrend_alpha_bwd")
     def _alpha_bwd_fake(gw, gt, alphas, trans, packed_info, per_ray):
         return torch.empty_like(alphas)
 
@@ -245,7 +245,7 @@ def _register_volrend_kernels() -> None:
             return None, None, None, None, None
         t_starts, t_ends, sigmas, trans, alphas, packed_info = ctx.saved_tensors
         need_delta = ctx.needs_input_grad[0] or ctx.needs_input_grad[1]
-        grad_sigmas, grad_deltas = torch.ops.vq3dlib.volrend_density_bwd(
+        grad_sigmas, grad_deltas = getattr(torch.ops, lib).volrend_density_bwd(
             _contiguous_or_none(grad_w), _contiguous_or_none(grad_trans), _contiguous_or_none(grad_alphas),
             t_starts, t_ends, sigmas, trans, alphas, packed_info, ctx.per_ray, need_delta,
         )
@@ -254,7 +254,7 @@ def _register_volrend_kernels() -> None:
         return grad_ts, grad_te, grad_sigmas, None, None
 
     torch.library.register_autograd(
-        lib + "volrend_density_fwd", _density_backward, setup_context=_density_setup
+        ns + "volrend_density_fwd", _density_backward, setup_context=_density_setup
     )
 
     def _alpha_setup(ctx, inputs, output):
@@ -267,10 +267,10 @@ def _register_volrend_kernels() -> None:
         if grad_w is None and grad_trans is None:
             return None, None, None
         alphas, trans, packed_info = ctx.saved_tensors
-        grad_alphas = torch.ops.vq3dlib.volrend_alpha_bwd(
+        grad_alphas = getattr(torch.ops, lib).volrend_alpha_bwd(
             _contiguous_or_none(grad_w), _contiguous_or_none(grad_trans), alphas, trans, packed_info,
             ctx.per_ray,
         )
         return grad_alphas, None, None
 
-    torch.library.register_autograd(lib + "volrend_alpha_fwd", _alpha_backward, setup_context=_alpha_setup)
+    torch.library.register_autograd(ns + "volrend_alpha_fwd", _alpha_backward, setup_context=_alpha_setup)
