@@ -145,7 +145,9 @@ def _bytes_touched(args: argparse.Namespace) -> float:
 def _run_section(args, argv, device, methods: dict[str, str], section: str) -> list[dict]:
     n = args.points if section == "fwd_bwd" else args.double_points
     planes, points, weight = _inputs(args, device, n)
-    steps = {label: _step_fn(m, section, planes, points, weight, args.contraction) for label, m in methods.items()}
+    steps = {
+        label: _step_fn(m, section, planes, points, weight, args.contraction) for label, m in methods.items()
+    }
     times = time_interleaved_ms(steps, device, rounds=args.iters)
     rows = []
     for label, method in methods.items():
@@ -155,7 +157,9 @@ def _run_section(args, argv, device, methods: dict[str, str], section: str) -> l
             peak = run_worker(__file__, worker)["peak_bytes"]
         else:
             peak = peak_memory_bytes(steps[label], device)
-        rows.append({"method": label, "section": section, "points": n, "ms_value": times[label], "peak_value": peak})
+        rows.append(
+            {"method": label, "section": section, "points": n, "ms_value": times[label], "peak_value": peak}
+        )
     by = {r["method"]: r for r in rows}
     ours = by.get("vq3dlib (ext)")
     for r in rows:
@@ -192,7 +196,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-double", action="store_true", help="only the fwd+bwd benchmark")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--worker", choices=list(METHODS.values()), help=argparse.SUPPRESS)
-    parser.add_argument("--section", default="fwd_bwd", choices=["fwd_bwd", "double_backward"], help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--section", default="fwd_bwd", choices=["fwd_bwd", "double_backward"], help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.worker:
         _worker(args)
@@ -236,7 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             summary["achieved_gbs"] = achieved
             summary["copy_bandwidth_gbs"] = copy
             summary["fraction_of_bandwidth_floor"] = achieved / copy
-            targets["bandwidth_fraction"] = check_target(achieved / copy, TARGETS["cuda"]["bandwidth_fraction"])
+            fraction = TARGETS["cuda"]["bandwidth_fraction"]
+            targets["bandwidth_fraction"] = check_target(achieved / copy, fraction)
     summary["met"] = bool(targets) and all(t["met"] for t in targets.values())
     if args.json:
         print(json.dumps(summary))
@@ -248,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     for s in sections:
         print(
             f"triplane_sample {titles[s]} on {summary['device']}: {rows[s][0]['points']} points, planes "
-            f"3x{args.channels}x{args.resolution}^2, contraction={args.contraction}, align_corners={ALIGN_CORNERS}"
+            f"3x{args.channels}x{args.resolution}^2, contraction={args.contraction}, "
+            f"align_corners={ALIGN_CORNERS}"
         )
         print_table(rows[s], columns)
         print()
