@@ -151,7 +151,9 @@ def _run_section(args, argv, device, methods: dict[str, str], section: str) -> l
     times = time_interleaved_ms(steps, device, rounds=args.iters)
     rows = []
     for label, method in methods.items():
-        if device.type == "cpu":
+        if args.no_memory:
+            peak = float("nan")
+        elif device.type == "cpu":
             forwarded = [a for a in (argv if argv is not None else sys.argv[1:]) if a != "--json"]
             worker = [*forwarded, "--device", "cpu", "--worker", method, "--section", section]
             peak = run_worker(__file__, worker)["peak_bytes"]
@@ -194,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--contraction", default="linf", choices=["none", "l2", "linf"])
     parser.add_argument("--iters", type=int, default=5, help="interleaved timing rounds")
     parser.add_argument("--skip-double", action="store_true", help="only the fwd+bwd benchmark")
+    parser.add_argument("--skip-reference", action="store_true", help="leave out the slow torch reference")
+    parser.add_argument("--no-memory", action="store_true", help="skip the peak-memory subprocesses")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
     parser.add_argument("--worker", choices=list(METHODS.values()), help=argparse.SUPPRESS)
     parser.add_argument(
@@ -209,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
     from vq3dlib.ops import use_extension
 
     methods = dict(METHODS)
+    if args.skip_reference:
+        methods.pop("torch reference")
     if not use_extension("triplane_sample", device):  # builds the extension before timing
         methods.pop("vq3dlib (ext)")
     sections = ["fwd_bwd"] + ([] if args.skip_double else ["double_backward"])
@@ -233,7 +239,8 @@ def main(argv: list[str] | None = None) -> int:
     if "vq3dlib (ext)" in by:
         for peer, key in zip(PEERS, ("speedup_vs_grid_sample", "speedup_vs_grid_sample_folded")):
             summary[key] = by[peer]["ours_speedup"]
-        summary["speedup_vs_reference"] = by["torch reference"]["ours_speedup"]
+        if "torch reference" in by:
+            summary["speedup_vs_reference"] = by["torch reference"]["ours_speedup"]
         if "double_backward" in rows:
             summary["double_backward_speedup_vs_grid_sample"] = rows["double_backward"][1]["ours_speedup"]
         if device.type == "cuda":
