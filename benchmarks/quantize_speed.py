@@ -11,8 +11,8 @@ peak is ``torch.cuda.max_memory_allocated`` above the same baseline.
     python benchmarks/quantize_speed.py --quick         # small sizes, seconds
     python benchmarks/quantize_speed.py --device cuda --json
 
-Targets (checked here, never in unit tests; ratios of total peaks): on CPU >= 2x faster than
-vector-quantize-pytorch with <= 0.25x its peak memory; on CUDA >= 1.5x faster with <= 0.5x. The
+Targets (checked here, never in unit tests; ratios of total peaks): on CPU >= 3x faster than
+vector-quantize-pytorch with <= 0.15x its peak memory; on CUDA >= 1.5x faster with <= 0.5x. The
 verdict is printed (``--json``: ``"targets"`` and ``"met"``); ``--json`` prints one line, so that
 ``benchmarks/gpu_check.sh`` can append it to a ``.jsonl`` file.
 """
@@ -36,7 +36,7 @@ from common import (
 
 METHODS = ("baseline", "vq3dlib", "vector-quantize-pytorch")
 # ours vs vector-quantize-pytorch: speed-up (>=) and ratio of total peak memory (<=), per device type
-TARGETS = {"cpu": {"speedup": 2.0, "peak_ratio": 0.25}, "cuda": {"speedup": 1.5, "peak_ratio": 0.5}}
+TARGETS = {"cpu": {"speedup": 3.0, "peak_ratio": 0.15}, "cuda": {"speedup": 1.5, "peak_ratio": 0.5}}
 FULL_SIZE = {"vectors": 1 << 16, "dim": 768, "codebook_size": 8192, "code_dim": 32}  # the targets' size
 
 
@@ -223,6 +223,10 @@ def main(argv: list[str] | None = None) -> dict:
         report["cpu_time_speedup"] = theirs["cpu_ms_median"] / ours["cpu_ms_median"]
         report["peak_ratio"] = ours["peak_bytes"] / theirs["peak_bytes"]
         report["extra_peak_ratio"] = ours["extra_peak_bytes"] / max(theirs["extra_peak_bytes"], 1)
+        # no method can go below the baseline plus the two [N, dim] float tensors every fwd+bwd
+        # holds at its end: the output and the input's gradient
+        floor = base + 2 * args.vectors * args.dim * 4
+        report["peak_ratio_floor"] = floor / theirs["peak_bytes"]
         want = TARGETS["cuda" if args.device.startswith("cuda") else "cpu"]
         report["targets"] = {
             "speedup": check_target(report["speedup"], want["speedup"]),
@@ -256,7 +260,8 @@ def main(argv: list[str] | None = None) -> dict:
         )
         print(
             f"peak memory ratio (ours / theirs): {report['peak_ratio']:.3f} total, "
-            f"{report['extra_peak_ratio']:.3f} above baseline"
+            f"{report['extra_peak_ratio']:.3f} above baseline; floor {report['peak_ratio_floor']:.3f} "
+            f"(baseline + output + input gradient)"
         )
         for name, t in report["targets"].items():
             cmp = "<=" if name == "peak_ratio" else ">="

@@ -49,20 +49,39 @@ def test_render_speed_quick_run_reports_every_method():
         assert ext["samples_per_ray"] == ref["samples_per_ray"]
         assert ext["psnr"] == pytest.approx(ref["psnr"], abs=0.05)
         target = out["targets"]["speedup_vs_dense"]
-        assert target["target"] == 5.0 and target["value"] == pytest.approx(ext["speedup_vs_dense"])
-        assert target["met"] == (target["value"] >= 5.0 and target["equal_psnr"])
+        assert target["target"] == 10.0 and target["value"] == pytest.approx(ext["speedup_vs_dense"])
+        assert target["met"] == (target["value"] >= 10.0 and target["equal_psnr"])
+        assert out["peer"] == "dense torch"
+        assert out["speedup_vs_peer"] == pytest.approx(ext["speedup_vs_dense"])
 
 
 def test_triplane_speed_quick_run_reports_every_method():
-    quick = ["--points", "4096", "--resolution", "32", "--channels", "8", "--iters", "1"]
+    quick = ["--points", "4096", "--double-points", "1024", "--resolution", "32", "--channels", "8"]
+    quick += ["--iters", "1"]
     out = _run("triplane_speed.py", *quick)
-    assert out["benchmark"] == "triplane_speed" and out["points"] == 4096
-    rows = {r["method"]: r for r in out["rows"]}
-    assert {"torch reference", "F.grid_sample x3"} <= set(rows)
+    assert out["benchmark"] == "triplane_speed" and out["points"] == 4096 and out["double_points"] == 1024
+    assert out["peer"] == "F.grid_sample x3" and out["align_corners"] is False
+    rows = {(r["section"], r["method"]): r for r in out["rows"]}
+    methods = {"torch reference", "F.grid_sample x3", "F.grid_sample folded"}
+    if extension_supports("triplane_sample", "cpu"):
+        methods.add("vq3dlib (ext)")
+    assert set(rows) == {(s, m) for s in ("fwd_bwd", "double_backward") for m in methods}
     for r in rows.values():
         assert r["ms_value"] > 0 and r["peak_value"] >= 0
-    if "vq3dlib (ext)" in rows:
-        assert out["speedup_ext_vs_reference"] > 0 and isinstance(out["target_met"], bool)
+    if "vq3dlib (ext)" in methods:
+        ours = rows["fwd_bwd", "vq3dlib (ext)"]["ms_value"]
+        peer = rows["fwd_bwd", "F.grid_sample x3"]["ms_value"]
+        assert out["speedup_vs_grid_sample"] == pytest.approx(peer / ours)
+        targets = out["targets"]
+        assert set(targets) == {
+            "fwd_bwd_vs_F.grid_sample x3",
+            "fwd_bwd_vs_F.grid_sample folded",
+            "double_backward_vs_F.grid_sample x3",
+        }
+        t = targets["fwd_bwd_vs_F.grid_sample x3"]
+        assert t["target"] == 5.0 and t["met"] == (t["value"] >= 5.0)
+        assert targets["double_backward_vs_F.grid_sample x3"]["target"] == 3.0
+        assert out["met"] == all(t["met"] for t in targets.values())
 
 
 def test_quantize_speed_quick_run_reports_targets_and_verdict():
@@ -84,10 +103,10 @@ def test_quantize_speed_quick_run_reports_targets_and_verdict():
         assert r["ms_median"] > 0 and r["peak_bytes"] > 0
     assert out["speedup"] > 0 and out["peak_ratio"] > 0
     targets = out["targets"]
-    assert targets["speedup"]["target"] == 2.0 and targets["peak_ratio"]["target"] == 0.25  # CPU
+    assert targets["speedup"]["target"] == 3.0 and targets["peak_ratio"]["target"] == 0.15  # CPU
     assert targets["speedup"]["value"] == pytest.approx(out["speedup"])
-    assert targets["speedup"]["met"] == (out["speedup"] >= 2.0)
-    assert targets["peak_ratio"]["met"] == (out["peak_ratio"] <= 0.25)
+    assert targets["speedup"]["met"] == (out["speedup"] >= 3.0)
+    assert targets["peak_ratio"]["met"] == (out["peak_ratio"] <= 0.15)
     assert out["met"] == (targets["speedup"]["met"] and targets["peak_ratio"]["met"])
 
 

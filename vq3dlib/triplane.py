@@ -77,7 +77,10 @@ class ContractedTriplane(nn.Module):
         self.align_corners = bool(align_corners)
         self.padding_mode = padding_mode
         if learnable:
-            self.planes = nn.Parameter(torch.randn(1, 3, channels, resolution, resolution) * init_std)
+            init = torch.randn(1, 3, channels, resolution, resolution) * init_std
+            # stored channels-last ([1, 3, R, R, C] in memory, [1, 3, C, R, R] as seen): the kernels
+            # read it without a layout copy per call and write its gradient in place
+            self.planes = nn.Parameter(init.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3))
         else:
             self.register_parameter("planes", None)
 

@@ -1,7 +1,9 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
 // forward and backward (to planes and to points). Parallel over points with at::parallel_for;
 // plane gradients are parallel over texel rows (each thread owns a band of rows of every plane), so
-// no two threads write one texel: no atomics, no private buffers, deterministic.
+// no two threads write one texel: no atomics, no private buffers, deterministic. The point gradients
+// are computed in the same pass (one texel lookup serves both), and outputs are zeroed inside the
+// parallel regions rather than by a serial memset before them.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -79,8 +81,9 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
-      if (!t.ok) continue;
       T* o_row = out + (b0 + r) * OC;
+      std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
+      if (!t.ok) continue;
       for (int p = 0; p < 3; ++p) {
         T* o = o_row + a.plane_out_offset(p);
         for (int k = 0; k < 4; ++k) {
@@ -95,24 +98,26 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
-// Point gradients of points [begin, end) and/or plane gradients of texel rows [row_lo, row_hi).
+// Visits points [begin, end): point gradients of the points in [pts_lo, pts_hi) and plane
+// gradients of the texel rows [row_lo, row_hi), in one pass (one texel lookup serves both).
 template <typename T>
 void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
                     const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
-                    int row_lo = 0, int row_hi = 1 << 30) {
+                    int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
-      if (grad_points != nullptr) prefetch_texels(planes, block[r], C, 0);
+      if (grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi) prefetch_texels(planes, block[r], C, 0);
       if (grad_planes != nullptr && row_hi - row_lo >= a.height) prefetch_texels(grad_planes, block[r], C, 1);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
       if (!t.ok) continue;
       const int64_t i = b0 + r;
+      const bool want_point = grad_points != nullptr && i >= pts_lo && i < pts_hi;
       T gq[3] = {T(0), T(0), T(0)};
       for (int p = 0; p < 3; ++p) {
         const T* g = grad_out + i * OC + a.plane_out_offset(p);
@@ -120,12 +125,23 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
         for (int k = 0; k < 4; ++k) {
           const int j = p * 4 + k;
           if (t.offset[j] < 0) continue;
-          if (grad_planes != nullptr && t.row[j] >= row_lo && t.row[j] < row_hi) {
+          const bool want_texel = grad_planes != nullptr && t.row[j] >= row_lo && t.row[j] < row_hi;
+          if (want_texel && want_point) {  // both from one pass over the channels
+            const T w = t.weight[j];
+            const T* v = planes + t.offset[j];
+            T* gp = grad_planes + t.offset[j];
+            T dot = T(0);
+            for (int64_t c = 0; c < C; ++c) {
+              gp[c] += w * g[c];
+              dot += v[c] * g[c];
+            }
+            g_px += t.dwdx[j] * dot;
+            g_py += t.dwdy[j] * dot;
+          } else if (want_texel) {
             const T w = t.weight[j];
             T* gp = grad_planes + t.offset[j];
             for (int64_t c = 0; c < C; ++c) gp[c] += w * g[c];
-          }
-          if (grad_points != nullptr) {
+          } else if (want_point) {
             const T* v = planes + t.offset[j];
             T dot = T(0);
             for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
@@ -133,9 +149,9 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
             g_py += t.dwdy[j] * dot;
           }
         }
-        triplane_accumulate_coord_grad(p, g_px, g_py, t.dpx[p], t.dpy[p], gq);
+        if (want_point) triplane_accumulate_coord_grad(p, g_px, g_py, t.dpx[p], t.dpy[p], gq);
       }
-      if (grad_points != nullptr) triplane_point_grad(a, t.pc, gq, grad_points + 3 * i);
+      if (want_point) triplane_point_grad(a, t.pc, gq, grad_points + 3 * i);
     }
   }
 }
@@ -150,7 +166,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const int64_t S = points.size(0);
   const int64_t OC = triplane_out_channels(planes, reduce);
-  at::Tensor out = at::zeros({S, OC}, planes.options());
+  at::Tensor out = at::empty({S, OC}, planes.options());
   if (S == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
     auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
@@ -172,9 +188,12 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();
   at::Tensor grad_planes =
-      need_planes_grad ? empty_hugepages(planes.sizes(), planes.options()).zero_() : at::empty({0}, planes.options());
+      need_planes_grad ? empty_hugepages(planes.sizes(), planes.options()) : at::empty({0}, planes.options());
   at::Tensor grad_points = need_points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
-  if (S == 0 || (!need_planes_grad && !need_points_grad)) return {grad_planes, grad_points};
+  if (S == 0 || (!need_planes_grad && !need_points_grad)) {
+    if (need_planes_grad) grad_planes.zero_();
+    return {grad_planes, grad_points};
+  }
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_bwd_cpu", [&] {
     auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
     const scalar_t* pl = planes.data_ptr<scalar_t>();
@@ -182,26 +201,30 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     const scalar_t* go = g.data_ptr<scalar_t>();
     scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
+    if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+        backward_range(a, pl, pt, si, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+      });
+      return;
+    }
+    // Part k owns the texel rows [k*H/n, (k+1)*H/n) of every plane and visits all points, so no two
+    // threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
+    // rows first (parallel first touch) and, in the same pass, computes the point gradients of the
+    // k-th chunk of points.
+    scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
+    const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
     const int64_t n_parts =
         std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
-    // Point gradients: parallel over contiguous chunks of points (each writes its own rows).
-    if (gpts != nullptr) {
-      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-        backward_range(a, pl, pt, si, go, static_cast<scalar_t*>(nullptr), gpts, b, e);
-      });
-    }
-    // Plane gradients: part k owns the texel rows [k*H/n, (k+1)*H/n) of every plane and visits all
-    // points, so no two threads write the same texel: no atomics, no private buffers to zero and sum.
-    if (need_planes_grad) {
-      scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
-      const int64_t H = planes.size(2);
-      at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
-        for (int64_t k = pb; k < pe; ++k) {
-          const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
-          backward_range(a, pl, pt, si, go, gpl, static_cast<scalar_t*>(nullptr), 0, S, lo, hi);
+    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
+      for (int64_t k = pb; k < pe; ++k) {
+        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
+        for (int64_t plane = 0; plane < planes.size(0) * 3; ++plane) {
+          scalar_t* band = gpl + (plane * H + lo) * row_elems;
+          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
         }
-      });
-    }
+        backward_range(a, pl, pt, si, go, gpl, gpts, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+      }
+    });
   });
   return {grad_planes, grad_points};
 }

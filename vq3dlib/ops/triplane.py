@@ -10,10 +10,11 @@ plane's width and ``v`` its height. The semantics are exactly those of
 concatenated.
 
 The compiled kernels (CPU and CUDA) fuse all of it in one pass and give gradients to the planes
-*and* the points, and a double backward (gradients of point-gradients, for normals and eikonal
-losses) — which ``F.grid_sample`` cannot do. The pure-torch :func:`triplane_sample_reference`
+*and* the points (one fused pass on the CPU). The pure-torch :func:`triplane_sample_reference`
 (explicit bilinear gathers, twice differentiable) is the fallback and the test oracle, and also
-computes the double backward of the kernel path by recomputation.
+computes the double backward of the kernel path (gradients of point-gradients, for normals and
+eikonal losses) by recomputation: there is no double-backward kernel, and ``F.grid_sample``'s own
+double backward (torch ≥ 2.14) is faster (``benchmarks/triplane_speed.py``).
 
 Memory layout: the kernels read the planes channels-last, ``[B, 3, H, W, C]``, so the ``C`` features
 of a texel are one contiguous run (one cache line for C = 32 floats) and each bilinear corner costs
@@ -56,7 +57,7 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz
 register_op(
     "triplane_sample",
     ["triplane_sample_fwd", "triplane_sample_bwd", "planes_channels_last"],
-    "contract + bilinear lookups in 3 planes + reduce (fwd, bwd, double bwd)",
+    "contract + bilinear lookups in 3 planes + reduce (fwd, bwd; double bwd by recomputation)",
 )
 
 
