@@ -34,6 +34,35 @@ def _check_points(name: str, x: torch.Tensor) -> None:
     check_tensor(name, x, last_dim=3, floating=True)
 
 
+def _scaled_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(n, scale)`` with ``|x|_2 = n * scale``, ``scale = 1`` unless ``|x|^2`` would overflow."""
+    big = torch.finfo(x.dtype).max ** 0.5 / 2
+    m = x.detach().abs().amax(dim=-1, keepdim=True) if x.shape[-1] else x.new_zeros(*x.shape[:-1], 1)
+    scale = torch.where(m > big, m, torch.ones_like(m))
+    return (x / scale).norm(dim=-1, keepdim=True), scale
+
+
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """``|x|_2`` over the last dimension (kept), without overflow for huge coordinates.
+
+    Points whose squared norm would overflow (``|x|_inf`` above ``sqrt(finfo.max) / 2``) are scaled
+    by ``|x|_inf`` first; the others give exactly ``x.norm(dim=-1, keepdim=True)`` (and its gradient).
+
+    Args:
+        x: ``[..., D]`` floating-point.
+
+    Returns:
+        ``[..., 1]``.
+
+    Example:
+        >>> import torch
+        >>> l2_norm(torch.tensor([[3e20, 4e20, 0.0], [3.0, 4.0, 0.0]])).squeeze(-1) / torch.tensor([1e20, 1])
+        tensor([5., 5.])
+    """
+    n, scale = _scaled_norm(x)
+    return n * scale
+
+
 def contract_l2(x: torch.Tensor) -> torch.Tensor:
     """mip-NeRF 360 contraction of points ``x [..., 3]`` into the ball of radius 2.
 
@@ -43,9 +72,10 @@ def contract_l2(x: torch.Tensor) -> torch.Tensor:
         tensor([1.8000])
     """
     _check_points("x", x)
-    r = x.norm(dim=-1, keepdim=True)
-    scale = torch.where(r > 1, (2 - 1 / r.clamp_min(1)) / r.clamp_min(1), torch.ones_like(r))
-    return x * scale
+    n, big = _scaled_norm(x)
+    r = n * big  # |x|; inf near finfo.max, where x / big / n still is the unit direction
+    factor = (2 - 1 / r.clamp_min(1)) / n.clamp_min(1)
+    return torch.where(r > 1, (x / big) * factor, x)
 
 
 def uncontract_l2(y: torch.Tensor) -> torch.Tensor:
@@ -161,11 +191,11 @@ def contraction_jacobian(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "none":
         return eye.clone()
     if kind == "l2":
-        r = x.norm(dim=-1, keepdim=True).clamp_min(1)[..., None]  # [..., 1, 1]
+        r = l2_norm(x).clamp_min(1)[..., None]  # [..., 1, 1]
         s = 2 / r - 1 / r**2
         c = 2 / r**4 - 2 / r**3
         jac = s * eye + c * x[..., :, None] * x[..., None, :]
-        inside = (x.norm(dim=-1) <= 1)[..., None, None]
+        inside = (l2_norm(x) <= 1)[..., None]
         return torch.where(inside, eye, jac)
     onehot, m, _ = _linf_parts(x)
     mc = m.clamp_min(1)[..., None]  # [..., 1, 1]
