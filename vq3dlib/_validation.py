@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -179,12 +181,39 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value`` is positive (or zero when allowed).
+def check_positive(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = False,
+    allow_inf: bool = False,
+    integer: bool = False,
+) -> None:
+    """Raises ``ValueError``/``TypeError`` unless ``value`` is a positive number (or zero when allowed).
+
+    NaN is always refused, infinity unless ``allow_inf``; ``integer`` refuses non-integral values
+    (``2.5``, ``True``) for counts and sizes.
 
     Example:
-        >>> check_positive("resolution", 64)
+        >>> check_positive("resolution", 64, integer=True)
+        >>> try:
+        ...     check_positive("step_size", float("nan"))
+        ... except ValueError as e:
+        ...     print(e)
+        step_size must be a finite number > 0, got nan
     """
-    bad = value < 0 if allow_zero else value <= 0
-    if bad:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    want = ">= 0" if allow_zero else "> 0"
+    kind = "an integer" if integer else ("a number" if allow_inf else "a finite number")
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+        raise TypeError(f"{name} must be {kind} {want}, got {value!r}")
+    int_tensor = isinstance(value, torch.Tensor) and not value.is_floating_point()
+    if integer and not (isinstance(value, numbers.Integral) or int_tensor):
+        raise TypeError(f"{name} must be {kind} {want}, got {value!r}")
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {kind} {want}, got {value!r}") from None
+    bad = v < 0 if allow_zero else v <= 0
+    if bad or math.isnan(v) or (math.isinf(v) and not allow_inf):
+        shown = value.item() if isinstance(value, torch.Tensor) else value
+        raise ValueError(f"{name} must be {kind} {want}, got {shown}")
