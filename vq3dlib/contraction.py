@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from vq3dlib._numerics import safe_norm, scaled_norm
 from vq3dlib._validation import check_choice, check_tensor
 
 CONTRACTIONS = ("none", "l2", "linf")
@@ -32,14 +33,6 @@ _EPS = 1e-12
 
 def _check_points(name: str, x: torch.Tensor) -> None:
     check_tensor(name, x, last_dim=3, floating=True)
-
-
-def _scaled_norm(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(n, scale)`` with ``|x|_2 = n * scale``, ``scale = 1`` unless ``|x|^2`` would overflow."""
-    big = torch.finfo(x.dtype).max ** 0.5 / 2
-    m = x.detach().abs().amax(dim=-1, keepdim=True) if x.shape[-1] else x.new_zeros(*x.shape[:-1], 1)
-    scale = torch.where(m > big, m, torch.ones_like(m))
-    return (x / scale).norm(dim=-1, keepdim=True), scale
 
 
 def l2_norm(x: torch.Tensor) -> torch.Tensor:
@@ -59,8 +52,7 @@ def l2_norm(x: torch.Tensor) -> torch.Tensor:
         >>> l2_norm(torch.tensor([[3e20, 4e20, 0.0], [3.0, 4.0, 0.0]])).squeeze(-1) / torch.tensor([1e20, 1])
         tensor([5., 5.])
     """
-    n, scale = _scaled_norm(x)
-    return n * scale
+    return safe_norm(x)
 
 
 def contract_l2(x: torch.Tensor) -> torch.Tensor:
@@ -72,7 +64,7 @@ def contract_l2(x: torch.Tensor) -> torch.Tensor:
         tensor([1.8000])
     """
     _check_points("x", x)
-    n, big = _scaled_norm(x)
+    n, big = scaled_norm(x)
     r = n * big  # |x|; inf near finfo.max, where x / big / n still is the unit direction
     factor = (2 - 1 / r.clamp_min(1)) / n.clamp_min(1)
     return torch.where(r > 1, (x / big) * factor, x)
