@@ -217,3 +217,41 @@ def check_positive(
     if bad or math.isnan(v) or (math.isinf(v) and not allow_inf):
         shown = value.item() if isinstance(value, torch.Tensor) else value
         raise ValueError(f"{name} must be {kind} {want}, got {shown}")
+
+
+def check_range(
+    name: str,
+    value: torch.Tensor,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    what: str = "",
+) -> None:
+    """Raises ``ValueError`` naming ``name`` unless every value lies in ``[low, high]`` (NaN included).
+
+    A value check: skipped when checks are off (:func:`set_finite_checks`), inside
+    :func:`inner_checks_off` and for meta/fake tensors (no device sync then). ``what`` adds a hint.
+
+    Example:
+        >>> import torch
+        >>> check_range("alphas", torch.tensor([0.0, 0.5]), low=0, high=1)
+        >>> try:
+        ...     check_range("alphas", torch.tensor([0.0, 1.5]), low=0, high=1)
+        ... except ValueError as e:
+        ...     print(e)
+        alphas must lie in [0, 1], got values in [0.0, 1.5]
+    """
+    if not (finite_checks_enabled() and value.numel() and has_values(value)):
+        return
+    ok = ~torch.isnan(value) if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
+    if low is not None:
+        ok &= value >= low
+    if high is not None:
+        ok &= value <= high
+    if not bool(ok.all()):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        nan = " and NaN" if value.is_floating_point() and bool(torch.isnan(value).any()) else ""
+        finite = value[~torch.isnan(value)] if value.is_floating_point() else value
+        seen = f"values in [{float(finite.min())}, {float(finite.max())}]" if finite.numel() else "only NaN"
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]{what}, got {seen}{nan}")
