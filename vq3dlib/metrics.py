@@ -36,8 +36,8 @@ INCEPTION_ENV = "VQ3DLIB_INCEPTION_WEIGHTS"
 
 
 def _check_pair(pred: Tensor, target: Tensor, mask: Tensor | None, min_ndim: int = 2) -> None:
-    check_tensor("pred", pred, ndim=tuple(range(min_ndim, 9)), floating=True, finite=True)
-    check_tensor("target", target, shape=tuple(pred.shape), floating=True, device=pred.device, finite=True)
+    check_tensor("pred", pred, ndim=tuple(range(min_ndim, 9)), floating=True)
+    check_tensor("target", target, shape=tuple(pred.shape), floating=True, device=pred.device)
     if mask is not None:
         check_tensor("mask", mask, ndim=pred.dim(), dtypes=(torch.bool,), device=pred.device)
         ok = all(m in (1, p) for m, p in zip(mask.shape, pred.shape)) and mask.shape[0] == pred.shape[0]
@@ -78,6 +78,8 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0, mask: Tensor | N
         tensor([20.])
     """
     _check_pair(pred, target, mask)
+    check_tensor("pred", pred, finite=True)
+    check_tensor("target", target, finite=True)
     check_positive("data_range", data_range)
     mse = _per_image_mean((pred - target).square(), mask)
     return 10.0 * torch.log10(data_range**2 / mse)
