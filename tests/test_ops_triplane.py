@@ -292,3 +292,10 @@ def test_l2_contraction_far_points_sample_the_border_not_the_origin(backend_name
         origin = triplane_sample(planes, torch.zeros(1, 1, 3), contraction="l2", align_corners=True)
     torch.testing.assert_close(a, b)
     assert not torch.allclose(a, origin)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "ext"])
+@pytest.mark.parametrize("shape", [(1, 3, 2, 0, 0), (1, 3, 0, 4, 4)])
+def test_degenerate_planes_give_one_error_on_both_backends(backend_name, shape):
+    with backend.forced(backend_name), pytest.raises(ValueError, match=r"planes must have C, H, W > 0"):
+        triplane_sample(torch.randn(shape), torch.zeros(1, 2, 3))

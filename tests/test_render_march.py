@@ -377,7 +377,7 @@ def test_unbounded_work_is_refused_with_a_message():
 @pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0])
 def test_bad_step_size_is_refused(value):
     grid = _few_occupied_grid()
-    with pytest.raises(ValueError, match="step_size must be a finite number > 0"):
+    with pytest.raises(ValueError, match="step_size must be > 0 \\(a finite number\\)"):
         ray_march(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0]]), grid, step_size=value)
 
 

@@ -200,23 +200,23 @@ def check_positive(
         ...     check_positive("step_size", float("nan"))
         ... except ValueError as e:
         ...     print(e)
-        step_size must be a finite number > 0, got nan
+        step_size must be > 0 (a finite number), got nan
     """
     want = ">= 0" if allow_zero else "> 0"
     kind = "an integer" if integer else ("a number" if allow_inf else "a finite number")
     if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.numel() != 1):
-        raise TypeError(f"{name} must be {kind} {want}, got {value!r}")
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}")
     int_tensor = isinstance(value, torch.Tensor) and not value.is_floating_point()
     if integer and not (isinstance(value, numbers.Integral) or int_tensor):
-        raise TypeError(f"{name} must be {kind} {want}, got {value!r}")
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}")
     try:
         v = float(value)  # type: ignore[arg-type]
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be {kind} {want}, got {value!r}") from None
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}") from None
     bad = v < 0 if allow_zero else v <= 0
     if bad or math.isnan(v) or (math.isinf(v) and not allow_inf):
         shown = value.item() if isinstance(value, torch.Tensor) else value
-        raise ValueError(f"{name} must be {kind} {want}, got {shown}")
+        raise ValueError(f"{name} must be {want} ({kind}), got {shown}")
 
 
 def check_range(
