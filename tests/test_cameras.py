@@ -377,3 +377,17 @@ def test_cuda_cameras_match_cpu():
     torch.testing.assert_close(r_gpu.directions.cpu(), r_cpu.directions)
     with pytest.raises(ValueError, match="device"):
         cams.to("cuda").project(torch.zeros(2, 1, 3, dtype=torch.float64))
+
+
+def test_zero_rotation_is_refused_and_meta_cameras_infer_shapes():
+    from vq3dlib.cameras import Cameras, canonical_cameras
+
+    k = torch.tensor([[[10.0, 0, 4], [0, 10, 4], [0, 0, 1]]])
+    c2w = torch.eye(4)[None].clone()
+    c2w[0, :3, :3] = 0
+    with pytest.raises(ValueError, match=r"invertible rotation block .*camera 0 has determinant 0"):
+        Cameras(k, c2w, (8, 8))
+    rays = Cameras(k.to("meta"), torch.eye(4)[None].to("meta"), (8, 6)).generate_rays()
+    assert rays.origins.shape == (1, 8, 6, 3) and rays.directions.device.type == "meta"
+    with pytest.raises(ValueError, match="distance must be > 0 \\(a finite number\\), got nan"):
+        canonical_cameras(1, float("nan"), 40.0, (8, 8))

@@ -106,3 +106,26 @@ def test_bad_input_names_argument():
 def test_empty_input():
     assert contract_l2(torch.zeros(0, 3)).shape == (0, 3)
     assert contract_linf(torch.zeros(0, 3)).shape == (0, 3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_l2_huge_points_keep_their_direction(dtype):
+    big = torch.finfo(dtype).max
+    x = torch.tensor([[1.9e19, 0, 0], [1.8e19, 0, 0], [0, big / 2, big / 2], [3e18, -4e18, 0]], dtype=dtype)
+    y = contract_l2(x)
+    assert torch.isfinite(y).all()
+    torch.testing.assert_close(y.norm(dim=-1), torch.full((4,), 2.0, dtype=dtype))
+    unit = torch.tensor([[1, 0, 0], [1, 0, 0], [0, 0.5**0.5, 0.5**0.5], [0.6, -0.8, 0]], dtype=dtype)
+    torch.testing.assert_close(y / 2, unit)
+    jac = contraction_jacobian(x, "l2")
+    assert torch.isfinite(jac).all() and (jac.abs() < 1e-18).all()
+
+
+def test_l2_norm_is_bitwise_the_plain_norm_for_ordinary_points():
+    from vq3dlib.contraction import l2_norm
+
+    x = _points(500, 1e3).float().requires_grad_()
+    r = l2_norm(x)
+    assert torch.equal(r, x.norm(dim=-1, keepdim=True))
+    (g,) = torch.autograd.grad(r.sum(), x)
+    torch.testing.assert_close(g, x / x.norm(dim=-1, keepdim=True), rtol=0, atol=0)

@@ -381,3 +381,17 @@ def test_map_disparity_range_is_per_image_robust_and_shift_scale_free():
         map_disparity_range(d, (1.0, 5.0), low=0.5)
     with pytest.raises(ValueError, match="disparity contains NaN"):
         map_disparity_range(torch.full((1, 4), float("nan")), (1.0, 5.0))
+
+
+@pytest.mark.parametrize("align", ["target", "pred"])
+def test_aligned_depth_loss_names_the_argument_holding_nan(align):
+    from vq3dlib.losses.depth import aligned_depth_loss
+
+    good = torch.rand(1, 16) + 1.0
+    bad = good.clone()
+    bad[0, 3] = float("nan")
+    assert float(aligned_depth_loss(good, good, align=align)) < 1e-6
+    with pytest.raises(ValueError, match="^pred contains NaN"):
+        aligned_depth_loss(bad, good, align=align)
+    with pytest.raises(ValueError, match="^target contains NaN"):
+        aligned_depth_loss(good, bad, align=align)

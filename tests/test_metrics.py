@@ -334,3 +334,16 @@ def test_inception_features_forward(tmp_path, inception_state):
     with torch.no_grad():
         f = model(torch.rand(2, 3, 32, 32))
     assert f.shape == (2, 2048) and torch.isfinite(f).all()
+
+
+def test_psnr_refuses_nan_pixels_by_name():
+    from vq3dlib.metrics import psnr
+
+    a = torch.rand(1, 3, 4, 4)
+    b = a.clone()
+    b[0, 0, 0, 0] = float("nan")
+    assert float(psnr(a, a.clamp(0.1, 0.9))) > 0
+    with pytest.raises(ValueError, match="target contains NaN"):
+        psnr(a, b)
+    with pytest.raises(ValueError, match="pred contains NaN"):
+        psnr(b, a)

@@ -284,7 +284,7 @@ def _rewrite(src, dst, rename=None, **meta):
     from safetensors.torch import load_file, save_file
 
     with safe_open(str(src), framework="pt") as f:
-        metadata = {**f.metadata(), **meta}
+        metadata = {**f.metadata(), "vq3d_sha256": None, **meta}  # as another tool would write it
     state = load_file(str(src))
     if rename:
         state = {rename(k): v for k, v in state.items()}
@@ -344,3 +344,21 @@ def test_novel_views_rendered_only_when_used_and_grid_shared(monkeypatch):
     model.eval()
     with torch.no_grad():
         assert model(images, step=0)["novel_rgb"].shape == (2, 3, 8, 8)  # previews show them
+
+
+def test_save_is_checksummed_atomic_and_refuses_nonfinite_weights(tmp_path):
+    model = micro_vq3d()
+    path = tmp_path / "model.safetensors"
+    model.save(path)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors"]  # no temp file left
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x55
+    (tmp_path / "flipped.safetensors").write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="corrupt: its tensors do not match the sha256"):
+        VQ3DModel.load(tmp_path / "flipped.safetensors")
+    with torch.no_grad():
+        next(model.parameters()).view(-1)[0] = float("inf")
+    with pytest.raises(ValueError, match="refusing to save the model: 1 non-finite"):
+        model.save(path)
+    loaded = VQ3DModel.load(path)  # the earlier file is untouched
+    assert torch.isfinite(next(loaded.parameters())).all()

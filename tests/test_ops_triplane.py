@@ -327,3 +327,25 @@ def test_torch_compile_traces_the_custom_op():
     torch.library.opcheck(
         ops.triplane_sample_bwd.default, (grad, planes_cl, pts, empty, 20, 1, 1.0, False, 0, 2, True, True)
     )
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "ext"])
+def test_l2_contraction_far_points_sample_the_border_not_the_origin(backend_name):
+    if backend_name == "ext" and not ops.extension_supports("triplane_sample", "cpu"):
+        pytest.skip("extension could not be built")
+    planes = torch.arange(3 * 1 * 4 * 4, dtype=torch.float32).reshape(1, 3, 1, 4, 4) / 10
+    far = torch.tensor([[[1.9e19, 0.0, 0.0]]])
+    near_border = torch.tensor([[[1.8e19, 0.0, 0.0]]])
+    with backend.forced(backend_name):
+        a = triplane_sample(planes, far, contraction="l2", align_corners=True)
+        b = triplane_sample(planes, near_border, contraction="l2", align_corners=True)
+        origin = triplane_sample(planes, torch.zeros(1, 1, 3), contraction="l2", align_corners=True)
+    torch.testing.assert_close(a, b)
+    assert not torch.allclose(a, origin)
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "ext"])
+@pytest.mark.parametrize("shape", [(1, 3, 2, 0, 0), (1, 3, 0, 4, 4)])
+def test_degenerate_planes_give_one_error_on_both_backends(backend_name, shape):
+    with backend.forced(backend_name), pytest.raises(ValueError, match=r"planes must have C, H, W > 0"):
+        triplane_sample(torch.randn(shape), torch.zeros(1, 2, 3))

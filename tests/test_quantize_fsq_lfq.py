@@ -20,7 +20,7 @@ needs_vqp = pytest.mark.skipif(vqp is None, reason="vector-quantize-pytorch not 
 
 
 # -- FSQ ----------------------------------------------------------------------------------------------
-@pytest.mark.parametrize("levels", [[3], [8, 5, 5, 5], [2, 4, 3], [7, 6]])
+@pytest.mark.parametrize("levels", [[3], [8, 5, 5, 5], [4, 4, 3], [7, 6]])
 def test_fsq_index_code_round_trip(levels):
     fsq = FSQ(levels)
     k = fsq.codebook_size
@@ -35,7 +35,7 @@ def test_fsq_index_code_round_trip(levels):
         assert torch.unique(grid[:, i]).numel() == lv
 
 
-@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [2, 3]])
+@pytest.mark.parametrize("levels", [[8, 5, 5, 5], [4, 3]])
 def test_fsq_forward_lands_on_grid_and_decodes(levels):
     fsq = FSQ(levels)
     z = torch.randn(4, 9, len(levels)) * 3
@@ -240,3 +240,39 @@ def test_lfq_losses_agree_with_vector_quantize_pytorch():
     torch.autograd.backward([zq_t, aux_t], [g, torch.ones_like(aux_t)])
     torch.autograd.backward([zq_o, aux.loss], [g, torch.ones_like(aux.loss)])
     torch.testing.assert_close(z_o.grad, z_t.grad, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("levels", [[1024, 5], [1001], [4096, 3]])
+def test_fsq_large_levels_stay_on_the_grid(levels):
+    fsq = FSQ(levels)
+    z = torch.cat([torch.randn(2000, len(levels)) * 3, torch.full((1, len(levels)), 20.0)])
+    z_q, idx, _ = fsq(z)
+    assert int(idx.min()) >= 0 and int(idx.max()) < fsq.codebook_size
+    torch.testing.assert_close(fsq.indices_to_codes(idx), z_q)
+    top = torch.tensor([(v - 1 - v // 2) / (v // 2) for v in levels])
+    assert (z_q <= top).all() and (z_q >= -1).all()
+    # [20, 0] saturates channel 0 at its top value (511 / 512 for 1024 levels)
+    assert float(z_q[-1, 0]) == pytest.approx(float(top[0]))
+
+
+@pytest.mark.parametrize(
+    "levels, message",
+    [([2, 3], "a level of 2 is degenerate"), ([1 << 25], "float32 precision"), ([1 << 21] * 3, "int64")],
+)
+def test_fsq_refuses_degenerate_or_oversized_levels(levels, message):
+    with pytest.raises(ValueError, match=message):
+        FSQ(levels)
+
+
+def test_lfq_bit_limits():
+    with pytest.raises(ValueError, match="at most 62 bits"):
+        LFQ(64)
+    lfq = LFQ(62).eval()
+    z = torch.randn(16, 62)
+    _, idx, _ = lfq(z)
+    assert int(idx.min()) >= 0
+    torch.testing.assert_close(lfq.indices_to_bits(idx), torch.where(z > 0, 1.0, -1.0))
+    with pytest.raises(ValueError, match="all 1099511627776 codes .* at most 2\\*\\*24"):
+        LFQ(40).train()(torch.randn(3, 40))
+    _, idx40, aux = LFQ(40, entropy_loss_weight=0.0).train()(torch.randn(3, 40))
+    assert float(aux.loss) == 0.0 and idx40.shape == (3,)

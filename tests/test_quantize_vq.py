@@ -335,3 +335,27 @@ def test_nearest_code_works_in_a_forked_child():
         proc.kill()
     assert not alive, "nearest_code hung in a forked child"
     assert queue.get(timeout=5) == nearest_code_reference(z, cb).tolist()
+
+
+@pytest.mark.parametrize("scale", [1e19, 1e30, 1e-30])
+def test_scaled_inputs_pick_the_same_codes(scale):
+    from vq3dlib.quantize import VectorQuantizer
+
+    vq = VectorQuantizer(dim=4, codebook_size=64, code_dim=4).eval()
+    x = torch.randn(500, 4)
+    _, ref, _ = vq(x)
+    z_q, idx, _ = vq(x * scale)
+    assert torch.equal(idx, ref)
+    torch.testing.assert_close(z_q, vq.codebook[ref])
+
+
+def test_dtype_and_device_mismatch_errors_name_the_input():
+    from vq3dlib.quantize import VectorQuantizer
+
+    vq = VectorQuantizer(dim=16, codebook_size=8, code_dim=4)
+    with pytest.raises(TypeError, match="z has dtype torch.bfloat16 but the quantizer.s projection"):
+        vq(torch.randn(3, 16, dtype=torch.bfloat16))
+    with pytest.raises(ValueError, match="z is on meta but the quantizer is on cpu"):
+        vq(torch.randn(3, 16, device="meta"))
+    z_q, idx, _ = vq.to(torch.bfloat16)(torch.randn(3, 16, dtype=torch.bfloat16))
+    assert z_q.dtype == torch.bfloat16 and idx.shape == (3,) and int(idx.max()) < 8

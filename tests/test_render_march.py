@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 
 import pytest
 import torch
@@ -338,3 +339,80 @@ def test_reference_chunks_bound_the_candidates():
         ops_march._MAX_CANDIDATES = small
     for a, c in zip(whole, chunked, strict=True):
         assert torch.equal(a, c)
+
+
+def _few_occupied_grid() -> OccupancyGrid:
+    grid = OccupancyGrid(resolution=16)
+    grid.binaries[:] = False
+    grid.binaries[0, 0, 8, 8, 8] = True
+    grid.binaries[0, 0, 12, 3, 4] = True
+    return grid
+
+
+def test_empty_contracted_grid_with_default_far_returns_no_samples_at_once():
+    grid = OccupancyGrid(resolution=16)
+    grid.binaries[:] = False
+    o = torch.zeros(8, 3)
+    d = torch.nn.functional.normalize(torch.randn(8, 3), dim=-1)
+    start = time.perf_counter()
+    s = ray_march(o, d, grid)  # spacing="t", far=1e10: 1e12 candidate steps per ray unless bounded
+    assert time.perf_counter() - start < 5.0
+    assert s.t_starts.numel() == 0 and s.ray_indices.numel() == 0
+
+
+@pytest.mark.parametrize("backend_name", ["torch", "ext"])
+def test_huge_far_gives_the_samples_of_a_far_just_past_the_occupied_cells(backend_name):
+    grid = _few_occupied_grid()
+    o = torch.randn(64, 3) * 0.3
+    d = torch.nn.functional.normalize(torch.randn(64, 3), dim=-1)
+    with backend.forced(backend_name):
+        near_far = ray_march(o, d, grid, far=100.0)
+        huge_far = ray_march(o, d, grid)
+    assert near_far.t_starts.numel() > 0
+    for a, b in zip(near_far, huge_far):
+        assert torch.equal(a, b)
+
+
+def test_unbounded_work_is_refused_with_a_message():
+    grid = OccupancyGrid(resolution=16)  # fully occupied up to the contracted border
+    o, d = torch.zeros(1, 3), torch.tensor([[1.0, 0.0, 0.0]])
+    with pytest.raises(ValueError, match="would take 1e\\+12 steps"):
+        ray_march(o, d, grid)
+    tiny = OccupancyGrid([-1, -1, -1, 1, 1, 1], resolution=4, contraction="none")
+    with pytest.raises(ValueError, match="step_size=1e-09"):
+        ray_march(torch.tensor([[0.0, 0, -3]]), torch.tensor([[0.0, 0, 1]]), tiny, step_size=1e-9)
+    with pytest.raises(ValueError, match="directions must be non-zero"):
+        ray_march(torch.zeros(2, 3), torch.tensor([[0.0, 0, 0], [1.0, 0, 0]]), grid, spacing="contracted")
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), 0.0, -1.0])
+def test_bad_step_size_is_refused(value):
+    grid = _few_occupied_grid()
+    with pytest.raises(ValueError, match="step_size must be > 0 \\(a finite number\\)"):
+        ray_march(torch.zeros(1, 3), torch.tensor([[1.0, 0, 0]]), grid, step_size=value)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_rays_march_in_float32(dtype):
+    grid = _few_occupied_grid()
+    o = (torch.randn(16, 3) * 0.3).to(dtype)
+    d = torch.nn.functional.normalize(torch.randn(16, 3), dim=-1).to(dtype)
+    half = ray_march(o, d, grid, step_size=0.05)
+    full = ray_march(o.float(), d.float(), grid, step_size=0.05)
+    assert half.t_starts.dtype == torch.float32
+    for a, b in zip(half, full):
+        assert torch.equal(a, b)
+
+
+def test_meta_rays_are_refused_with_a_message():
+    with pytest.raises(ValueError, match="meta tensor"):
+        ray_march(torch.zeros(2, 3, device="meta"), torch.ones(2, 3, device="meta"), _few_occupied_grid())
+
+
+def test_occupied_radius_is_the_outer_corner_of_the_farthest_occupied_cell():
+    from vq3dlib.ops.march import occupied_radius
+
+    grid = _few_occupied_grid()  # cells 8 and 12 of 16 on [-2, 2]: corner 13 * 0.25 - 2 = 1.25
+    assert float(occupied_radius(grid.binaries, grid.boxes)) == pytest.approx(1.25)
+    grid.binaries[:] = False
+    assert float(occupied_radius(grid.binaries, grid.boxes)) == -1.0

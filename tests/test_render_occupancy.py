@@ -183,3 +183,17 @@ def test_nan_density_check_follows_the_value_check_switch():
         OccupancyGrid.from_field(nan, 4)
     finally:
         _validation.set_finite_checks(True)
+
+
+@pytest.mark.parametrize(
+    "resolution, error, message",
+    [
+        (2.5, TypeError, "positive int"),
+        (5000, ValueError, "more than 134217728"),
+        ("8", TypeError, "positive"),
+    ],
+)
+def test_bad_resolutions_are_refused_by_name(resolution, error, message):
+    with pytest.raises(error, match=f"resolution.*{message}"):
+        OccupancyGrid(resolution=resolution)
+    assert OccupancyGrid(resolution=(4, 5, 6)).binaries.shape == (1, 1, 4, 5, 6)

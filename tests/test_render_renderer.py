@@ -170,9 +170,9 @@ def test_bad_inputs():
     r = Renderer(step_size=0.1, far=5.0)
     o, d = _rays(4)
     nan_field = lambda x, dd, s: (torch.full((len(x),), math.nan), torch.zeros(len(x), 3))  # noqa: E731
-    with pytest.raises(ValueError, match="NaN densities"):
+    with pytest.raises(ValueError, match="NaN or Inf density"):
         Renderer(step_size=0.1, far=5.0, early_stop_eps=0.0)(nan_field, (o, d))
-    with pytest.raises(ValueError, match="NaN densities"):
+    with pytest.raises(ValueError, match="NaN or Inf density"):
         r(nan_field, (o, d))
     with pytest.raises(ValueError, match="density"):
         r(lambda x, dd, s: (torch.zeros(len(x), 2), torch.zeros(len(x), 3)), (o, d))
@@ -292,3 +292,23 @@ def test_cameras_move_to_the_field_or_grid_device(device):
     assert len(moves) == 2
     r(Field().to(device), (rays.origins.to(device), rays.directions.to(device)))  # tuples: used as given
     assert len(moves) == 2
+
+
+def test_bad_field_values_and_backgrounds_are_named():
+    r = Renderer(step_size=0.1, far=5.0)
+    o, d = _rays(4)
+    nan_rgb = lambda x, dd, s: (torch.ones(len(x)), torch.full((len(x), 3), math.nan))  # noqa: E731
+    with pytest.raises(ValueError, match="NaN or Inf rgb"):
+        r(nan_rgb, (o, d))
+    negative = lambda x, dd, s: (torch.full((len(x),), -1.0), torch.zeros(len(x), 3))  # noqa: E731
+    with pytest.raises(ValueError, match=r"field density must lie in \[0, inf\].*\[-1.0, -1.0\]"):
+        r(negative, (o, d))
+    with pytest.raises(ValueError, match="background contains NaN"):
+        Renderer(background=math.nan)
+    good = lambda x, dd, s: (torch.zeros(len(x)), torch.zeros(len(x), 3))  # noqa: E731
+    with pytest.raises(ValueError, match=r"background must be a number, \[3\] or per-ray.*got shape \[5\]"):
+        Renderer(step_size=0.1, far=5.0, background=torch.ones(5))(good, (o, d))
+    # a valid per-ray background shows through an empty field exactly
+    bg = torch.rand(4, 3)
+    out = r(good, (o, d), background=bg)
+    torch.testing.assert_close(out.rgb, bg)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
@@ -435,3 +437,29 @@ def test_packed_info_with_gaps_and_reordered_rays(mode):
         torch.testing.assert_close(wa[idx], ref[0])
     unused = [2, 3, 4, 8]
     assert torch.all(w[unused] == 0) and torch.all(trans[unused] == 0) and torch.all(wa[unused] == 0)
+
+
+def test_sample_values_are_validated_by_name():
+    from vq3dlib.render.volrend import (
+        composite_background,
+        render_weight_from_alpha,
+        render_weight_from_density,
+    )
+
+    t = torch.linspace(0.0, 1.0, 5)
+    ts, te, sig = t[:-1].clone(), t[1:].clone(), torch.ones(4)
+    ri = torch.zeros(4, dtype=torch.long)
+    w, _, _ = render_weight_from_density(ts, te, sig, ray_indices=ri)
+    torch.testing.assert_close(w.sum(), 1 - torch.exp(torch.tensor(-1.0)))
+    bad_ts = ts.clone()
+    bad_ts[1] = math.nan
+    with pytest.raises(ValueError, match="t_starts contains NaN"):
+        render_weight_from_density(bad_ts, te, sig, ray_indices=ri)
+    with pytest.raises(ValueError, match=r"t_ends - t_starts must lie in \[0, inf\] \(t_ends >= t_starts\)"):
+        render_weight_from_density(te, ts, sig, ray_indices=ri)
+    with pytest.raises(ValueError, match=r"sigmas must lie in \[0, inf\], got values in \[-1.0, 1.0\]"):
+        render_weight_from_density(ts, te, torch.tensor([1.0, -1.0, 1.0, 1.0]), ray_indices=ri)
+    with pytest.raises(ValueError, match=r"alphas must lie in \[0, 1\], got values in \[0.5, 1.5\]"):
+        render_weight_from_alpha(torch.tensor([0.5, 1.5]), ray_indices=ri[:2])
+    with pytest.raises(ValueError, match="background must be a finite number"):
+        composite_background(torch.zeros(1, 3), torch.zeros(1, 1), math.nan)

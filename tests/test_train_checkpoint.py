@@ -309,3 +309,30 @@ def test_errors(tmp_path):
         load_checkpoint(p, {"model": nn.Linear(2, 3)})
     with pytest.raises(ValueError, match="keep_last"):
         prune_checkpoints(tmp_path, 0)
+
+
+def test_checksum_nonfinite_and_fallback_to_the_newest_intact_checkpoint(tmp_path):
+    import warnings
+
+    from vq3dlib.train.checkpoint import latest_intact_checkpoint
+
+    for step in (1, 2, 3):
+        state = {"w": {"x": torch.full((64,), float(step))}}
+        save_checkpoint(checkpoint_path(tmp_path, step), state, step=step)
+    newest = checkpoint_path(tmp_path, 3)
+    data = bytearray(newest.read_bytes())
+    data[-10] ^= 0xFF  # one flipped byte in the tensor data
+    newest.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="is corrupt: its tensors do not match the sha256"):
+        load_checkpoint(newest)
+    second = checkpoint_path(tmp_path, 2)
+    second.write_bytes(second.read_bytes()[:50])  # truncated
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert latest_intact_checkpoint(tmp_path) == checkpoint_path(tmp_path, 1)
+    assert len(caught) == 2
+    ckpt = load_checkpoint(tmp_path, restore_rng=False)
+    assert ckpt.step == 1 and torch.equal(ckpt.states["w"]["x"], torch.ones(64))
+    with pytest.raises(ValueError, match="refusing to save checkpoint of step 4: 1 non-finite"):
+        save_checkpoint(checkpoint_path(tmp_path, 4), {"w": {"x": torch.tensor([1.0, float("nan")])}}, step=4)
+    assert not checkpoint_path(tmp_path, 4).exists()

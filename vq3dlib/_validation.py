@@ -17,6 +17,8 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
+import numbers
 import os
 import threading
 from collections.abc import Iterator, Sequence
@@ -182,12 +184,77 @@ def check_choice(name: str, value: object, choices: Sequence[object]) -> None:
         raise ValueError(f"{name} must be one of {tuple(choices)}, got {value!r}")
 
 
-def check_positive(name: str, value: float, *, allow_zero: bool = False) -> None:
-    """Raises ``ValueError`` unless ``value`` is positive (or zero when allowed).
+def check_positive(
+    name: str,
+    value: object,
+    *,
+    allow_zero: bool = False,
+    allow_inf: bool = False,
+    integer: bool = False,
+) -> None:
+    """Raises ``ValueError``/``TypeError`` unless ``value`` is a positive number (or zero when allowed).
+
+    NaN is always refused, infinity unless ``allow_inf``; ``integer`` refuses non-integral values
+    (``2.5``, ``True``) for counts and sizes.
 
     Example:
-        >>> check_positive("resolution", 64)
+        >>> check_positive("resolution", 64, integer=True)
+        >>> try:
+        ...     check_positive("step_size", float("nan"))
+        ... except ValueError as e:
+        ...     print(e)
+        step_size must be > 0 (a finite number), got nan
     """
-    bad = value < 0 if allow_zero else value <= 0
-    if bad:
-        raise ValueError(f"{name} must be {'>= 0' if allow_zero else '> 0'}, got {value}")
+    want = ">= 0" if allow_zero else "> 0"
+    kind = "an integer" if integer else ("a number" if allow_inf else "a finite number")
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.numel() != 1):
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}")
+    int_tensor = isinstance(value, torch.Tensor) and not value.is_floating_point()
+    if integer and not (isinstance(value, numbers.Integral) or int_tensor):
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}")
+    try:
+        v = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be {want} ({kind}), got {value!r}") from None
+    bad = v < 0 if allow_zero else v <= 0
+    if bad or math.isnan(v) or (math.isinf(v) and not allow_inf):
+        shown = value.item() if isinstance(value, torch.Tensor) else value
+        raise ValueError(f"{name} must be {want} ({kind}), got {shown}")
+
+
+def check_range(
+    name: str,
+    value: torch.Tensor,
+    *,
+    low: float | None = None,
+    high: float | None = None,
+    what: str = "",
+) -> None:
+    """Raises ``ValueError`` naming ``name`` unless every value lies in ``[low, high]`` (NaN included).
+
+    A value check: skipped when checks are off (:func:`set_finite_checks`), inside
+    :func:`inner_checks_off` and for meta/fake tensors (no device sync then). ``what`` adds a hint.
+
+    Example:
+        >>> import torch
+        >>> check_range("alphas", torch.tensor([0.0, 0.5]), low=0, high=1)
+        >>> try:
+        ...     check_range("alphas", torch.tensor([0.0, 1.5]), low=0, high=1)
+        ... except ValueError as e:
+        ...     print(e)
+        alphas must lie in [0, 1], got values in [0.0, 1.5]
+    """
+    if not (finite_checks_enabled() and value.numel() and has_values(value)):
+        return
+    ok = ~torch.isnan(value) if value.is_floating_point() else torch.ones_like(value, dtype=torch.bool)
+    if low is not None:
+        ok &= value >= low
+    if high is not None:
+        ok &= value <= high
+    if not bool(ok.all()):
+        lo = "-inf" if low is None else f"{low:g}"
+        hi = "inf" if high is None else f"{high:g}"
+        nan = " and NaN" if value.is_floating_point() and bool(torch.isnan(value).any()) else ""
+        finite = value[~torch.isnan(value)] if value.is_floating_point() else value
+        seen = f"values in [{float(finite.min())}, {float(finite.max())}]" if finite.numel() else "only NaN"
+        raise ValueError(f"{name} must lie in [{lo}, {hi}]{what}, got {seen}{nan}")

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor
+from vq3dlib._validation import check_choice, check_positive, check_same_device, check_tensor, has_values
 
 __all__ = [
     "Cameras",
@@ -168,7 +168,7 @@ class Cameras:
                 "intrinsics and cam_to_world must have one dtype, got "
                 f"{intrinsics.dtype} and {cam_to_world.dtype}"
             )
-        if intrinsics.shape[0] > 0:
+        if intrinsics.shape[0] > 0 and has_values(intrinsics) and has_values(cam_to_world):
             last = intrinsics[:, 2, :]
             if not torch.allclose(last, last.new_tensor([0.0, 0.0, 1.0]).expand_as(last)):
                 raise ValueError("intrinsics must have last row [0, 0, 1]")
@@ -177,6 +177,14 @@ class Cameras:
             bottom = cam_to_world[:, 3, :]
             if not torch.allclose(bottom, bottom.new_tensor([0.0, 0.0, 0.0, 1.0]).expand_as(bottom)):
                 raise ValueError("cam_to_world must have last row [0, 0, 0, 1]")
+            det = torch.linalg.det(cam_to_world[:, :3, :3].double())
+            singular = det.abs() < 1e-12
+            if bool(singular.any()):
+                i = int(singular.nonzero()[0, 0])
+                raise ValueError(
+                    f"cam_to_world must have an invertible rotation block [:3, :3] (camera {i} has "
+                    f"determinant {float(det[i]):g}): its rays would have zero-length directions"
+                )
         self.intrinsics = intrinsics
         self.cam_to_world = cam_to_world
         self.image_size = _check_image_size(image_size)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from vq3dlib._numerics import safe_norm, scaled_norm
 from vq3dlib._validation import check_choice, check_tensor
 
 CONTRACTIONS = ("none", "l2", "linf")
@@ -32,6 +33,26 @@ _EPS = 1e-12
 
 def _check_points(name: str, x: torch.Tensor) -> None:
     check_tensor(name, x, last_dim=3, floating=True)
+
+
+def l2_norm(x: torch.Tensor) -> torch.Tensor:
+    """``|x|_2`` over the last dimension (kept), without overflow for huge coordinates.
+
+    Points whose squared norm would overflow (``|x|_inf`` above ``sqrt(finfo.max) / 2``) are scaled
+    by ``|x|_inf`` first; the others give exactly ``x.norm(dim=-1, keepdim=True)`` (and its gradient).
+
+    Args:
+        x: ``[..., D]`` floating-point.
+
+    Returns:
+        ``[..., 1]``.
+
+    Example:
+        >>> import torch
+        >>> l2_norm(torch.tensor([[3e20, 4e20, 0.0], [3.0, 4.0, 0.0]])).squeeze(-1) / torch.tensor([1e20, 1])
+        tensor([5., 5.])
+    """
+    return safe_norm(x)
 
 
 def contract_l2(x: torch.Tensor) -> torch.Tensor:
@@ -43,9 +64,10 @@ def contract_l2(x: torch.Tensor) -> torch.Tensor:
         tensor([1.8000])
     """
     _check_points("x", x)
-    r = x.norm(dim=-1, keepdim=True)
-    scale = torch.where(r > 1, (2 - 1 / r.clamp_min(1)) / r.clamp_min(1), torch.ones_like(r))
-    return x * scale
+    n, big = scaled_norm(x)
+    r = n * big  # |x|; inf near finfo.max, where x / big / n still is the unit direction
+    factor = (2 - 1 / r.clamp_min(1)) / n.clamp_min(1)
+    return torch.where(r > 1, (x / big) * factor, x)
 
 
 def uncontract_l2(y: torch.Tensor) -> torch.Tensor:
@@ -161,11 +183,11 @@ def contraction_jacobian(x: torch.Tensor, kind: str) -> torch.Tensor:
     if kind == "none":
         return eye.clone()
     if kind == "l2":
-        r = x.norm(dim=-1, keepdim=True).clamp_min(1)[..., None]  # [..., 1, 1]
+        r = l2_norm(x).clamp_min(1)[..., None]  # [..., 1, 1]
         s = 2 / r - 1 / r**2
         c = 2 / r**4 - 2 / r**3
         jac = s * eye + c * x[..., :, None] * x[..., None, :]
-        inside = (x.norm(dim=-1) <= 1)[..., None, None]
+        inside = (l2_norm(x) <= 1)[..., None]
         return torch.where(inside, eye, jac)
     onehot, m, _ = _linf_parts(x)
     mc = m.clamp_min(1)[..., None]  # [..., 1, 1]

@@ -78,6 +78,8 @@ def psnr(pred: Tensor, target: Tensor, data_range: float = 1.0, mask: Tensor | N
         tensor([20.])
     """
     _check_pair(pred, target, mask)
+    check_tensor("pred", pred, finite=True)
+    check_tensor("target", target, finite=True)
     check_positive("data_range", data_range)
     mse = _per_image_mean((pred - target).square(), mask)
     return 10.0 * torch.log10(data_range**2 / mse)

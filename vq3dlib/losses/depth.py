@@ -281,6 +281,9 @@ def aligned_depth_loss(
     """
     _check_batched("pred", pred)
     _check_batched("target", target)
+    # checked here under the caller's names: align="target" passes them to align_scale_shift swapped
+    check_tensor("pred", pred, floating=True, finite=True)
+    check_tensor("target", target, floating=True, finite=True)
     check_choice("align", align, ("target", "pred"))
     check_choice("rho", rho, RHOS)
     check_choice("reduction", reduction, REDUCTIONS)

@@ -28,6 +28,7 @@ from vq3dlib.models.field import DENSITY_ACTIVATIONS, MLP_BACKENDS
 from vq3dlib.models.lifting import LIFTING_CONTRACTIONS
 from vq3dlib.ops.march import MARCH_CONTRACTIONS
 from vq3dlib.ops.triplane import REDUCTIONS
+from vq3dlib.quantize.fsq import check_levels
 from vq3dlib.render.renderer import SAMPLINGS
 
 QUANTIZERS = ("vq", "fsq", "lfq", "residual")
@@ -241,8 +242,10 @@ class VQ3DConfig:
             raise ValueError(f"prior_class_dropout must be in [0, 1), got {self.prior_class_dropout}")
         if not 0.0 <= self.ema_decay < 1.0:
             raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
-        if not self.fsq_levels or min(self.fsq_levels) < 2:
-            raise ValueError(f"fsq_levels must be a non-empty tuple of ints >= 2, got {self.fsq_levels}")
+        try:
+            check_levels(self.fsq_levels)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"fsq_levels: {e}") from None
 
     # derived sizes
     @property

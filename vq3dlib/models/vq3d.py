@@ -569,7 +569,9 @@ class VQ3DModel(nn.Module):
     # ----------------------------------------------------------------------------- persistence
     def save(self, path: str | Path) -> None:
         """Writes weights and config to a safetensors file (config and the resolved MLP backend,
-        ``vq3d_mlp_backend``, in the header metadata).
+        ``vq3d_mlp_backend``, in the header metadata, with a sha256 of the weights that :meth:`load`
+        verifies). The write is atomic (a temporary file moved over ``path``), and a model with
+        NaN/Inf weights is refused with a ``ValueError``.
 
         Example:
             >>> import tempfile, os
@@ -578,14 +580,16 @@ class VQ3DModel(nn.Module):
             >>> VQ3DModel.load(path).config == m.config
             True
         """
-        from safetensors.torch import save_file
+        from vq3dlib.train.checkpoint import SHA256_KEY, _atomic_write, check_finite_state, tensors_sha256
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        check_finite_state(state, "the model")
         metadata = {
             "vq3d_config": json.dumps(self.config.to_dict()),
             "vq3d_mlp_backend": self.field.mlp_backend,
+            SHA256_KEY: tensors_sha256(state),
         }
-        save_file(state, str(path), metadata=metadata)
+        _atomic_write(state, Path(path), metadata)
 
     @classmethod
     def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> VQ3DModel:
@@ -596,12 +600,12 @@ class VQ3DModel(nn.Module):
         config asks for: torch weights load everywhere, tiny-cuda-nn weights only where
         ``tinycudann`` and CUDA are available, else a ``RuntimeError`` naming ``mlp_backend``.
         """
-        from safetensors import safe_open
-        from safetensors.torch import load_file
+        from vq3dlib.train.checkpoint import read_safetensors
 
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            keys = list(f.keys())
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"model file not found: {path}")
+        state, meta = read_safetensors(path, device=str(map_location))  # checksum verified
+        keys = list(state)
         if "vq3d_config" not in meta:
             raise ValueError(f"{path} has no vq3d_config metadata; was it written by VQ3DModel.save?")
         cfg = VQ3DConfig.from_dict(json.loads(meta["vq3d_config"]))
@@ -617,7 +621,6 @@ class VQ3DModel(nn.Module):
         model = cls(cfg.replace(mlp_backend=saved) if saved is not None else cfg)
         # the stored config as it was written (the field holds the resolved backend)
         model.config = model.loss.config = cfg
-        state = load_file(str(path), device=str(map_location))
         expected = {k for k in model.state_dict() if k.startswith("field.")}
         found = {k for k in state if k.startswith("field.")}
         if expected != found:

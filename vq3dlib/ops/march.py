@@ -35,6 +35,7 @@ from vq3dlib._validation import (
     check_same_device,
     check_tensor,
     finite_checks_enabled,
+    has_values,
 )
 from vq3dlib.ops._codes import CONTRACTION_CODES, SPACING_CODES
 from vq3dlib.ops._library import kernels, on_extension_loaded, register_op, use_extension
@@ -46,6 +47,8 @@ SPACINGS = tuple(SPACING_CODES)
 register_op("ray_march", ["march_packed"], "packed ray marching through occupancy grids")
 
 _MAX_CANDIDATES = 1 << 22  # candidate steps (rays x steps) one chunk of the reference holds at most
+#: most candidate steps one ray may need (about half a second of marching on one core); more is refused
+MAX_STEPS_PER_RAY = 1 << 24
 
 
 @on_extension_loaded
@@ -220,6 +223,72 @@ def _chunk_rays(t0: Tensor, t1: Tensor, step_size: float, spacing: int) -> int:
     return max(1, min(t0.shape[0], _MAX_CANDIDATES // steps))
 
 
+def occupied_radius(binaries: Tensor, boxes: Tensor) -> Tensor:
+    """Largest ``|y|_inf`` of any occupied cell (its outer corner) over all scenes and levels; ``-1`` if none.
+
+    Args:
+        binaries: ``[n_scenes, levels, rx, ry, rz]`` bool occupancy.
+        boxes: ``[levels, 6]`` level boxes.
+
+    Returns:
+        0-dim tensor of ``boxes``' dtype (no host sync).
+
+    Example:
+        >>> b = torch.zeros(1, 1, 4, 4, 4, dtype=torch.bool); b[0, 0, 2, 1, 1] = True
+        >>> occupied_radius(b, torch.tensor([[-2.0, -2, -2, 2, 2, 2]]))
+        tensor(1.)
+    """
+    radius = boxes.new_full((), -1.0)
+    occ = binaries.any(dim=0)  # [levels, rx, ry, rz]
+    for level in range(occ.shape[0]):
+        for axis in range(3):
+            others = tuple(d for d in range(3) if d != axis)
+            along = occ[level].any(dim=others)  # [r_axis]
+            res = along.shape[0]
+            lo, hi = boxes[level, axis], boxes[level, axis + 3]
+            edges = lo + (hi - lo) * torch.arange(res + 1, dtype=boxes.dtype, device=boxes.device) / res
+            reach = torch.maximum(edges[:-1].abs(), edges[1:].abs())
+            radius = torch.maximum(radius, torch.where(along, reach, torch.full_like(reach, -1.0)).amax())
+    return radius
+
+
+def _occupied_far(origins, directions, near, far, binaries, boxes, step_size):
+    """``far`` tightened to just past where each ray leaves the occupied part of an L∞-contracted grid.
+
+    Only steps wholly beyond the last occupied cell are dropped, so the samples do not change; a grid
+    without occupied cells gives no steps at all (``far = near``).
+    """
+    r = occupied_radius(binaries, boxes)
+    # world half-size of the cube holding every point whose contraction has |y|_inf <= r, with a margin
+    world = torch.where(r <= 1, r, 1 / (2 - r).clamp_min(1e-30)) * 1.001 + 1e-6
+    world = torch.where(r >= 2, torch.full_like(world, math.inf), world)
+    cube = torch.cat([-world.expand(3), world.expand(3)])
+    t_in, t_out = ray_box_slabs(origins, directions, cube)
+    exit_t = torch.where(t_out >= t_in, t_out + step_size, near)
+    exit_t = torch.where(r < 0, near, exit_t)
+    return torch.minimum(far, exit_t)
+
+
+def _check_work(t0: Tensor, t1: Tensor, directions: Tensor, step_size: float, spacing: int) -> None:
+    """Refuses rays that would need more than :data:`MAX_STEPS_PER_RAY` candidate steps (a hang)."""
+    if t0.numel() == 0:
+        return
+    span = (t1.double() - t0.double()).clamp_min(0)
+    if spacing == SPACING_CODES["contracted"]:
+        # a step moves at most step_size and about step_size * |d|_inf in contracted space, whose
+        # extent is 4: beyond that many steps a ray is at infinity
+        d_inf = directions.detach().abs().amax(dim=-1).double()
+        span = torch.minimum(span, 8.0 / d_inf.clamp_min(1e-300))
+    worst = float(span.max()) / step_size
+    if worst > MAX_STEPS_PER_RAY:
+        raise ValueError(
+            f"a ray would take {worst:.3g} steps (more than {MAX_STEPS_PER_RAY}) with "
+            f"step_size={step_size:g}: pass a smaller far or a larger step_size (a contracted grid "
+            "occupied up to its border bounds nothing; spacing='contracted' does), or use unit-length "
+            "directions"
+        )
+
+
 def march_packed_reference(
     origins: Tensor,
     directions: Tensor,
@@ -350,19 +419,25 @@ def march_packed(
                 f"scene_index values must lie in [0, {binaries.shape[0]}) (n_scenes of the grid)"
             )
     check_positive("step_size", step_size)
-    check_positive("max_samples", max_samples)
+    check_positive("max_samples", max_samples, integer=True)
     check_choice("contraction", contraction, MARCH_CONTRACTIONS)
     check_choice("spacing", spacing, SPACINGS)
-    checks = finite_checks_enabled()  # the value checks below sync with the device
+    checks = finite_checks_enabled() and has_values(origins)  # the value checks below sync
     if checks and (bool(torch.isnan(near).any()) or bool(torch.isnan(far).any())):
         raise ValueError("near and far must not contain NaN")
+    if checks and n and bool((directions == 0).all(dim=-1).any()):
+        raise ValueError("directions must be non-zero vectors (a zero direction never leaves its point)")
     c, s = CONTRACTION_CODES[contraction], SPACING_CODES[spacing]
+    if s == SPACING_CODES["t"] and c == CONTRACTION_CODES["linf"] and has_values(binaries):
+        far = _occupied_far(origins, directions, near, far, binaries, boxes, float(step_size))
     t0, t1 = _clip(origins, directions, near, far, boxes, c)
     if checks and s == SPACING_CODES["t"] and bool((torch.isinf(t1) & (t1 > t0)).any()):
         raise ValueError(
             "far must be finite for spacing='t' when the grid does not bound the rays "
             "(contracted grids cover all space): pass a finite far or use spacing='contracted'"
         )
+    if checks:
+        _check_work(t0, t1, directions, float(step_size), s)
     if use_extension("ray_march", origins.device):
         return kernels().march_packed(
             origins,
@@ -389,5 +464,6 @@ __all__ = [
     "grid_lookup_reference",
     "march_packed",
     "march_packed_reference",
+    "occupied_radius",
     "ray_box_slabs",
 ]

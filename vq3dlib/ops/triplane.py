@@ -92,6 +92,8 @@ def _prepare(
         raise ValueError(
             f"planes must have shape [B, 3, C, H, W] (xy, xz, yz planes), got {list(planes.shape)}"
         )
+    if any(v == 0 for v in planes.shape[2:]):  # one behaviour for both backends
+        raise ValueError(f"planes must have C, H, W > 0, got shape {list(planes.shape)}")
     check_tensor("points", points, ndim=(2, 3), last_dim=3, floating=True, finite=True)
     check_same_device(planes=planes, points=points, scene_index=scene_index)
     if points.dtype != planes.dtype:

@@ -135,6 +135,12 @@ class Quantizer(nn.Module):
     # -- layout -----------------------------------------------------------------------------------
     def _check_input(self, z: Tensor, name: str = "z", *, finite: bool = True) -> None:
         check_tensor(name, z, floating=True, finite=finite)
+        ref = next(iter(self.parameters()), None)
+        ref = ref if ref is not None else next(iter(self.buffers()), None)
+        if ref is not None and z.device != ref.device:
+            raise ValueError(
+                f"{name} is on {z.device} but the quantizer is on {ref.device}; move one with .to()"
+            )
         if self.channels_last:
             if z.dim() < 1 or z.shape[-1] != self.dim:
                 raise ValueError(

@@ -25,16 +25,50 @@ from torch import Tensor, nn
 from vq3dlib._validation import check_tensor, finite_checks_enabled, has_values
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, sparse_usage_stats
 
+#: most values one channel may take: beyond 2**24 float32 cannot tell neighbouring grid values apart
+MAX_LEVEL = 1 << 24
 
-def _round_ste(x: Tensor) -> Tensor:
-    return x + (x.round() - x).detach()
+
+def check_levels(levels: Sequence[int]) -> list[int]:
+    """Validates FSQ levels and returns them as ints; raises ``ValueError``/``TypeError`` naming ``levels``.
+
+    Each level is an integer in ``[3, 2**24]`` (a level of 2 is degenerate: the shifted ``tanh`` puts
+    half of all inputs on one value, as vector-quantize-pytorch refuses it too), and the product of
+    all levels (the codebook size) must fit int64.
+
+    Example:
+        >>> check_levels((8, 5, 5, 5))
+        [8, 5, 5, 5]
+    """
+    if isinstance(levels, (str, bytes)) or not isinstance(levels, Sequence):
+        raise TypeError(f"levels must be a sequence of ints, got {levels!r}")
+    if not levels or any(isinstance(v, bool) or int(v) != v for v in levels):
+        raise ValueError(f"levels must be a non-empty sequence of ints >= 3, got {list(levels)}")
+    out = [int(v) for v in levels]
+    if any(v < 3 or v > MAX_LEVEL for v in out):
+        raise ValueError(
+            f"levels must be ints in [3, {MAX_LEVEL}] (a level of 2 is degenerate, larger ones exceed "
+            f"float32 precision), got {out}"
+        )
+    size = 1
+    for v in out:
+        size *= v
+    if size >= 1 << 63:
+        raise ValueError(f"levels {out} give {size} codes, more than int64 indices hold (2**63 - 1)")
+    return out
+
+
+def _round_ste(x: Tensor, low: Tensor, high: Tensor) -> Tensor:
+    """Rounds to the nearest grid step in ``[low, high]`` with a straight-through gradient."""
+    return x + (torch.minimum(torch.maximum(x.round(), low), high) - x).detach()
 
 
 class FSQ(Quantizer):
     """Finite scalar quantizer with configurable levels per channel.
 
     Args:
-        levels: number of values per code channel, each ``>= 2`` (e.g. ``[8, 5, 5, 5]``).
+        levels: number of values per code channel, each in ``[3, 2**24]`` (e.g. ``[8, 5, 5, 5]``;
+            see :func:`check_levels`).
         dim: input width ``D``; when it differs from ``len(levels)`` linear projections map to and
             from the code channels. ``None`` means ``len(levels)``.
         channels_last: ``True`` for ``[..., D]`` inputs, ``False`` for ``[B, D, *spatial]``.
@@ -60,9 +94,7 @@ class FSQ(Quantizer):
         channels_last: bool = True,
         eps: float = 1e-3,
     ) -> None:
-        levels = [int(v) for v in levels]
-        if not levels or any(v < 2 for v in levels):
-            raise ValueError(f"levels must be a non-empty list of ints >= 2, got {levels}")
+        levels = check_levels(levels)
         super().__init__(len(levels) if dim is None else dim, channels_last=channels_last)
         self.levels = levels
         self.code_dim = len(levels)
@@ -93,7 +125,9 @@ class FSQ(Quantizer):
         shift = torch.atanh(offset / half_l)
         bounded = torch.tanh(z + shift) * half_l - offset
         half_width = (self._levels // 2).to(z.dtype)
-        return _round_ste(bounded) / half_width
+        # eps widens the bound past the end values; for levels above 1000 that reaches the next step
+        top = (self._levels - 1 - self._levels // 2).to(z.dtype)
+        return _round_ste(bounded, -half_width, top) / half_width
 
     def codes_to_indices(self, codes: Tensor) -> Tensor:
         """``[..., len(levels)]`` grid codes → ``[...]`` int64 indices.

@@ -26,6 +26,10 @@ from torch.utils.checkpoint import checkpoint
 from vq3dlib._validation import check_positive, check_tensor
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, sparse_usage_stats
 
+#: most bits per code: int64 indices (and 2**bits as a size) must not overflow
+MAX_BITS = 62
+#: most codes the training entropy loss enumerates (it evaluates every code for every row)
+MAX_ENTROPY_CODES = 1 << 24
 _CHUNK_ELEMENTS = 1 << 22
 
 
@@ -40,9 +44,11 @@ class LFQ(Quantizer):
     """Lookup-free quantizer: sign per channel, implicit codebook of ``2^d`` codes.
 
     Args:
-        dim: input width ``D``; projections are added when ``D != log2(codebook_size)``.
+        dim: input width ``D``; projections are added when ``D != log2(codebook_size)``. Without
+            ``codebook_size`` at most ``MAX_BITS = 62`` (int64 indices).
         codebook_size: ``K``, a power of two; ``None`` means ``2 ** dim``.
-        entropy_loss_weight: weight of the entropy auxiliary loss (training mode only).
+        entropy_loss_weight: weight of the entropy auxiliary loss (training mode only; it enumerates
+            every code, so training with more than ``MAX_ENTROPY_CODES = 2**24`` codes needs ``0``).
         diversity_gamma: weight of the codebook (batch) entropy inside the entropy loss.
         commitment_loss_weight: weight of ``|x - sg(q)|^2``; 0 disables it.
         inv_temperature: inverse temperature of the soft assignment used by the entropy loss.
@@ -77,9 +83,17 @@ class LFQ(Quantizer):
         channels_last: bool = True,
     ) -> None:
         super().__init__(dim, channels_last=channels_last)
+        check_positive("dim", dim, integer=True)
+        if codebook_size is None and dim > MAX_BITS:
+            raise ValueError(
+                f"dim={dim} bits give 2**{dim} codes; int64 indices hold at most {MAX_BITS} bits: pass "
+                f"codebook_size <= 2**{MAX_BITS} (dim is then projected)"
+            )
         codebook_size = 2**dim if codebook_size is None else int(codebook_size)
-        if codebook_size < 2 or codebook_size & (codebook_size - 1):
-            raise ValueError(f"codebook_size must be a power of two >= 2, got {codebook_size}")
+        if codebook_size < 2 or codebook_size & (codebook_size - 1) or codebook_size > 2**MAX_BITS:
+            raise ValueError(
+                f"codebook_size must be a power of two in [2, 2**{MAX_BITS}], got {codebook_size}"
+            )
         check_positive("inv_temperature", inv_temperature)
         check_positive("codebook_scale", codebook_scale)
         if entropy_chunk_size is not None:
@@ -154,7 +168,14 @@ class LFQ(Quantizer):
         zero = out.sum() * 0.0
         losses: dict[str, Tensor] = {}
         stats = sparse_usage_stats(indices, self.codebook_size)
-        if self.training and h.shape[0] > 0:
+        entropy = self.entropy_loss_weight != 0 or self.codebook_size <= MAX_ENTROPY_CODES
+        if self.training and h.shape[0] > 0 and entropy:
+            if self.codebook_size > MAX_ENTROPY_CODES:
+                raise ValueError(
+                    f"the entropy loss sums over all {self.codebook_size} codes (2**{self.code_dim}); at "
+                    f"most 2**{MAX_ENTROPY_CODES.bit_length() - 1} are supported in training: use a "
+                    "smaller codebook_size, entropy_loss_weight=0, or eval()"
+                )
             per_sample, batch = self._entropy(h)
             losses["entropy"] = self.entropy_loss_weight * (per_sample - self.diversity_gamma * batch)
             stats["per_sample_entropy"] = per_sample.detach()

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from vq3dlib._numerics import safe_normalize
 from vq3dlib._validation import check_choice, check_positive, check_tensor
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, usage_stats
 from vq3dlib.quantize.distributed import all_gather_stack, all_reduce_sum, world_size
@@ -288,12 +289,17 @@ class VectorQuantizer(Quantizer):
         # the NaN/Inf check runs on the projected rows (see _quantize_rows): a non-finite input
         # value makes its projected row non-finite, and the projection is ``dim / code_dim`` smaller
         super()._check_input(z, name, finite=not isinstance(self.project_in, nn.Linear))
+        if isinstance(self.project_in, nn.Linear) and z.dtype != self.project_in.weight.dtype:
+            raise TypeError(
+                f"{name} has dtype {z.dtype} but the quantizer's projection is "
+                f"{self.project_in.weight.dtype}: convert one (e.g. quantizer.to({z.dtype}))"
+            )
 
     def _quantize_rows(self, x: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
         h = self.project_in(x)
         if isinstance(self.project_in, nn.Linear):
             check_tensor("z", h, finite=True)
-        z_e = F.normalize(h, dim=-1) if self.l2_normalize else h
+        z_e = safe_normalize(h) if self.l2_normalize else h
         codebook = self.codebook
         metric = "dot" if self.l2_normalize else "euclidean"
         indices = nearest_code(

@@ -85,14 +85,19 @@ def ray_march(
     Not differentiable (like nerfacc): compute positions from the returned ``t`` to get gradients.
 
     Args:
-        origins: ``[N, 3]`` ray origins.
-        directions: ``[N, 3]`` ray directions (usually unit length; ``t`` is in multiples of them).
+        origins: ``[N, 3]`` ray origins (float32/float64; float16/bfloat16 rays are marched in float32
+            and give float32 ``t``).
+        directions: ``[N, 3]`` non-zero ray directions (usually unit length; ``t`` is in multiples of
+            them).
         grid: the occupancy grid. A grid with ``n_scenes > 1`` is indexed by ``scene_index``; a grid
             with one scene is shared by all rays. ``None``: every step is occupied (dense marching)
             inside ``aabb`` if given, else everywhere (contracted space).
         scene_index: ``[N]`` int64 scene of each ray (required when ``grid.n_scenes > 1``).
         near: scalar or ``[N]`` start of the rays.
-        far: scalar or ``[N]`` end of the rays.
+        far: scalar or ``[N]`` end of the rays. The march also ends where a ray leaves the grid's box
+            or, for ``spacing="t"`` over a contracted grid, just past its last occupied cell, so a huge
+            ``far`` costs nothing there; a ray that would still need more than
+            :data:`vq3dlib.ops.march.MAX_STEPS_PER_RAY` steps is refused with a ``ValueError``.
         step_size: base step (see the module docstring for the two ``spacing`` rules).
         max_samples: most samples per ray (the first ones are kept).
         spacing: ``"t"`` or ``"contracted"``.
@@ -112,6 +117,14 @@ def ray_march(
         (True, True)
     """
     check_tensor("origins", origins, shape=(None, 3), floating=True)
+    check_tensor("directions", directions, shape=(origins.shape[0], 3), floating=True)
+    if origins.device.type == "meta":
+        raise ValueError(
+            "ray_march needs origins with values, got a meta tensor: the number of samples depends on "
+            "the grid's contents (under torch.compile the registered fake op infers it)"
+        )
+    if origins.dtype in (torch.float16, torch.bfloat16):  # marched in float32: half t cannot step
+        origins, directions = origins.float(), directions.float()
     near_t = _per_ray("near", near, origins)
     far_t = _per_ray("far", far, origins)
     if grid is None:

@@ -64,10 +64,22 @@ def _reachable_cells(boxes: Tensor, res: tuple[int, int, int], contraction: str)
     return count < 2
 
 
+#: most cells per scene and level (2**27: 128 MiB of bools, 512 MiB of float32 occupancy values)
+MAX_CELLS = 1 << 27
+
+
 def _resolution3(resolution: int | Sequence[int]) -> tuple[int, int, int]:
-    res = (resolution,) * 3 if isinstance(resolution, int) else tuple(int(r) for r in resolution)
-    if len(res) != 3 or any(r <= 0 for r in res):
+    if isinstance(resolution, (str, bytes)) or not isinstance(resolution, (int, Sequence)):
+        raise TypeError(f"resolution must be a positive int or three positive ints, got {resolution!r}")
+    values = (resolution,) * 3 if isinstance(resolution, int) else tuple(resolution)
+    if len(values) != 3 or any(isinstance(r, bool) or not isinstance(r, int) or r <= 0 for r in values):
         raise ValueError(f"resolution must be a positive int or three positive ints, got {resolution!r}")
+    res = tuple(int(r) for r in values)
+    if res[0] * res[1] * res[2] > MAX_CELLS:
+        raise ValueError(
+            f"resolution {list(res)} gives {res[0] * res[1] * res[2]} cells, more than {MAX_CELLS} "
+            "(2**27) fit a grid: use a smaller resolution or more levels"
+        )
     return res  # type: ignore[return-value]
 
 

@@ -35,7 +35,13 @@ from typing import NamedTuple
 import torch
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_choice, check_positive, check_tensor, finite_checks_enabled
+from vq3dlib._validation import (
+    check_choice,
+    check_positive,
+    check_range,
+    check_tensor,
+    finite_checks_enabled,
+)
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
 from vq3dlib.render.stratified import stratified_intervals
@@ -211,9 +217,40 @@ def _split_field_output(out: object, count: int) -> tuple[Tensor, Tensor]:
             f"field density must have shape [{count}] (or [{count}, 1]), got {list(density.shape)}"
         )
     check_tensor("field rgb", rgb, shape=(count, None), floating=True)
-    if finite_checks_enabled() and bool(torch.isnan(density).any()):
-        raise ValueError("field returned NaN densities (check the field's inputs/parameters)")
+    if finite_checks_enabled() and count:
+        for name, value in (("density", density), ("rgb", rgb)):
+            if not bool(torch.isfinite(value).all()):
+                raise ValueError(
+                    f"field returned NaN or Inf {name} values (check the field's inputs/parameters)"
+                )
+        check_range("field density", density, low=0, what=" (a post-activation density)")
     return density, rgb
+
+
+def _background_values(bg: object, dtype: torch.dtype = torch.float32, device: object = None) -> Tensor:
+    """``bg`` as a finite tensor; raises ``TypeError``/``ValueError`` naming ``background``."""
+    if isinstance(bg, bool) or not isinstance(bg, (int, float, Sequence, Tensor)):
+        raise TypeError(f"background must be a number, a [C] colour or a tensor, got {type(bg).__name__}")
+    try:
+        bg_t = torch.as_tensor(bg, dtype=dtype, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"background must be a number, a [C] colour or a tensor, got {bg!r}") from None
+    check_tensor("background", bg_t, finite=True)
+    return bg_t
+
+
+def _background(bg: object, like: Tensor, lead: tuple[int, ...]) -> Tensor:
+    """The background as ``[C]`` or ``[n_rays, C]`` for colours ``like [n_rays, C]``, validated."""
+    bg_t = _background_values(bg, like.dtype, like.device)
+    channels = like.shape[-1]
+    if bg_t.dim() == 0 or tuple(bg_t.shape) in ((1,), (channels,)):
+        return bg_t
+    if tuple(bg_t.shape) == (*lead, channels):
+        return bg_t.reshape(like.shape[0], channels)
+    raise ValueError(
+        f"background must be a number, [{channels}] or per-ray [..., {channels}] with the rays' shape "
+        f"{list(lead)}, got shape {list(bg_t.shape)}"
+    )
 
 
 class Renderer(nn.Module):
@@ -290,6 +327,8 @@ class Renderer(nn.Module):
         self.far = far
         self.max_samples = max_samples
         self.aabb = aabb
+        if background is not None:  # the shape is checked against the field's colours when rendering
+            _background_values(background)
         self.background = background
         self.early_stop_eps = early_stop_eps
         self.alpha_thre = alpha_thre
@@ -377,10 +416,7 @@ class Renderer(nn.Module):
         disparity = depth_to_disparity(depth)
         bg = self.background if background is None else background
         if bg is not None:
-            bg_t = torch.as_tensor(bg, dtype=rgb.dtype, device=rgb.device)
-            if bg_t.dim() > 1:
-                bg_t = bg_t.reshape(n_rays, -1)
-            rgb = rgb + (1 - opacity)[:, None] * bg_t
+            rgb = rgb + (1 - opacity)[:, None] * _background(bg, rgb, tuple(lead))
         return RenderOutput(
             rgb=rgb.reshape(*lead, rgb.shape[-1]),
             depth=depth.reshape(lead),

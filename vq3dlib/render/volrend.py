@@ -28,9 +28,11 @@ Example:
 
 from __future__ import annotations
 
+import math
+
 import torch
 
-from vq3dlib._validation import check_same_device, check_tensor
+from vq3dlib._validation import check_range, check_same_device, check_tensor, finite_checks_enabled
 from vq3dlib.ops.volrend import weights_from_alpha, weights_from_density
 from vq3dlib.packed import check_n_rays, check_ray_indices, pack_info, segment_sum
 
@@ -131,6 +133,11 @@ def render_weight_from_density(
         True
     """
     _check_samples(sigmas=sigmas, t_starts=t_starts, t_ends=t_ends)
+    check_range("sigmas", sigmas, low=0)
+    check_tensor("t_starts", t_starts, finite=True)
+    check_tensor("t_ends", t_ends, finite=True)
+    if finite_checks_enabled():
+        check_range("t_ends - t_starts", t_ends - t_starts, low=0, what=" (t_ends >= t_starts)")
     info = _packing("sigmas", sigmas, packed_info, ray_indices, n_rays)
     _check_prefix_trans(prefix_trans, sigmas)
     weights, trans, alphas = weights_from_density(t_starts, t_ends, sigmas, info)
@@ -167,6 +174,7 @@ def render_weight_from_alpha(
         tensor([0.4000, 0.4800, 0.0120, 0.8000, 0.0200, 0.0000, 0.9000])
     """
     _check_samples(alphas=alphas)
+    check_range("alphas", alphas, low=0, high=1)
     info = _packing("alphas", alphas, packed_info, ray_indices, n_rays)
     _check_prefix_trans(prefix_trans, alphas)
     weights, trans = weights_from_alpha(alphas, info)
@@ -462,7 +470,7 @@ def composite_background(
         raise ValueError("colors must have shape [..., C], got a scalar")
     check_tensor("opacities", opacities, shape=tuple(colors.shape[:-1]) + (1,), floating=True)
     if isinstance(background, torch.Tensor):
-        check_tensor("background", background, floating=True)
+        check_tensor("background", background, floating=True, finite=True)
         check_same_device(colors=colors, background=background)
         try:
             torch.broadcast_shapes(background.shape, colors.shape)
@@ -471,6 +479,8 @@ def composite_background(
                 f"background must broadcast to colors {list(colors.shape)}, "
                 f"got shape {list(background.shape)}"
             ) from None
-    elif not isinstance(background, (int, float)):
+    elif isinstance(background, bool) or not isinstance(background, (int, float)):
         raise TypeError(f"background must be a number or a torch.Tensor, got {type(background).__name__}")
+    elif not math.isfinite(background):
+        raise ValueError(f"background must be a finite number, got {background}")
     return colors + background * (1 - opacities)

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import json
 import os
 import random
@@ -214,6 +215,104 @@ def _write_safetensors(tensors: dict[str, Tensor], path: str, metadata: dict[str
     save_file(tensors, path, metadata=metadata)
 
 
+#: metadata key of the sha256 over every tensor's name, dtype, shape and bytes (see tensors_sha256)
+SHA256_KEY = "vq3d_sha256"
+
+
+def tensors_sha256(tensors: Mapping[str, Tensor]) -> str:
+    """sha256 (hex) over the tensors' names, dtypes, shapes and bytes, in name order.
+
+    Stored in the metadata of every file vq3dlib writes and verified on load, so a file whose bytes
+    changed (a flipped bit, a partial copy) is refused instead of loading garbage.
+
+    Example:
+        >>> import torch
+        >>> a = tensors_sha256({"w": torch.ones(2)})
+        >>> a == tensors_sha256({"w": torch.ones(2)}), a == tensors_sha256({"w": torch.zeros(2)})
+        (True, False)
+    """
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        digest.update(f"{name}|{t.dtype}|{list(t.shape)}|".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def verify_sha256(
+    path: str | os.PathLike, tensors: Mapping[str, Tensor], metadata: Mapping[str, str]
+) -> None:
+    """Raises ``ValueError`` naming ``path`` when its stored checksum does not match its tensors.
+
+    Files without a checksum (written before it existed) pass.
+
+    Example:
+        >>> import torch
+        >>> t = {"w": torch.ones(2)}
+        >>> verify_sha256("m.safetensors", t, {SHA256_KEY: tensors_sha256(t)})
+    """
+    want = metadata.get(SHA256_KEY)
+    if want is not None and want != tensors_sha256(tensors):
+        raise ValueError(
+            f"{path} is corrupt: its tensors do not match the sha256 checksum stored in it "
+            "(the file changed after it was written); use an intact copy or an earlier checkpoint"
+        )
+
+
+def check_finite_state(tensors: Mapping[str, Tensor], what: str) -> None:
+    """Raises ``ValueError`` when a floating tensor holds NaN/Inf, so no file keeps diverged weights.
+
+    Example:
+        >>> import torch
+        >>> try:
+        ...     check_finite_state({"w": torch.tensor([1.0, float("inf")])}, "model")
+        ... except ValueError as e:
+        ...     print(e)
+        refusing to save model: 1 non-finite values (NaN/Inf), first in 'w'; training diverged?
+    """
+    bad_total, first = 0, None
+    for name, t in tensors.items():
+        if t.is_floating_point() and t.numel():
+            bad = int((~torch.isfinite(t)).sum())
+            if bad:
+                bad_total += bad
+                first = first or name
+    if bad_total:
+        raise ValueError(
+            f"refusing to save {what}: {bad_total} non-finite values (NaN/Inf), first in {first!r}; "
+            "training diverged?"
+        )
+
+
+def read_safetensors(
+    path: str | os.PathLike, device: str = "cpu"
+) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """``(tensors, metadata)`` of a safetensors file, checksum verified; ``ValueError`` if unreadable.
+
+    Example:
+        >>> import tempfile, torch
+        >>> from pathlib import Path
+        >>> p = save_checkpoint(Path(tempfile.mkdtemp()) / "a.safetensors", {"w": {"x": torch.ones(2)}})
+        >>> sorted(read_safetensors(p)[1])[:2]
+        ['format', 'step']
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = dict(f.metadata() or {})
+        tensors = load_file(str(path), device=device)
+    except (OSError, RuntimeError) as exc:
+        raise ValueError(f"{path} cannot be read as safetensors (truncated or not one): {exc}") from None
+    except Exception as exc:  # safetensors' SafetensorError derives from Exception only
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        raise ValueError(f"{path} cannot be read as safetensors (truncated or not one): {exc}") from None
+    verify_sha256(path, tensors, metadata)
+    return tensors, metadata
+
+
 def _fsync_dir(directory: Path) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
@@ -278,6 +377,29 @@ def latest_checkpoint(directory: str | os.PathLike) -> Path | None:
     """
     found = _list_checkpoints(directory)
     return found[-1][1] if found else None
+
+
+def latest_intact_checkpoint(directory: str | os.PathLike) -> Path | None:
+    """The newest ``step_*.safetensors`` in ``directory`` that reads back whole (checksum included).
+
+    A newer file that is truncated or corrupt (a crash, a full disk, a partial copy) is skipped with a
+    warning naming it; ``None`` when no checkpoint is intact.
+
+    Example:
+        >>> import tempfile
+        >>> latest_intact_checkpoint(tempfile.mkdtemp()) is None
+        True
+    """
+    for _, p in reversed(_list_checkpoints(directory)):
+        try:
+            _, metadata = read_safetensors(p)
+        except ValueError as exc:
+            warnings.warn(f"skipping checkpoint {p}: {exc}", stacklevel=2)
+            continue
+        if _META_KEY in metadata:
+            return p
+        warnings.warn(f"skipping {p}: not a vq3dlib checkpoint (no '{_META_KEY}' metadata)", stacklevel=2)
+    return None
 
 
 def prune_checkpoints(directory: str | os.PathLike, keep_last: int) -> list[Path]:
@@ -381,7 +503,13 @@ def save_checkpoint(
         "extra": enc.encode(dict(extra or {}), "__extra__/"),
         "rng": enc.encode(get_rng_state(), "__rng__/") if rng else None,
     }
-    metadata = {"format": FORMAT, "step": str(int(step)), _META_KEY: json.dumps(tree)}
+    check_finite_state(enc.tensors, f"checkpoint of step {int(step)}")
+    metadata = {
+        "format": FORMAT,
+        "step": str(int(step)),
+        _META_KEY: json.dumps(tree),
+        SHA256_KEY: tensors_sha256(enc.tensors),
+    }
     path = Path(path)
     _atomic_write(enc.tensors, path, metadata)
     if keep_last is not None:
@@ -421,19 +549,15 @@ def load_checkpoint(
         >>> ckpt.step, ckpt.config, torch.equal(fresh.weight, net.weight)
         (5, {'lr': 0.001}, True)
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     p = Path(path)
     if p.is_dir():
-        latest = latest_checkpoint(p)
+        latest = latest_intact_checkpoint(p)
         if latest is None:
-            raise FileNotFoundError(f"no step_*.safetensors checkpoint in directory {p}")
+            raise FileNotFoundError(f"no step_*.safetensors checkpoint in directory {p} reads back intact")
         p = latest
     if not p.is_file():
         raise FileNotFoundError(f"checkpoint not found: {p}")
-    with safe_open(str(p), framework="pt") as f:
-        metadata = f.metadata() or {}
+    tensors, metadata = read_safetensors(p, device=str(torch.device(map_location)))
     if _META_KEY not in metadata:
         raise ValueError(
             f"{p} is a safetensors file but not a vq3dlib checkpoint (no '{_META_KEY}' metadata)"
@@ -443,7 +567,6 @@ def load_checkpoint(
         raise ValueError(
             f"{p} has checkpoint format version {tree['version']}; this vq3dlib reads <= {VERSION}"
         )
-    tensors = load_file(str(p), device=str(torch.device(map_location)))
     states = {name: _decode(node, tensors) for name, node in tree["objects"].items()}
     ckpt = Checkpoint(
         path=p,

@@ -37,7 +37,7 @@ from vq3dlib._validation import check_choice, check_positive
 from vq3dlib.train.checkpoint import (
     Checkpoint,
     checkpoint_path,
-    latest_checkpoint,
+    latest_intact_checkpoint,
     load_checkpoint,
     save_checkpoint,
 )
@@ -249,7 +249,7 @@ class TrainingRun:
         self._states = states
         ckpt = None
         if cfg.resume:
-            latest = latest_checkpoint(self.ckpt_dir)
+            latest = latest_intact_checkpoint(self.ckpt_dir)  # a truncated newest one is skipped
             if latest is not None:
                 ckpt = load_checkpoint(latest, states, map_location=self.device)
         self.step = ckpt.step if ckpt is not None else 0

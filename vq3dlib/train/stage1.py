@@ -55,7 +55,7 @@ from torch.utils.data import Dataset
 from vq3dlib._validation import check_choice, check_positive
 from vq3dlib.data.folder import DEPTH_MODES
 from vq3dlib.render.volrend import depth_to_disparity
-from vq3dlib.train.checkpoint import latest_checkpoint, load_checkpoint
+from vq3dlib.train.checkpoint import _list_checkpoints, latest_checkpoint, load_checkpoint
 from vq3dlib.train.distributed import is_distributed
 from vq3dlib.train.ema import ModelEMA, unwrap_model
 from vq3dlib.train.loop import MemoryDataset, all_finite, clip_gradients, get_batch, step_indices
@@ -286,7 +286,8 @@ def load_stage1_model(
 ) -> nn.Module:
     """A :class:`~vq3dlib.models.VQ3DModel` from a run folder, a checkpoint or a ``model.safetensors``.
 
-    A folder: its ``model.safetensors`` if present, else its latest checkpoint (``checkpoints/``).
+    A folder: its ``model.safetensors`` if present, else its latest checkpoint (``checkpoints/``); a
+    truncated or corrupt file there (failed checksum) is skipped with a warning for the next newest.
     A checkpoint: the EMA weights when it has them and ``ema`` is true, else the raw weights.
 
     Example:
@@ -297,16 +298,29 @@ def load_stage1_model(
         >>> load_stage1_model(d).config.image_size
         16
     """
-    from safetensors import safe_open
+    p = Path(path)
+    if not p.is_dir():
+        return _load_stage1_file(stage1_model_file(p), map_location, ema)
+    candidates = [p / MODEL_FILE] if (p / MODEL_FILE).is_file() else []
+    for d in (p / "checkpoints", p):
+        candidates += [c for _, c in reversed(_list_checkpoints(d))]
+    if not candidates:
+        raise FileNotFoundError(f"{p} holds neither {MODEL_FILE} nor checkpoints")
+    problems = []
+    for c in candidates:  # newest first: a truncated or corrupt file falls back to the next one
+        try:
+            return _load_stage1_file(c, map_location, ema)
+        except ValueError as exc:
+            warnings.warn(f"skipping {c}: {exc}", stacklevel=2)
+            problems.append(str(exc))
+    raise ValueError(f"{p} holds no intact model: " + "; ".join(problems))
 
+
+def _load_stage1_file(p: Path, map_location: str | torch.device, ema: bool) -> nn.Module:
     from vq3dlib.models import VQ3DConfig, VQ3DModel
+    from vq3dlib.train.checkpoint import read_safetensors
 
-    p = stage1_model_file(path)
-    try:
-        with safe_open(str(p), framework="pt") as f:
-            meta = f.metadata() or {}
-    except Exception as exc:
-        raise ValueError(f"{p} is not a safetensors file: {exc}") from None
+    _, meta = read_safetensors(p)
     if "vq3d_config" in meta:
         return VQ3DModel.load(p, map_location=map_location)
     ckpt = load_checkpoint(p, restore_rng=False, map_location=map_location)

@@ -7,11 +7,24 @@
 //                        x_j / |x|_inf          for j not the arg-max coordinate
 //                        (2 - 1/|x_j|) sign x_j for the arg-max coordinate -> cube [-2, 2]^3
 #pragma once
+#include <limits>
+
 #include "vq3dlib/common.h"
 
 namespace vq3dlib {
 
 enum Contraction : int { kContractNone = 0, kContractL2 = 1, kContractLinf = 2 };
+
+// |x|_2 of a 3-vector without overflow: when the sum of squares overflows (|x| above sqrt of the
+// largest value), the coordinates are scaled by |x|_inf first. Same bits as sqrt(x.x) otherwise.
+template <typename T>
+VQ3D_HD T norm3(const T x[3]) {
+  T r2 = x[0] * x[0] + x[1] * x[1] + x[2] * x[2];
+  if (!(r2 > std::numeric_limits<T>::max())) return sqrt(r2);
+  T m = fmax(fabs(x[0]), fmax(fabs(x[1]), fabs(x[2])));
+  T a = x[0] / m, b = x[1] / m, c = x[2] / m;
+  return m * sqrt(a * a + b * b + c * c);
+}
 
 template <typename T>
 VQ3D_HD int linf_argmax(const T x[3]) {
@@ -27,7 +40,7 @@ template <typename T>
 VQ3D_HD void contract_point(int mode, const T x[3], T y[3]) {
   y[0] = x[0]; y[1] = x[1]; y[2] = x[2];
   if (mode == kContractL2) {
-    T r = sqrt(x[0] * x[0] + x[1] * x[1] + x[2] * x[2]);
+    T r = norm3(x);
     if (r > T(1)) {
       T s = (T(2) - T(1) / r) / r;
       y[0] = s * x[0]; y[1] = s * x[1]; y[2] = s * x[2];
@@ -49,7 +62,7 @@ VQ3D_HD void contract_vjp(int mode, const T x[3], const T gy[3], T gx[3]) {
   if (mode == kContractL2) {
     T r2 = x[0] * x[0] + x[1] * x[1] + x[2] * x[2];
     if (r2 > T(1)) {
-      T r = sqrt(r2);
+      T r = norm3(x);  // r2 may overflow (then c = 0, the limit)
       T s = (T(2) - T(1) / r) / r;               // 2/r - 1/r^2
       T c = (T(2) / r - T(2)) / (r2 * r);        // 2/r^4 - 2/r^3
       T xg = x[0] * gy[0] + x[1] * gy[1] + x[2] * gy[2];
