@@ -232,9 +232,9 @@ class Scene:
             scene: which scene of the batch.
             extent: half-size of the meshed cube (default ``config.scene_bound``).
 
-        The sampled density is padded with a value below the level before marching cubes, so where
-        the surface meets the cube's faces it is closed there: the mesh is watertight (every edge
-        shared by two triangles) and its vertices lie inside the cube. Needs scikit-image. Returns
+        The outermost layer of the sampled density is set below the level before marching cubes, so
+        where the surface meets the cube's faces it is closed, less than a grid cell inside them:
+        the mesh is watertight (every edge shared by two triangles) and lies inside the cube. Needs scikit-image. Returns
         ``(vertices [V, 3], faces [F, 3])`` in world units; :meth:`mesh` adds vertex colours and
         :func:`vq3dlib.io.write_mesh` writes it.
 
@@ -260,12 +260,15 @@ class Scene:
         lo, hi = float(sigma.min()), float(sigma.max())
         if not lo <= threshold <= hi:
             raise ValueError(f"threshold {threshold} is outside the density range [{lo:.3g}, {hi:.3g}]")
-        # far below the level, so the caps close the surface within 1e-3 of a cell of the cube's faces
-        below = min(lo, threshold) - 1e3 * (hi - lo + abs(threshold) + 1.0)
-        volume = torch.nn.functional.pad(sigma.double(), (1, 1) * 3, value=below).cpu().numpy()
+        # the outermost grid layer below the level: the surface closes between it and the next one
+        below = min(lo, 2 * threshold - hi) - 0.01 * (hi - lo) - 1e-6
+        volume = sigma.double().cpu().numpy()
+        for axis in range(3):
+            volume[(slice(None),) * axis + (0,)] = below
+            volume[(slice(None),) * axis + (-1,)] = below
         verts, faces, _, _ = marching_cubes(volume, level=threshold)
-        verts = (torch.from_numpy(verts.copy()).float() - 1.0) * cell - extent
-        return verts.clamp(-extent, extent), torch.from_numpy(faces.copy()).long()
+        verts = torch.from_numpy(verts.copy()).float() * cell - extent
+        return verts, torch.from_numpy(faces.copy()).long()
 
     def mesh(
         self,
