@@ -97,7 +97,9 @@ def test_meshes_are_closed_where_the_surface_meets_the_meshing_cube():
     model = micro_vq3d().eval()
     scene = model.reconstruct(torch.rand(1, 3, 16, 16))
     # a ground slab (y < -0.2) that runs out of the meshed cube on four sides, and a ball on it
-    model.density = lambda planes, x, index: 20.0 * ((x[:, 1] < -0.2) | ((x - 0.3).norm(dim=-1) < 0.3)).float()
+    model.density = lambda planes, x, index: (
+        20.0 * ((x[:, 1] < -0.2) | ((x - 0.3).norm(dim=-1) < 0.3)).float()
+    )
     verts, faces = scene.export_mesh(resolution=20, threshold=10.0)
     mesh = trimesh.Trimesh(verts.numpy(), faces.numpy())
     print("closed mesh:", _counts(mesh))

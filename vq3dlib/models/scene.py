@@ -234,9 +234,9 @@ class Scene:
 
         The outermost layer of the sampled density is set below the level before marching cubes, so
         where the surface meets the cube's faces it is closed, less than a grid cell inside them:
-        the mesh is watertight (every edge shared by two triangles) and lies inside the cube. Needs scikit-image. Returns
-        ``(vertices [V, 3], faces [F, 3])`` in world units; :meth:`mesh` adds vertex colours and
-        :func:`vq3dlib.io.write_mesh` writes it.
+        the mesh is watertight (every edge shared by two triangles) and lies inside the cube. Needs
+        scikit-image. Returns ``(vertices [V, 3], faces [F, 3])`` in world units; :meth:`mesh` adds
+        vertex colours and :func:`vq3dlib.io.write_mesh` writes it.
 
         Example:
             >>> import torch
