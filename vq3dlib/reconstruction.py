@@ -255,8 +255,8 @@ def reconstruct_images(
         8
         >>> model = VQ3DModel.from_config("tiny", render_resolution=8).eval()
         >>> report = reconstruct_images(model, [folder / "broken.png"], folder, progress=False,
-        ...                             on_error=lambda path, message: print(message))
-        .../broken.png is not an image Pillow can read ...
+        ...                             on_error=lambda path, message: print("skipped:", message))
+        skipped: .../broken.png is not an image Pillow can read ...
         >>> list(report.written), len(report.failed)
         ([], 1)
     """
