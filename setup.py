@@ -49,6 +49,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["vq3dlib", "vq3dlib.*"]),
+    package_data={"vq3dlib": ["weights/*.safetensors"]},  # the bundled pretrained models
     install_requires=[
         "torch>=2.4",
         "numpy",
@@ -61,10 +62,13 @@ setup(
         "ninja",
         "tqdm",  # progress bars of training and the demo
         "tensorboard",  # the training logs `vq3d demo` and `vq3d train` write to logs/tb
+        "imageio",  # MP4 turntables, with its ffmpeg plug-in:
+        "imageio-ffmpeg",  # a wheel holding an ffmpeg binary
+        "scikit-image",  # marching cubes
+        "trimesh",  # GLB / OBJ / PLY meshes with vertex colours
     ],
     extras_require={
         "test": ["pytest", "pytest-timeout", "hypothesis", "ruff", "vector-quantize-pytorch", "scikit-image"],
-        "mesh": ["scikit-image", "trimesh"],
         "bench": ["vector-quantize-pytorch", "psutil"],
         "fid": ["torchvision"],
     },

@@ -75,35 +75,96 @@ def test_train_stage1_writes_a_loadable_model(stage1_run, capsys):
     assert json.loads((stage1_run / "metrics.json").read_text())["step"] == 2
 
 
-def test_reconstruct_and_render(stage1_run, image_file, tmp_path, capsys):
-    out = tmp_path / "rec"
-    args = ["--model", str(stage1_run), "--frames", "3", "--size", "16", "--out", str(out)]
-    assert main(["reconstruct", str(image_file), *args]) == 0
-    for name in ("photo_turntable.gif", "photo_turntable_depth.gif", "photo_reconstruction.png",
-                 "photo_depth.png", "photo.scene.safetensors"):  # fmt: skip
-        assert (out / name).is_file(), name
-    with Image.open(out / "photo_turntable.gif") as gif:
+@pytest.fixture
+def bundled(stage1_run, tmp_path, monkeypatch):
+    """The micro model of ``stage1_run`` as the bundled default (a temporary weights folder)."""
+    from vq3dlib.models import VQ3DModel, pretrained
+
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    VQ3DModel.load(stage1_run / "model.safetensors").save(
+        weights / "tiny-procedural.safetensors", inference=True
+    )
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", weights)
+    return weights
+
+
+def test_reconstruct_with_the_bundled_model_writes_video_depth_and_a_coloured_mesh(
+    bundled, image_file, tmp_path, capsys, monkeypatch
+):
+    trimesh = pytest.importorskip("trimesh")
+    monkeypatch.chdir(tmp_path)
+    argv = ["reconstruct", str(image_file), "--mesh", "out.glb", "--frames", "3", "--size", "16",
+            "--mesh-resolution", "12", "--yaw", "20", "--pitch", "10", "--no-progress"]  # fmt: skip
+    assert main(argv) == 0, capsys.readouterr().err
+    out = tmp_path / "reconstructions" / "photo"
+    names = ["depth.png", "input.png", "out.glb", "reconstruction.png", "scene.safetensors", "turntable.gif",
+             "turntable.mp4", "turntable_depth.gif", "view.png", "view_depth.png"]  # fmt: skip
+    assert sorted(p.name for p in out.iterdir()) == names
+    with Image.open(out / "turntable.gif") as gif:
         assert gif.n_frames == 3 and gif.height == 16
-    scene = out / "photo.scene.safetensors"
-    assert io.load_scene_indices(scene).shape == (1, 4, 4)
+    with Image.open(out / "depth.png") as depth:
+        assert depth.mode == "RGB" and depth.size == (16, 16)
+    mesh = trimesh.load(out / "out.glb", force="mesh")
+    assert len(mesh.faces) > 0 and mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+    assert io.load_scene_indices(out / "scene.safetensors").shape == (1, 4, 4)
     rend = tmp_path / "rend"
-    assert main(["render", "--model", str(stage1_run), "--scene", str(scene), "--frames", "2", "--size", "16",
-                 "--frames-png", "--out", str(rend)]) == 0  # fmt: skip
-    names = ["scene00_depth.png", "scene00_frame000.png", "scene00_frame001.png", "scene00_turntable.gif"]
+    scene = str(out / "scene.safetensors")
+    assert main(["render", "--model", "tiny-procedural", "--scene", scene, "--frames", "2", "--size", "16",
+                 "--frames-png", "--yaw", "30", "--out", str(rend)]) == 0  # fmt: skip
+    names = ["scene00_depth.png", "scene00_frame000.png", "scene00_frame001.png", "scene00_turntable.gif",
+             "scene00_view.png", "scene00_view_depth.png"]  # fmt: skip
     assert sorted(p.name for p in rend.iterdir()) == names
 
 
-def test_export_mesh_writes_a_mesh_with_the_automatic_threshold(stage1_run, image_file, tmp_path, capsys):
-    pytest.importorskip("skimage")
-    path = tmp_path / "m.ply"
-    code = main(["export-mesh", str(image_file), "--model", str(stage1_run), "--resolution", "12",
-                 "--out", str(path)])  # fmt: skip
-    assert code == 0, capsys.readouterr().err
-    header = path.read_text().splitlines()
-    n_vertices = int(next(line for line in header if line.startswith("element vertex")).split()[-1])
-    n_faces = int(next(line for line in header if line.startswith("element face")).split()[-1])
-    assert n_vertices > 0 and n_faces > 0
-    assert len(header) == header.index("end_header") + 1 + n_vertices + n_faces
+def test_reconstruct_a_folder_and_files_reports_unreadable_ones_and_goes_on(stage1_run, tmp_path, capsys):
+    images = tmp_path / "images"
+    images.mkdir()
+    Image.new("RGBA", (20, 12), (0, 200, 0, 100)).save(images / "leaf.png")
+    Image.new("L", (16, 16), 90).save(images / "grey.jpg")
+    (images / "broken.png").write_text("not an image")
+    (images / "notes.txt").write_text("skipped: not an image extension")
+    other = tmp_path / "photo.webp"
+    Image.new("RGB", (16, 16), (10, 20, 200)).save(other)
+    demo = tmp_path / "demo"  # what `vq3d demo --out demo` writes: the model in demo/train
+    (demo / "train").mkdir(parents=True)
+    (demo / "train" / "model.safetensors").write_bytes((stage1_run / "model.safetensors").read_bytes())
+    out = tmp_path / "out"
+    argv = ["reconstruct", str(images), str(other), str(tmp_path / "missing.png"), "--model", str(demo),
+            "--frames", "2", "--size", "16", "--crop", "pad", "--background", "black",
+            "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "broken.png is not an image" in err and "image not found: " + str(tmp_path / "missing.png") in err
+    assert "2 of 5 images could not be read" in err and "notes.txt" not in err
+    assert sorted(p.name for p in out.iterdir()) == ["grey", "leaf", "photo"]
+    assert (out / "leaf" / "turntable.mp4").is_file() and (out / "photo" / "depth.png").is_file()
+    with Image.open(out / "leaf" / "input.png") as seen:  # padded with black, the leaf on black
+        top, middle = seen.getpixel((8, 0)), seen.getpixel((8, 8))
+    assert top == (0, 0, 0) and middle[1] == pytest.approx(200 * 100 / 255, abs=3) and middle[0] == 0
+
+
+def test_without_bundled_weights_the_error_says_what_to_pass(image_file, tmp_path, monkeypatch, capsys):
+    from vq3dlib.models import pretrained
+
+    monkeypatch.setattr(pretrained, "WEIGHTS_DIR", tmp_path / "empty")
+    assert main(["reconstruct", str(image_file), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "--model" in err and "no bundled model named 'tiny-procedural'" in err
+
+
+def test_export_mesh_writes_a_closed_coloured_mesh(bundled, image_file, tmp_path, capsys):
+    trimesh = pytest.importorskip("trimesh")
+    for suffix in (".ply", ".obj", ".glb"):
+        path = tmp_path / f"m{suffix}"
+        code = main(["export-mesh", str(image_file), "--resolution", "12", "--out", str(path)])
+        assert code == 0, capsys.readouterr().err
+        printed = capsys.readouterr().out
+        mesh = trimesh.load(path, force="mesh")
+        assert f"{len(mesh.faces)} faces" in printed and "watertight" in printed
+        assert len(mesh.vertices) > 0 and mesh.visual.kind == "vertex"
+    assert main(["export-mesh", str(image_file), "--out", str(tmp_path / "m.stl")]) == 2
+    assert ".glb" in capsys.readouterr().err
 
 
 def test_eval_prints_metrics_and_writes_json(stage1_run, tmp_path, capsys):

@@ -8,14 +8,19 @@ Run ``vq3d --help`` or ``vq3d <command> --help``. Commands:
   baselines (:func:`vq3dlib.demo.run_demo`).
 * ``vq3d train`` — stage 1 (:func:`vq3dlib.train.stage1.train_stage1`) or stage 2
   (:func:`vq3dlib.train.stage2.train_stage2`); any config field via ``--set key=value``.
-* ``vq3d reconstruct IMAGE`` — one image → 3D scene → turntable GIF, depth map, scene codes.
-* ``vq3d render`` — a model + scene codes → images from a turntable.
+* ``vq3d reconstruct IMAGE... [--mesh out.glb]`` — images or folders → 3D scenes → for each, in its
+  own folder: turntable MP4 and GIF, colour-mapped depth, a coloured mesh, scene codes
+  (:func:`vq3dlib.reconstruction.reconstruct_images`); the bundled ``tiny-procedural`` model unless
+  ``--model`` is given.
+* ``vq3d render`` — a model + scene codes → images from a turntable and any camera.
 * ``vq3d sample`` — stage-2 prior samples → scenes → turntables.
 * ``vq3d eval`` — held-out metrics of a stage-1 model (procedural scenes or an image folder).
-* ``vq3d export-mesh`` — marching-cubes mesh (PLY) of a reconstructed scene (needs scikit-image).
+* ``vq3d export-mesh`` — a closed marching-cubes mesh with vertex colours (GLB, OBJ, PLY) of a
+  reconstructed scene.
 
 The commands are thin: the work is library code (:mod:`vq3dlib.io` for files, :mod:`vq3dlib.models.scene`
-for turntables and meshes, :mod:`vq3dlib.demo`, :mod:`vq3dlib.train`). User errors — bad arguments,
+for turntables and meshes, :mod:`vq3dlib.reconstruction`, :mod:`vq3dlib.demo`, :mod:`vq3dlib.train`).
+User errors — bad arguments,
 bad ``--set`` values, input files that are missing or unreadable — print ``vq3d: error: ...`` and exit
 with status 2 (set ``VQ3D_DEBUG=1`` for the traceback); any other exception is a bug and shows its
 traceback.
@@ -30,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
 import sys
@@ -41,17 +45,21 @@ from typing import Any
 
 import torch
 
+from vq3dlib.cameras import Cameras
 from vq3dlib.io import (
+    CROP_MODES,
     SCENE_FILE,
+    colorize_depth,
     disparity_image,
     load_image,
     load_scene_indices,
     save_scene,
     write_gif,
-    write_ply,
+    write_mesh,
     write_png,
 )
-from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable
+from vq3dlib.models.pretrained import DEFAULT_PRETRAINED
+from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable, view_cameras
 
 
 class UsageError(Exception):
@@ -89,17 +97,27 @@ def _threads(n: int | None) -> None:
         torch.set_num_threads(n)
 
 
-def _load_model(path: str, device: str = "cpu"):
-    """The stage-1 model of ``--model`` (eval mode)."""
+def _load_model(path: str | None, device: str = "cpu"):
+    """The stage-1 model of ``--model`` (eval mode); ``None``: the bundled default model."""
     from vq3dlib.train.stage1 import load_stage1_model
 
     with user_input("--model", FileNotFoundError, ValueError):
-        return load_stage1_model(path, map_location=device).eval()
+        return load_stage1_model(path or DEFAULT_PRETRAINED, map_location=device).eval()
 
 
-def _load_image(path: str, size: int) -> torch.Tensor:
+def _load_image(path: str, size: int, args: argparse.Namespace | None = None) -> torch.Tensor:
+    extra = {} if args is None else {"background": args.background, "crop": args.crop}
     with user_input("IMAGE", FileNotFoundError, ValueError):
-        return load_image(path, size)
+        return load_image(path, size, **extra)
+
+
+def _view(args: argparse.Namespace):
+    """The camera of ``--yaw --pitch --distance --fov`` (``None`` when neither angle is given)."""
+    from vq3dlib.reconstruction import View
+
+    if args.yaw is None and args.pitch is None:
+        return None
+    return View(args.yaw or 0.0, args.pitch or 0.0, args.distance, args.fov)
 
 
 def _load_scene(path: str) -> torch.Tensor:
@@ -270,25 +288,41 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    """Image → scene → turntable GIF + depth map + scene codes."""
+    """Images → scenes → per image: turntable MP4/GIF, depth, optional coloured mesh, scene codes."""
+    from vq3dlib.io import find_images
+    from vq3dlib.reconstruction import ReconstructOptions, reconstruct_images
+
     _threads(args.threads)
-    model = _load_model(args.model, args.device)
+    with user_input("reconstruct", ValueError):
+        options = ReconstructOptions(
+            frames=args.frames,
+            elevation=args.elevation,
+            sweep=args.sweep,
+            size=args.size,
+            fps=args.fps,
+            background=args.background,
+            crop=args.crop,
+            mesh=args.mesh,
+            mesh_resolution=args.mesh_resolution,
+            threshold=args.threshold,
+            distance=args.distance,
+            fov=args.fov,
+            view=_view(args),
+        )
     out = _check_dir_arg(args.out)
-    image = _load_image(args.image, model.config.image_size).to(next(model.parameters()).device)
-    scene = model.reconstruct(image)
-    turn = render_turntable(scene, args.frames, args.elevation, sweep=args.sweep)
-    canon = scene.render(model.canonical_cameras(1)).images()
-    stem = Path(args.image).stem
-    size = args.size
-    write_gif(turn["rgb"], out / f"{stem}_turntable.gif", size=size)
-    write_gif(disparity_image(turn["depth"]), out / f"{stem}_turntable_depth.gif", size=size)
-    write_png(canon["rgb"][0].clamp(0, 1), out / f"{stem}_reconstruction.png", size=size)
-    write_png(disparity_image(canon["depth"])[0], out / f"{stem}_depth.png", size=size)
-    save_scene(scene.indices, out / f"{stem}.{SCENE_FILE}")
-    print(
-        f"wrote {out}/{stem}_turntable.gif, {stem}_turntable_depth.gif, {stem}_reconstruction.png, "
-        f"{stem}_depth.png and the scene codes {stem}.{SCENE_FILE}"
-    )
+    images = find_images(args.images)
+    if not images:
+        raise UsageError(f"no image files in {', '.join(args.images)}")
+    model = _load_model(args.model, args.device)
+    report = reconstruct_images(
+        model, images, out, options, progress=not args.no_progress,
+        on_error=lambda path, message: print(f"vq3d: error: {message}", file=sys.stderr),
+    )  # fmt: skip
+    for name, files in report.written.items():
+        print(f"{out / name}/: {', '.join(p.name for p in files)}")
+    if report.failed:
+        print(f"vq3d: {len(report.failed)} of {len(images)} images could not be read", file=sys.stderr)
+        return 2
     return 0
 
 
@@ -307,11 +341,20 @@ def cmd_render(args: argparse.Namespace) -> int:
     with user_input("--scene", ValueError):  # e.g. codes outside the model's vocabulary
         scene = model.decode_indices(indices.to(next(model.parameters()).device))
     for b in range(len(scene)):
-        turn = render_turntable(scene, args.frames, args.elevation, index=b, sweep=args.sweep)
+        turn = render_turntable(
+            scene, args.frames, args.elevation, b, args.sweep, distance=args.distance, fov_degrees=args.fov
+        )
         write_gif(turn["rgb"], out / f"scene{b:02d}_turntable.gif", size=args.size)
         for f in range(turn["rgb"].shape[0]) if args.frames_png else ():
             write_png(turn["rgb"][f], out / f"scene{b:02d}_frame{f:03d}.png", size=args.size)
         write_png(disparity_image(turn["depth"][:1])[0], out / f"scene{b:02d}_depth.png", size=args.size)
+    view = _view(args)
+    if view is not None:
+        cams = view_cameras(model.config, view.yaw, view.pitch, view.distance, view.fov, resolution=args.size)
+        seen = scene.render(Cameras.cat([cams] * len(scene))).images()  # camera i sees scene i
+        for b in range(len(scene)):
+            write_png(seen["rgb"][b].clamp(0, 1).cpu(), out / f"scene{b:02d}_view.png")
+            write_png(colorize_depth(seen["depth"][b : b + 1])[0], out / f"scene{b:02d}_view_depth.png")
     print(f"rendered {len(scene)} scene(s) x {args.frames} frames into {out}")
     return 0
 
@@ -381,38 +424,44 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_export_mesh(args: argparse.Namespace) -> int:
-    """Scene → marching-cubes mesh (PLY)."""
+    """Scene → closed marching-cubes mesh with vertex colours (GLB, OBJ, PLY)."""
+    from vq3dlib.io import MESH_FORMATS
+
     _threads(args.threads)
     if (args.image is None) == (args.scene is None):
         raise UsageError("give exactly one of IMAGE or --scene FILE")
-    if importlib.util.find_spec("skimage") is None:
-        raise UsageError("export-mesh needs scikit-image: pip install scikit-image (or vq3dlib[mesh])")
+    if Path(args.out).suffix.lower() not in MESH_FORMATS:
+        raise UsageError(f"--out must end in {', '.join(MESH_FORMATS)}, got {args.out!r}")
     model = _load_model(args.model, args.device)
     device = next(model.parameters()).device
     if args.image is not None:
-        scene = model.reconstruct(_load_image(args.image, model.config.image_size).to(device))
+        scene = model.reconstruct(_load_image(args.image, model.config.image_size, args).to(device))
     else:
         with user_input("--scene", ValueError):
             scene = model.decode_indices(_load_scene(args.scene).to(device))
     if not 0 <= args.index < len(scene):
         raise UsageError(f"--index must be in [0, {len(scene)}) for this scene file, got {args.index}")
     with user_input("export-mesh", ValueError):  # e.g. a --threshold outside the density range
-        verts, faces = scene.export_mesh(args.resolution, args.threshold, scene=args.index)
-    path = write_ply(verts, faces, args.out)
-    print(f"wrote {path} ({verts.shape[0]} vertices, {faces.shape[0]} faces)")
+        mesh = scene.mesh(args.resolution, args.threshold, scene=args.index, colors=not args.no_colors)
+    path = write_mesh(mesh, args.out)
+    closed = "watertight" if mesh.is_watertight else "not watertight"
+    print(f"wrote {path} ({len(mesh.vertices)} vertices, {len(mesh.faces)} faces, {closed})")
     return 0
 
 
 # ----------------------------------------------------------------------------------- parser
 
 
-def _add_common(p: argparse.ArgumentParser, model: bool = True) -> None:
+def _add_common(p: argparse.ArgumentParser, model: bool = True, bundled_default: bool = False) -> None:
     if model:
         p.add_argument(
             "--model",
             "-m",
-            required=True,
-            help="stage-1 model: a run folder, a checkpoint or a model.safetensors",
+            required=not bundled_default,
+            default=None,
+            help="stage-1 model: a run folder (vq3d train/demo --out), a checkpoint, a model.safetensors or "
+            "the name of a bundled model"
+            + (f" (default: the bundled {DEFAULT_PRETRAINED!r})" if bundled_default else ""),
         )
     p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -432,8 +481,10 @@ def _sweep_degrees(text: str) -> float:
     return value
 
 
-def _add_turntable(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frames", type=_positive_int, default=24, help="turntable frames (default: 24)")
+def _add_turntable(p: argparse.ArgumentParser, frames: int = 24) -> None:
+    p.add_argument(
+        "--frames", type=_positive_int, default=frames, help=f"turntable frames (default: {frames})"
+    )
     p.add_argument(
         "--elevation",
         type=float,
@@ -449,10 +500,53 @@ def _add_turntable(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_view(p: argparse.ArgumentParser) -> None:
-    _add_turntable(p)
+def _add_view(p: argparse.ArgumentParser, frames: int = 24) -> None:
+    _add_turntable(p, frames)
     p.add_argument(
         "--size", type=_positive_int, default=128, help="output image height in pixels (default: 128)"
+    )
+
+
+def _add_camera(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("camera", "render any view: --yaw/--pitch add a still view from that camera")
+    g.add_argument("--yaw", type=float, default=None, help="view azimuth in degrees (0: the input view)")
+    g.add_argument("--pitch", type=float, default=None, help="view elevation in degrees above the horizon")
+    g.add_argument(
+        "--distance",
+        type=float,
+        default=None,
+        help="camera distance of views and turntable (default: the model's)",
+    )
+    g.add_argument(
+        "--fov", type=float, default=None, help="vertical field of view in degrees (default: the model's)"
+    )
+
+
+def _add_input_image(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--background",
+        default="white",
+        help="colour transparent pixels are put on, also the padding of --crop pad: a name or #rrggbb "
+        "(default: white)",
+    )
+    p.add_argument(
+        "--crop",
+        choices=CROP_MODES,
+        default="center",
+        help="make the image square by cropping its centre or padding it (default: center)",
+    )
+
+
+def _add_mesh_level(p: argparse.ArgumentParser, resolution_flag: str) -> None:
+    p.add_argument(
+        resolution_flag, type=_positive_int, default=128, help="marching-cubes grid per axis (default: 128)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=float,
+        default=None,
+        help="density level (default: automatic, the density at which one grid cell is 50%% opaque, or "
+        "the middle of the density range when that is outside it)",
     )
 
 
@@ -546,13 +640,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "reconstruct",
-        help="image file -> 3D scene -> turntable GIF, depth map, scene codes",
-        description="Reconstructs a 3D scene from one image and renders a turntable.",
+        help="images -> 3D scenes -> turntable MP4/GIF, depth, coloured mesh, scene codes",
+        description="Reconstructs a 3D scene from each image (one forward pass) and writes, into "
+        "OUT/<image name>/: turntable.mp4 and turntable.gif (the camera swinging around the input "
+        "view), turntable_depth.gif and depth.png (colour-mapped depth), input.png, "
+        "reconstruction.png, the scene codes scene.safetensors and, with --mesh, a mesh with the "
+        "scene's colour at each vertex. Unreadable files are reported and skipped (exit status 2).",
     )
-    p.add_argument("image", help="input image (center-cropped to a square, resized to the model's size)")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any Pillow format) or folders")
     p.add_argument("--out", default="reconstructions", help="output folder (default: reconstructions)")
-    _add_common(p)
-    _add_view(p)
+    p.add_argument(
+        "--mesh",
+        default=None,
+        metavar="FILE",
+        help="also write a coloured mesh, named FILE (.glb, .obj or .ply) in each image's folder",
+    )
+    _add_mesh_level(p, "--mesh-resolution")
+    p.add_argument("--fps", type=_positive_int, default=12, help="turntable frames per second (default: 12)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_input_image(p)
+    _add_common(p, bundled_default=True)
+    _add_view(p, frames=30)
+    _add_camera(p)
     p.set_defaults(func=cmd_reconstruct)
 
     p = sub.add_parser(
@@ -565,6 +674,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames-png", action="store_true", help="also write every frame as a PNG")
     _add_common(p)
     _add_view(p)
+    _add_camera(p)
     p.set_defaults(func=cmd_render)
 
     p = sub.add_parser(
@@ -608,23 +718,19 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "export-mesh",
-        help="scene -> marching-cubes mesh (PLY; needs scikit-image)",
+        help="scene -> closed marching-cubes mesh with vertex colours (GLB, OBJ or PLY)",
         description="Extracts a density level set of a reconstructed (IMAGE) or decoded (--scene) "
-        "scene with marching cubes and writes it as PLY.",
+        "scene with marching cubes, closed where it meets the meshed cube, colours each vertex with "
+        "the scene's colour there and writes it (GLB, OBJ or PLY by the --out extension).",
     )
     p.add_argument("image", nargs="?", default=None, help="input image (or give --scene)")
     p.add_argument("--scene", default=None, help="scene codes file instead of an image")
     p.add_argument("--index", type=int, default=0, help="which scene of the file (default: 0)")
-    p.add_argument("--out", default="mesh.ply", help="output PLY file (default: mesh.ply)")
-    p.add_argument("--resolution", type=_positive_int, default=96, help="marching-cubes grid (default: 96)")
-    p.add_argument(
-        "--threshold",
-        type=float,
-        default=None,
-        help="density level (default: automatic, the density at which one grid cell is 50%% opaque, or "
-        "the middle of the density range when that is outside it)",
-    )
-    _add_common(p)
+    p.add_argument("--out", default="mesh.glb", help="mesh file: .glb, .obj or .ply (default: mesh.glb)")
+    _add_mesh_level(p, "--resolution")
+    p.add_argument("--no-colors", action="store_true", help="no vertex colours")
+    _add_input_image(p)
+    _add_common(p, bundled_default=True)
     p.set_defaults(func=cmd_export_mesh)
     return parser
 

@@ -12,7 +12,7 @@ from vq3dlib.models.decoder import TriplaneDecoder
 from vq3dlib.models.field import FieldOutput, TriplaneField, mlp_backend_report
 from vq3dlib.models.losses import VQ3DLoss
 from vq3dlib.models.prior import CodePrior, KVCache
-from vq3dlib.models.scene import Scene, mesh_threshold, render_turntable, turntable_cameras
+from vq3dlib.models.scene import Scene, mesh_threshold, render_turntable, turntable_cameras, view_cameras
 from vq3dlib.models.vit import ViTEncoder
 from vq3dlib.models.vq3d import VQ3DModel
 
@@ -35,4 +35,5 @@ __all__ = [
     "register_config",
     "render_turntable",
     "turntable_cameras",
+    "view_cameras",
 ]

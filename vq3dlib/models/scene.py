@@ -3,9 +3,10 @@
 :meth:`VQ3DModel.reconstruct <vq3dlib.models.VQ3DModel.reconstruct>` (one image → one scene) and
 :meth:`VQ3DModel.decode_indices <vq3dlib.models.VQ3DModel.decode_indices>` (code indices, e.g. sampled
 by the stage-2 prior → scenes) return a :class:`Scene` batch: the triplanes, the code indices they
-came from, and the model whose field and renderer draw them. Here too: the turntable cameras of a
-model (:func:`turntable_cameras`, :func:`render_turntable`) and marching-cubes meshes
-(:meth:`Scene.export_mesh`, with the automatic level :func:`mesh_threshold`).
+came from, and the model whose field and renderer draw them. Here too: the cameras of a model
+(:func:`view_cameras` for any view, :func:`turntable_cameras` and :func:`render_turntable` for an
+orbit) and closed marching-cubes meshes (:meth:`Scene.export_mesh`, with the automatic level
+:func:`mesh_threshold`; :meth:`Scene.mesh` adds the field's colour at each vertex).
 
 Example:
     >>> import torch
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -33,6 +35,8 @@ from vq3dlib.cameras import Cameras, orbit_cameras
 from vq3dlib.render.renderer import RenderOutput
 
 if TYPE_CHECKING:
+    import trimesh
+
     from vq3dlib.models.configs import VQ3DConfig
     from vq3dlib.models.vq3d import VQ3DModel
 
@@ -89,10 +93,35 @@ class Scene:
     Example:
         >>> import torch
         >>> from vq3dlib.models import VQ3DModel
-        >>> model = VQ3DModel.from_config("tiny", render_resolution=8)
+        >>> model = VQ3DModel.from_config("tiny", render_resolution=8).eval()  # eval: no ray jitter
         >>> scene = model.reconstruct(torch.rand(1, 3, 32, 32))
         >>> scene.render(model.canonical_cameras(1)).images()["rgb"].shape
         torch.Size([1, 3, 8, 8])
+
+        Any camera: :func:`view_cameras` places cameras by yaw and pitch (degrees) around the scene
+        at any distance, field of view and image size (any :class:`~vq3dlib.cameras.Cameras` works):
+
+        >>> cams = view_cameras(model.config, yaw=[0.0, 30.0], pitch=15.0, distance=3.0, fov_degrees=35.0,
+        ...                     resolution=16)
+        >>> scene.render(cams).images()["rgb"].shape  # two views of the one scene
+        torch.Size([2, 3, 16, 16])
+
+        A background colour (what shows where the field is transparent): a grey level or ``[3]`` rgb:
+
+        >>> front = model.canonical_cameras(1)
+        >>> black = scene.render(front, background=0.0).images()
+        >>> red = scene.render(front, background=torch.tensor([1.0, 0.0, 0.0])).images()
+        >>> gap = red["rgb"] - black["rgb"]  # red shows through by the transparency, 1 - opacity
+        >>> bool(torch.allclose(gap[0, 0], 1 - black["opacity"][0, 0], atol=1e-5))
+        True
+        >>> float(gap[0, 1:].abs().max())  # green and blue: the black background's
+        0.0
+
+        A batch of scenes renders in one call: ``k·B`` cameras, camera ``i`` sees scene ``i mod B``:
+
+        >>> batch = model.reconstruct(torch.rand(3, 3, 32, 32))
+        >>> batch.render(view_cameras(model.config, yaw=[-20.0] * 3 + [20.0] * 3)).images()["rgb"].shape
+        torch.Size([6, 3, 8, 8])
     """
 
     planes: Tensor
@@ -112,8 +141,12 @@ class Scene:
         return Scene(self.planes[index], self.indices[index], self.model)
 
     @torch.no_grad()
-    def render(self, cameras: Cameras, background: float | None = None) -> RenderOutput:
-        """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each).
+    def render(
+        self, cameras: Cameras, background: float | Sequence[float] | Tensor | None = None
+    ) -> RenderOutput:
+        """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each;
+        camera ``i`` sees scene ``i mod B``) over ``background`` (a grey level or ``[3]`` rgb; ``None``:
+        black).
 
         Returns the :class:`~vq3dlib.render.RenderOutput` of :meth:`VQ3DModel.render
         <vq3dlib.models.VQ3DModel.render>`; ``.images()`` gives ``rgb [N, 3, H, W]``, ``depth
@@ -154,6 +187,34 @@ class Scene:
         sigma = torch.cat([self.density(chunk, scene) for chunk in grid.split(1 << 18)])
         return sigma.reshape(resolution, resolution, resolution).float()
 
+    @torch.no_grad()
+    def colors(self, points: Tensor, scene: int = 0, view_from: Tensor | None = None) -> Tensor:
+        """The field's colour ``[P, 3]`` in [0, 1] at world ``points [P, 3]`` of scene ``scene``.
+
+        A field with view-dependent colour (``config.use_view_dirs``) is seen from the point
+        ``view_from [3]`` (default: the canonical camera, the input view).
+
+        Example:
+            >>> import torch
+            >>> from vq3dlib.models import VQ3DModel
+            >>> scene = VQ3DModel.from_config("tiny").reconstruct(torch.rand(1, 3, 32, 32))
+            >>> rgb = scene.colors(torch.zeros(5, 3))
+            >>> rgb.shape, bool(((rgb >= 0) & (rgb <= 1)).all())
+            (torch.Size([5, 3]), True)
+        """
+        check_tensor("points", points, shape=(None, 3), floating=True)
+        if not 0 <= scene < len(self):
+            raise ValueError(f"scene must be in [0, {len(self)}), got {scene}")
+        model = self.model
+        eye = points.new_tensor([0.0, 0.0, model.config.camera_distance]) if view_from is None else view_from
+        out = []
+        for chunk in points.split(1 << 18):
+            index = torch.full((chunk.shape[0],), scene, dtype=torch.long, device=chunk.device)
+            features = model.triplane(chunk, planes=self.planes, scene_index=index)
+            dirs = torch.nn.functional.normalize(chunk - eye.to(chunk), dim=-1)
+            out.append(model.field(features, dirs if model.config.use_view_dirs else None).rgb[..., :3])
+        return torch.cat(out).float().clamp(0.0, 1.0) if out else points.new_zeros(0, 3)
+
     def export_mesh(
         self,
         resolution: int = 128,
@@ -161,7 +222,7 @@ class Scene:
         scene: int = 0,
         extent: float | None = None,
     ) -> tuple[Tensor, Tensor]:
-        """Marching-cubes mesh of the density level set ``threshold`` inside ``[-extent, extent]^3``.
+        """A closed marching-cubes mesh of the density level set ``threshold`` in ``[-extent, extent]^3``.
 
         Args:
             resolution: grid points per axis.
@@ -171,28 +232,111 @@ class Scene:
             scene: which scene of the batch.
             extent: half-size of the meshed cube (default ``config.scene_bound``).
 
-        Needs scikit-image (``pip install vq3dlib[mesh]``). Returns ``(vertices [V, 3], faces [F, 3])``
-        in world units; :func:`vq3dlib.io.write_ply` writes them.
+        The outermost layer of the sampled density is set below the level before marching cubes, so
+        where the surface meets the cube's faces it is closed, less than a grid cell inside them:
+        the mesh is watertight (every edge shared by two triangles) and lies inside the cube. Needs
+        scikit-image. Returns ``(vertices [V, 3], faces [F, 3])`` in world units; :meth:`mesh` adds
+        vertex colours and :func:`vq3dlib.io.write_mesh` writes it.
+
+        Example:
+            >>> import torch
+            >>> from vq3dlib.models import VQ3DModel
+            >>> model = VQ3DModel.from_config("tiny")
+            >>> scene = model.reconstruct(torch.rand(1, 3, 32, 32))
+            >>> model.density = lambda planes, x, i: 10.0 * (x.norm(dim=-1) < 0.5)  # a ball, for the example
+            >>> vertices, faces = scene.export_mesh(resolution=16)
+            >>> round(float(vertices.norm(dim=-1).mean()), 1), faces.shape[1]
+            (0.5, 3)
         """
         try:
             from skimage.measure import marching_cubes
-        except ImportError as exc:  # optional dependency
-            raise ImportError(
-                "Scene.export_mesh needs scikit-image: pip install scikit-image (or vq3dlib[mesh])"
-            ) from exc
+        except ImportError as exc:  # a dependency; named if an environment lacks it
+            raise ImportError("Scene.export_mesh needs scikit-image: pip install scikit-image") from exc
         extent = self.model.config.scene_bound if extent is None else extent
         sigma = self.density_volume(resolution, scene, extent)
         cell = 2 * extent / (resolution - 1)
         if threshold is None:
             threshold = mesh_threshold(sigma, cell)
-        volume = sigma.cpu().numpy()
-        if not (volume.min() <= threshold <= volume.max()):
-            raise ValueError(
-                f"threshold {threshold} is outside the density range [{volume.min():.3g}, {volume.max():.3g}]"
-            )
+        lo, hi = float(sigma.min()), float(sigma.max())
+        if not lo <= threshold <= hi:
+            raise ValueError(f"threshold {threshold} is outside the density range [{lo:.3g}, {hi:.3g}]")
+        # the outermost grid layer below the level: the surface closes between it and the next one
+        below = min(lo, 2 * threshold - hi) - 0.01 * (hi - lo) - 1e-6
+        volume = sigma.double().cpu().numpy()
+        for axis in range(3):
+            volume[(slice(None),) * axis + (0,)] = below
+            volume[(slice(None),) * axis + (-1,)] = below
         verts, faces, _, _ = marching_cubes(volume, level=threshold)
         verts = torch.from_numpy(verts.copy()).float() * cell - extent
         return verts, torch.from_numpy(faces.copy()).long()
+
+    def mesh(
+        self,
+        resolution: int = 128,
+        threshold: float | None = None,
+        scene: int = 0,
+        extent: float | None = None,
+        colors: bool = True,
+    ) -> trimesh.Trimesh:
+        """:meth:`export_mesh` as a ``trimesh.Trimesh``, each vertex coloured by the field (:meth:`colors`).
+
+        :func:`vq3dlib.io.write_mesh` writes it as GLB, OBJ or PLY. ``colors=False``: no vertex colours.
+
+        Example:
+            >>> import torch
+            >>> from vq3dlib.models import VQ3DModel
+            >>> model = VQ3DModel.from_config("tiny")
+            >>> scene = model.reconstruct(torch.rand(1, 3, 32, 32))
+            >>> model.density = lambda planes, x, i: 10.0 * (x.norm(dim=-1) < 0.5)  # a ball, for the example
+            >>> mesh = scene.mesh(resolution=16)
+            >>> mesh.is_watertight, mesh.visual.vertex_colors.shape == (len(mesh.vertices), 4)
+            (True, True)
+        """
+        import trimesh
+
+        verts, faces = self.export_mesh(resolution, threshold, scene, extent)
+        rgba = None
+        if colors:
+            rgb = self.colors(verts.to(self.planes.device), scene).cpu()
+            rgba = torch.cat([(rgb * 255).round(), torch.full_like(rgb[:, :1], 255)], 1).to(torch.uint8)
+            rgba = rgba.numpy()
+        return trimesh.Trimesh(verts.numpy(), faces.numpy(), vertex_colors=rgba, process=False)
+
+
+def view_cameras(
+    config: VQ3DConfig,
+    yaw: float | Sequence[float] = 0.0,
+    pitch: float | Sequence[float] = 0.0,
+    distance: float | None = None,
+    fov_degrees: float | None = None,
+    resolution: int | None = None,
+) -> Cameras:
+    """Cameras looking at the scene origin from ``yaw`` degrees of azimuth and ``pitch`` degrees above
+    the horizon (``yaw = pitch = 0``: the canonical, input view), world +y up.
+
+    ``yaw`` and ``pitch`` are numbers or equally long lists (one camera each; a number repeats);
+    ``distance`` and ``fov_degrees`` (vertical) default to the model's ``config.camera_distance`` and
+    ``config.fov_degrees``, ``resolution`` (image side) to ``config.render_resolution``. Positive yaw
+    moves the camera towards +x (:func:`~vq3dlib.cameras.orbit_cameras`).
+
+    Example:
+        >>> from vq3dlib.models import get_config
+        >>> cams = view_cameras(get_config("tiny"), yaw=[0.0, 90.0], distance=2.0)
+        >>> cams.centers.round(decimals=4)
+        tensor([[0., 0., 2.],
+                [2., 0., 0.]])
+    """
+    yaws = [float(yaw)] if isinstance(yaw, (int, float)) else [float(y) for y in yaw]
+    pitches = [float(pitch)] if isinstance(pitch, (int, float)) else [float(q) for q in pitch]
+    n = max(len(yaws), len(pitches))
+    if len(yaws) not in (1, n) or len(pitches) not in (1, n):
+        raise ValueError(f"yaw and pitch must be numbers or lists of one length, got {yaw!r} and {pitch!r}")
+    yaws, pitches = yaws * (n // len(yaws)), pitches * (n // len(pitches))
+    r = resolution or config.render_resolution
+    d = config.camera_distance if distance is None else distance
+    fov = config.fov_degrees if fov_degrees is None else fov_degrees
+    cams = [orbit_cameras(1, d, q, fov, (r, r), start_azimuth_degrees=y) for y, q in zip(yaws, pitches)]
+    return Cameras.cat(cams)
 
 
 def turntable_cameras(
@@ -201,6 +345,8 @@ def turntable_cameras(
     elevation: float = DEFAULT_ELEVATION,
     resolution: int | None = None,
     sweep: float = DEFAULT_SWEEP,
+    distance: float | None = None,
+    fov_degrees: float | None = None,
 ) -> Cameras:
     """Cameras around the scene origin at a model's camera distance and field of view.
 
@@ -214,6 +360,8 @@ def turntable_cameras(
         elevation: degrees above the horizon.
         resolution: image side (default ``config.render_resolution``).
         sweep: degrees of azimuth, in ``(0, 360]``.
+        distance: camera distance from the origin (default ``config.camera_distance``).
+        fov_degrees: vertical field of view (default ``config.fov_degrees``).
 
     Example:
         >>> from vq3dlib.models import get_config
@@ -221,9 +369,9 @@ def turntable_cameras(
         4
     """
     r = resolution or config.render_resolution
-    return orbit_cameras(
-        n_frames, config.camera_distance, elevation, config.fov_degrees, (r, r), sweep_degrees=sweep
-    )
+    d = config.camera_distance if distance is None else distance
+    fov = config.fov_degrees if fov_degrees is None else fov_degrees
+    return orbit_cameras(n_frames, d, elevation, fov, (r, r), sweep_degrees=sweep)
 
 
 def render_turntable(
@@ -232,8 +380,14 @@ def render_turntable(
     elevation: float = DEFAULT_ELEVATION,
     index: int = 0,
     sweep: float = DEFAULT_SWEEP,
+    resolution: int | None = None,
+    distance: float | None = None,
+    fov_degrees: float | None = None,
 ) -> dict[str, Tensor]:
     """Renders scene ``index`` of ``scene`` from :func:`turntable_cameras` (a fixed seed for the ray jitter).
+
+    ``resolution``, ``distance`` and ``fov_degrees`` default to the model's render resolution, camera
+    distance and field of view.
 
     Returns:
         ``{"rgb": [F, 3, r, r] in [0, 1], "depth": [F, 1, r, r], "image": [F, 3, s, s] in [0, 1]}`` on
@@ -249,10 +403,12 @@ def render_turntable(
         (torch.Size([2, 3, 8, 8]), torch.Size([2, 1, 8, 8]), torch.Size([2, 3, 32, 32]))
     """
     one = scene[index]
-    cams = turntable_cameras(scene.model.config, n_frames, elevation, sweep=sweep).to(scene.planes.device)
+    cams = turntable_cameras(
+        scene.model.config, n_frames, elevation, resolution, sweep, distance=distance, fov_degrees=fov_degrees
+    )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        images = one.render(cams).images()
+        images = one.render(cams.to(scene.planes.device)).images()
     image = images.get("image", images["rgb"]).clamp(0, 1).cpu()
     return {"rgb": images["rgb"].clamp(0, 1).cpu(), "depth": images["depth"].cpu(), "image": image}
 
@@ -264,4 +420,5 @@ __all__ = [
     "mesh_threshold",
     "render_turntable",
     "turntable_cameras",
+    "view_cameras",
 ]

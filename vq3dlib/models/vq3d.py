@@ -37,6 +37,7 @@ from vq3dlib.models.configs import VQ3DConfig, get_config, print_param_table
 from vq3dlib.models.decoder import TriplaneDecoder
 from vq3dlib.models.field import TriplaneField, resolve_mlp_backend
 from vq3dlib.models.losses import VQ3DLoss
+from vq3dlib.models.pretrained import DEFAULT_PRETRAINED, pretrained_path
 from vq3dlib.models.scene import Scene
 from vq3dlib.models.vit import ViTEncoder
 from vq3dlib.quantize import FSQ, LFQ, ResidualVQ, VectorQuantizer
@@ -153,7 +154,7 @@ _LOSS_MODULES = ("disc_canonical.", "disc_novel.", "perceptual.")
 def _move_loss_weights(state_dict: dict[str, Tensor], prefix: str, *args: Any) -> None:
     """Load-state-dict pre-hook: ``disc_canonical.*`` (etc.) of older files → ``loss.disc_canonical.*``."""
     for key in [k for k in state_dict if k[len(prefix) :].startswith(_LOSS_MODULES)]:
-        state_dict[f"{prefix}loss.{key[len(prefix):]}"] = state_dict.pop(key)
+        state_dict[f"{prefix}loss.{key[len(prefix) :]}"] = state_dict.pop(key)
 
 
 class VQ3DModel(nn.Module):
@@ -567,11 +568,16 @@ class VQ3DModel(nn.Module):
         return Scene(self._grid_to_planes(grid), grid, self)
 
     # ----------------------------------------------------------------------------- persistence
-    def save(self, path: str | Path) -> None:
+    def save(self, path: str | Path, inference: bool = False) -> None:
         """Writes weights and config to a safetensors file (config and the resolved MLP backend,
         ``vq3d_mlp_backend``, in the header metadata, with a sha256 of the weights that :meth:`load`
         verifies). The write is atomic (a temporary file moved over ``path``), and a model with
         NaN/Inf weights is refused with a ``ValueError``.
+
+        ``inference=True`` writes what reconstructing and rendering need, at a fraction of the size:
+        no ``loss.*`` weights (discriminators, LPIPS; :meth:`load` builds them afresh), parameters in
+        float16 (loaded back as float32; buffers such as codebook statistics, and any value float16
+        cannot hold, stay float32). That is the format of the bundled weights (:meth:`pretrained`).
 
         Example:
             >>> import tempfile, os
@@ -579,14 +585,22 @@ class VQ3DModel(nn.Module):
             >>> path = os.path.join(tempfile.mkdtemp(), "m.safetensors"); m.save(path)
             >>> VQ3DModel.load(path).config == m.config
             True
+            >>> small = path.replace("m.", "small."); m.save(small, inference=True)
+            >>> os.path.getsize(small) < os.path.getsize(path) / 5
+            True
         """
         from vq3dlib.train.checkpoint import SHA256_KEY, _atomic_write, check_finite_state, tensors_sha256
 
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         check_finite_state(state, "the model")
+        if inference:
+            params = {k for k, _ in self.named_parameters()}
+            state = {k: _half_if_representable(v) if k in params else v for k, v in state.items()}
+            state = {k: v for k, v in state.items() if not k.startswith("loss.")}
         metadata = {
             "vq3d_config": json.dumps(self.config.to_dict()),
             "vq3d_mlp_backend": self.field.mlp_backend,
+            "vq3d_contents": "inference" if inference else "full",
             SHA256_KEY: tensors_sha256(state),
         }
         _atomic_write(state, Path(path), metadata)
@@ -599,6 +613,8 @@ class VQ3DModel(nn.Module):
         inferred from the weight names for older files), whatever ``mlp_backend`` the stored
         config asks for: torch weights load everywhere, tiny-cuda-nn weights only where
         ``tinycudann`` and CUDA are available, else a ``RuntimeError`` naming ``mlp_backend``.
+        A file written with ``inference=True`` loads its float16 parameters as float32 and keeps the
+        freshly built ``loss.*`` modules (discriminators, LPIPS) it does not hold.
         """
         from vq3dlib.train.checkpoint import read_safetensors
 
@@ -630,5 +646,44 @@ class VQ3DModel(nn.Module):
                 "saved with mlp_backend='tcnn' needs tinycudann on CUDA to load, one saved with 'torch' "
                 "loads with mlp_backend='torch'"
             )
-        model.load_state_dict(state)
+        inference = meta.get("vq3d_contents") == "inference"
+        missing, unexpected = model.load_state_dict(state, strict=not inference)
+        missing = [k for k in missing if not k.startswith("loss.")]  # inference files have no loss.*
+        if missing or unexpected:
+            raise RuntimeError(
+                f"{path} does not match the model of its config: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}"
+            )
         return model.to(map_location)
+
+    @classmethod
+    def pretrained(
+        cls,
+        name: str = DEFAULT_PRETRAINED,
+        map_location: str | torch.device = "cpu",
+        weights_dir: str | Path | None = None,
+    ) -> VQ3DModel:
+        """A bundled pretrained model by name, in eval mode (:mod:`vq3dlib.models.pretrained`).
+
+        ``"tiny-procedural"`` (:data:`~vq3dlib.models.pretrained.DEFAULT_PRETRAINED`) is the ``tiny``
+        model trained on the procedural scenes. ``weights_dir`` looks in another folder of weights
+        files (default: the package's ``vq3dlib/weights/``). An unknown name raises ``ValueError``
+        listing the bundled ones.
+
+        Example:
+            >>> import tempfile
+            >>> folder = tempfile.mkdtemp()
+            >>> VQ3DModel.from_config("tiny").save(f"{folder}/mine.safetensors", inference=True)
+            >>> model = VQ3DModel.pretrained("mine", weights_dir=folder)
+            >>> model.config.name, model.training
+            ('tiny', False)
+        """
+        return cls.load(pretrained_path(name, weights_dir), map_location=map_location).eval()
+
+
+def _half_if_representable(t: Tensor) -> Tensor:
+    """``t`` in float16 when it is floating point and float16 holds its range, else ``t``."""
+    if not t.is_floating_point() or t.dtype == torch.float16:
+        return t
+    half = t.half()
+    return half if bool(torch.isfinite(half).all() == torch.isfinite(t).all()) else t

@@ -258,7 +258,10 @@ def depth_target(batch: dict[str, Any]) -> torch.Tensor | None:
 
 def stage1_model_file(path: str | os.PathLike) -> Path:
     """The file :func:`load_stage1_model` reads for ``path``: a folder's ``model.safetensors`` if present,
-    else its latest checkpoint (``checkpoints/`` or the folder itself); a file as it is.
+    else its latest checkpoint (``checkpoints/`` or the folder itself); a file as it is. A folder
+    without either whose ``train/`` subfolder is a run (what ``vq3d demo --out DIR`` writes: the
+    model in ``DIR/train``) gives that run's file. A plain name that is no path names a bundled
+    model (:func:`~vq3dlib.models.pretrained.pretrained_path`; ``ValueError`` listing them if unknown).
 
     Example:
         >>> import tempfile
@@ -267,15 +270,27 @@ def stage1_model_file(path: str | os.PathLike) -> Path:
         >>> _ = save_checkpoint(checkpoint_path(f"{run}/checkpoints", 7), {}, step=7)
         >>> stage1_model_file(run).name
         'step_000000007.safetensors'
+        >>> demo = tempfile.mkdtemp()
+        >>> _ = save_checkpoint(checkpoint_path(f"{demo}/train/checkpoints", 3), {}, step=3)
+        >>> stage1_model_file(demo).relative_to(demo).as_posix()
+        'train/checkpoints/step_000000003.safetensors'
     """
     p = Path(path)
     if p.is_dir():
-        if (p / MODEL_FILE).is_file():
-            return p / MODEL_FILE
-        latest = latest_checkpoint(p / "checkpoints") or latest_checkpoint(p)
-        if latest is None:
-            raise FileNotFoundError(f"{p} holds neither {MODEL_FILE} nor checkpoints")
-        return latest
+        for run in (p, p / "train"):
+            if (run / MODEL_FILE).is_file():
+                return run / MODEL_FILE
+            latest = latest_checkpoint(run / "checkpoints") or latest_checkpoint(run)
+            if latest is not None:
+                return latest
+        raise FileNotFoundError(
+            f"{p} holds neither {MODEL_FILE} nor checkpoints (nor does {p / 'train'}); give a run folder "
+            f"(vq3d train --out / vq3d demo --out), a checkpoint or a {MODEL_FILE}"
+        )
+    if not p.exists() and p.name == str(path) and not p.suffix:  # "tiny-procedural": a bundled model
+        from vq3dlib.models.pretrained import pretrained_path
+
+        return pretrained_path(str(path))
     if not p.is_file():
         raise FileNotFoundError(f"model file not found: {p}")
     return p
@@ -284,10 +299,13 @@ def stage1_model_file(path: str | os.PathLike) -> Path:
 def load_stage1_model(
     path: str | Path, map_location: str | torch.device = "cpu", ema: bool = True
 ) -> nn.Module:
-    """A :class:`~vq3dlib.models.VQ3DModel` from a run folder, a checkpoint or a ``model.safetensors``.
+    """A :class:`~vq3dlib.models.VQ3DModel` (eval mode) from a run folder, a checkpoint, a
+    ``model.safetensors`` or the name of a bundled model (:meth:`VQ3DModel.pretrained
+    <vq3dlib.models.VQ3DModel.pretrained>`).
 
-    A folder: its ``model.safetensors`` if present, else its latest checkpoint (``checkpoints/``); a
-    truncated or corrupt file there (failed checksum) is skipped with a warning for the next newest.
+    A folder: its ``model.safetensors`` if present, else its latest checkpoint (``checkpoints/``;
+    the same in its ``train/`` subfolder, as :func:`stage1_model_file` says); a truncated or corrupt
+    file there (failed checksum) is skipped with a warning for the next newest.
     A checkpoint: the EMA weights when it has them and ``ema`` is true, else the raw weights.
 
     Example:
@@ -300,16 +318,18 @@ def load_stage1_model(
     """
     p = Path(path)
     if not p.is_dir():
-        return _load_stage1_file(stage1_model_file(p), map_location, ema)
-    candidates = [p / MODEL_FILE] if (p / MODEL_FILE).is_file() else []
-    for d in (p / "checkpoints", p):
-        candidates += [c for _, c in reversed(_list_checkpoints(d))]
+        return _load_stage1_file(stage1_model_file(p), map_location, ema).eval()
+    candidates = []
+    for run in (p, p / "train"):  # a run folder, or what `vq3d demo --out DIR` writes (DIR/train)
+        candidates += [run / MODEL_FILE] if (run / MODEL_FILE).is_file() else []
+        for d in (run / "checkpoints", run):
+            candidates += [c for _, c in reversed(_list_checkpoints(d))] if d.is_dir() else []
     if not candidates:
-        raise FileNotFoundError(f"{p} holds neither {MODEL_FILE} nor checkpoints")
+        stage1_model_file(p)  # raises the FileNotFoundError that says what a model folder holds
     problems = []
     for c in candidates:  # newest first: a truncated or corrupt file falls back to the next one
         try:
-            return _load_stage1_file(c, map_location, ema)
+            return _load_stage1_file(c, map_location, ema).eval()
         except ValueError as exc:
             warnings.warn(f"skipping {c}: {exc}", stacklevel=2)
             problems.append(str(exc))
@@ -322,7 +342,7 @@ def _load_stage1_file(p: Path, map_location: str | torch.device, ema: bool) -> n
 
     _, meta = read_safetensors(p)
     if "vq3d_config" in meta:
-        return VQ3DModel.load(p, map_location=map_location)
+        return VQ3DModel.load(p, map_location=map_location).eval()
     ckpt = load_checkpoint(p, restore_rng=False, map_location=map_location)
     model_cfg = ckpt.extra.get("model_config")
     if model_cfg is None or "model" not in ckpt.states:
