@@ -116,8 +116,9 @@ def run_stage2_demo(stage1_out: str | os.PathLike, stage1_config: Any, out: str 
     cfg = Stage2Config(
         stage1=str(stage1_out), out_dir=str(out / "prior"), data=c1.data, train_size=c1.train_size,
         data_seed=c1.data_seed, steps=s.prior_steps, time_budget_s=s.prior_time_s,
-        batch_size=s.prior_batch_size, lr=s.prior_lr, prior_overrides=dict(s.prior_overrides), warmup_steps=min(50, s.prior_steps),
-        log_every=50, ckpt_every=0, seed=c1.seed, device=c1.device, progress=c1.progress,
+        batch_size=s.prior_batch_size, lr=s.prior_lr, prior_overrides=dict(s.prior_overrides),
+        warmup_steps=min(50, s.prior_steps), log_every=50, ckpt_every=0, seed=c1.seed, device=c1.device,
+        progress=c1.progress,
     )  # fmt: skip
     result = train_stage2(cfg)
     prior = result["prior"].eval()
