@@ -31,9 +31,11 @@ Example:
 from __future__ import annotations
 
 import math
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -324,6 +326,34 @@ def evaluate_stage2_procedural(
     return {"metrics": dict(sorted(metrics.items())), "classifier": result.model}
 
 
+def prior_training_codes(
+    prior_path: str | os.PathLike, model: nn.Module, train_size: int, data_seed: int = 0
+) -> Tensor:
+    """The code grids ``[T, L]`` a prior trained on: the ``codes.safetensors`` of its run folder (or the
+    folder of its file), else the procedural training scenes (``train_size``, ``data_seed``) encoded
+    by ``model`` now.
+
+    Example:
+        >>> import tempfile
+        >>> from vq3dlib.models import VQ3DModel
+        >>> model = VQ3DModel.from_config("tiny", image_size=16, plane_resolution=16, encoder_depth=1)
+        >>> prior_training_codes(tempfile.mkdtemp(), model, train_size=3).shape   # no cache: encoded
+        torch.Size([3, 16])
+    """
+    from safetensors.torch import load_file
+
+    from vq3dlib.train.stage2 import CODES_FILE, extract_codes
+
+    p = Path(prior_path)
+    cache = (p if p.is_dir() else p.parent) / CODES_FILE
+    if cache.is_file():
+        return load_file(str(cache))["indices"].long()
+    from vq3dlib.data import ProceduralScenes
+
+    data = ProceduralScenes(train_size, model.config.image_size, n_novel_views=0, seed=data_seed)
+    return extract_codes(model, data)["indices"]
+
+
 def stage2_table(metrics: dict[str, float]) -> str:
     """The stage-2 figures as a table: value, goal and baseline of each row.
 
@@ -371,6 +401,7 @@ __all__ = [
     "evaluate_stage2_procedural",
     "feature_fid",
     "nearest_code_distance",
+    "prior_training_codes",
     "procedural_images",
     "render_input_view",
     "stage2_table",
