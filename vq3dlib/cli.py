@@ -226,7 +226,7 @@ def _stage2_demo(args: argparse.Namespace):
         base = Stage2Demo()
         ev = Stage2EvalConfig(
             **{**vars(base.eval), "samples_per_class": args.samples_per_class, "cfg_scale": args.cfg_scale,
-               "classifier_steps": args.classifier_steps}
+               "classifier_steps": args.classifier_steps, "eval_size": args.prior_eval_size}
         )  # fmt: skip
         return Stage2Demo(
             enabled=not args.no_stage2, prior_steps=args.prior_steps, prior_time_s=args.prior_time_budget,
@@ -519,6 +519,9 @@ def _add_view(p: argparse.ArgumentParser) -> None:
 
 def _add_stage2_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument(
+        "--prior-eval-size", type=_positive_int, default=96, help="stage 2: held-out scenes (default: 96)"
+    )
+    p.add_argument(
         "--samples-per-class", type=_positive_int, default=16, help="stage 2: samples per class (default: 16)"
     )
     p.add_argument(
@@ -693,9 +696,6 @@ def build_parser() -> argparse.ArgumentParser:
         default=512,
         help="--prior: procedural training scenes (seed --data-seed - 1) for the classifier, and for the "
         "codes when the prior's folder has no codes.safetensors (default: 512)",
-    )
-    p.add_argument(
-        "--prior-eval-size", type=_positive_int, default=96, help="--prior: held-out scenes (default: 96)"
     )
     _add_stage2_eval(p)
     _add_common(p)
