@@ -177,7 +177,8 @@ def test_demo_end_to_end_micro(tmp_path, capsys):
     assert code == 0
     text = capsys.readouterr().out
     needles = ("reconstruction PSNR", "novel-view PSNR", "depth AbsRel", "baseline",
-               "class accuracy of conditional samples", "FID of samples", "copying a training code grid")  # fmt: skip
+               "class accuracy of conditional samples", "FID of samples",
+               "copying a training code grid")  # fmt: skip
     for needle in needles:
         assert needle in text
     stage2 = json.loads((out / "metrics.json").read_text())["stage2"]
