@@ -5,13 +5,15 @@ Run ``vq3d --help`` or ``vq3d <command> --help``. Commands:
 * ``vq3d demo`` — trains the ``tiny`` model on procedural scenes for a few minutes on a CPU, then
   reconstructs held-out scenes: turntable GIFs, depth maps, ``metrics.json`` and logs in ``--out``;
   prints held-out reconstruction PSNR, novel-view PSNR and aligned depth error next to trivial
-  baselines (:func:`vq3dlib.demo.run_demo`).
+  baselines (:func:`vq3dlib.demo.run_demo`); then trains a class-conditional prior and a classifier
+  and reports the stage-2 figures, with ``samples.gif`` (:mod:`vq3dlib.demo_stage2`).
 * ``vq3d train`` — stage 1 (:func:`vq3dlib.train.stage1.train_stage1`) or stage 2
   (:func:`vq3dlib.train.stage2.train_stage2`); any config field via ``--set key=value``.
 * ``vq3d reconstruct IMAGE`` — one image → 3D scene → turntable GIF, depth map, scene codes.
 * ``vq3d render`` — a model + scene codes → images from a turntable.
 * ``vq3d sample`` — stage-2 prior samples → scenes → turntables.
-* ``vq3d eval`` — held-out metrics of a stage-1 model (procedural scenes or an image folder).
+* ``vq3d eval`` — held-out metrics of a stage-1 model (procedural scenes or an image folder); with
+  ``--prior`` also the stage-2 figures (:mod:`vq3dlib.train.evaluate_stage2`).
 * ``vq3d export-mesh`` — marching-cubes mesh (PLY) of a reconstructed scene (needs scikit-image).
 
 The commands are thin: the work is library code (:mod:`vq3dlib.io` for files, :mod:`vq3dlib.models.scene`
