@@ -12,12 +12,7 @@ from vq3dlib.data.procedural import CLASSES
 from vq3dlib.train.evaluate_stage2 import procedural_images
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_learns_procedural_classes_well_above_chance():
