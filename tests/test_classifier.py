@@ -11,7 +11,6 @@ from vq3dlib.classifier import SceneClassifier, classifier_accuracy, train_class
 from vq3dlib.data.procedural import CLASSES
 from vq3dlib.train.evaluate_stage2 import procedural_images
 
-
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
