@@ -397,6 +397,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vq3dlib.data import ImageFolderDataset, ProceduralScenes
     from vq3dlib.train.evaluate import evaluate_stage1
 
+    if args.prior and args.data != "procedural":
+        raise UsageError("--prior is scored on procedural scenes (their classes); leave --data at procedural")
     _threads(args.threads)
     model = _load_model(args.model, args.device)
     size = model.config.image_size
