@@ -86,3 +86,12 @@ def micro_vq3d(**overrides):
 def fast_vq3d(**overrides):
     """:func:`micro_vq3d` with a coarser occupancy grid (most of a micro forward is building it)."""
     return micro_vq3d(**{"occupancy_resolution": 16, **overrides})
+
+
+@pytest.fixture
+def one_thread():
+    """Runs a test with one torch thread (restored afterwards): small models are faster that way."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -189,15 +189,63 @@ def test_stage2_train_and_sample(stage1_run, tmp_path):
     assert io.load_scene_indices(out / "samples.scene.safetensors").shape == (2, 4, 4)
 
 
+def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
+    from vq3dlib.models import CodePrior
+    from vq3dlib.train.stage1 import load_stage1_model
+    from vq3dlib.train.stage2 import save_prior
+
+    cfg = load_stage1_model(stage1_run).config
+    prior = CodePrior.from_config(cfg).eval()
+    with torch.no_grad():
+        prior.class_embed.weight.normal_(0.0, 3.0)  # labels that matter: each class its own code distribution
+    codes = torch.zeros(1, cfg.prior_seq_len, dtype=torch.long)
+    assert not torch.allclose(prior(codes, 0), prior(codes, 3), atol=1e-2)  # conditioning changes the logits
+    path = save_prior(prior, cfg, tmp_path / "prior.safetensors")
+    got = {}
+    for label in (0, 3):
+        out = tmp_path / f"label{label}"
+        argv = ["sample", "--model", str(stage1_run), "--prior", str(path), "--n", "6", "--label", str(label),
+                "--seed", "4", "--frames", "1", "--size", "8", "--out", str(out)]  # fmt: skip
+        assert main(argv) == 0
+        got[label] = io.load_scene_indices(out / "samples.scene.safetensors").reshape(6, -1)
+        want = prior.sample(6, label, generator=torch.Generator().manual_seed(4))
+        assert torch.equal(got[label], want)  # the samples of class `label`, same seed
+    assert not torch.equal(got[0], got[3])
+
+
+def test_eval_with_a_prior_reports_the_stage2_figures(stage1_run, tmp_path, capsys):
+    from vq3dlib.models import CodePrior
+    from vq3dlib.train.stage1 import load_stage1_model
+    from vq3dlib.train.stage2 import save_prior
+
+    path = save_prior(CodePrior.from_config(load_stage1_model(stage1_run).config), load_stage1_model(
+        stage1_run).config, tmp_path / "p" / "prior.safetensors")  # fmt: skip
+    js = tmp_path / "m.json"
+    assert main(["eval", "--model", str(stage1_run), "--n", "2", "--prior", str(path), "--train-size", "6",
+                 "--prior-eval-size", "4", "--samples-per-class", "1", "--classifier-steps", "2",
+                 "--json", str(js)]) == 0  # fmt: skip
+    s2 = json.loads(js.read_text())["stage2"]
+    assert s2["n_samples"] == 6 and s2["n_held_out"] == 4 and 0 <= s2["class_accuracy"] <= 1
+    assert 0 <= s2["copy_fraction"] <= 1 and s2["fid_samples"] > 0
+    assert "class accuracy of conditional samples" in capsys.readouterr().out
+
+
 def test_demo_end_to_end_micro(tmp_path, capsys):
     out = tmp_path / "demo"
     code = main(["demo", "--out", str(out), "--steps", "2", "--batch-size", "2", "--train-size", "4",
                  "--eval-size", "2", "--scenes", "1", "--frames", "2", "--no-progress", "--device", "cpu",
-                 *SETS])  # fmt: skip
+                 "--prior-steps", "2", "--classifier-steps", "2", "--samples-per-class", "1",
+                 "--prior-eval-size", "4", *SETS])  # fmt: skip
     assert code == 0
     text = capsys.readouterr().out
-    for needle in ("reconstruction PSNR", "novel-view PSNR", "depth AbsRel", "baseline"):
+    needles = ("reconstruction PSNR", "novel-view PSNR", "depth AbsRel", "baseline",
+               "class accuracy of conditional samples", "FID of samples",
+               "copying a training code grid")  # fmt: skip
+    for needle in needles:
         assert needle in text
+    stage2 = json.loads((out / "metrics.json").read_text())["stage2"]
+    assert stage2["prior_steps"] == 2 and stage2["metrics"]["n_samples"] == 6
+    assert (out / "samples.gif").is_file()
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["train_steps"] == 2 and summary["held_out"]["n_images"] == 2
     assert (out / "turntables.gif").is_file() and (out / "depth_00.png").is_file()
@@ -235,6 +283,7 @@ def test_train_on_a_folder_with_depth_required_names_the_missing_depth(tmp_path,
         (["train", "--stage", "2", "--no-progress"], "--stage1"),
         (["train", "--data", "/no/such/folder", "--steps", "1", "--no-progress", *SETS], "data"),
         (["eval", "--model", "/no/model"], "not found"),
+        (["eval", "--model", "/no/model", "--data", "/some/folder", "--prior", "p"], "procedural scenes"),
         (["demo", "--sweep", "0"], "--sweep"),
         (["render", "--model", "m", "--scene", "s", "--sweep", "400"], "--sweep"),
     ],
@@ -283,6 +332,8 @@ def test_library_errors_are_not_turned_into_user_errors(monkeypatch):
     "argv, message",
     [
         (["sample", "--model", "m", "--prior", "p", "--n", "0"], "--n"),
+        (["demo", "--prior-steps", "0"], "--prior-steps"),
+        (["eval", "--model", "m", "--prior", "p", "--samples-per-class", "0"], "--samples-per-class"),
         (["render", "--model", "m", "--scene", "s", "--frames", "0"], "--frames"),
         (["train", "--steps", "0", "--no-progress"], "steps"),
     ],

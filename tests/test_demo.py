@@ -8,6 +8,8 @@ import torch
 
 from vq3dlib.cli import build_parser
 from vq3dlib.demo import DEMO_DEFAULTS, DemoViews, baseline_verdict, demo_config, run_demo
+from vq3dlib.demo_stage2 import Stage2Demo
+from vq3dlib.train.evaluate_stage2 import Stage2EvalConfig
 
 MICRO = dict(
     image_size=16, render_resolution=8, plane_resolution=16, plane_channels=8, samples_per_ray=8,
@@ -33,13 +35,22 @@ def test_run_demo_writes_its_outputs_and_summary(tmp_path):
     try:
         cfg = demo_config(tmp_path, steps=2, batch_size=2, train_size=4, eval_size=2, progress=False,
                           device="cpu", model_overrides=MICRO)  # fmt: skip
-        summary = run_demo(cfg, tmp_path, DemoViews(scenes=2, frames=2))
+        ev = Stage2EvalConfig(eval_size=4, samples_per_class=1, classifier_steps=2)
+        stage2 = Stage2Demo(prior_steps=2, eval=ev, gif_classes=2, gif_samples=1, gif_frames=2)
+        summary = run_demo(cfg, tmp_path, DemoViews(scenes=2, frames=2), stage2)
     finally:
         torch.set_num_threads(n)
     names = sorted(p.name for p in tmp_path.iterdir() if p.is_file())
-    assert names == ["depth_00.png", "depth_01.png", "metrics.json", "turntable_00.gif", "turntable_01.gif",
-                     "turntables.gif"]  # fmt: skip
-    assert json.loads((tmp_path / "metrics.json").read_text())["train_steps"] == summary["train_steps"] == 2
+    assert names == ["depth_00.png", "depth_01.png", "metrics.json", "samples.gif", "turntable_00.gif",
+                     "turntable_01.gif", "turntables.gif"]  # fmt: skip
+    written = json.loads((tmp_path / "metrics.json").read_text())
+    assert written["train_steps"] == summary["train_steps"] == 2
+    s2 = written["stage2"]
+    assert s2["prior_steps"] == 2 and s2["config"]["eval"]["eval_size"] == 4
+    keys = {"class_accuracy", "classifier_accuracy", "fid_samples", "fid_reconstructions", "fid_ratio",
+            "copy_fraction", "nn_token_distance", "heldout_nn_token_distance"}  # fmt: skip
+    assert keys <= set(s2["metrics"]) and s2["metrics"]["n_samples"] == 6 and s2["metrics"]["n_held_out"] == 4
+    assert (tmp_path / "prior" / "prior.safetensors").is_file() and "samples" in summary["outputs"]
     assert summary["held_out"]["n_images"] == 2 and "machine" in summary
     assert "turntables" in summary["outputs"]
 

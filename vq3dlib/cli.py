@@ -5,7 +5,8 @@ Run ``vq3d --help`` or ``vq3d <command> --help``. Commands:
 * ``vq3d demo`` — trains the ``tiny`` model on procedural scenes for a few minutes on a CPU, then
   reconstructs held-out scenes: turntable GIFs, depth maps, ``metrics.json`` and logs in ``--out``;
   prints held-out reconstruction PSNR, novel-view PSNR and aligned depth error next to trivial
-  baselines (:func:`vq3dlib.demo.run_demo`).
+  baselines (:func:`vq3dlib.demo.run_demo`); then trains a class-conditional prior and a classifier
+  and reports the stage-2 figures, with ``samples.gif`` (:mod:`vq3dlib.demo_stage2`).
 * ``vq3d train`` — stage 1 (:func:`vq3dlib.train.stage1.train_stage1`) or stage 2
   (:func:`vq3dlib.train.stage2.train_stage2`); any config field via ``--set key=value``.
 * ``vq3d reconstruct IMAGE... [--mesh out.glb]`` — images or folders → 3D scenes → for each, in its
@@ -14,7 +15,8 @@ Run ``vq3d --help`` or ``vq3d <command> --help``. Commands:
   ``--model`` is given.
 * ``vq3d render`` — a model + scene codes → images from a turntable and any camera.
 * ``vq3d sample`` — stage-2 prior samples → scenes → turntables.
-* ``vq3d eval`` — held-out metrics of a stage-1 model (procedural scenes or an image folder).
+* ``vq3d eval`` — held-out metrics of a stage-1 model (procedural scenes or an image folder); with
+  ``--prior`` also the stage-2 figures (:mod:`vq3dlib.train.evaluate_stage2`).
 * ``vq3d export-mesh`` — a closed marching-cubes mesh with vertex colours (GLB, OBJ, PLY) of a
   reconstructed scene.
 
@@ -209,6 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             resume=args.resume,
         )
     cfg = _configure(cfg, args.set)
+    stage2 = _stage2_demo(args)
     print(
         f"vq3d demo: training '{cfg.model}' on {cfg.train_size} procedural scenes for up to "
         f"{cfg.steps} steps (batch {cfg.batch_size}, time budget {cfg.time_budget_s:.0f} s, "
@@ -217,7 +220,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         flush=True,
     )
     t0 = time.perf_counter()
-    summary = run_demo(cfg, out, DemoViews(args.scenes, args.frames, args.elevation, args.sweep))
+    summary = run_demo(cfg, out, DemoViews(args.scenes, args.frames, args.elevation, args.sweep), stage2)
     print(
         f"\ntrained {summary['train_steps']} steps in {summary['train_seconds']:.0f} s "
         f"({summary['images_per_second']:.1f} images/s, {summary['skipped_steps']} generator and "
@@ -229,11 +232,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
         note = baseline_verdict(metrics)
         if note:
             print(note)
+    samples = ""
+    if "stage2" in summary:
+        _print_stage2(summary["stage2"])
+        samples = f"{out}/samples.gif, "
     print(
-        f"\nwrote {out}/turntables.gif, {out}/depth_*.png, {out}/metrics.json, logs in {out}/train/logs "
-        f"(total {time.perf_counter() - t0:.0f} s)"
+        f"\nwrote {out}/turntables.gif, {out}/depth_*.png, {samples}{out}/metrics.json, logs in "
+        f"{out}/train/logs (total {time.perf_counter() - t0:.0f} s)"
     )
     return 0
+
+
+def _stage2_demo(args: argparse.Namespace):
+    """The demo's :class:`~vq3dlib.demo_stage2.Stage2Demo` from the command line's stage-2 options."""
+    from vq3dlib.demo_stage2 import Stage2Demo
+    from vq3dlib.train.evaluate_stage2 import Stage2EvalConfig
+
+    with user_input("demo", ValueError):
+        base = Stage2Demo()
+        ev = Stage2EvalConfig(
+            **{**vars(base.eval), "samples_per_class": args.samples_per_class, "cfg_scale": args.cfg_scale,
+               "classifier_steps": args.classifier_steps, "eval_size": args.prior_eval_size}
+        )  # fmt: skip
+        return Stage2Demo(
+            enabled=not args.no_stage2, prior_steps=args.prior_steps, prior_time_s=args.prior_time_budget,
+            eval=ev,
+        )  # fmt: skip
+
+
+def _print_stage2(result: dict[str, Any]) -> None:
+    from vq3dlib.train.evaluate_stage2 import stage2_table
+
+    m = result["metrics"]
+    print(
+        f"\nstage 2: prior trained {result['prior_steps']} steps in {result['prior_seconds']:.0f} s (loss "
+        f"{result['prior_loss']:.3f}); classifier {m['classifier_steps']:.0f} steps in "
+        f"{m['classifier_seconds']:.0f} s"
+    )
+    print(stage2_table(m))
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -359,19 +395,25 @@ def cmd_render(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_sample(args: argparse.Namespace) -> int:
-    """Prior samples → scenes → turntables."""
+def _load_prior(path: str, model, device: str):
+    """The stage-2 prior of ``--prior`` (eval mode), checked against the stage-1 ``model``."""
     from vq3dlib.train.stage2 import load_prior
 
-    _threads(args.threads)
-    model = _load_model(args.model, args.device)
     with user_input("--prior", FileNotFoundError, ValueError):
-        prior = load_prior(args.prior, map_location=args.device)
+        prior = load_prior(path, map_location=device)
     if prior.vocab_size != model.config.vocab_size or prior.seq_len != model.config.prior_seq_len:
         raise UsageError(
             f"the prior (vocab {prior.vocab_size}, length {prior.seq_len}) does not match the stage-1 "
             f"model (vocab {model.config.vocab_size}, length {model.config.prior_seq_len})"
         )
+    return prior
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """Prior samples → scenes → turntables."""
+    _threads(args.threads)
+    model = _load_model(args.model, args.device)
+    prior = _load_prior(args.prior, model, args.device)
     if args.label is not None and not 0 <= args.label < max(prior.num_classes, 1):
         raise UsageError(f"--label must be in [0, {prior.num_classes}), got {args.label}")
     out = _check_dir_arg(args.out)
@@ -404,6 +446,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from vq3dlib.data import ImageFolderDataset, ProceduralScenes
     from vq3dlib.train.evaluate import evaluate_stage1
 
+    if args.prior and args.data != "procedural":
+        raise UsageError("--prior is scored on procedural scenes (their classes); leave --data at procedural")
     _threads(args.threads)
     model = _load_model(args.model, args.device)
     size = model.config.image_size
@@ -416,11 +460,38 @@ def cmd_eval(args: argparse.Namespace) -> int:
             data = ImageFolderDataset(args.data, size)
     metrics = evaluate_stage1(model, data, batch_size=args.batch_size, max_items=args.n)
     _print_metrics(metrics, metrics["n_images"])
+    if args.prior:
+        metrics["stage2"] = _eval_prior(args, model)
+        from vq3dlib.train.evaluate_stage2 import stage2_table
+
+        print()
+        print(stage2_table(metrics["stage2"]))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(metrics, indent=2))
         print(f"wrote {args.json}")
     return 0
+
+
+def _eval_prior(args: argparse.Namespace, model) -> dict[str, float]:
+    """The stage-2 figures of ``--prior`` on procedural scenes (:mod:`vq3dlib.train.evaluate_stage2`)."""
+    from vq3dlib.train.evaluate_stage2 import (
+        Stage2EvalConfig,
+        evaluate_stage2_procedural,
+        prior_training_codes,
+    )
+
+    prior = _load_prior(args.prior, model, args.device)
+    if prior.num_classes < 2:
+        raise UsageError(f"--prior must be class-conditional (num_classes >= 2), got {prior.num_classes}")
+    with user_input("eval", ValueError):
+        cfg = Stage2EvalConfig(
+            eval_size=args.prior_eval_size, samples_per_class=args.samples_per_class,
+            cfg_scale=args.cfg_scale, classifier_steps=args.classifier_steps, batch_size=args.batch_size,
+        )  # fmt: skip
+    train_seed = args.data_seed - 1  # --data-seed is the held-out seed (training seed + 1)
+    codes = prior_training_codes(args.prior, model, args.train_size, train_seed)
+    return evaluate_stage2_procedural(model, prior, codes, args.train_size, train_seed, cfg)["metrics"]
 
 
 def cmd_export_mesh(args: argparse.Namespace) -> int:
@@ -550,6 +621,21 @@ def _add_mesh_level(p: argparse.ArgumentParser, resolution_flag: str) -> None:
     )
 
 
+def _add_stage2_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--prior-eval-size", type=_positive_int, default=96, help="stage 2: held-out scenes (default: 96)"
+    )
+    p.add_argument(
+        "--samples-per-class", type=_positive_int, default=16, help="stage 2: samples per class (default: 16)"
+    )
+    p.add_argument(
+        "--cfg-scale", type=float, default=1.0, help="stage 2: classifier-free guidance scale (default: 1)"
+    )
+    p.add_argument(
+        "--classifier-steps", type=_positive_int, default=300, help="stage 2: classifier steps (default: 300)"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``vq3d`` argument parser (one sub-parser per command).
 
@@ -603,6 +689,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out/train")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a Stage1Config field")
+    p.add_argument(
+        "--no-stage2", action="store_true", help="stage 1 only: no prior, samples or stage-2 figures"
+    )
+    p.add_argument(
+        "--prior-steps", type=_positive_int, default=3000, help="prior training steps (default: 3000)"
+    )
+    p.add_argument(
+        "--prior-time-budget",
+        type=float,
+        default=45.0,
+        help="prior training seconds, 0 = no limit (default: 45)",
+    )
+    _add_stage2_eval(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     _add_common(p, model=False)
     p.set_defaults(func=cmd_demo, device="auto")
@@ -713,6 +812,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--batch-size", type=_positive_int, default=16, help="batch size (default: 16)")
     p.add_argument("--json", default=None, help="also write the metrics to this JSON file")
+    p.add_argument(
+        "--prior",
+        default=None,
+        help="also evaluate this stage-2 prior (run folder, checkpoint or prior.safetensors): class accuracy "
+        "of class-conditional samples, FID vs held-out images next to the reconstructions' FID, copies "
+        "of training code grids (procedural scenes)",
+    )
+    p.add_argument(
+        "--train-size",
+        type=_positive_int,
+        default=512,
+        help="--prior: procedural training scenes (seed --data-seed - 1) for the classifier, and for the "
+        "codes when the prior's folder has no codes.safetensors (default: 512)",
+    )
+    _add_stage2_eval(p)
     _add_common(p)
     p.set_defaults(func=cmd_eval)
 

@@ -27,6 +27,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from vq3dlib.demo_stage2 import Stage2Demo, run_stage2_demo
 from vq3dlib.io import disparity_image, write_gif, write_png
 from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable, turntable_cameras
 from vq3dlib.train.stage1 import Stage1Config, train_stage1
@@ -37,6 +38,7 @@ OUTPUTS = {
     "depth": "depth_XX.png (input | reconstruction | true disparity | rendered disparity)",
     "logs": "train/logs/scalars.jsonl, train/logs/images/*.png, train/logs/tb (TensorBoard)",
     "model": "train/model.safetensors",
+    "samples": "samples.gif (class-conditional prior samples, a row per class), prior/prior.safetensors",
 }
 
 
@@ -190,19 +192,29 @@ def write_reconstructions(
     return written
 
 
-def run_demo(config: Stage1Config, out: str | os.PathLike, views: DemoViews = DemoViews()) -> dict[str, Any]:
+def run_demo(
+    config: Stage1Config,
+    out: str | os.PathLike,
+    views: DemoViews = DemoViews(),
+    stage2: Stage2Demo | None = None,
+) -> dict[str, Any]:
     """Trains ``config`` (see :func:`demo_config`), writes the held-out reconstructions and
-    ``metrics.json`` to ``out``; returns the summary written there.
+    ``metrics.json`` to ``out``; then (unless ``stage2.enabled`` is false) trains the class-conditional
+    prior and the classifier, writes ``samples.gif`` and the stage-2 figures
+    (:func:`~vq3dlib.demo_stage2.run_stage2_demo`). Returns the summary written to ``metrics.json``.
 
     Args:
         config: the stage-1 run (procedural data; its held-out scenes are reconstructed).
         out: the output folder.
         views: the held-out scenes shown as turntables and depth panels (:class:`DemoViews`).
+        stage2: the prior, classifier and sampling settings (:class:`~vq3dlib.demo_stage2.Stage2Demo`;
+            default ``Stage2Demo()``).
 
     Returns:
         ``{"argv", "date", "machine", "train_steps", "skipped_steps", "skipped_disc_steps",
         "train_seconds", "total_seconds", "images_per_second", "held_out" (metrics), "config",
-        "outputs"}``.
+        "outputs"}`` and, with stage 2, ``"stage2"`` (:func:`~vq3dlib.demo_stage2.run_stage2_demo`'s
+        result: ``"metrics"`` and the prior's steps, seconds, loss and settings).
 
     Example:
         >>> import tempfile
@@ -212,7 +224,8 @@ def run_demo(config: Stage1Config, out: str | os.PathLike, views: DemoViews = De
         >>> out = tempfile.mkdtemp()
         >>> cfg = demo_config(out, steps=1, batch_size=2, train_size=2, eval_size=1, progress=False,
         ...                   device="cpu", model_overrides=micro)
-        >>> summary = run_demo(cfg, out, DemoViews(scenes=1, frames=2))  # doctest: +ELLIPSIS
+        >>> no_prior = Stage2Demo(enabled=False)
+        >>> summary = run_demo(cfg, out, DemoViews(scenes=1, frames=2), no_prior)  # doctest: +ELLIPSIS
         VQ3D 'tiny' parameters: ...
         >>> summary["train_steps"], sorted(p.name for p in Path(out).glob("*.gif"))
         (1, ['turntable_00.gif', 'turntables.gif'])
@@ -236,6 +249,10 @@ def run_demo(config: Stage1Config, out: str | os.PathLike, views: DemoViews = De
         "config": {"train": dict(vars(config)), "model": model.config.to_dict()},
         "outputs": dict(OUTPUTS),
     }
+    stage2 = stage2 if stage2 is not None else Stage2Demo()
+    if stage2.enabled:
+        summary["stage2"] = run_stage2_demo(config.out_dir, config, out, stage2)
+        summary["total_seconds"] = round(time.perf_counter() - t0, 1)
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(summary, indent=2, default=str))
     return summary
