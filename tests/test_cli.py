@@ -191,6 +191,7 @@ def test_stage2_train_and_sample(stage1_run, tmp_path):
 
 def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
     from vq3dlib.models import CodePrior
+    from vq3dlib.models.prior import DEFAULT_CFG_SCALE
     from vq3dlib.train.stage1 import load_stage1_model
     from vq3dlib.train.stage2 import save_prior
 
@@ -210,13 +211,15 @@ def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
                 "--out", str(out)]  # fmt: skip
         assert main(argv) == 0
         got[label] = io.load_scene_indices(out / "samples.scene.safetensors").reshape(6, -1)
-        want = prior.sample(6, label, temperature=0.05, generator=torch.Generator().manual_seed(4))
+        want = prior.sample(6, label, temperature=0.05, cfg_scale=DEFAULT_CFG_SCALE,
+                            generator=torch.Generator().manual_seed(4))  # the CLI's default guidance
         assert torch.equal(got[label], want)  # the samples of class `label`, same seed
     assert not torch.equal(got[0], got[3])
 
 
 def test_eval_with_a_prior_reports_the_stage2_figures(stage1_run, tmp_path, capsys):
     from vq3dlib.models import CodePrior
+    from vq3dlib.models.prior import DEFAULT_CFG_SCALE
     from vq3dlib.train.stage1 import load_stage1_model
     from vq3dlib.train.stage2 import save_prior
 

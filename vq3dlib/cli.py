@@ -61,6 +61,7 @@ from vq3dlib.io import (
     write_png,
 )
 from vq3dlib.models.pretrained import DEFAULT_PRETRAINED
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE
 from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable, view_cameras
 
 
@@ -629,7 +630,10 @@ def _add_stage2_eval(p: argparse.ArgumentParser) -> None:
         "--samples-per-class", type=_positive_int, default=16, help="stage 2: samples per class (default: 16)"
     )
     p.add_argument(
-        "--cfg-scale", type=float, default=1.0, help="stage 2: classifier-free guidance scale (default: 1)"
+        "--cfg-scale",
+        type=float,
+        default=DEFAULT_CFG_SCALE,
+        help=f"stage 2: classifier-free guidance scale (default: {DEFAULT_CFG_SCALE:g})",
     )
     p.add_argument(
         "--classifier-steps", type=_positive_int, default=300, help="stage 2: classifier steps (default: 300)"
@@ -789,7 +793,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
     p.add_argument("--top-k", type=int, default=None, help="top-k filtering")
     p.add_argument("--top-p", type=float, default=None, help="nucleus filtering")
-    p.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance scale (default: 1)")
+    p.add_argument(
+        "--cfg-scale",
+        type=float,
+        default=DEFAULT_CFG_SCALE,
+        help=f"classifier-free guidance scale (default: {DEFAULT_CFG_SCALE:g})",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed (default: 0)")
     p.add_argument("--out", default="samples", help="output folder (default: samples)")
     _add_common(p)

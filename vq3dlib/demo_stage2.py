@@ -22,6 +22,7 @@ from typing import Any
 import torch
 
 from vq3dlib.io import write_gif
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE
 from vq3dlib.models.scene import render_turntable
 from vq3dlib.train.evaluate_stage2 import Stage2EvalConfig, evaluate_stage2_procedural
 
@@ -64,7 +65,7 @@ def write_samples_gif(
     classes: int = 3,
     per_class: int = 3,
     frames: int = 12,
-    cfg_scale: float = 1.0,
+    cfg_scale: float = DEFAULT_CFG_SCALE,
     seed: int = 0,
 ) -> Path:
     """Samples ``per_class`` scenes of each of the first ``classes`` classes and writes their turntables

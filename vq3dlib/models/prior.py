@@ -208,6 +208,11 @@ def sample_logits(
     return torch.multinomial(logits.softmax(dim=-1), 1, generator=generator)[:, 0]
 
 
+#: classifier-free guidance scale of the command line's and the demo's samples: with the demo's
+#: prior, scale 6 lifts the class accuracy of samples from 0.49 to 0.81 (docs/training.md)
+DEFAULT_CFG_SCALE = 6.0
+
+
 class CodePrior(nn.Module):
     """Class-conditional autoregressive transformer over ``seq_len`` code indices.
 

@@ -45,6 +45,7 @@ from torch import Tensor, nn
 from vq3dlib._validation import check_positive, check_tensor
 from vq3dlib.classifier import SceneClassifier, classifier_accuracy, train_classifier
 from vq3dlib.metrics import FIDFeatures
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE
 
 #: the goals of issue 14 for the figures of :func:`evaluate_stage2`
 GOALS = {"class_accuracy": 0.80, "fid_ratio": 1.5, "copy_fraction": 0.01}
@@ -175,7 +176,7 @@ class Stage2EvalConfig:
     temperature: float = 1.0
     top_k: int | None = None
     top_p: float | None = None
-    cfg_scale: float = 1.0
+    cfg_scale: float = DEFAULT_CFG_SCALE
     classifier_steps: int = 300
     classifier_time_s: float = 20.0
     batch_size: int = 16
