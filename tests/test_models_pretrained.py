@@ -65,3 +65,17 @@ def test_stage1_model_paths_accept_demo_folders_and_bundled_names(tmp_path, monk
         stage1_model_file("other")
     with pytest.raises(FileNotFoundError, match="not found"):
         stage1_model_file(tmp_path / "missing.safetensors")
+
+
+def test_the_bundled_model_reconstructs_held_out_scenes_at_its_documented_figures():
+    """The shipped `tiny-procedural` weights on the first 16 held-out procedural scenes (docs/training.md)."""
+    from vq3dlib.data import ProceduralScenes
+    from vq3dlib.models import VQ3DModel
+    from vq3dlib.train.evaluate import evaluate_stage1
+
+    model = VQ3DModel.pretrained("tiny-procedural")
+    m = evaluate_stage1(model, ProceduralScenes(16, 32, n_novel_views=1, seed=1), batch_size=8)
+    assert m["psnr"] == pytest.approx(26.21, abs=0.1), m
+    assert m["novel_psnr"] == pytest.approx(20.90, abs=0.15), m
+    assert m["own_vs_other_db"] > 8.0 and m["holes_fraction"] == 0.0, m
+    assert m["psnr"] > m["baseline_psnr"] + 5.0
