@@ -219,7 +219,6 @@ def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
 
 def test_eval_with_a_prior_reports_the_stage2_figures(stage1_run, tmp_path, capsys):
     from vq3dlib.models import CodePrior
-    from vq3dlib.models.prior import DEFAULT_CFG_SCALE
     from vq3dlib.train.stage1 import load_stage1_model
     from vq3dlib.train.stage2 import save_prior
 
