@@ -290,6 +290,9 @@ def test_train_on_a_folder_with_depth_required_names_the_missing_depth(tmp_path,
         (["eval", "--model", "/no/model", "--data", "/some/folder", "--prior", "p"], "procedural scenes"),
         (["demo", "--sweep", "0"], "--sweep"),
         (["render", "--model", "m", "--scene", "s", "--sweep", "400"], "--sweep"),
+        (["reconstruct", "x.png", "--threads", "-1"], "--threads"),
+        (["reconstruct", "x.png", "--device", "foo"], "--device"),
+        (["eval", "--model", "m", "--device", "tpu"], "must be cpu, cuda"),
     ],
 )
 def test_errors_are_clear_and_exit_nonzero(argv, message, capsys):
@@ -307,6 +310,38 @@ def test_bad_inputs_to_existing_model(stage1_run, tmp_path, capsys):
     assert main(["render", "--model", str(stage1_run), "--scene", str(wrong), "--out", str(tmp_path)]) == 2
     assert "expects" in capsys.readouterr().err
     assert main(["export-mesh", "--model", str(stage1_run)]) == 2  # neither IMAGE nor --scene
+    capsys.readouterr()
+
+
+def test_unreadable_scene_and_prior_files_and_bad_sampling_options_are_user_errors(
+    stage1_run, tmp_path, capsys
+):
+    text = tmp_path / "text.pt"
+    text.write_text("hello")
+    floats = tmp_path / "floats.safetensors"
+    from safetensors.torch import save_file
+
+    save_file({"indices": torch.full((1, 4, 4), 1.5)}, str(floats))  # float "indices"
+    cases = ((text, "cannot be read as a scene file"), (floats, "must be integer code indices"))
+    for scene, message in cases:
+        argv = ["render", "--model", str(stage1_run), "--scene", str(scene), "--out", str(tmp_path)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    truncated = tmp_path / "prior.safetensors"
+    truncated.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}")
+    argv = ["sample", "--model", str(stage1_run), "--out", str(tmp_path / "s"), "--frames", "1"]
+    assert main([*argv, "--prior", str(truncated)]) == 2
+    assert "--prior" in capsys.readouterr().err
+    from vq3dlib.models import CodePrior
+    from vq3dlib.train.stage1 import load_stage1_model
+    from vq3dlib.train.stage2 import save_prior
+
+    cfg = load_stage1_model(stage1_run).config
+    prior = save_prior(CodePrior.from_config(cfg), cfg, tmp_path / "ok.safetensors")
+    for option, value in (("--cfg-scale", "nan"), ("--top-p", "0")):
+        assert main([*argv, "--prior", str(prior), option, value]) == 2
+        assert option.lstrip("-").replace("-", "_") in capsys.readouterr().err
 
 
 @pytest.mark.slow  # two fresh interpreters importing torch

@@ -535,8 +535,10 @@ def _add_common(p: argparse.ArgumentParser, model: bool = True, bundled_default:
             "the name of a bundled model"
             + (f" (default: the bundled {DEFAULT_PRETRAINED!r})" if bundled_default else ""),
         )
-    p.add_argument("--device", default="cpu", help="cpu or cuda (default: cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p.add_argument("--device", type=_device_arg, default="cpu", help="cpu or cuda (default: cpu)")
+    p.add_argument(
+        "--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's choice)"
+    )
 
 
 def _positive_int(text: str) -> int:
@@ -544,6 +546,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
     return value
+
+
+def _device_arg(text: str) -> str:
+    """``--device``: ``auto``, ``cpu``, ``cuda`` or ``cuda:N`` of a GPU that is there."""
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise argparse.ArgumentTypeError(f"must be cpu, cuda, cuda:N or auto, got {text!r}")
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: no CUDA device is available here (use cpu)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise argparse.ArgumentTypeError(f"{text}: there are {torch.cuda.device_count()} CUDA device(s)")
+    return text
 
 
 def _sweep_degrees(text: str) -> float:

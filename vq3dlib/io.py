@@ -332,7 +332,8 @@ def save_scene(indices: Tensor, path: str | os.PathLike, labels: Tensor | None =
 def load_scene_indices(path: str | os.PathLike) -> Tensor:
     """Code indices saved by :func:`save_scene` (or any safetensors/``torch.save`` file with ``indices``).
 
-    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for one without ``indices``.
+    Raises ``FileNotFoundError`` for a missing file and ``ValueError`` for an unreadable one, one
+    without ``indices`` or with indices that are not integers.
 
     Example:
         >>> import tempfile
@@ -343,16 +344,22 @@ def load_scene_indices(path: str | os.PathLike) -> Tensor:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"scene file not found: {p}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        if p.suffix == ".safetensors":
+            from safetensors.torch import load_file
 
-        data = load_file(str(p))
-    else:
-        data = torch.load(p, map_location="cpu", weights_only=True)
-        data = data if isinstance(data, dict) else {"indices": data}
-    if "indices" not in data:
+            data = load_file(str(p))
+        else:
+            data = torch.load(p, map_location="cpu", weights_only=True)
+            data = data if isinstance(data, dict) else {"indices": data}
+    except Exception as exc:  # a truncated file, text, a pickle weights_only refuses
+        raise ValueError(f"{p} cannot be read as a scene file: {type(exc).__name__}: {exc}") from None
+    if "indices" not in data or not isinstance(data["indices"], Tensor):
         raise ValueError(f"{p} holds no 'indices' tensor (keys: {sorted(data)})")
-    return data["indices"].long()
+    indices = data["indices"]
+    if indices.is_floating_point() or indices.is_complex() or indices.dtype == torch.bool:
+        raise ValueError(f"{p}: 'indices' must be integer code indices, got dtype {indices.dtype}")
+    return indices.long()
 
 
 __all__ = [

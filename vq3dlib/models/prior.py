@@ -487,6 +487,10 @@ class CodePrior(nn.Module):
         check_positive("n", n, allow_zero=True)
         device = self._device()
         labels = self._labels(labels, n, device)
+        if not math.isfinite(cfg_scale):
+            raise ValueError(f"cfg_scale must be a finite number, got {cfg_scale}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         guided = cfg_scale != 1.0
         if guided and self.num_classes == 0:
             raise ValueError("cfg_scale != 1 needs a class-conditional prior (num_classes > 0)")

@@ -206,10 +206,8 @@ def load_prior(
 
     The model config it was built from is available as ``prior.vq3d_config``.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from vq3dlib.models import CodePrior, VQ3DConfig
+    from vq3dlib.train.checkpoint import read_safetensors
 
     p = Path(path)
     if p.is_dir():
@@ -222,11 +220,9 @@ def load_prior(
             p = latest
     if not p.is_file():
         raise FileNotFoundError(f"prior file not found: {p}")
-    with safe_open(str(p), framework="pt") as f:
-        meta = f.metadata() or {}
+    state, meta = read_safetensors(p, device=str(torch.device(map_location)))  # ValueError if unreadable
     if "vq3d_prior_config" in meta:
         cfg = VQ3DConfig.from_dict(json.loads(meta["vq3d_prior_config"]))
-        state = load_file(str(p), device=str(torch.device(map_location)))
     else:
         ckpt = load_checkpoint(p, restore_rng=False, map_location=map_location)
         if "prior" not in ckpt.states or "model_config" not in ckpt.extra:
