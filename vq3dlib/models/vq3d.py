@@ -406,6 +406,7 @@ class VQ3DModel(nn.Module):
         cameras: Cameras,
         background: float | None = None,
         grid: OccupancyGrid | None = None,
+        output_image: bool = True,
     ) -> RenderOutput:
         """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
         ``i mod B``).
@@ -413,8 +414,12 @@ class VQ3DModel(nn.Module):
         Returns a :class:`~vq3dlib.render.RenderOutput` of the ``[N, H, W]`` rays: ``rgb [N, H, W, 3]``,
         ``depth``/``disparity``/``opacity [N, H, W]`` (``.images()``: channels first), ``features
         [N, H, W, E]`` when ``config.field_out_features = E > 0`` (the ``background`` colour applies to
-        rgb only), the packed samples (for depth losses) and ``grid``, the occupancy grid, which a second
-        render of the same ``planes`` can take instead of evaluating a new one.
+        rgb only), the packed samples (for depth losses) and ``grid``, the occupancy grid
+        (``sampling="march"``), which a second render of the same ``planes`` can take instead of
+        evaluating a new one. Cameras at ``config.render_resolution`` also get ``image [N, 3,
+        image_size, image_size]``, the model's output image (super-resolved when the model has the
+        head, else upsampled), unless ``output_image=False`` (renders whose rgb alone is used, such as
+        the novel views of a training step).
 
         Example:
             >>> import torch
@@ -449,7 +454,7 @@ class VQ3DModel(nn.Module):
             )
         if extra:  # the renderer composited [rgb, features] together
             out = dataclasses.replace(out, rgb=out.rgb[..., :3], features=out.rgb[..., 3:])
-        if tuple(cameras.image_size) == (self.config.render_resolution,) * 2:
+        if output_image and tuple(cameras.image_size) == (self.config.render_resolution,) * 2:
             views = out.images()
             out.image = self._upsample(views["rgb"], views.get("features"))
         return out
@@ -509,7 +514,8 @@ class VQ3DModel(nn.Module):
             )
             base = None if base is None else Cameras.cat([base] * cfg.novel_views)
             novel_cams = self.novel_sampler.sample(b * cfg.novel_views, base=base, device=images.device)
-            novel_rgb = self.render(planes, novel_cams, grid=canonical.grid).images()["rgb"]
+            novel = self.render(planes, novel_cams, grid=canonical.grid, output_image=False)  # rgb only
+            novel_rgb = novel.images()["rgb"]
         losses = self.loss.generator_losses(
             images,
             recon,

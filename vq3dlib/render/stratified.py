@@ -94,13 +94,13 @@ def stratified_intervals(
         raise ValueError(f"inner_fraction must be in [0, 1], got {inner_fraction}")
     n_inner = min(int(round(inner_fraction * n_samples)), n_samples - 1)  # >= 1 interval outside
     n_outer = n_samples - n_inner
-    t_in, t_out, hit = ray_aabb_intersect(origins, directions, aabb, near=near, far=far, miss_value=near)
+    # a ray that misses the box gets t_in = t_out = near: zero-length inner intervals, outer from near
+    t_in, t_out, _ = ray_aabb_intersect(origins, directions, aabb, near=near, far=far, miss_value=near)
     parts = []
     if n_inner:  # n_outer >= 1 always
         parts.append(t_in[:, None] + (t_out - t_in)[:, None] * _edges(n_inner, jitter, origins)[:, :-1])
     if n_outer:
-        start = torch.where(hit, t_out, torch.full_like(t_out, near))
-        s0 = 1.0 / start.clamp(min=1e-6)
+        s0 = 1.0 / t_out.clamp(min=1e-6)
         s1 = 1.0 / far
         s = s0[:, None] + (s1 - s0[:, None]) * _edges(n_outer, jitter, origins)[:, :-1]
         parts.append(1.0 / s)
