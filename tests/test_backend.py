@@ -107,3 +107,22 @@ def test_required_extension_that_cannot_build_is_an_error(tmp_path):
     res = _run_python(code, CXX="false", CC="false", VQ3DLIB_CACHE=str(tmp_path), VQ3DLIB_BACKEND="ext")
     assert res.returncode == 0, res.stderr[-3000:]
     assert "ERROR-OK" in res.stdout
+
+
+def test_build_folder_depends_on_the_sources_and_on_the_checkout(tmp_path):
+    # the same sources in two checkouts build into two folders (a shared folder would be rebuilt by
+    # each checkout in turn, since the build commands name the source paths); a change of a source
+    # or of the flags is a new build too
+    copies = []
+    for name in ("a", "b"):
+        csrc = tmp_path / name / "csrc"
+        csrc.mkdir(parents=True)
+        (csrc / "op.cpp").write_text("int f() { return 1; }\n")
+        (csrc / "op.h").write_text("int f();\n")
+        copies.append(csrc)
+    tag = [_ext._sources_hash([str(c / "op.cpp")], (["-O3"],), c) for c in copies]
+    assert tag[0] != tag[1]
+    assert tag[0] == _ext._sources_hash([str(copies[0] / "op.cpp")], (["-O3"],), copies[0])
+    assert tag[0] != _ext._sources_hash([str(copies[0] / "op.cpp")], (["-O2"],), copies[0])
+    (copies[0] / "op.h").write_text("int f(); // changed\n")
+    assert tag[0] != _ext._sources_hash([str(copies[0] / "op.cpp")], (["-O3"],), copies[0])

@@ -89,8 +89,12 @@ def _cuda_targets() -> str:
 
 
 def _sources_hash(files: list[str], flags: tuple[list[str], ...] = (), csrc: Path = CSRC_DIR) -> str:
-    """Hash of the sources, every header under ``csrc`` and the build flags (a new build per change)."""
-    digest = hashlib.sha1()
+    """Hash of the sources, every header under ``csrc``, the build flags and where ``csrc`` is.
+
+    A new build per change; two checkouts of the same sources get separate builds too (the build
+    commands name the source paths, so a shared build folder would be rebuilt by each in turn).
+    """
+    digest = hashlib.sha1(str(csrc.resolve()).encode())
     patterns = (str(csrc / "**" / "*.h"), str(csrc / "**" / "*.cuh"))
     headers = sorted(f for pattern in patterns for f in glob.glob(pattern, recursive=True))
     for f in files + headers:
