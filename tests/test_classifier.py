@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from vq3dlib.classifier import SceneClassifier, classifier_accuracy, train_classifier
+from vq3dlib.classifier import SceneClassifier, classifier_accuracy, gaussian_blur, train_classifier
 from vq3dlib.data.procedural import CLASSES
 from vq3dlib.train.evaluate_stage2 import procedural_images
 
@@ -64,3 +64,55 @@ def test_bad_inputs_name_the_argument():
         train_classifier(x, y, steps=0)
     with pytest.raises(TypeError, match="images must be a floating-point tensor"):
         SceneClassifier(2)(torch.rand(2, 3, 8, 8).long())
+
+
+def _blurred_by_definition(image: torch.Tensor, sigma: float, r: int) -> torch.Tensor:
+    # the 2-D Gaussian of radius r as an explicit weighted sum over a reflect-padded image
+    c, h, w = image.shape
+    padded = torch.nn.functional.pad(image[None], (r, r, r, r), mode="reflect")[0]
+    offsets = torch.arange(-r, r + 1, dtype=torch.float64)
+    weights = torch.exp(-(offsets[:, None] ** 2 + offsets[None] ** 2) / (2 * sigma**2))
+    weights = weights / weights.sum()
+    out = torch.zeros(c, h, w, dtype=torch.float64)
+    for i in range(2 * r + 1):
+        for j in range(2 * r + 1):
+            out += weights[i, j] * padded[:, i : i + h, j : j + w]
+    return out
+
+
+def test_gaussian_blur_matches_the_definition_per_image():
+    x = torch.rand(3, 2, 11, 13, dtype=torch.float64)
+    sigma = torch.tensor([0.0, 0.8, 1.5], dtype=torch.float64)
+    y = gaussian_blur(x, sigma)
+    assert torch.equal(y[0], x[0])  # sigma 0: unchanged
+    for i in (1, 2):
+        # one radius for the batch: three widths of the widest blur
+        torch.testing.assert_close(y[i], _blurred_by_definition(x[i], float(sigma[i]), r=math.ceil(3 * 1.5)))
+    torch.testing.assert_close(y.sum((-1, -2)), x.sum((-1, -2)), rtol=0.05, atol=0)  # about mass-preserving
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(x, torch.tensor([0.0, -1.0, 1.0], dtype=torch.float64))
+    with pytest.raises(ValueError, match="sigma"):
+        gaussian_blur(x, torch.ones(2, dtype=torch.float64))
+    with pytest.raises(ValueError, match="blur_sigma"):
+        train_classifier(torch.rand(3, 3, 8, 8), torch.tensor([0, 1, 0]), steps=1, blur_sigma=-1.0)
+
+
+def test_blur_augmentation_blurs_half_the_images_up_to_blur_sigma(monkeypatch):
+    import vq3dlib.classifier as classifier
+
+    seen = []
+
+    def spy(images, sigma):
+        seen.append(sigma.clone())
+        return gaussian_blur(images, sigma)
+
+    monkeypatch.setattr(classifier, "gaussian_blur", spy)
+    x, y = torch.rand(64, 3, 8, 8), torch.arange(64) % 2
+    train_classifier(x, y, steps=20, batch_size=32, blur_sigma=2.0)
+    sigma = torch.cat(seen)
+    assert len(seen) == 20 and sigma.shape == (640,)
+    assert 0.35 < float((sigma == 0).float().mean()) < 0.65  # about half of the images stay sharp
+    assert float(sigma.max()) <= 2.0 and float(sigma.max()) > 1.5
+    seen.clear()
+    train_classifier(x, y, steps=5, batch_size=32)  # blur_sigma=0: no blur at all
+    assert seen == []

@@ -109,6 +109,39 @@ class SceneClassifier(nn.Module):
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.long)
 
 
+def gaussian_blur(images: Tensor, sigma: Tensor) -> Tensor:
+    """Blurs each image of ``images [B, C, H, W]`` with a Gaussian of its own width ``sigma [B]`` (pixels).
+
+    Separable, reflect-padded; ``sigma = 0`` leaves an image unchanged.
+
+    Example:
+        >>> x = torch.zeros(2, 1, 9, 9); x[:, :, 4, 4] = 1
+        >>> y = gaussian_blur(x, torch.tensor([0.0, 1.0]))
+        >>> bool(torch.equal(y[0], x[0])), round(float(y[1].sum()), 4), float(y[1, 0, 4, 4]) < 0.2
+        (True, 1.0, True)
+    """
+    check_tensor("images", images, ndim=4, floating=True)
+    check_tensor("sigma", sigma, shape=(images.shape[0],), floating=True, finite=True)
+    if bool((sigma < 0).any()):
+        raise ValueError("sigma must be >= 0")
+    b, c, h, w = images.shape
+    radius = max(int(math.ceil(3.0 * float(sigma.max()))), 0) if b else 0
+    if radius == 0:
+        return images
+    offsets = torch.arange(-radius, radius + 1, device=images.device, dtype=images.dtype)
+    s = sigma.to(images.dtype)[:, None]
+    kernel = torch.exp(-0.5 * (offsets[None] / s.clamp_min(1e-6)) ** 2)
+    kernel = torch.where(s > 0, kernel, (offsets[None] == 0).to(images.dtype))
+    kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)  # [B*C, 2r+1]
+    x = images.reshape(1, b * c, h, w)
+    pad_h, pad_w = min(radius, h - 1), min(radius, w - 1)
+    k_h, k_w = kernel[:, radius - pad_h : radius + pad_h + 1], kernel[:, radius - pad_w : radius + pad_w + 1]
+    k_h, k_w = k_h / k_h.sum(1, keepdim=True), k_w / k_w.sum(1, keepdim=True)
+    x = F.conv2d(F.pad(x, (0, 0, pad_h, pad_h), mode="reflect"), k_h[:, None, :, None], groups=b * c)
+    x = F.conv2d(F.pad(x, (pad_w, pad_w, 0, 0), mode="reflect"), k_w[:, None, None, :], groups=b * c)
+    return x.reshape(b, c, h, w)
+
+
 def _check_labelled(images: Tensor, labels: Tensor, prefix: str = "") -> None:
     check_tensor(prefix + "images", images, shape=(None, 3, None, None), floating=True, finite=True)
     check_tensor(prefix + "labels", labels, shape=(images.shape[0],), integer=True)
@@ -158,21 +191,26 @@ def train_classifier(
     batch_size: int = 64,
     lr: float = 3e-3,
     weight_decay: float = 1e-4,
+    blur_sigma: float = 0.0,
     seed: int = 0,
     device: torch.device | str = "cpu",
 ) -> ClassifierResult:
     """Trains a :class:`SceneClassifier` on ``images [N, 3, H, W]`` in ``[0, 1]`` with ``labels [N]``.
 
     AdamW with a cosine learning-rate decay over ``steps``, random horizontal flips (class labels of
-    scenes do not change under a mirror), batches drawn with a generator seeded by ``seed`` (the
-    weights' initialisation too, without touching the global RNG). Training stops after ``steps`` or,
-    when ``time_budget_s > 0``, once that many seconds have passed.
+    scenes do not change under a mirror), with ``blur_sigma > 0`` a Gaussian blur of random width in
+    ``[0, blur_sigma]`` pixels on half of the images (a class does not change with sharpness, so the
+    classifier judges what a blurred rendering shows rather than how sharp it is), batches drawn
+    with a generator seeded by ``seed`` (the weights' initialisation too, without touching the global
+    RNG). Training stops after ``steps`` or, when ``time_budget_s > 0``, once that many seconds have
+    passed.
 
     Args:
         images, labels: the training set; labels in ``[0, num_classes)``.
         num_classes: classes (default ``labels.max() + 1``, at least 2).
         held_out: optional ``(images, labels)`` for :attr:`ClassifierResult.accuracy`.
         steps, time_budget_s, batch_size, lr, weight_decay, seed: the optimisation.
+        blur_sigma: the widest blur of the augmentation, in pixels (0: no blur).
         device: where to train.
 
     Returns:
@@ -194,6 +232,7 @@ def train_classifier(
     check_positive("time_budget_s", time_budget_s, allow_zero=True)
     check_positive("batch_size", batch_size)
     check_positive("lr", lr)
+    check_positive("blur_sigma", blur_sigma, allow_zero=True)
     k = int(num_classes) if num_classes is not None else max(int(labels.max()) + 1, 2)
     if int(labels.min()) < 0 or int(labels.max()) >= k:
         raise ValueError(
@@ -217,6 +256,9 @@ def train_classifier(
         flip = torch.rand(b, generator=gen) < 0.5
         x = x_all[idx]
         x = torch.where(flip.to(device)[:, None, None, None], x.flip(-1), x)
+        if blur_sigma > 0:
+            sigma = torch.rand(b, generator=gen) * blur_sigma * (torch.rand(b, generator=gen) < 0.5)
+            x = gaussian_blur(x, sigma.to(device))
         loss = F.cross_entropy(model(x), y_all[idx])
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -229,4 +271,4 @@ def train_classifier(
     return ClassifierResult(model, acc, classifier_accuracy(model, images, labels), done, seconds)
 
 
-__all__ = ["ClassifierResult", "SceneClassifier", "classifier_accuracy", "train_classifier"]
+__all__ = ["ClassifierResult", "SceneClassifier", "classifier_accuracy", "gaussian_blur", "train_classifier"]

@@ -164,6 +164,9 @@ class Stage2EvalConfig:
         samples_per_class: prior samples per class (``classes * samples_per_class`` in all).
         temperature, top_k, top_p, cfg_scale: sampling (:meth:`~vq3dlib.models.CodePrior.sample`).
         classifier_steps, classifier_time_s: the classifier's training (:func:`train_classifier`).
+        classifier_blur: the widest Gaussian blur (pixels) of the classifier's training augmentation
+            (``train_classifier(blur_sigma=...)``), so that it judges the class a rendering shows and
+            not how sharp the rendering is; 0 trains it on sharp images only.
         batch_size: scenes rendered at once; seed: the sampling and the classifier's seed.
 
     Example:
@@ -179,6 +182,7 @@ class Stage2EvalConfig:
     cfg_scale: float = DEFAULT_CFG_SCALE
     classifier_steps: int = 300
     classifier_time_s: float = 20.0
+    classifier_blur: float = 0.0
     batch_size: int = 16
     seed: int = 0
 
@@ -189,6 +193,7 @@ class Stage2EvalConfig:
         check_positive("samples_per_class", self.samples_per_class)
         check_positive("classifier_steps", self.classifier_steps)
         check_positive("classifier_time_s", self.classifier_time_s, allow_zero=True)
+        check_positive("classifier_blur", self.classifier_blur, allow_zero=True)
         check_positive("batch_size", self.batch_size)
 
 
@@ -320,7 +325,7 @@ def evaluate_stage2_procedural(
     held_x, held_y = procedural_images(cfg.eval_size, size, data_seed + 1)
     result = train_classifier(
         train_x, train_y, prior.num_classes, held_out=(held_x, held_y), steps=cfg.classifier_steps,
-        time_budget_s=cfg.classifier_time_s, seed=cfg.seed,
+        time_budget_s=cfg.classifier_time_s, blur_sigma=cfg.classifier_blur, seed=cfg.seed,
     )  # fmt: skip
     metrics = evaluate_stage2(model, prior, result.model, held_x, held_y, train_codes, train_x, cfg)
     metrics.update(classifier_steps=float(result.steps), classifier_seconds=round(result.seconds, 1))
