@@ -84,3 +84,49 @@ def test_the_loss_module_owns_the_discriminators_and_older_weight_names_load():
     other.load_state_dict(legacy)
     for key, value in other.state_dict().items():
         torch.testing.assert_close(value, state[key])
+
+
+def _two_slab_render(density_behind: float, jitter: bool = False):
+    # one ray along +z from z = -1: a thin visible slab at z in [0, 0.05], a hidden one at z in [0.6, 0.8]
+    from vq3dlib.render import Renderer
+
+    hidden = torch.tensor(density_behind, requires_grad=True)
+
+    def field(x, d, s):
+        z = x[:, 2]
+        seen = ((z > 0) & (z < 0.05)).float() * 200
+        behind = ((z > 0.6) & (z < 0.8)).float() * hidden
+        return seen + behind, torch.ones(len(x), 3)
+
+    r = Renderer(sampling="stratified", max_samples=64, near=0.5, far=10.0)
+    rays = (torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
+    return r(field, rays, jitter=jitter), hidden
+
+
+def test_behind_surface_opacity_counts_only_hidden_samples_before_the_background():
+    from vq3dlib.models.losses import behind_surface_opacity
+
+    out, hidden = _two_slab_render(5.0)
+    ts, te = out.t_starts, out.t_ends
+    mid = (ts + te) / 2
+    in_hidden_slab = (mid > 1.6) & (mid < 1.8)
+    expected = (1 - torch.exp(-5.0 * (te - ts)))[in_hidden_slab].sum()
+    torch.testing.assert_close(behind_surface_opacity(out, far=10.0), expected)
+    assert float(out.weights[in_hidden_slab].sum()) < 1e-4  # the render itself barely sees it
+    behind_surface_opacity(out, far=10.0).backward()
+    assert float(hidden.grad) > 0  # the penalty reaches the hidden density
+    empty, _ = _two_slab_render(0.0)
+    assert float(behind_surface_opacity(empty, far=10.0)) == 0.0  # the visible slab is not penalised
+    # the opaque background interval [far, 1e10] (any density) is never counted
+    assert bool((empty.t_ends >= 10.0).any()) and float(behind_surface_opacity(empty, far=10.0)) == 0.0
+
+
+def test_behind_surface_term_is_in_the_losses_when_weighted():
+    model = micro_vq3d(adversarial_weight=0.0, sampling="stratified", behind_surface_weight=0.5)
+    losses = model(torch.rand(2, 3, 16, 16), step=0)["losses"]
+    assert "behind_surface" in losses and float(losses["behind_surface"]) >= 0
+    assert "behind_surface" not in micro_vq3d(adversarial_weight=0.0, sampling="stratified")(
+        torch.rand(2, 3, 16, 16), step=0
+    )["losses"]
+    with pytest.raises(ValueError, match="behind_surface_weight"):
+        micro_vq3d(behind_surface_weight=-1.0)

@@ -157,6 +157,9 @@ class VQ3DConfig:
     # shift) or "depth" (converted to disparity 1/depth first; depth <= 0 means no measurement -> 0)
     depth_target: str = "disparity"
     distortion_weight: float = 0.0
+    # opacity of the samples behind the rendered surface of the input view (nothing supervises them;
+    # losses.behind_surface_opacity)
+    behind_surface_weight: float = 0.0
     quantizer_weight: float = 1.0
 
     # stage-2 autoregressive prior over code indices
@@ -183,8 +186,8 @@ class VQ3DConfig:
             "field_hidden_layers", "field_geo_features", "field_out_features", "novel_views", "num_classes",
             "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "l2_weight", "render_l2_weight",
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
-            "distortion_weight", "quantizer_weight", "commitment_weight", "drop_path", "prior_dropout",
-            "adversarial_start_step", "depth_start_step", "r1_weight",
+            "distortion_weight", "behind_surface_weight", "quantizer_weight", "commitment_weight",
+            "drop_path", "prior_dropout", "adversarial_start_step", "depth_start_step", "r1_weight",
             "prior_class_dropout", "field_dir_frequencies",
         ):
             check_positive(name, getattr(self, name), allow_zero=True)

@@ -74,6 +74,44 @@ def frozen(*modules: nn.Module) -> Iterator[None]:
             p.requires_grad_(state)
 
 
+def behind_surface_opacity(render: RenderOutput, far: float, margin: float = 0.1) -> Tensor:
+    """Mean over rays of the summed opacity of the samples behind each ray's rendered surface.
+
+    A single input view sees nothing behind its first surface: density there gets no gradient from
+    the image, so whatever the decoder puts there (e.g. an object extruded along the input camera's
+    rays) shows in novel views. This sums each such sample's own opacity ``α = 1 - exp(-σ δ)``
+    (before transmittance, so hidden samples count fully) over the samples that start beyond
+    ``(1 + margin)`` times the ray's rendered depth (detached) and end before ``far`` (the opaque
+    background interval is left alone), and averages over rays.
+
+    Args:
+        render: a :class:`~vq3dlib.render.RenderOutput` with ``alphas`` (packed samples).
+        far: the renderer's far plane; samples ending beyond it are not counted.
+        margin: relative distance behind the surface where counting starts.
+
+    Returns:
+        a scalar, differentiable w.r.t. the densities.
+
+    Example:
+        >>> import torch
+        >>> from vq3dlib.render import Renderer
+        >>> def slabs(x, d, s):  # opaque at z in [0, 0.2] (seen) and at z in [0.6, 0.8] (hidden behind)
+        ...     z = x[:, 2]
+        ...     inside = ((z > 0) & (z < 0.2)) | ((z > 0.6) & (z < 0.8))
+        ...     return inside.float() * 50, torch.ones(len(x), 3)
+        >>> r = Renderer(sampling="stratified", max_samples=64, near=0.5, far=10.0)
+        >>> o, d = torch.tensor([[0.0, 0.0, -1.0]]), torch.tensor([[0.0, 0.0, 1.0]])
+        >>> out = r(slabs, (o, d), jitter=False)
+        >>> round(float(out.depth), 1), float(behind_surface_opacity(out, far=10.0)) > 3  # the 2nd slab
+        (1.0, True)
+    """
+    if render.alphas is None:
+        raise ValueError("render has no alphas (a RenderOutput of vq3dlib.render.Renderer carries them)")
+    depth = render.depth.detach().reshape(-1)[render.ray_indices]
+    behind = (render.t_starts > depth * (1 + margin)) & (render.t_ends < far) & (depth > 0)
+    return (render.alphas * behind).sum() / max(render.n_rays, 1)
+
+
 class VQ3DLoss(nn.Module):
     """Generator and discriminator losses of VQ3D stage 1 (see the module docstring).
 
@@ -166,8 +204,8 @@ class VQ3DLoss(nn.Module):
                 when given and gradients are recorded; else the weight is 1).
 
         Returns:
-            ``{"l2", "render_l2", "perceptual", "quantizer", "depth", "distortion", "adversarial",
-            "adversarial_novel"}``, each present when its weight (and input) is non-zero.
+            ``{"l2", "render_l2", "perceptual", "quantizer", "depth", "distortion", "behind_surface",
+            "adversarial", "adversarial_novel"}``, each present when its weight (and input) is non-zero.
 
         Example:
             >>> from vq3dlib.models import VQ3DModel
@@ -207,6 +245,8 @@ class VQ3DLoss(nn.Module):
             losses["distortion"] = cfg.distortion_weight * distortion_loss(
                 render.weights, t0, t1, render.ray_indices, n_rays=render.n_rays
             )
+        if cfg.behind_surface_weight > 0 and render.alphas is not None:
+            losses["behind_surface"] = cfg.behind_surface_weight * behind_surface_opacity(render, cfg.far)
         if self.adversarial_on(step):
             with frozen(self.disc_canonical, self.disc_novel):  # the generator step leaves D's grads alone
                 losses.update(self._adversarial(reconstruction, rec_loss, novel_rgb, last_layer))

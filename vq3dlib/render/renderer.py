@@ -73,6 +73,8 @@ class RenderOutput:
         opacity: ``[...]`` accumulated weight ``Σ w``.
         ray_indices, t_starts, t_ends, weights: ``[S]`` packed samples over the flattened rays (for depth
             and distortion losses); ``n_rays`` the number of flattened rays.
+        alphas: ``[S]`` each sample's own opacity ``1 - exp(-σ δ)``, before transmittance (for
+            regularisers of density the render does not see, e.g. behind the surface), or ``None``.
         features: ``[..., E]`` extra features composited like colour, or ``None`` (a model whose field
             has ``field_out_features = E > 0``).
         grid: the :class:`~vq3dlib.render.OccupancyGrid` the render marched through (``None``: dense
@@ -96,6 +98,7 @@ class RenderOutput:
     features: Tensor | None = None
     grid: OccupancyGrid | None = None
     image: Tensor | None = None
+    alphas: Tensor | None = None
 
     def images(self) -> dict[str, Tensor]:
         """Channels-first images of a render of ``[N, H, W]`` rays (e.g. from ``Cameras``).
@@ -144,6 +147,7 @@ class _ChunkRender(NamedTuple):
     t_starts: Tensor
     t_ends: Tensor
     weights: Tensor
+    alphas: Tensor
 
 
 def _target_device(field: object, grid: OccupancyGrid | None) -> torch.device | None:
@@ -428,6 +432,7 @@ class Renderer(nn.Module):
             weights=out.weights,
             n_rays=n_rays,
             grid=grid,
+            alphas=out.alphas,
         )
 
     def _render_chunk(
@@ -482,11 +487,11 @@ class Renderer(nn.Module):
         t_mid = (ts + te) * 0.5
         pos = o[ri] + t_mid[:, None] * d[ri]
         density, rgb = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
-        weights, _, _ = render_weight_from_density(ts, te, density, packed_info=pack_info(ri, n))
+        weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=pack_info(ri, n))
         color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
-        return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights)
+        return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights, alphas)
 
     def _render_stratified(
         self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int
@@ -511,7 +516,7 @@ class Renderer(nn.Module):
         ri = torch.arange(n, device=o.device).repeat_interleave(k)
         field_scene = sidx.repeat_interleave(k) if sidx is not None else torch.zeros_like(ri)
         density, rgb = _split_field_output(field(pos.reshape(-1, 3), d[ri], field_scene), n * k)
-        weights, _, _ = render_weight_from_density(t0, t1, density.reshape(n, k))
+        weights, _, alphas = render_weight_from_density(t0, t1, density.reshape(n, k))
         color = (weights[..., None] * rgb.reshape(n, k, -1)).sum(1)
         opacity = weights.sum(1)
         # depth = opacity / sum(w / t): the depth of the expected disparity (a weight left on the far
@@ -526,4 +531,5 @@ class Renderer(nn.Module):
             t0.reshape(-1),
             t1.reshape(-1),
             weights.reshape(-1),
+            alphas.reshape(-1),
         )
