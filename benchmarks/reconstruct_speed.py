@@ -7,7 +7,9 @@ preset, and super-resolved to ``--size``² by the model's head; ``--render-size 
 pixel), a ``--mesh-resolution``³ marching-cubes mesh with vertex colours, and the whole of
 :func:`vq3dlib.reconstruction.reconstruct_images` (those plus the MP4, GIFs, PNGs, mesh and codes on
 disk). Wall and CPU seconds; the load average is printed, since a shared machine's figures depend on
-it. Target: ≤ 5 s on a 2-core CPU, ≤ 0.5 s on a GPU.
+it. With a render size below ``--size``, also the PSNR of its turntable against every pixel rendered
+from the field and of both against the true scene's views (``psnr_db``; not timed). Target: ≤ 5 s on a 2-core
+CPU, ≤ 0.5 s on a GPU.
 
     python benchmarks/reconstruct_speed.py [--model PATH_OR_NAME] [--render-size N] [--device cuda] [--json]
 
@@ -44,6 +46,21 @@ def _timed(fn):
     return out, time.perf_counter() - wall, time.process_time() - cpu
 
 
+def _quality(data, scene, frames: dict, args) -> dict[str, float]:
+    """PSNR of the turntable (rendered at the render size, super-resolved) against every pixel
+    rendered from the field, and of both against the true scene's views (analytic renders)."""
+    from vq3dlib.metrics import psnr
+    from vq3dlib.models import turntable_cameras
+
+    fast = frames["image"]
+    full = render_turntable(scene, args.frames, resolution=args.size)["rgb"]
+    truth = data.scene(0).render(turntable_cameras(scene.model.config, args.frames, resolution=args.size))
+    truth = truth["rgb"].clamp(0, 1)
+    db = lambda a, b: round(float(psnr(a, b).mean()), 2)
+    return {"vs_every_pixel": db(fast, full), "vs_truth": db(fast, truth),
+            "every_pixel_vs_truth": db(full, truth)}  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default="tiny-procedural", help="model path or bundled name")
@@ -65,7 +82,8 @@ def main() -> None:
         notes.append(f"untrained tiny model ({exc})")
         model = VQ3DModel.from_config("tiny").to(args.device).eval()
     folder = Path(tempfile.mkdtemp())
-    pixels = ProceduralScenes(1, 128, seed=7)[0]["image"].permute(1, 2, 0).numpy()
+    data = ProceduralScenes(1, 128, seed=7)
+    pixels = data[0]["image"].permute(1, 2, 0).numpy()
     Image.fromarray((pixels * 255).astype(np.uint8)).save(folder / "scene.png")
     options = ReconstructOptions(frames=args.frames, size=args.size, render_size=args.render_size,
                                  mesh="out.glb", mesh_resolution=args.mesh_resolution)  # fmt: skip
@@ -80,6 +98,7 @@ def main() -> None:
     _, t_turn, c_turn = _timed(turn)
     mesh, t_mesh, c_mesh = _timed(lambda: scene.mesh(args.mesh_resolution))
     _, t_all, c_all = _timed(run)
+    quality = _quality(data, scene, turn(), args) if render_size != args.size else None
     result = {
         "benchmark": "reconstruct_speed",
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "CPU",
@@ -92,6 +111,7 @@ def main() -> None:
         "mesh": {"vertices": len(mesh.vertices), "faces": len(mesh.faces), "watertight": mesh.is_watertight},
         "seconds": {"reconstruct": t_rec, "turntable": t_turn, "mesh": t_mesh, "total_with_files": t_all},
         "cpu_seconds": {"reconstruct": c_rec, "turntable": c_turn, "mesh": c_mesh, "total_with_files": c_all},
+        "psnr_db": quality,
         "target_s": 0.5 if args.device.startswith("cuda") else 5.0,
         "notes": notes,
     }
@@ -99,6 +119,8 @@ def main() -> None:
     for key, value in result["seconds"].items():
         print(f"{key:<18} {value:8.2f} s wall {result['cpu_seconds'][key]:8.2f} s CPU")
     print(f"{args.frames} frames rendered {render_size}², written {args.size}²; mesh {result['mesh']}")
+    if quality:
+        print(f"PSNR [dB]: {quality}")
     print(f"load average {result['load_average']}; notes: {notes}")
     if args.json:
         print(json.dumps(result))
