@@ -788,7 +788,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="side the scene is rendered at before the model's super-resolution head brings it to --size "
         "(default: the model's own ratio, 64 for --size 128 with the bundled model; --render-size equal "
-        "to --size renders every pixel, about 4x slower)",
+        "to --size renders every pixel, about 3x the turntable time)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_input_image(p)
