@@ -84,6 +84,19 @@ def test_triplane_speed_quick_run_reports_every_method():
         assert out["met"] == all(t["met"] for t in targets.values())
 
 
+def test_reconstruct_speed_quick_run_reports_the_pipeline_and_its_verdict():
+    quick = ["--frames", "2", "--size", "32", "--mesh-resolution", "16", "--threads", "1"]
+    out = _run("reconstruct_speed.py", *quick)
+    assert out["benchmark"] == "reconstruct_speed" and out["device"] == "CPU" and out["threads"] == 1
+    assert out["frames"] == 2 and out["size"] == 32 and out["mesh_resolution"] == 16
+    assert out["render_size"] == 16  # the bundled tiny model's ratio: renders 16, outputs 32
+    assert out["mesh"]["watertight"] is True and out["mesh"]["faces"] > 0
+    parts = {"reconstruct", "turntable", "mesh", "total_with_files"}
+    assert set(out["seconds"]) == set(out["cpu_seconds"]) == parts
+    assert all(t > 0 for t in out["seconds"].values())
+    assert out["target_s"] == 5.0 and out["met"] == (out["seconds"]["total_with_files"] <= 5.0)
+
+
 def test_quantize_speed_quick_run_reports_targets_and_verdict():
     tiny = ["--quick", "--vectors", "512", "--dim", "64", "--codebook-size", "128", "--code-dim", "8"]
     args = [*tiny, "--chunk-size", "32", "--warmup", "0", "--repeats", "1", "--device", "cpu", "--json"]

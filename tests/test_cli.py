@@ -137,11 +137,22 @@ def test_reconstruct_a_folder_and_files_reports_unreadable_ones_and_goes_on(stag
     err = capsys.readouterr().err
     assert "broken.png is not an image" in err and "image not found: " + str(tmp_path / "missing.png") in err
     assert "2 of 5 images could not be read" in err and "notes.txt" not in err
+    errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]
+    assert len(errors) == 2 and all(line.startswith("vq3d: error: ") for line in errors), errors  # own lines
     assert sorted(p.name for p in out.iterdir()) == ["grey", "leaf", "photo"]
     assert (out / "leaf" / "turntable.mp4").is_file() and (out / "photo" / "depth.png").is_file()
     with Image.open(out / "leaf" / "input.png") as seen:  # padded with black, the leaf on black
         top, middle = seen.getpixel((8, 0)), seen.getpixel((8, 8))
     assert top == (0, 0, 0) and middle[1] == pytest.approx(200 * 100 / 255, abs=3) and middle[0] == 0
+
+
+def test_reconstruct_refuses_a_render_size_above_the_output_size(image_file, tmp_path, capsys):
+    out = tmp_path / "o"
+    argv = ["reconstruct", str(image_file), "--size", "32", "--render-size", "64", "--out", str(out)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "render_size must be in [1, size=32], got 64" in err, err
+    assert not out.exists()
 
 
 def test_without_bundled_weights_the_error_says_what_to_pass(image_file, tmp_path, monkeypatch, capsys):

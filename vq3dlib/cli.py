@@ -326,6 +326,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Images → scenes → per image: turntable MP4/GIF, depth, optional coloured mesh, scene codes."""
+    from tqdm import tqdm
+
     from vq3dlib.io import find_images
     from vq3dlib.reconstruction import ReconstructOptions, reconstruct_images
 
@@ -336,6 +338,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
             elevation=args.elevation,
             sweep=args.sweep,
             size=args.size,
+            render_size=args.render_size,
             fps=args.fps,
             background=args.background,
             crop=args.crop,
@@ -353,7 +356,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     model = _load_model(args.model, args.device)
     report = reconstruct_images(
         model, images, out, options, progress=not args.no_progress,
-        on_error=lambda path, message: print(f"vq3d: error: {message}", file=sys.stderr),
+        on_error=lambda path, message: tqdm.write(f"vq3d: error: {message}", file=sys.stderr),
     )  # fmt: skip
     for name, files in report.written.items():
         print(f"{out / name}/: {', '.join(p.name for p in files)}")
@@ -779,6 +782,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_mesh_level(p, "--mesh-resolution")
     p.add_argument("--fps", type=_positive_int, default=12, help="turntable frames per second (default: 12)")
+    p.add_argument(
+        "--render-size",
+        type=_positive_int,
+        default=None,
+        help="side the scene is rendered at before the model's super-resolution head brings it to --size "
+        "(default: the model's own ratio, 64 for --size 128 with the bundled model; --render-size equal "
+        "to --size renders every pixel, about 3x the turntable time)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     _add_input_image(p)
     _add_common(p, bundled_default=True)

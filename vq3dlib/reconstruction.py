@@ -37,7 +37,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
+from vq3dlib.cameras import Cameras
 from vq3dlib.io import (
     CROP_MODES,
     MESH_FORMATS,
@@ -51,6 +53,7 @@ from vq3dlib.io import (
     write_png,
     write_video,
 )
+from vq3dlib.models.configs import VQ3DConfig
 from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, Scene, render_turntable, view_cameras
 
 
@@ -78,7 +81,12 @@ class ReconstructOptions:
     Attributes:
         frames: turntable frames; ``elevation`` (degrees above the horizon) and ``sweep`` (degrees of
             azimuth swung through around the input view, 360: a full orbit) place them.
-        size: side in pixels of the turntables, views and PNGs (rendered at that resolution).
+        size: side in pixels of the turntables, views and PNGs.
+        render_size: side of the field's renders behind them, super-resolved to ``size`` by the
+            model's head (bilinear upsampling for a model without one; depth bilinear): the model's
+            own render → output image path. ``None``: the model's ratio, ``size · render_resolution /
+            image_size`` (64 for ``size=128`` with the tiny preset: a quarter of the rays);
+            ``render_size = size`` renders every pixel from the field. :func:`render_size_of`.
         fps: frames per second of the MP4 and GIF turntables.
         background: colour transparent input pixels are composited on (:func:`~vq3dlib.io.parse_color`),
             also the padding of ``crop="pad"``.
@@ -100,6 +108,7 @@ class ReconstructOptions:
     elevation: float = DEFAULT_ELEVATION
     sweep: float = DEFAULT_SWEEP
     size: int = 128
+    render_size: int | None = None
     fps: int = 12
     background: str | tuple[float, float, float] = "white"
     crop: str = "center"
@@ -114,6 +123,8 @@ class ReconstructOptions:
         for name in ("frames", "size", "fps"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.render_size is not None and not 1 <= int(self.render_size) <= int(self.size):
+            raise ValueError(f"render_size must be in [1, size={self.size}], got {self.render_size}")
         if self.mesh_resolution < 2:
             raise ValueError(f"mesh_resolution must be >= 2, got {self.mesh_resolution}")
         if self.crop not in CROP_MODES:
@@ -135,16 +146,52 @@ class ReconstructOptions:
         return name
 
 
-def _frames(scene: Scene, options: ReconstructOptions) -> dict[str, torch.Tensor]:
-    return render_turntable(
+def render_size_of(config: VQ3DConfig, options: ReconstructOptions) -> int:
+    """The side the field is rendered at for ``options`` (``options.render_size``, else the model's
+    ratio ``size · render_resolution / image_size``, rounded, at least 1).
+
+    Example:
+        >>> from vq3dlib.models import get_config
+        >>> cfg = get_config("tiny")  # renders 16 px, outputs 32 px
+        >>> render_size_of(cfg, ReconstructOptions()), render_size_of(cfg, ReconstructOptions(render_size=96))
+        (64, 96)
+    """
+    if options.render_size is not None:
+        return int(options.render_size)
+    return max(1, min(options.size, round(options.size * config.render_resolution / config.image_size)))
+
+
+def _at_size(images: dict[str, torch.Tensor], size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """``rgb [N, 3, size, size]`` (the output image when rendered smaller) and depth at ``size``."""
+    rgb, depth = images["rgb"], images["depth"]
+    if rgb.shape[-1] != size:
+        rgb = images["image"]
+        depth = F.interpolate(depth, size=(size, size), mode="bilinear", align_corners=False)
+    return rgb.clamp(0, 1).cpu(), depth.cpu()
+
+
+def _render(scene: Scene, cameras: Cameras, options: ReconstructOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cameras`` (at the render size) → ``rgb, depth`` at ``options.size`` (a fixed seed for the jitter)."""
+    size = options.size
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        images = scene.render(cameras, image_size=size if cameras.image_size[0] != size else None).images()
+    return _at_size(images, size)
+
+
+def _frames(scene: Scene, options: ReconstructOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    size, render = options.size, render_size_of(scene.model.config, options)
+    turn = render_turntable(
         scene,
         options.frames,
         options.elevation,
         sweep=options.sweep,
-        resolution=options.size,
+        resolution=render,
         distance=options.distance,
         fov_degrees=options.fov,
+        image_size=size if render != size else None,
     )
+    return _at_size(turn, size)
 
 
 def write_reconstruction(
@@ -165,26 +212,24 @@ def write_reconstruction(
     """
     folder = Path(folder)
     size, fps = options.size, options.fps
-    model = scene.model
-    turn = _frames(scene, options)
-    depth = colorize_depth(turn["depth"])
-    front = scene.render(view_cameras(model.config, resolution=size)).images()
+    config = scene.model.config
+    render = render_size_of(config, options)
+    rgb, depth = _frames(scene, options)
+    front_rgb, front_depth = _render(scene, view_cameras(config, resolution=render), options)
     written = [
-        write_video(turn["rgb"], folder / "turntable.mp4", size=size, fps=fps),
-        write_gif(turn["rgb"], folder / "turntable.gif", size=size, fps=fps),
-        write_gif(depth, folder / "turntable_depth.gif", size=size, fps=fps),
+        write_video(rgb, folder / "turntable.mp4", size=size, fps=fps),
+        write_gif(rgb, folder / "turntable.gif", size=size, fps=fps),
+        write_gif(colorize_depth(depth), folder / "turntable_depth.gif", size=size, fps=fps),
         write_png(image[0].float().cpu(), folder / "input.png", size=size),
-        write_png(front["rgb"][0].clamp(0, 1).cpu(), folder / "reconstruction.png"),
-        write_png(colorize_depth(front["depth"])[0], folder / "depth.png"),
+        write_png(front_rgb[0], folder / "reconstruction.png"),
+        write_png(colorize_depth(front_depth)[0], folder / "depth.png"),
     ]
     if options.view is not None:
         v = options.view
-        cams = view_cameras(model.config, v.yaw, v.pitch, v.distance, v.fov, resolution=size)
-        with torch.random.fork_rng():
-            torch.manual_seed(0)
-            seen = scene.render(cams).images()
-        written.append(write_png(seen["rgb"][0].clamp(0, 1).cpu(), folder / "view.png"))
-        written.append(write_png(colorize_depth(seen["depth"])[0], folder / "view_depth.png"))
+        cams = view_cameras(config, v.yaw, v.pitch, v.distance, v.fov, resolution=render)
+        seen_rgb, seen_depth = _render(scene, cams, options)
+        written.append(write_png(seen_rgb[0], folder / "view.png"))
+        written.append(write_png(colorize_depth(seen_depth)[0], folder / "view_depth.png"))
     if options.mesh_file is not None:
         mesh = scene.mesh(options.mesh_resolution, options.threshold)
         written.append(write_mesh(mesh, folder / options.mesh_file))
@@ -284,6 +329,7 @@ __all__ = [
     "ReconstructionReport",
     "View",
     "reconstruct_images",
+    "render_size_of",
     "result_names",
     "write_reconstruction",
 ]

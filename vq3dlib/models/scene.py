@@ -142,7 +142,10 @@ class Scene:
 
     @torch.no_grad()
     def render(
-        self, cameras: Cameras, background: float | Sequence[float] | Tensor | None = None
+        self,
+        cameras: Cameras,
+        background: float | Sequence[float] | Tensor | None = None,
+        image_size: int | None = None,
     ) -> RenderOutput:
         """Renders the scenes from ``cameras`` (one camera per scene, or ``k·B`` cameras = ``k`` each;
         camera ``i`` sees scene ``i mod B``) over ``background`` (a grey level or ``[3]`` rgb; ``None``:
@@ -151,9 +154,11 @@ class Scene:
         Returns the :class:`~vq3dlib.render.RenderOutput` of :meth:`VQ3DModel.render
         <vq3dlib.models.VQ3DModel.render>`; ``.images()`` gives ``rgb [N, 3, H, W]``, ``depth
         [N, 1, H, W]`` (z-depth), ``disparity``, ``opacity`` (and ``features [N, E, H, W]`` when the
-        field has ``field_out_features = E > 0``).
+        field has ``field_out_features = E > 0``), and ``image [N, 3, S, S]``, the model's output image
+        (super-resolved), for cameras at the model's render resolution (``S``: its image size) or any
+        cameras with ``image_size = S``.
         """
-        return self.model.render(self.planes, cameras, background=background)
+        return self.model.render(self.planes, cameras, background=background, image_size=image_size)
 
     @torch.no_grad()
     def density(self, points: Tensor, scene: int = 0) -> Tensor:
@@ -383,6 +388,7 @@ def render_turntable(
     resolution: int | None = None,
     distance: float | None = None,
     fov_degrees: float | None = None,
+    image_size: int | None = None,
 ) -> dict[str, Tensor]:
     """Renders scene ``index`` of ``scene`` from :func:`turntable_cameras` (a fixed seed for the ray jitter).
 
@@ -392,7 +398,10 @@ def render_turntable(
     Returns:
         ``{"rgb": [F, 3, r, r] in [0, 1], "depth": [F, 1, r, r], "image": [F, 3, s, s] in [0, 1]}`` on
         the CPU (``F = n_frames``; ``image`` is the model's output image, super-resolved to the image
-        size ``s`` when the model has the head, else upsampled).
+        size ``s`` when the model has the head, else upsampled: ``s = image_size`` when given, else the
+        model's image size for frames at its render resolution and ``r`` for others, ``image = rgb``).
+        ``resolution=64, image_size=128`` for the tiny preset (render 16, image 32): 128² frames
+        through the model's own render-and-super-resolve path at its ratio, from a quarter of the rays.
 
     Example:
         >>> import torch
@@ -401,6 +410,10 @@ def render_turntable(
         >>> frames = render_turntable(model.reconstruct(torch.rand(1, 3, 32, 32)), n_frames=2)
         >>> frames["rgb"].shape, frames["depth"].shape, frames["image"].shape
         (torch.Size([2, 3, 8, 8]), torch.Size([2, 1, 8, 8]), torch.Size([2, 3, 32, 32]))
+        >>> one = model.reconstruct(torch.rand(1, 3, 32, 32))
+        >>> sharp = render_turntable(one, 2, resolution=16, image_size=64)
+        >>> sharp["rgb"].shape, sharp["image"].shape
+        (torch.Size([2, 3, 16, 16]), torch.Size([2, 3, 64, 64]))
     """
     one = scene[index]
     cams = turntable_cameras(
@@ -408,7 +421,7 @@ def render_turntable(
     )
     with torch.random.fork_rng():
         torch.manual_seed(0)
-        images = one.render(cams.to(scene.planes.device)).images()
+        images = one.render(cams.to(scene.planes.device), image_size=image_size).images()
     image = images.get("image", images["rgb"]).clamp(0, 1).cpu()
     return {"rgb": images["rgb"].clamp(0, 1).cpu(), "depth": images["depth"].cpu(), "image": image}
 

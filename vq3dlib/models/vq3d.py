@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_tensor, has_values, inner_checks_off
+from vq3dlib._validation import check_positive, check_tensor, has_values, inner_checks_off
 from vq3dlib.cameras import Cameras, NovelViewSampler, canonical_cameras
 from vq3dlib.models.configs import VQ3DConfig, get_config, print_param_table
 from vq3dlib.models.decoder import TriplaneDecoder
@@ -86,18 +86,25 @@ class SuperResolution(nn.Module):
     features (``[rgb, features]``, the field's extra outputs composited like colour); it predicts a
     residual on the upsampled rgb (zero at initialisation).
 
+    ``forward(..., size=S)`` upsamples to another side ``S`` than ``out_size`` (the same convs at
+    that size; e.g. a render at twice the model's render resolution super-resolved to twice its image
+    size, the ratio the head is trained for).
+
     Args:
         out_size: output side ``H = W``.
         hidden: width of the conv stack.
         features: channels ``E`` of the extra rendered features (0: rgb only).
 
     Shapes:
-        ``forward(rgb [B, 3, h, w], features [B, E, h, w] | None) -> [B, 3, out_size, out_size]``.
+        ``forward(rgb [B, 3, h, w], features [B, E, h, w] | None, size: int | None) -> [B, 3, S, S]``
+        (``S = size``, default ``out_size``).
 
     Example:
         >>> import torch
         >>> SuperResolution(32, hidden=16)(torch.rand(1, 3, 8, 8)).shape
         torch.Size([1, 3, 32, 32])
+        >>> SuperResolution(32, hidden=16)(torch.rand(1, 3, 32, 32), size=64).shape
+        torch.Size([1, 3, 64, 64])
         >>> SuperResolution(32, hidden=16, features=4)(torch.rand(1, 3, 8, 8), torch.rand(1, 4, 8, 8)).shape
         torch.Size([1, 3, 32, 32])
     """
@@ -116,14 +123,16 @@ class SuperResolution(nn.Module):
         nn.init.zeros_(self.net[-1].weight)
         nn.init.zeros_(self.net[-1].bias)
 
-    def forward(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
+    def forward(self, rgb: Tensor, features: Tensor | None = None, size: int | None = None) -> Tensor:
         check_tensor("rgb", rgb, shape=(None, 3, None, None), floating=True)
+        if size is not None and int(size) < 1:
+            raise ValueError(f"size must be >= 1, got {size}")
         if self.features:
             shape = (rgb.shape[0], self.features, *rgb.shape[2:])
             check_tensor("features", features, shape=shape, floating=True)
         elif features is not None:
             raise ValueError("features given, but this SuperResolution was built with features=0")
-        size = (self.out_size, self.out_size)
+        size = (self.out_size,) * 2 if size is None else (int(size),) * 2
         up = F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
         x = up
         if features is not None:
@@ -407,6 +416,7 @@ class VQ3DModel(nn.Module):
         background: float | None = None,
         grid: OccupancyGrid | None = None,
         output_image: bool = True,
+        image_size: int | None = None,
     ) -> RenderOutput:
         """Renders ``planes [B, 3, C, R, R]`` from ``cameras`` (``k·B`` cameras: camera ``i`` sees scene
         ``i mod B``).
@@ -419,7 +429,9 @@ class VQ3DModel(nn.Module):
         evaluating a new one. Cameras at ``config.render_resolution`` also get ``image [N, 3,
         image_size, image_size]``, the model's output image (super-resolved when the model has the
         head, else upsampled), unless ``output_image=False`` (renders whose rgb alone is used, such as
-        the novel views of a training step).
+        the novel views of a training step). With ``image_size = S``, cameras of any resolution get
+        ``image [N, 3, S, S]`` the same way (:class:`SuperResolution` at that size; e.g. cameras at
+        twice the render resolution and ``S`` twice the image size: a sharper output image).
 
         Example:
             >>> import torch
@@ -427,12 +439,30 @@ class VQ3DModel(nn.Module):
             >>> out = model.render(torch.zeros(1, 3, 16, 32, 32), model.canonical_cameras(2))
             >>> out.rgb.shape, out.images()["depth"].shape, out.image.shape
             (torch.Size([2, 8, 8, 3]), torch.Size([2, 1, 8, 8]), torch.Size([2, 3, 32, 32]))
+            >>> planes, cams = torch.zeros(1, 3, 16, 32, 32), model.canonical_cameras(1, resolution=16)
+            >>> model.render(planes, cams, image_size=64).image.shape  # any cameras, any output size
+            torch.Size([1, 3, 64, 64])
             >>> march = VQ3DModel.from_config("tiny", sampling="march", render_resolution=8)
             >>> march.render(torch.zeros(1, 3, 16, 32, 32), march.canonical_cameras(1)).grid.n_scenes
             1
         """
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be a vq3dlib.cameras.Cameras, got {type(cameras).__name__}")
+        check_tensor("planes", planes, ndim=5, floating=True, finite=True)
+        if image_size is not None:
+            check_positive("image_size", image_size)
+        with inner_checks_off():  # inputs are checked; skip the per-block value checks inside
+            return self._render(planes, cameras, background, grid, output_image, image_size)
+
+    def _render(
+        self,
+        planes: Tensor,
+        cameras: Cameras,
+        background: float | None,
+        grid: OccupancyGrid | None,
+        output_image: bool,
+        image_size: int | None,
+    ) -> RenderOutput:
         n_scenes = planes.shape[0]
         if len(cameras) % max(n_scenes, 1):
             raise ValueError(
@@ -454,18 +484,19 @@ class VQ3DModel(nn.Module):
             )
         if extra:  # the renderer composited [rgb, features] together
             out = dataclasses.replace(out, rgb=out.rgb[..., :3], features=out.rgb[..., 3:])
-        if output_image and tuple(cameras.image_size) == (self.config.render_resolution,) * 2:
+        native = tuple(cameras.image_size) == (self.config.render_resolution,) * 2
+        if output_image and (native or image_size is not None):
             views = out.images()
-            out.image = self._upsample(views["rgb"], views.get("features"))
+            out.image = self._upsample(views["rgb"], views.get("features"), image_size)
         return out
 
-    def _upsample(self, rgb: Tensor, features: Tensor | None = None) -> Tensor:
+    def _upsample(self, rgb: Tensor, features: Tensor | None = None, size: int | None = None) -> Tensor:
+        size = self.config.image_size if size is None else int(size)
         if self.super_resolution is not None:
-            return self.super_resolution(rgb, features)
-        if rgb.shape[-1] == self.config.image_size:
+            return self.super_resolution(rgb, features, size)
+        if rgb.shape[-1] == size:
             return rgb
-        size = (self.config.image_size, self.config.image_size)
-        return F.interpolate(rgb, size=size, mode="bilinear", align_corners=False)
+        return F.interpolate(rgb, size=(size, size), mode="bilinear", align_corners=False)
 
     # ----------------------------------------------------------------------------- training
     def forward(
