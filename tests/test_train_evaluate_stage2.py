@@ -127,3 +127,26 @@ def test_evaluate_stage2_with_a_real_prior_and_errors(micro_setup):
         evaluate_stage2(model, prior, classifier, held_x, held_y, train_codes[:, :5], config=cfg)
     with pytest.raises(ValueError, match="eval_size"):
         Stage2EvalConfig(eval_size=1)
+
+
+def test_a_second_fid_classifier_gives_the_features_and_its_own_accuracies(micro_setup):
+    model, train_x, train_y, train_codes, held_x, held_y, classifier = micro_setup
+    prior = _CopyingPrior(model.config, train_codes, train_y)
+    cfg = Stage2EvalConfig(eval_size=12, samples_per_class=2, batch_size=8)
+    other = SceneClassifier(6).eval()  # untrained: features and decisions unlike the judge's
+    one = evaluate_stage2(model, prior, classifier, held_x, held_y, train_codes, config=cfg)
+    two = evaluate_stage2(
+        model, prior, classifier, held_x, held_y, train_codes, config=cfg, fid_classifier=other
+    )
+    as_judge = evaluate_stage2(model, prior, other, held_x, held_y, train_codes, config=cfg)
+    assert two["class_accuracy"] == one["class_accuracy"]  # the judge decides the class accuracy
+    assert two["fid_samples"] == pytest.approx(as_judge["fid_samples"])  # the FID network the features
+    assert two["fid_reconstructions"] == pytest.approx(as_judge["fid_reconstructions"])
+    assert two["class_accuracy_fid_classifier"] == pytest.approx(as_judge["class_accuracy"])
+    recon_accuracy = as_judge["classifier_recon_accuracy"]
+    assert two["classifier_recon_accuracy_fid_classifier"] == pytest.approx(recon_accuracy)
+    assert "class_accuracy_fid_classifier" not in one
+    assert "judged by the sharp-image classifier" in stage2_table(two)
+    assert "judged by the sharp-image classifier" not in stage2_table(one)
+    with pytest.raises(ValueError, match="classifier_blur"):
+        Stage2EvalConfig(classifier_blur=-1.0)

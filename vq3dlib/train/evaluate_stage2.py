@@ -8,9 +8,12 @@ decodes them with the stage-1 model and renders them from the input (canonical) 
   held-out images: the best the samples can score), ``classifier_recon_accuracy`` (the classifier on
   stage-1 reconstructions of those images: what the renderer's look alone costs) and
   ``chance_accuracy`` (``1 / classes``);
-* ``fid_samples``: the Fréchet distance between the classifier's penultimate features of the samples
-  and of the held-out images, next to ``fid_reconstructions`` (the stage-1 reconstructions of the
-  held-out images against the same images), their ratio ``fid_ratio`` and ``fid_train_images``
+* ``fid_samples``: the Fréchet distance between the penultimate features of the samples and of the
+  held-out images (features of ``fid_classifier``, by default the same classifier; the procedural
+  evaluation judges classes with a classifier trained with a blur augmentation and takes the FID
+  features from one trained on sharp images, whose class accuracies are reported too), next to
+  ``fid_reconstructions`` (the stage-1 reconstructions of the held-out images against the same
+  images), their ratio ``fid_ratio`` and ``fid_train_images``
   (as many training images against the held-out ones: the floor a perfect generator reaches with
   these sample sizes);
 * ``copy_fraction``: the fraction of samples whose code grid equals a training grid, and
@@ -164,9 +167,11 @@ class Stage2EvalConfig:
         samples_per_class: prior samples per class (``classes * samples_per_class`` in all).
         temperature, top_k, top_p, cfg_scale: sampling (:meth:`~vq3dlib.models.CodePrior.sample`).
         classifier_steps, classifier_time_s: the classifier's training (:func:`train_classifier`).
-        classifier_blur: the widest Gaussian blur (pixels) of the classifier's training augmentation
+        classifier_blur: the widest Gaussian blur (pixels) of the judge's training augmentation
             (``train_classifier(blur_sigma=...)``), so that it judges the class a rendering shows and
-            not how sharp the rendering is; 0 trains it on sharp images only.
+            not how sharp the rendering is. With ``classifier_blur > 0`` a second classifier, trained
+            on sharp images only, gives the FID features (blur-invariant features would hide the
+            renderer's blur from the FIDs) and its own class accuracies; 0: one sharp classifier.
         batch_size: scenes rendered at once; seed: the sampling and the classifier's seed.
 
     Example:
@@ -182,7 +187,7 @@ class Stage2EvalConfig:
     cfg_scale: float = DEFAULT_CFG_SCALE
     classifier_steps: int = 300
     classifier_time_s: float = 20.0
-    classifier_blur: float = 0.0
+    classifier_blur: float = 1.0
     batch_size: int = 16
     seed: int = 0
 
@@ -207,6 +212,7 @@ def evaluate_stage2(
     train_codes: Tensor,
     train_images: Tensor | None = None,
     config: Stage2EvalConfig | None = None,
+    fid_classifier: SceneClassifier | None = None,
 ) -> dict[str, float]:
     """The stage-2 figures of the module docstring.
 
@@ -219,6 +225,10 @@ def evaluate_stage2(
         train_images: optional ``[T', 3, S, S]`` training images for ``fid_train_images`` (the first
             ``M`` are used).
         config: sampling and sizes (:class:`Stage2EvalConfig`; ``eval_size`` is not used here).
+        fid_classifier: the network whose penultimate features the FIDs use (default:
+            ``classifier``). When it is another classifier, its class accuracy of the samples and of
+            the reconstructions are reported too (``class_accuracy_fid_classifier``,
+            ``classifier_recon_accuracy_fid_classifier``).
 
     Returns:
         ``{metric: float}`` (see the module docstring) plus ``n_samples``, ``n_held_out``,
@@ -258,7 +268,8 @@ def evaluate_stage2(
     finally:
         model.train(was_model)
         prior.train(was_prior)
-    feats = classifier.forward_features
+    fid_net = classifier if fid_classifier is None else fid_classifier
+    feats = fid_net.forward_features
     held = held_out_images.float().cpu()
     out = {
         "class_accuracy": classifier_accuracy(classifier, samples, labels),
@@ -268,6 +279,11 @@ def evaluate_stage2(
         "fid_samples": feature_fid(feats, samples, held),
         "fid_reconstructions": feature_fid(feats, recon_images, held),
     }
+    if fid_net is not classifier:
+        out["class_accuracy_fid_classifier"] = classifier_accuracy(fid_net, samples, labels)
+        out["classifier_recon_accuracy_fid_classifier"] = classifier_accuracy(
+            fid_net, recon_images, held_out_labels.cpu()
+        )
     out["fid_ratio"] = (
         out["fid_samples"] / out["fid_reconstructions"] if out["fid_reconstructions"] > 0 else math.inf
     )
@@ -323,11 +339,17 @@ def evaluate_stage2_procedural(
     check_positive("train_size", train_size)
     train_x, train_y = procedural_images(train_size, size, data_seed)
     held_x, held_y = procedural_images(cfg.eval_size, size, data_seed + 1)
-    result = train_classifier(
-        train_x, train_y, prior.num_classes, held_out=(held_x, held_y), steps=cfg.classifier_steps,
-        time_budget_s=cfg.classifier_time_s, blur_sigma=cfg.classifier_blur, seed=cfg.seed,
-    )  # fmt: skip
-    metrics = evaluate_stage2(model, prior, result.model, held_x, held_y, train_codes, train_x, cfg)
+    def classifier(blur: float) -> Any:
+        return train_classifier(
+            train_x, train_y, prior.num_classes, held_out=(held_x, held_y), steps=cfg.classifier_steps,
+            time_budget_s=cfg.classifier_time_s, blur_sigma=blur, seed=cfg.seed,
+        )  # fmt: skip
+
+    result = classifier(cfg.classifier_blur)
+    sharp = classifier(0.0).model if cfg.classifier_blur > 0 else None  # the FID features
+    metrics = evaluate_stage2(
+        model, prior, result.model, held_x, held_y, train_codes, train_x, cfg, fid_classifier=sharp
+    )
     metrics.update(classifier_steps=float(result.steps), classifier_seconds=round(result.seconds, 1))
     return {"metrics": dict(sorted(metrics.items())), "classifier": result.model}
 
@@ -378,6 +400,8 @@ def stage2_table(metrics: dict[str, float]) -> str:
          "classifier_accuracy", "classifier on held-out images"),
         ("", "class_accuracy", "", "classifier_recon_accuracy", "classifier on their reconstructions"),
         ("", "class_accuracy", "", "chance_accuracy", "chance"),
+        ("  judged by the sharp-image classifier", "class_accuracy_fid_classifier", "",
+         "classifier_recon_accuracy_fid_classifier", "it on the reconstructions"),
         ("FID of samples vs held-out images", "fid_samples",
          f"<= {GOALS['fid_ratio'] * m.get('fid_reconstructions', math.nan):.2f}", "fid_reconstructions",
          "FID of the reconstructions (goal: 1.5x)"),
