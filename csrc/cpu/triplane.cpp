@@ -1,5 +1,6 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
-// forward and backward (to planes and to points). Parallel over points with at::parallel_for;
+// forward, backward (to planes and to points) and double backward (of the backward, to grad_out,
+// planes and points). Parallel over points with at::parallel_for;
 // plane gradients are parallel over texel rows (each thread owns a band of rows of every plane), so
 // no two threads write one texel: no atomics, no private buffers, deterministic. The point gradients
 // are computed in the same pass (one texel lookup serves both), and outputs are zeroed inside the
@@ -156,6 +157,116 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
   }
 }
 
+// The double backward: the cotangents gg_planes (of the plane gradient) and gg_points (of the
+// point gradient, v below) give gradients to grad_out, the planes and the points. With the
+// directional derivative dw_j = d w_j / dt along x + t v of each texel weight:
+//   d/d grad_out[i]  = sum_j w_j gg_planes[t_j] + dw_j planes[t_j]
+//   d/d planes[t]    = sum_{i, j: t_j = t} dw_j grad_out[i]
+//   d/d points[i]    = the point gradient with gg_planes for the planes + the Hessian of the
+//                      sampled feature . grad_out[i] times v (bilinear cross terms and the
+//                      contraction's curvature).
+// Parallel like backward_range: plane gradients by bands of texel rows, the rest by chunks of points.
+template <typename T>
+struct DoubleBackwardIO {
+  const T* planes;
+  const T* points;
+  const int64_t* scene_index;
+  const T* grad_out;
+  const T* gg_planes;  // nullptr: no cotangent of the plane gradient
+  const T* gg_points;  // nullptr: no cotangent of the point gradient
+  T* grad_grad_out;    // nullptrs: not wanted
+  T* grad_planes;
+  T* grad_points;
+};
+
+template <typename T>
+void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, int64_t begin, int64_t end,
+                           int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
+  const int64_t C = a.channels, OC = a.out_channels();
+  const bool scatter = io.grad_planes != nullptr && io.gg_points != nullptr;
+  PointTexels<T> block[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, end - b0);
+    for (int64_t r = 0; r < n; ++r) {
+      locate_texels(a, io.points, io.scene_index, b0 + r, block[r]);
+      if (b0 + r >= pts_lo && b0 + r < pts_hi) {
+        prefetch_texels(io.planes, block[r], C, 0);
+        if (io.gg_planes != nullptr) prefetch_texels(io.gg_planes, block[r], C, 0);
+      }
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const PointTexels<T>& t = block[r];
+      const int64_t i = b0 + r;
+      const bool own = i >= pts_lo && i < pts_hi;
+      T* gg_row = own && io.grad_grad_out != nullptr ? io.grad_grad_out + i * OC : nullptr;
+      if (gg_row != nullptr) std::fill(gg_row, gg_row + OC, T(0));
+      if (!t.ok || (!own && !scatter)) continue;
+      T dw[12] = {}, dpx[3] = {}, dpy[3] = {};  // tangents of the weights and pixel positions along v
+      if (io.gg_points != nullptr) {
+        T dq[3];
+        triplane_point_jvp(a, t.pc, io.gg_points + 3 * i, dq);
+        for (int p = 0; p < 3; ++p) {
+          dpx[p] = t.dpx[p] * dq[plane_u_axis(p)];
+          dpy[p] = t.dpy[p] * dq[plane_v_axis(p)];
+          for (int k = 0; k < 4; ++k) dw[p * 4 + k] = t.dwdx[p * 4 + k] * dpx[p] + t.dwdy[p * 4 + k] * dpy[p];
+        }
+      }
+      const bool want_x = own && io.grad_points != nullptr;
+      T gq_lin[3] = {T(0), T(0), T(0)}, gq_b[3] = {T(0), T(0), T(0)};
+      const T scale = a.plane_scale();
+      for (int p = 0; p < 3; ++p) {
+        const int64_t off = a.plane_out_offset(p);
+        const T* g = io.grad_out + i * OC + off;
+        T a_px = T(0), a_py = T(0), b_px = T(0), b_py = T(0), b_xy = T(0);
+        for (int k = 0; k < 4; ++k) {
+          const int j = p * 4 + k;
+          if (t.offset[j] < 0) continue;
+          if (scatter && t.row[j] >= row_lo && t.row[j] < row_hi) {
+            T* gp = io.grad_planes + t.offset[j];
+            const T d = dw[j];
+            for (int64_t c = 0; c < C; ++c) gp[c] += d * g[c];
+          }
+          if (!own) continue;
+          const T* v = io.planes + t.offset[j];
+          const T* u = io.gg_planes != nullptr ? io.gg_planes + t.offset[j] : nullptr;
+          if (gg_row != nullptr) {
+            T* o = gg_row + off;
+            const T d = dw[j], w = t.weight[j];
+            if (io.gg_points != nullptr) {
+              for (int64_t c = 0; c < C; ++c) o[c] += d * v[c];
+            }
+            if (u != nullptr) {
+              for (int64_t c = 0; c < C; ++c) o[c] += w * u[c];
+            }
+          }
+          if (!want_x) continue;
+          if (io.gg_points != nullptr) {
+            T dot = T(0);
+            for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
+            b_px += t.dwdx[j] * dot;
+            b_py += t.dwdy[j] * dot;
+            b_xy += BilinearCorners<T>::d2w(k) * scale * dot;
+          }
+          if (u != nullptr) {
+            T dot = T(0);
+            for (int64_t c = 0; c < C; ++c) dot += u[c] * g[c];
+            a_px += t.dwdx[j] * dot;
+            a_py += t.dwdy[j] * dot;
+          }
+        }
+        if (!want_x) continue;
+        // d/dt of the plane's pixel gradient (b_px, b_py) along v: the bilinear cross term
+        triplane_accumulate_coord_grad(p, a_px + b_xy * dpy[p], a_py + b_xy * dpx[p], t.dpx[p], t.dpy[p], gq_lin);
+        triplane_accumulate_coord_grad(p, b_px, b_py, t.dpx[p], t.dpy[p], gq_b);
+      }
+      if (!want_x) continue;
+      T* gx = io.grad_points + 3 * i;
+      triplane_point_grad(a, t.pc, gq_lin, gx);
+      if (io.gg_points != nullptr) triplane_point_grad_jvp(a, t.pc, io.gg_points + 3 * i, gq_b, gx);
+    }
+  }
+}
+
 const int64_t* scene_ptr(const at::Tensor& scene_index, int64_t points_per_scene) {
   return points_per_scene > 0 ? nullptr : scene_index.data_ptr<int64_t>();
 }
@@ -229,6 +340,60 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
   return {grad_planes, grad_points};
 }
 
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points, const at::Tensor& scene_index,
+    const c10::optional<at::Tensor>& gg_planes, const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
+    int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce, bool need_grad_out_grad,
+    bool need_planes_grad, bool need_points_grad) {
+  check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  check_triplane_grad_out(grad_out, planes, points, reduce);
+  const at::Tensor ggp = triplane_cotangent(gg_planes, planes, "gg_planes");
+  const at::Tensor ggx = triplane_cotangent(gg_points, points, "gg_points");
+  const int64_t S = points.size(0);
+  at::Tensor g = grad_out.contiguous();
+  at::Tensor grad_g = need_grad_out_grad ? at::empty_like(g) : at::empty({0}, planes.options());
+  at::Tensor grad_planes =
+      need_planes_grad ? empty_hugepages(planes.sizes(), planes.options()) : at::empty({0}, planes.options());
+  at::Tensor grad_points = need_points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
+  const bool scatter = need_planes_grad && ggx.defined();
+  if (S == 0 || (!need_grad_out_grad && !scatter && !need_points_grad)) {
+    if (need_grad_out_grad) grad_g.zero_();
+    if (need_planes_grad) grad_planes.zero_();
+    return {grad_g, grad_planes, grad_points};
+  }
+  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_bwd_bwd_cpu", [&] {
+    auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
+    DoubleBackwardIO<scalar_t> io{planes.data_ptr<scalar_t>(),
+                                  points.data_ptr<scalar_t>(),
+                                  scene_ptr(scene_index, points_per_scene),
+                                  g.data_ptr<scalar_t>(),
+                                  ggp.defined() ? ggp.data_ptr<scalar_t>() : nullptr,
+                                  ggx.defined() ? ggx.data_ptr<scalar_t>() : nullptr,
+                                  need_grad_out_grad ? grad_g.data_ptr<scalar_t>() : nullptr,
+                                  scatter ? grad_planes.data_ptr<scalar_t>() : nullptr,
+                                  need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr};
+    if (!scatter) {  // no plane gradient to scatter: parallel over chunks of points
+      if (need_planes_grad) grad_planes.zero_();
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(a, io, b, e, b, e); });
+      return;
+    }
+    const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
+    const int64_t n_parts =
+        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
+    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
+      for (int64_t k = pb; k < pe; ++k) {
+        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
+        for (int64_t plane = 0; plane < planes.size(0) * 3; ++plane) {
+          scalar_t* band = io.grad_planes + (plane * H + lo) * row_elems;
+          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
+        }
+        double_backward_range(a, io, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+      }
+    });
+  });
+  return {grad_g, grad_planes, grad_points};
+}
+
 }  // namespace
 
 at::Tensor planes_channels_last_cpu(const at::Tensor& planes) {
@@ -243,6 +408,7 @@ TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
   m.impl("planes_channels_last", &planes_channels_last_cpu);
   m.impl("triplane_sample_fwd", &triplane_sample_fwd_cpu);
   m.impl("triplane_sample_bwd", &triplane_sample_bwd_cpu);
+  m.impl("triplane_sample_bwd_bwd", &triplane_sample_bwd_bwd_cpu);
 }
 
 }  // namespace vq3dlib
