@@ -357,7 +357,7 @@ def _register_triplane_kernels(lib: str) -> None:
 
     def _fwd_backward(ctx, grad_out):
         planes, points, scene_index = ctx.saved_tensors
-        need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_planes, need_points = _will_use_grad(ctx, 0), _will_use_grad(ctx, 1)
         grad_planes, grad_points = getattr(torch.ops, lib).triplane_sample_bwd(
             grad_out.contiguous(), planes, points, scene_index, *ctx.options, need_planes, need_points
         )
@@ -375,7 +375,7 @@ def _register_triplane_kernels(lib: str) -> None:
         gg_planes, gg_points = _cotangent(gg_planes, planes), _cotangent(gg_points, points)
         if gg_planes is None and gg_points is None:
             return (None,) * 12
-        need = ctx.needs_input_grad[:3]
+        need = tuple(_will_use_grad(ctx, k) for k in range(3))
         grads = getattr(torch.ops, lib).triplane_sample_bwd_bwd(
             grad_out, planes, points, scene_index, gg_planes, gg_points, *ctx.options, *need
         )
@@ -413,7 +413,11 @@ def _register_triplane_kernels(lib: str) -> None:
                 _cotangent(leaves[5], points),
                 *_named_options(ctx.options),
             )
-            pairs = [(o, c) for o, c in zip(outputs, cotangents) if c is not None and o.requires_grad]
+            pairs = [
+                (o, c)
+                for o, c in zip(outputs, cotangents)
+                if c is not None and c.shape == o.shape and o.requires_grad  # an empty output: no cotangent
+            ]
             wrt = {k: v for k, v in leaves.items() if v.requires_grad}
             if not pairs or not wrt:
                 return (None,) * 15
@@ -424,6 +428,22 @@ def _register_triplane_kernels(lib: str) -> None:
         return tuple(by_index.get(k) for k in range(6)) + (None,) * 9
 
     torch.library.register_autograd(ns + "triplane_sample_bwd_bwd", _bwd_bwd_backward, setup_context=_bwd_bwd_setup)
+
+
+def _will_use_grad(ctx, index: int) -> bool:
+    """Whether this backward pass uses the gradient of input ``index`` of the op.
+
+    ``ctx.needs_input_grad`` says whether the input requires grad; the engine knows more: in
+    ``torch.autograd.grad(features, points)`` (an eikonal loss' first step) the plane gradient is
+    computed for nothing. Falls back to ``needs_input_grad`` where the engine cannot tell.
+    """
+    if not ctx.needs_input_grad[index]:
+        return False
+    try:
+        node = ctx.next_functions[index][0]
+        return node is None or torch._C._will_engine_execute_node(node)
+    except (AttributeError, IndexError, RuntimeError):
+        return True
 
 
 def _cotangent(cot: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
