@@ -18,6 +18,10 @@ namespace vq3dlib {
 namespace {
 
 constexpr int64_t kGrain = 512;
+
+// Channel loops: vectorised, the dot products as SIMD reductions (a fixed order for a given build).
+#define VQ3D_SIMD _Pragma("omp simd")
+#define VQ3D_SIMD_DOT _Pragma("omp simd reduction(+ : dot)")
 constexpr int64_t kBlock = 16;  // points whose texels are prefetched together
 
 // The 12 texels (3 planes x 4 corners) one point reads, with their weights. Computing them for a
@@ -25,6 +29,7 @@ constexpr int64_t kBlock = 16;  // points whose texels are prefetched together
 // misses of random lookups (the kernel is latency-bound otherwise).
 template <typename T>
 struct PointTexels {
+  int64_t index;  // the point
   bool ok;
   T pc[3];
   T dpx[3], dpy[3];
@@ -33,10 +38,15 @@ struct PointTexels {
   T weight[12], dwdx[12], dwdy[12];
 };
 
+inline int64_t visit(const int64_t* order, int64_t position) {
+  return order != nullptr ? order[position] : position;
+}
+
 template <typename T>
 void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i,
                    PointTexels<T>& t) {
   T q[3];
+  t.index = i;
   const int64_t scene = triplane_point_setup(a, points + 3 * i, i, scene_index, t.pc, q);
   t.ok = scene >= 0;
   if (!t.ok) return;
@@ -56,12 +66,14 @@ void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* sce
   }
 }
 
+// Prefetches the texels of t (those of the rows [row_lo, row_hi)), for reading or (rw) writing.
 template <typename T>
-void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, int rw) {
+void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, int rw, int row_lo = 0,
+                     int row_hi = 1 << 30) {
   if (!t.ok) return;
   const int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
   for (int j = 0; j < 12; ++j) {
-    if (t.offset[j] < 0) continue;
+    if (t.offset[j] < 0 || t.row[j] < row_lo || t.row[j] >= row_hi) continue;
     for (int64_t c = 0; c < channels; c += per_line) {
       if (rw) __builtin_prefetch(data + t.offset[j] + c, 1, 1);
       else __builtin_prefetch(data + t.offset[j] + c, 0, 1);
@@ -69,20 +81,110 @@ void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, i
   }
 }
 
+// The order the kernels visit the points in: by scene, then along a Morton (Z-order) curve over
+// cells of the unit cube of q. Consecutive points then read neighbouring texels in all three planes,
+// so the random texel reads of unordered points become mostly cache hits (2-3x faster for planes
+// that do not fit in the cache). A counting sort, O(S + cells); the results do not depend on it
+// (each point is computed on its own; plane gradients add in this fixed order, whatever the thread
+// count). Empty for few points (identity order).
+constexpr int64_t kOrderMinPoints = 2048;
+
+inline uint32_t spread_bits3(uint32_t v) {  // bit b of v -> bit 3b
+  uint32_t r = 0;
+  for (int b = 0; b < 10; ++b) r |= ((v >> b) & 1u) << (3 * b);
+  return r;
+}
+
+// The visit order and, in that order, copies of the point coordinates and scenes (so the kernels
+// read them sequentially); args as the kernels take them then (scenes given per point).
+template <typename T>
+struct VisitOrder {
+  std::vector<int64_t> index;  // empty: identity
+  std::vector<T> points;
+  std::vector<int64_t> scene;
+  TriplaneArgs<T> args;
+  const int64_t* order() const { return index.empty() ? nullptr : index.data(); }
+};
+
+template <typename T>
+VisitOrder<T> visit_order(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t S,
+                          const T** points_v, const int64_t** scene_v) {
+  VisitOrder<T> vo;
+  vo.args = a;
+  *points_v = points;
+  *scene_v = scene_index;
+  if (S < kOrderMinPoints) return vo;
+  int bits = 5;  // 32^3 cells per scene; fewer for many scenes (at most 2^21 buckets)
+  while (bits > 1 && a.n_scenes * (int64_t(1) << (3 * bits)) > (int64_t(1) << 21)) --bits;
+  const int64_t cells = int64_t(1) << (3 * bits), n_buckets = a.n_scenes * cells + 1;
+  std::vector<int32_t> key(S);
+  vo.scene.resize(S);
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      T pc[3], q[3];
+      const int64_t scene = triplane_point_setup(a, points + 3 * i, i, scene_index, pc, q);
+      vo.scene[i] = scene;
+      if (scene < 0) {
+        key[i] = 0;  // reads nothing: first
+        continue;
+      }
+      uint32_t code = 0;
+      for (int j = 0; j < 3; ++j) {
+        const T u = (q[j] + T(1)) * T(0.5) * T(int64_t(1) << bits);
+        const int c = u > T(0) ? static_cast<int>(std::min(u, T((int64_t(1) << bits) - 1))) : 0;
+        code |= spread_bits3(static_cast<uint32_t>(c)) << j;
+      }
+      key[i] = static_cast<int32_t>(1 + scene * cells + code);
+    }
+  });
+  std::vector<int64_t> start(n_buckets + 1, 0);
+  for (int64_t i = 0; i < S; ++i) ++start[key[i] + 1];
+  for (int64_t k = 0; k < n_buckets; ++k) start[k + 1] += start[k];
+  vo.index.resize(S);
+  for (int64_t i = 0; i < S; ++i) vo.index[start[key[i]]++] = i;
+  std::vector<int64_t> scene_sorted(S);
+  vo.points.resize(3 * S);
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t pos = b; pos < e; ++pos) {
+      const int64_t i = vo.index[pos];
+      for (int j = 0; j < 3; ++j) vo.points[3 * pos + j] = points[3 * i + j];
+      scene_sorted[pos] = vo.scene[i];
+    }
+  });
+  vo.scene.swap(scene_sorted);
+  vo.args.points_per_scene = 0;
+  *points_v = vo.points.data();
+  *scene_v = vo.scene.data();
+  return vo;
+}
+
+// In visit order the rows of the per-point arrays are read at random: prefetched once located.
+template <typename T>
+void prefetch_row(const int64_t* order, const T* row, int64_t n, int rw) {
+  if (order == nullptr) return;
+  const int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t c = 0; c < n; c += per_line) {
+    if (rw) __builtin_prefetch(row + c, 1, 1);
+    else __builtin_prefetch(row + c, 0, 1);
+  }
+}
+
 template <typename T>
 void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                   T* out, int64_t begin, int64_t end) {
+                   const int64_t* order, T* out, int64_t begin, int64_t end) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
       prefetch_texels(planes, block[r], C, 0);
+      prefetch_row(order, out + block[r].index * OC, OC, 1);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
-      T* o_row = out + (b0 + r) * OC;
+      T* o_row = out + t.index * OC;
       std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
       if (!t.ok) continue;
       for (int p = 0; p < 3; ++p) {
@@ -92,6 +194,7 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
           if (t.offset[j] < 0) continue;
           const T w = t.weight[j];
           const T* v = planes + t.offset[j];
+          VQ3D_SIMD
           for (int64_t c = 0; c < C; ++c) o[c] += w * v[c];
         }
       }
@@ -99,11 +202,12 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
-// Visits points [begin, end): point gradients of the points in [pts_lo, pts_hi) and plane
-// gradients of the texel rows [row_lo, row_hi), in one pass (one texel lookup serves both).
+// Visits the points at positions [begin, end) of the visit order: point gradients of the points at
+// positions [pts_lo, pts_hi) and plane gradients of the texel rows [row_lo, row_hi), in one pass
+// (one texel lookup serves both).
 template <typename T>
 void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
+                    const int64_t* order, const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
                     int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
@@ -111,14 +215,16 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
+      prefetch_row(order, grad_out + block[r].index * OC, OC, 0);
       if (grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi) prefetch_texels(planes, block[r], C, 0);
-      if (grad_planes != nullptr && row_hi - row_lo >= a.height) prefetch_texels(grad_planes, block[r], C, 1);
+      if (grad_planes != nullptr) prefetch_texels(grad_planes, block[r], C, 1, row_lo, row_hi);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
       if (!t.ok) continue;
-      const int64_t i = b0 + r;
-      const bool want_point = grad_points != nullptr && i >= pts_lo && i < pts_hi;
+      const int64_t i = t.index;
+      const bool want_point = grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi;
       T gq[3] = {T(0), T(0), T(0)};
       for (int p = 0; p < 3; ++p) {
         const T* g = grad_out + i * OC + a.plane_out_offset(p);
@@ -132,6 +238,7 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
             const T* v = planes + t.offset[j];
             T* gp = grad_planes + t.offset[j];
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) {
               gp[c] += w * g[c];
               dot += v[c] * g[c];
@@ -141,10 +248,12 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
           } else if (want_texel) {
             const T w = t.weight[j];
             T* gp = grad_planes + t.offset[j];
+            VQ3D_SIMD
             for (int64_t c = 0; c < C; ++c) gp[c] += w * g[c];
           } else if (want_point) {
             const T* v = planes + t.offset[j];
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
             g_px += t.dwdx[j] * dot;
             g_py += t.dwdy[j] * dot;
@@ -180,7 +289,8 @@ struct DoubleBackwardIO {
 };
 
 template <typename T>
-void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, int64_t begin, int64_t end,
+void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, const int64_t* order,
+                           int64_t begin, int64_t end,
                            int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   const bool scatter = io.grad_planes != nullptr && io.gg_points != nullptr;
@@ -189,15 +299,18 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, io.points, io.scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
+      prefetch_row(order, io.grad_out + block[r].index * OC, OC, 0);
       if (b0 + r >= pts_lo && b0 + r < pts_hi) {
         prefetch_texels(io.planes, block[r], C, 0);
         if (io.gg_planes != nullptr) prefetch_texels(io.gg_planes, block[r], C, 0);
       }
+      if (scatter) prefetch_texels(io.grad_planes, block[r], C, 1, row_lo, row_hi);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
-      const int64_t i = b0 + r;
-      const bool own = i >= pts_lo && i < pts_hi;
+      const int64_t i = t.index;
+      const bool own = b0 + r >= pts_lo && b0 + r < pts_hi;
       T* gg_row = own && io.grad_grad_out != nullptr ? io.grad_grad_out + i * OC : nullptr;
       if (gg_row != nullptr) std::fill(gg_row, gg_row + OC, T(0));
       if (!t.ok || (!own && !scatter)) continue;
@@ -224,6 +337,7 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
           if (scatter && t.row[j] >= row_lo && t.row[j] < row_hi) {
             T* gp = io.grad_planes + t.offset[j];
             const T d = dw[j];
+            VQ3D_SIMD
             for (int64_t c = 0; c < C; ++c) gp[c] += d * g[c];
           }
           if (!own) continue;
@@ -233,15 +347,18 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
             T* o = gg_row + off;
             const T d = dw[j], w = t.weight[j];
             if (io.gg_points != nullptr) {
+              VQ3D_SIMD
               for (int64_t c = 0; c < C; ++c) o[c] += d * v[c];
             }
             if (u != nullptr) {
+              VQ3D_SIMD
               for (int64_t c = 0; c < C; ++c) o[c] += w * u[c];
             }
           }
           if (!want_x) continue;
           if (io.gg_points != nullptr) {
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
             b_px += t.dwdx[j] * dot;
             b_py += t.dwdy[j] * dot;
@@ -249,6 +366,7 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
           }
           if (u != nullptr) {
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) dot += u[c] * g[c];
             a_px += t.dwdx[j] * dot;
             a_py += t.dwdy[j] * dot;
@@ -277,7 +395,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const int64_t S = points.size(0);
   const int64_t OC = triplane_out_channels(planes, reduce);
-  at::Tensor out = at::empty({S, OC}, planes.options());
+  at::Tensor out = empty_hugepages({S, OC}, planes.options());  // rows written in visit order: fewer TLB misses
   if (S == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
     auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
@@ -285,7 +403,10 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     const scalar_t* pt = points.data_ptr<scalar_t>();
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(a, pl, pt, si, o, b, e); });
+    const scalar_t* pv;
+    const int64_t* sv;
+    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(vo.args, pl, pv, sv, vo.order(), o, b, e); });
   });
   return out;
 }
@@ -312,9 +433,13 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     const scalar_t* go = g.data_ptr<scalar_t>();
     scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pv;
+    const int64_t* sv;
+    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
+    const int64_t* ord = vo.order();
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-        backward_range(a, pl, pt, si, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+        backward_range(vo.args, pl, pv, sv, ord, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
       });
       return;
     }
@@ -333,7 +458,8 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
           scalar_t* band = gpl + (plane * H + lo) * row_elems;
           std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
         }
-        backward_range(a, pl, pt, si, go, gpl, gpts, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+        backward_range(vo.args, pl, pv, sv, ord, go, gpl, gpts, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo,
+                       hi);
       }
     });
   });
@@ -372,9 +498,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
                                   need_grad_out_grad ? grad_g.data_ptr<scalar_t>() : nullptr,
                                   scatter ? grad_planes.data_ptr<scalar_t>() : nullptr,
                                   need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr};
+    const VisitOrder<scalar_t> vo = visit_order(a, io.points, io.scene_index, S, &io.points, &io.scene_index);
+    const int64_t* ord = vo.order();
     if (!scatter) {  // no plane gradient to scatter: parallel over chunks of points
       if (need_planes_grad) grad_planes.zero_();
-      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(a, io, b, e, b, e); });
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(vo.args, io, ord, b, e, b, e); });
       return;
     }
     const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
@@ -387,7 +515,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
           scalar_t* band = io.grad_planes + (plane * H + lo) * row_elems;
           std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
         }
-        double_backward_range(a, io, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+        double_backward_range(vo.args, io, ord, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
       }
     });
   });
