@@ -229,6 +229,7 @@ def test_point_gradient_is_differentiable_to_the_planes():
         (g_ref,) = torch.autograd.grad(triplane_sample(planes, points).sum(), points, create_graph=True)
     torch.testing.assert_close(gg, torch.autograd.grad(g_ref.square().sum(), planes)[0])
 
+
 def test_points_outside_bound_read_zero_or_border():
     planes = torch.ones(1, 3, 2, 4, 4)
     far = torch.tensor([[[5.0, 5.0, 5.0]]])
@@ -431,7 +432,22 @@ def test_torch_compile_traces_the_custom_op():
     cotangents = (torch.randn_like(planes_cl), torch.randn_like(pts))
     torch.library.opcheck(
         ops.triplane_sample_bwd_bwd.default,
-        (grad, planes_cl.detach(), pts.detach(), empty, *cotangents, 20, 1, 1.0, False, 0, 2, True, True, True),
+        (
+            grad,
+            planes_cl.detach(),
+            pts.detach(),
+            empty,
+            *cotangents,
+            20,
+            1,
+            1.0,
+            False,
+            0,
+            2,
+            True,
+            True,
+            True,
+        ),
     )
 
 

@@ -385,6 +385,30 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
   }
 }
 
+// Runs fn(pts_lo, pts_hi, row_lo, row_hi) once per part, in parallel: part k owns the texel rows
+// [k*H/n, (k+1)*H/n) of every plane of grad_planes [B, 3, H, W, C] and visits all points, so no
+// two threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
+// rows first (parallel first touch) and computes the per-point results of the k-th chunk of the
+// visit order [pts_lo, pts_hi) in the same pass.
+template <typename Fn>
+void for_each_row_band(const at::Tensor& grad_planes, int64_t S, const Fn& fn) {
+  const int64_t H = grad_planes.size(2), row_elems = grad_planes.size(3) * grad_planes.size(4);
+  const int64_t n_parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
+  AT_DISPATCH_FLOATING_TYPES(grad_planes.scalar_type(), "for_each_row_band", [&] {
+    scalar_t* data = grad_planes.data_ptr<scalar_t>();
+    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
+      for (int64_t k = pb; k < pe; ++k) {
+        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
+        for (int64_t plane = 0; plane < grad_planes.size(0) * 3; ++plane) {
+          scalar_t* band = data + (plane * H + lo) * row_elems;
+          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
+        }
+        fn(k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+      }
+    });
+  });
+}
+
 const int64_t* scene_ptr(const at::Tensor& scene_index, int64_t points_per_scene) {
   return points_per_scene > 0 ? nullptr : scene_index.data_ptr<int64_t>();
 }
@@ -443,24 +467,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
       });
       return;
     }
-    // Part k owns the texel rows [k*H/n, (k+1)*H/n) of every plane and visits all points, so no two
-    // threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
-    // rows first (parallel first touch) and, in the same pass, computes the point gradients of the
-    // k-th chunk of points.
     scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
-    const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
-    const int64_t n_parts =
-        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
-    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
-      for (int64_t k = pb; k < pe; ++k) {
-        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
-        for (int64_t plane = 0; plane < planes.size(0) * 3; ++plane) {
-          scalar_t* band = gpl + (plane * H + lo) * row_elems;
-          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
-        }
-        backward_range(vo.args, pl, pv, sv, ord, go, gpl, gpts, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo,
-                       hi);
-      }
+    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+      backward_range(vo.args, pl, pv, sv, ord, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
     });
   });
   return {grad_planes, grad_points};
@@ -471,10 +480,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
     const c10::optional<at::Tensor>& gg_planes, const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
     int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce, bool need_grad_out_grad,
     bool need_planes_grad, bool need_points_grad) {
-  check_triplane_inputs(planes, points, scene_index, points_per_scene);
-  check_triplane_grad_out(grad_out, planes, points, reduce);
-  const at::Tensor ggp = triplane_cotangent(gg_planes, planes, "gg_planes");
-  const at::Tensor ggx = triplane_cotangent(gg_points, points, "gg_points");
+  at::Tensor ggp, ggx;
+  check_triplane_double_backward(grad_out, planes, points, scene_index, gg_planes, gg_points, points_per_scene,
+                                 reduce, &ggp, &ggx);
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();
   at::Tensor grad_g = need_grad_out_grad ? at::empty_like(g) : at::empty({0}, planes.options());
@@ -505,18 +513,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(vo.args, io, ord, b, e, b, e); });
       return;
     }
-    const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
-    const int64_t n_parts =
-        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
-    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
-      for (int64_t k = pb; k < pe; ++k) {
-        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
-        for (int64_t plane = 0; plane < planes.size(0) * 3; ++plane) {
-          scalar_t* band = io.grad_planes + (plane * H + lo) * row_elems;
-          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
-        }
-        double_backward_range(vo.args, io, ord, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
-      }
+    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+      double_backward_range(vo.args, io, ord, 0, S, pts_lo, pts_hi, lo, hi);
     });
   });
   return {grad_g, grad_planes, grad_points};

@@ -67,10 +67,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cuda(
     const c10::optional<at::Tensor>& gg_planes, const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
     int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce, bool need_grad_out_grad,
     bool need_planes_grad, bool need_points_grad) {
-  check_triplane_inputs(planes, points, scene_index, points_per_scene);
-  check_triplane_grad_out(grad_out, planes, points, reduce);
-  const at::Tensor ggp = triplane_cotangent(gg_planes, planes, "gg_planes");
-  const at::Tensor ggx = triplane_cotangent(gg_points, points, "gg_points");
+  at::Tensor ggp, ggx;
+  check_triplane_double_backward(grad_out, planes, points, scene_index, gg_planes, gg_points, points_per_scene,
+                                 reduce, &ggp, &ggx);
   const KernelDeviceGuard guard(planes);
   const int64_t S = points.size(0);
   at::Tensor g = grad_out.contiguous();

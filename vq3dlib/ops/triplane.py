@@ -402,7 +402,8 @@ def _register_triplane_kernels(lib: str) -> None:
         inputs = {0: grad_out, 1: planes, 2: points, 4: gg_planes, 5: gg_points}
         with torch.enable_grad():
             leaves = {
-                k: v.detach().requires_grad_(ctx.needs_input_grad[k] and v.numel() > 0) for k, v in inputs.items()
+                k: v.detach().requires_grad_(ctx.needs_input_grad[k] and v.numel() > 0)
+                for k, v in inputs.items()
             }
             outputs = double_backward_reference(
                 leaves[0],
@@ -427,7 +428,9 @@ def _register_triplane_kernels(lib: str) -> None:
         by_index = dict(zip(wrt, grads))
         return tuple(by_index.get(k) for k in range(6)) + (None,) * 9
 
-    torch.library.register_autograd(ns + "triplane_sample_bwd_bwd", _bwd_bwd_backward, setup_context=_bwd_bwd_setup)
+    torch.library.register_autograd(
+        ns + "triplane_sample_bwd_bwd", _bwd_bwd_backward, setup_context=_bwd_bwd_setup
+    )
 
 
 def _will_use_grad(ctx, index: int) -> bool:
@@ -454,7 +457,7 @@ def _cotangent(cot: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | N
 
 
 def _named_options(options: tuple) -> tuple:
-    """The kernels' option codes ``(pps, contraction, bound, align, padding, reduce)`` → reference arguments."""
+    """Kernel option codes ``(pps, contraction, bound, align, padding, reduce)`` → reference arguments."""
     pps, contraction, bound, align, padding, reduce = options
     return (
         pps,

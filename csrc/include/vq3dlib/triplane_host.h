@@ -48,6 +48,18 @@ inline at::Tensor triplane_cotangent(const c10::optional<at::Tensor>& cot, const
   return cot->contiguous();
 }
 
+// The double backward's inputs checked; its cotangents (undefined where absent) into *ggp, *ggx.
+inline void check_triplane_double_backward(const at::Tensor& grad_out, const at::Tensor& planes,
+                                           const at::Tensor& points, const at::Tensor& scene_index,
+                                           const c10::optional<at::Tensor>& gg_planes,
+                                           const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
+                                           int64_t reduce, at::Tensor* ggp, at::Tensor* ggx) {
+  check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  check_triplane_grad_out(grad_out, planes, points, reduce);
+  *ggp = triplane_cotangent(gg_planes, planes, "gg_planes");
+  *ggx = triplane_cotangent(gg_points, points, "gg_points");
+}
+
 template <typename T>
 TriplaneArgs<T> make_triplane_args(const at::Tensor& planes, int64_t points_per_scene, int64_t contraction,
                                    double bound, bool align_corners, int64_t padding, int64_t reduce) {
