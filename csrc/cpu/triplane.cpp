@@ -83,16 +83,35 @@ void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, i
 
 // The order the kernels visit the points in: by scene, then along a Morton (Z-order) curve over
 // cells of the unit cube of q. Consecutive points then read neighbouring texels in all three planes,
-// so the random texel reads of unordered points become mostly cache hits (2-3x faster for planes
-// that do not fit in the cache). A counting sort, O(S + cells); the results do not depend on it
+// so random points read texels the cache mostly holds already (planes that do not fit in the
+// cache). A counting sort, O(S + cells); the results do not depend on it
 // (each point is computed on its own; plane gradients add in this fixed order, whatever the thread
-// count). Empty for few points (identity order).
+// count). Empty (identity order) for few points, for planes that fit in the cache and for points
+// that already come in a coherent order.
 constexpr int64_t kOrderMinPoints = 2048;
+constexpr int64_t kOrderMinPlaneBytes = int64_t(16) << 20;  // smaller planes stay in the cache anyway
 
 inline uint32_t spread_bits3(uint32_t v) {  // bit b of v -> bit 3b
   uint32_t r = 0;
   for (int b = 0; b < 10; ++b) r |= ((v >> b) & 1u) << (3 * b);
   return r;
+}
+
+// The bucket of point i: 0 when it refers to no valid scene (it reads nothing), else 1 + its scene's
+// first bucket + the Morton code of its cell (2^bits cells per axis of q's unit cube); *scene = its scene.
+template <typename T>
+int32_t cell_key(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i, int bits,
+                 int64_t* scene) {
+  T pc[3], q[3];
+  *scene = triplane_point_setup(a, points + 3 * i, i, scene_index, pc, q);
+  if (*scene < 0) return 0;
+  uint32_t code = 0;
+  for (int j = 0; j < 3; ++j) {
+    const T u = (q[j] + T(1)) * T(0.5) * T(int64_t(1) << bits);
+    const int c = u > T(0) ? static_cast<int>(std::min(u, T((int64_t(1) << bits) - 1))) : 0;
+    code |= spread_bits3(static_cast<uint32_t>(c)) << j;
+  }
+  return static_cast<int32_t>(1 + *scene * (int64_t(1) << (3 * bits)) + code);
 }
 
 // The visit order and, in that order, copies of the point coordinates and scenes (so the kernels
@@ -113,29 +132,25 @@ VisitOrder<T> visit_order(const TriplaneArgs<T>& a, const T* points, const int64
   vo.args = a;
   *points_v = points;
   *scene_v = scene_index;
-  if (S < kOrderMinPoints) return vo;
+  const int64_t plane_bytes = a.n_scenes * 3 * a.height * a.width * a.channels * int64_t(sizeof(T));
+  if (S < kOrderMinPoints || plane_bytes < kOrderMinPlaneBytes) return vo;
   int bits = 5;  // 32^3 cells per scene; fewer for many scenes (at most 2^21 buckets)
   while (bits > 1 && a.n_scenes * (int64_t(1) << (3 * bits)) > (int64_t(1) << 21)) --bits;
   const int64_t cells = int64_t(1) << (3 * bits), n_buckets = a.n_scenes * cells + 1;
+  // Points that already come in a coherent order (samples along rays) are left as they are: when
+  // most of 1024 probed neighbours i, i + 1 share a cell, sorting would buy nothing.
+  const int64_t n_probe = std::min<int64_t>(S - 1, 1024);
+  int64_t same = 0;
+  for (int64_t k = 0; k < n_probe; ++k) {
+    const int64_t i = k * (S - 1) / n_probe;
+    int64_t s0, s1;
+    same += cell_key(a, points, scene_index, i, bits, &s0) == cell_key(a, points, scene_index, i + 1, bits, &s1);
+  }
+  if (2 * same > n_probe) return vo;
   std::vector<int32_t> key(S);
   vo.scene.resize(S);
   at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) {
-      T pc[3], q[3];
-      const int64_t scene = triplane_point_setup(a, points + 3 * i, i, scene_index, pc, q);
-      vo.scene[i] = scene;
-      if (scene < 0) {
-        key[i] = 0;  // reads nothing: first
-        continue;
-      }
-      uint32_t code = 0;
-      for (int j = 0; j < 3; ++j) {
-        const T u = (q[j] + T(1)) * T(0.5) * T(int64_t(1) << bits);
-        const int c = u > T(0) ? static_cast<int>(std::min(u, T((int64_t(1) << bits) - 1))) : 0;
-        code |= spread_bits3(static_cast<uint32_t>(c)) << j;
-      }
-      key[i] = static_cast<int32_t>(1 + scene * cells + code);
-    }
+    for (int64_t i = b; i < e; ++i) key[i] = cell_key(a, points, scene_index, i, bits, &vo.scene[i]);
   });
   std::vector<int64_t> start(n_buckets + 1, 0);
   for (int64_t i = 0; i < S; ++i) ++start[key[i] + 1];
@@ -419,7 +434,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
   check_triplane_inputs(planes, points, scene_index, points_per_scene);
   const int64_t S = points.size(0);
   const int64_t OC = triplane_out_channels(planes, reduce);
-  at::Tensor out = empty_hugepages({S, OC}, planes.options());  // rows written in visit order: fewer TLB misses
+  at::Tensor out = at::empty({S, OC}, planes.options());
   if (S == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_fwd_cpu", [&] {
     auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
