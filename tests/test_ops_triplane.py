@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from vq3dlib import backend, ops
 from vq3dlib.contraction import contract
 from vq3dlib.ops import triplane_sample, triplane_sample_reference
+from vq3dlib.ops.triplane import double_backward_reference
 
 requires_ext = pytest.mark.skipif(
     not ops.extension_supports("triplane_sample", "cpu"), reason="extension could not be built"
@@ -130,24 +131,103 @@ def test_double_backward_kernel_matches_reference(kernel_target):
 
 
 @requires_ext
-def test_gradgradcheck_kernel():
-    planes = torch.randn(1, 3, 2, 4, 5, dtype=torch.float64, requires_grad=True)
-    points = (torch.rand(1, 6, 3, dtype=torch.float64) * 1.6 - 0.8).requires_grad_()
+@pytest.mark.parametrize("opts", OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_double_backward_kernel_equals_reference(kernel_target, opts):
+    """The raw double-backward op vs the pure-torch oracle, every cotangent and output present or not."""
+    from vq3dlib.ops._codes import CONTRACTION_CODES, PADDING_CODES, REDUCE_CODES
+    from vq3dlib.ops._library import kernels
+
+    device = kernel_target.device
+    gen = torch.Generator().manual_seed(5)
+    planes_cl = torch.randn(2, 3, 7, 9, 5, dtype=torch.float64, generator=gen).to(device)
+    points = (torch.randn(80, 3, dtype=torch.float64, generator=gen) * 1.5).to(device)
+    scene = torch.randint(0, 2, (80,), generator=gen).to(device)
+    out_channels = 15 if opts["reduce"] == "concat" else 5
+    grad_out = torch.randn(80, out_channels, dtype=torch.float64, generator=gen).to(device)
+    gg_planes = torch.randn(planes_cl.shape, dtype=torch.float64, generator=gen).to(device)
+    gg_points = torch.randn(80, 3, dtype=torch.float64, generator=gen).to(device)
+    named = (0, opts["contraction"], 1.3, opts["align_corners"], opts["padding_mode"], opts["reduce"])
+    codes = (
+        0,
+        CONTRACTION_CODES[opts["contraction"]],
+        1.3,
+        opts["align_corners"],
+        PADDING_CODES[opts["padding_mode"]],
+        REDUCE_CODES[opts["reduce"]],
+    )
+    with kernel_target.forced():
+        op = kernels().triplane_sample_bwd_bwd
+    for cot_planes, cot_points in ((gg_planes, gg_points), (None, gg_points), (gg_planes, None)):
+        ref = double_backward_reference(grad_out, planes_cl, points, scene, cot_planes, cot_points, *named)
+        ours = op(grad_out, planes_cl, points, scene, cot_planes, cot_points, *codes, True, True, True)
+        for a, b in zip(ours, ref):
+            torch.testing.assert_close(a, b.detach())
+        assert float(ref[2].detach().abs().sum()) > 0  # the point gradient is exercised by each cotangent
+    # outputs that are not wanted come back empty, the others unchanged
+    only_points = op(grad_out, planes_cl, points, scene, None, gg_points, *codes, False, False, True)
+    assert only_points[0].numel() == 0 and only_points[1].numel() == 0
+    ref_points = double_backward_reference(grad_out, planes_cl, points, scene, None, gg_points, *named)[2]
+    torch.testing.assert_close(only_points[2], ref_points.detach())
+
+
+@requires_ext
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+def test_gradgradcheck_kernel(kernel_target, contraction):
+    device = kernel_target.device
+    planes = torch.randn(1, 3, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
+    points = (torch.rand(1, 6, 3, dtype=torch.float64, device=device) * 3.2 - 1.6).requires_grad_()
 
     def fn(pl, pt):
-        with backend.forced("ext"):
-            return triplane_sample(pl, pt, contraction="linf")
+        with kernel_target.forced():
+            return triplane_sample(pl, pt, contraction=contraction, reduce="concat")
 
     assert torch.autograd.gradgradcheck(fn, (planes, points), eps=1e-6, atol=1e-4)
 
 
-def test_grid_sample_cannot_double_backward_but_we_can():
+@requires_ext
+def test_third_order_gradients_match_reference():
+    """The double backward's own backward (by recomputation) gives the reference's third derivatives."""
+    planes = torch.randn(1, 3, 3, 6, 6, dtype=torch.float64, requires_grad=True)
+    points = (torch.rand(1, 10, 3, dtype=torch.float64) * 3 - 1.5).requires_grad_()
+
+    def third(impl):
+        out = impl(planes, points, contraction="l2").sum()
+        (g,) = torch.autograd.grad(out, points, create_graph=True)
+        (gg,) = torch.autograd.grad(g.square().sum(), points, create_graph=True)
+        return torch.autograd.grad(gg.sin().sum(), (planes, points))
+
+    with backend.forced("ext"):
+        ours = third(triplane_sample)
+    for a, b in zip(ours, third(triplane_sample_reference)):
+        torch.testing.assert_close(a, b)
+
+
+@requires_ext
+def test_raw_double_backward_op_checks_cotangents():
+    planes = torch.randn(1, 3, 8, 8, 4)
+    points, grad_out = torch.randn(5, 3), torch.randn(5, 4)
+    none = torch.empty(0, dtype=torch.long)
+    opts = (5, 0, 1.0, False, 0, 0)
+    op = torch.ops.vq3dlib.triplane_sample_bwd_bwd
+    with pytest.raises(RuntimeError, match=r"gg_points must have shape \[5, 3\]"):
+        op(grad_out, planes, points, none, None, torch.ones(4, 3), *opts, True, True, True)
+    with pytest.raises(RuntimeError, match="gg_planes must have the dtype and device of planes"):
+        op(grad_out, planes, points, none, planes.double(), None, *opts, True, True, True)
+    zero = op(grad_out, planes, points, none, None, None, *opts, True, True, True)  # no cotangent: zeros
+    assert [t.shape for t in zero] == [grad_out.shape, planes.shape, points.shape]
+    assert all(float(t.abs().sum()) == 0.0 for t in zero)
+
+
+def test_point_gradient_is_differentiable_to_the_planes():
     planes = torch.randn(1, 3, 2, 4, 4, dtype=torch.float64, requires_grad=True)
     points = (torch.rand(1, 5, 3, dtype=torch.float64) - 0.5).requires_grad_()
     out = triplane_sample(planes, points).sum()
     (g,) = torch.autograd.grad(out, points, create_graph=True)
     (gg,) = torch.autograd.grad(g.square().sum(), planes)
     assert gg.abs().sum() > 0
+    with backend.forced("torch"):
+        (g_ref,) = torch.autograd.grad(triplane_sample(planes, points).sum(), points, create_graph=True)
+    torch.testing.assert_close(gg, torch.autograd.grad(g_ref.square().sum(), planes)[0])
 
 
 def test_points_outside_bound_read_zero_or_border():
@@ -217,6 +297,28 @@ def test_kernel_one_point_and_scenes_out_of_range(kernel_target):
     torch.testing.assert_close(out[ok], triplane_sample_reference(planes, points[ok], bad[ok]))
     ref_planes = torch.autograd.grad(triplane_sample_reference(planes, points[ok], bad[ok]).sum(), planes)[0]
     torch.testing.assert_close(g_planes, ref_planes)
+
+
+@requires_ext
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+def test_kernel_many_points_equal_reference(kernel_target, contraction):
+    """Random points (>= 2048) on planes of >= 16 MiB: the CPU kernels visit them in Morton order."""
+    device = kernel_target.device
+    gen = torch.Generator().manual_seed(11)
+    planes = torch.randn(2, 3, 4, 320, 300, dtype=torch.float64, generator=gen).to(device).requires_grad_()
+    points = (torch.randn(5000, 3, dtype=torch.float64, generator=gen) * 1.5).to(device).requires_grad_()
+    scene = torch.randint(0, 2, (5000,), generator=gen).to(device)
+
+    def run(impl):
+        out = impl(planes, points, scene, contraction=contraction, reduce="concat")
+        g_planes, g_points = torch.autograd.grad(out.square().sum(), (planes, points), create_graph=True)
+        loss = (g_points.norm(dim=-1) - 1).square().sum() + (g_planes * g_planes.detach().cos()).sum()
+        return (out, g_planes, g_points, *torch.autograd.grad(loss, (planes, points)))
+
+    with kernel_target.forced():
+        ours = run(triplane_sample)
+    for a, b in zip(ours, run(triplane_sample_reference)):
+        torch.testing.assert_close(a, b)
 
 
 def test_half_precision_computed_in_float32():
@@ -326,6 +428,26 @@ def test_torch_compile_traces_the_custom_op():
     grad = torch.randn(20, 12, dtype=torch.float64)
     torch.library.opcheck(
         ops.triplane_sample_bwd.default, (grad, planes_cl, pts, empty, 20, 1, 1.0, False, 0, 2, True, True)
+    )
+    cotangents = (torch.randn_like(planes_cl), torch.randn_like(pts))
+    torch.library.opcheck(
+        ops.triplane_sample_bwd_bwd.default,
+        (
+            grad,
+            planes_cl.detach(),
+            pts.detach(),
+            empty,
+            *cotangents,
+            20,
+            1,
+            1.0,
+            False,
+            0,
+            2,
+            True,
+            True,
+            True,
+        ),
     )
 
 

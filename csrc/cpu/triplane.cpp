@@ -1,5 +1,6 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
-// forward and backward (to planes and to points). Parallel over points with at::parallel_for;
+// forward, backward (to planes and to points) and double backward (of the backward, to grad_out,
+// planes and points). Parallel over points with at::parallel_for;
 // plane gradients are parallel over texel rows (each thread owns a band of rows of every plane), so
 // no two threads write one texel: no atomics, no private buffers, deterministic. The point gradients
 // are computed in the same pass (one texel lookup serves both), and outputs are zeroed inside the
@@ -17,6 +18,10 @@ namespace vq3dlib {
 namespace {
 
 constexpr int64_t kGrain = 512;
+
+// Channel loops: vectorised, the dot products as SIMD reductions (a fixed order for a given build).
+#define VQ3D_SIMD _Pragma("omp simd")
+#define VQ3D_SIMD_DOT _Pragma("omp simd reduction(+ : dot)")
 constexpr int64_t kBlock = 16;  // points whose texels are prefetched together
 
 // The 12 texels (3 planes x 4 corners) one point reads, with their weights. Computing them for a
@@ -24,6 +29,7 @@ constexpr int64_t kBlock = 16;  // points whose texels are prefetched together
 // misses of random lookups (the kernel is latency-bound otherwise).
 template <typename T>
 struct PointTexels {
+  int64_t index;  // the point
   bool ok;
   T pc[3];
   T dpx[3], dpy[3];
@@ -32,10 +38,15 @@ struct PointTexels {
   T weight[12], dwdx[12], dwdy[12];
 };
 
+inline int64_t visit(const int64_t* order, int64_t position) {
+  return order != nullptr ? order[position] : position;
+}
+
 template <typename T>
 void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i,
                    PointTexels<T>& t) {
   T q[3];
+  t.index = i;
   const int64_t scene = triplane_point_setup(a, points + 3 * i, i, scene_index, t.pc, q);
   t.ok = scene >= 0;
   if (!t.ok) return;
@@ -55,12 +66,14 @@ void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* sce
   }
 }
 
+// Prefetches the texels of t (those of the rows [row_lo, row_hi)), for reading or (rw) writing.
 template <typename T>
-void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, int rw) {
+void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, int rw, int row_lo = 0,
+                     int row_hi = 1 << 30) {
   if (!t.ok) return;
   const int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
   for (int j = 0; j < 12; ++j) {
-    if (t.offset[j] < 0) continue;
+    if (t.offset[j] < 0 || t.row[j] < row_lo || t.row[j] >= row_hi) continue;
     for (int64_t c = 0; c < channels; c += per_line) {
       if (rw) __builtin_prefetch(data + t.offset[j] + c, 1, 1);
       else __builtin_prefetch(data + t.offset[j] + c, 0, 1);
@@ -68,20 +81,125 @@ void prefetch_texels(const T* data, const PointTexels<T>& t, int64_t channels, i
   }
 }
 
+// The order the kernels visit the points in: by scene, then along a Morton (Z-order) curve over
+// cells of the unit cube of q. Consecutive points then read neighbouring texels in all three planes,
+// so random points read texels the cache mostly holds already (planes that do not fit in the
+// cache). A counting sort, O(S + cells); the results do not depend on it
+// (each point is computed on its own; plane gradients add in this fixed order, whatever the thread
+// count). Empty (identity order) for few points, for planes that fit in the cache and for points
+// that already come in a coherent order.
+constexpr int64_t kOrderMinPoints = 2048;
+constexpr int64_t kOrderMinPlaneBytes = int64_t(16) << 20;  // smaller planes stay in the cache anyway
+
+inline uint32_t spread_bits3(uint32_t v) {  // bit b of v -> bit 3b
+  uint32_t r = 0;
+  for (int b = 0; b < 10; ++b) r |= ((v >> b) & 1u) << (3 * b);
+  return r;
+}
+
+// The bucket of point i: 0 when it refers to no valid scene (it reads nothing), else 1 + its scene's
+// first bucket + the Morton code of its cell (2^bits cells per axis of q's unit cube); *scene = its scene.
+template <typename T>
+int32_t cell_key(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i, int bits,
+                 int64_t* scene) {
+  T pc[3], q[3];
+  *scene = triplane_point_setup(a, points + 3 * i, i, scene_index, pc, q);
+  if (*scene < 0) return 0;
+  uint32_t code = 0;
+  for (int j = 0; j < 3; ++j) {
+    const T u = (q[j] + T(1)) * T(0.5) * T(int64_t(1) << bits);
+    const int c = u > T(0) ? static_cast<int>(std::min(u, T((int64_t(1) << bits) - 1))) : 0;
+    code |= spread_bits3(static_cast<uint32_t>(c)) << j;
+  }
+  return static_cast<int32_t>(1 + *scene * (int64_t(1) << (3 * bits)) + code);
+}
+
+// The visit order and, in that order, copies of the point coordinates and scenes (so the kernels
+// read them sequentially); args as the kernels take them then (scenes given per point).
+template <typename T>
+struct VisitOrder {
+  std::vector<int64_t> index;  // empty: identity
+  std::vector<T> points;
+  std::vector<int64_t> scene;
+  TriplaneArgs<T> args;
+  const int64_t* order() const { return index.empty() ? nullptr : index.data(); }
+};
+
+template <typename T>
+VisitOrder<T> visit_order(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t S,
+                          const T** points_v, const int64_t** scene_v) {
+  VisitOrder<T> vo;
+  vo.args = a;
+  *points_v = points;
+  *scene_v = scene_index;
+  const int64_t plane_bytes = a.n_scenes * 3 * a.height * a.width * a.channels * int64_t(sizeof(T));
+  if (S < kOrderMinPoints || plane_bytes < kOrderMinPlaneBytes) return vo;
+  int bits = 5;  // 32^3 cells per scene; fewer for many scenes (at most 2^21 buckets)
+  while (bits > 1 && a.n_scenes * (int64_t(1) << (3 * bits)) > (int64_t(1) << 21)) --bits;
+  const int64_t cells = int64_t(1) << (3 * bits), n_buckets = a.n_scenes * cells + 1;
+  // Points that already come in a coherent order (samples along rays) are left as they are: when
+  // most of 1024 probed neighbours i, i + 1 share a cell, sorting would buy nothing.
+  const int64_t n_probe = std::min<int64_t>(S - 1, 1024);
+  int64_t same = 0;
+  for (int64_t k = 0; k < n_probe; ++k) {
+    const int64_t i = k * (S - 1) / n_probe;
+    int64_t s0, s1;
+    same += cell_key(a, points, scene_index, i, bits, &s0) == cell_key(a, points, scene_index, i + 1, bits, &s1);
+  }
+  if (2 * same > n_probe) return vo;
+  std::vector<int32_t> key(S);
+  vo.scene.resize(S);
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) key[i] = cell_key(a, points, scene_index, i, bits, &vo.scene[i]);
+  });
+  std::vector<int64_t> start(n_buckets + 1, 0);
+  for (int64_t i = 0; i < S; ++i) ++start[key[i] + 1];
+  for (int64_t k = 0; k < n_buckets; ++k) start[k + 1] += start[k];
+  vo.index.resize(S);
+  for (int64_t i = 0; i < S; ++i) vo.index[start[key[i]]++] = i;
+  std::vector<int64_t> scene_sorted(S);
+  vo.points.resize(3 * S);
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t pos = b; pos < e; ++pos) {
+      const int64_t i = vo.index[pos];
+      for (int j = 0; j < 3; ++j) vo.points[3 * pos + j] = points[3 * i + j];
+      scene_sorted[pos] = vo.scene[i];
+    }
+  });
+  vo.scene.swap(scene_sorted);
+  vo.args.points_per_scene = 0;
+  *points_v = vo.points.data();
+  *scene_v = vo.scene.data();
+  return vo;
+}
+
+// In visit order the rows of the per-point arrays are read at random: prefetched once located.
+template <typename T>
+void prefetch_row(const int64_t* order, const T* row, int64_t n, int rw) {
+  if (order == nullptr) return;
+  const int64_t per_line = 64 / static_cast<int64_t>(sizeof(T));
+  for (int64_t c = 0; c < n; c += per_line) {
+    if (rw) __builtin_prefetch(row + c, 1, 1);
+    else __builtin_prefetch(row + c, 0, 1);
+  }
+}
+
 template <typename T>
 void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                   T* out, int64_t begin, int64_t end) {
+                   const int64_t* order, T* out, int64_t begin, int64_t end) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
       prefetch_texels(planes, block[r], C, 0);
+      prefetch_row(order, out + block[r].index * OC, OC, 1);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
-      T* o_row = out + (b0 + r) * OC;
+      T* o_row = out + t.index * OC;
       std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
       if (!t.ok) continue;
       for (int p = 0; p < 3; ++p) {
@@ -91,6 +209,7 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
           if (t.offset[j] < 0) continue;
           const T w = t.weight[j];
           const T* v = planes + t.offset[j];
+          VQ3D_SIMD
           for (int64_t c = 0; c < C; ++c) o[c] += w * v[c];
         }
       }
@@ -98,11 +217,12 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
-// Visits points [begin, end): point gradients of the points in [pts_lo, pts_hi) and plane
-// gradients of the texel rows [row_lo, row_hi), in one pass (one texel lookup serves both).
+// Visits the points at positions [begin, end) of the visit order: point gradients of the points at
+// positions [pts_lo, pts_hi) and plane gradients of the texel rows [row_lo, row_hi), in one pass
+// (one texel lookup serves both).
 template <typename T>
 void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
+                    const int64_t* order, const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
                     int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
@@ -110,14 +230,16 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
+      prefetch_row(order, grad_out + block[r].index * OC, OC, 0);
       if (grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi) prefetch_texels(planes, block[r], C, 0);
-      if (grad_planes != nullptr && row_hi - row_lo >= a.height) prefetch_texels(grad_planes, block[r], C, 1);
+      if (grad_planes != nullptr) prefetch_texels(grad_planes, block[r], C, 1, row_lo, row_hi);
     }
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
       if (!t.ok) continue;
-      const int64_t i = b0 + r;
-      const bool want_point = grad_points != nullptr && i >= pts_lo && i < pts_hi;
+      const int64_t i = t.index;
+      const bool want_point = grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi;
       T gq[3] = {T(0), T(0), T(0)};
       for (int p = 0; p < 3; ++p) {
         const T* g = grad_out + i * OC + a.plane_out_offset(p);
@@ -131,6 +253,7 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
             const T* v = planes + t.offset[j];
             T* gp = grad_planes + t.offset[j];
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) {
               gp[c] += w * g[c];
               dot += v[c] * g[c];
@@ -140,10 +263,12 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
           } else if (want_texel) {
             const T w = t.weight[j];
             T* gp = grad_planes + t.offset[j];
+            VQ3D_SIMD
             for (int64_t c = 0; c < C; ++c) gp[c] += w * g[c];
           } else if (want_point) {
             const T* v = planes + t.offset[j];
             T dot = T(0);
+            VQ3D_SIMD_DOT
             for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
             g_px += t.dwdx[j] * dot;
             g_py += t.dwdy[j] * dot;
@@ -154,6 +279,149 @@ void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, 
       if (want_point) triplane_point_grad(a, t.pc, gq, grad_points + 3 * i);
     }
   }
+}
+
+// The double backward: the cotangents gg_planes (of the plane gradient) and gg_points (of the
+// point gradient, v below) give gradients to grad_out, the planes and the points. With the
+// directional derivative dw_j = d w_j / dt along x + t v of each texel weight:
+//   d/d grad_out[i]  = sum_j w_j gg_planes[t_j] + dw_j planes[t_j]
+//   d/d planes[t]    = sum_{i, j: t_j = t} dw_j grad_out[i]
+//   d/d points[i]    = the point gradient with gg_planes for the planes + the Hessian of the
+//                      sampled feature . grad_out[i] times v (bilinear cross terms and the
+//                      contraction's curvature).
+// Parallel like backward_range: plane gradients by bands of texel rows, the rest by chunks of points.
+template <typename T>
+struct DoubleBackwardIO {
+  const T* planes;
+  const T* points;
+  const int64_t* scene_index;
+  const T* grad_out;
+  const T* gg_planes;  // nullptr: no cotangent of the plane gradient
+  const T* gg_points;  // nullptr: no cotangent of the point gradient
+  T* grad_grad_out;    // nullptrs: not wanted
+  T* grad_planes;
+  T* grad_points;
+};
+
+template <typename T>
+void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, const int64_t* order,
+                           int64_t begin, int64_t end,
+                           int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
+  const int64_t C = a.channels, OC = a.out_channels();
+  const bool scatter = io.grad_planes != nullptr && io.gg_points != nullptr;
+  PointTexels<T> block[kBlock];
+  for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
+    const int64_t n = std::min(kBlock, end - b0);
+    for (int64_t r = 0; r < n; ++r) {
+      locate_texels(a, io.points, io.scene_index, b0 + r, block[r]);
+      block[r].index = visit(order, b0 + r);
+      prefetch_row(order, io.grad_out + block[r].index * OC, OC, 0);
+      if (b0 + r >= pts_lo && b0 + r < pts_hi) {
+        prefetch_texels(io.planes, block[r], C, 0);
+        if (io.gg_planes != nullptr) prefetch_texels(io.gg_planes, block[r], C, 0);
+      }
+      if (scatter) prefetch_texels(io.grad_planes, block[r], C, 1, row_lo, row_hi);
+    }
+    for (int64_t r = 0; r < n; ++r) {
+      const PointTexels<T>& t = block[r];
+      const int64_t i = t.index;
+      const bool own = b0 + r >= pts_lo && b0 + r < pts_hi;
+      T* gg_row = own && io.grad_grad_out != nullptr ? io.grad_grad_out + i * OC : nullptr;
+      if (gg_row != nullptr) std::fill(gg_row, gg_row + OC, T(0));
+      if (!t.ok || (!own && !scatter)) continue;
+      T dw[12] = {}, dpx[3] = {}, dpy[3] = {};  // tangents of the weights and pixel positions along v
+      if (io.gg_points != nullptr) {
+        T dq[3];
+        triplane_point_jvp(a, t.pc, io.gg_points + 3 * i, dq);
+        for (int p = 0; p < 3; ++p) {
+          dpx[p] = t.dpx[p] * dq[plane_u_axis(p)];
+          dpy[p] = t.dpy[p] * dq[plane_v_axis(p)];
+          for (int k = 0; k < 4; ++k) dw[p * 4 + k] = t.dwdx[p * 4 + k] * dpx[p] + t.dwdy[p * 4 + k] * dpy[p];
+        }
+      }
+      const bool want_x = own && io.grad_points != nullptr;
+      T gq_lin[3] = {T(0), T(0), T(0)}, gq_b[3] = {T(0), T(0), T(0)};
+      const T scale = a.plane_scale();
+      for (int p = 0; p < 3; ++p) {
+        const int64_t off = a.plane_out_offset(p);
+        const T* g = io.grad_out + i * OC + off;
+        T a_px = T(0), a_py = T(0), b_px = T(0), b_py = T(0), b_xy = T(0);
+        for (int k = 0; k < 4; ++k) {
+          const int j = p * 4 + k;
+          if (t.offset[j] < 0) continue;
+          if (scatter && t.row[j] >= row_lo && t.row[j] < row_hi) {
+            T* gp = io.grad_planes + t.offset[j];
+            const T d = dw[j];
+            VQ3D_SIMD
+            for (int64_t c = 0; c < C; ++c) gp[c] += d * g[c];
+          }
+          if (!own) continue;
+          const T* v = io.planes + t.offset[j];
+          const T* u = io.gg_planes != nullptr ? io.gg_planes + t.offset[j] : nullptr;
+          if (gg_row != nullptr) {
+            T* o = gg_row + off;
+            const T d = dw[j], w = t.weight[j];
+            if (io.gg_points != nullptr) {
+              VQ3D_SIMD
+              for (int64_t c = 0; c < C; ++c) o[c] += d * v[c];
+            }
+            if (u != nullptr) {
+              VQ3D_SIMD
+              for (int64_t c = 0; c < C; ++c) o[c] += w * u[c];
+            }
+          }
+          if (!want_x) continue;
+          if (io.gg_points != nullptr) {
+            T dot = T(0);
+            VQ3D_SIMD_DOT
+            for (int64_t c = 0; c < C; ++c) dot += v[c] * g[c];
+            b_px += t.dwdx[j] * dot;
+            b_py += t.dwdy[j] * dot;
+            b_xy += BilinearCorners<T>::d2w(k) * scale * dot;
+          }
+          if (u != nullptr) {
+            T dot = T(0);
+            VQ3D_SIMD_DOT
+            for (int64_t c = 0; c < C; ++c) dot += u[c] * g[c];
+            a_px += t.dwdx[j] * dot;
+            a_py += t.dwdy[j] * dot;
+          }
+        }
+        if (!want_x) continue;
+        // d/dt of the plane's pixel gradient (b_px, b_py) along v: the bilinear cross term
+        triplane_accumulate_coord_grad(p, a_px + b_xy * dpy[p], a_py + b_xy * dpx[p], t.dpx[p], t.dpy[p], gq_lin);
+        triplane_accumulate_coord_grad(p, b_px, b_py, t.dpx[p], t.dpy[p], gq_b);
+      }
+      if (!want_x) continue;
+      T* gx = io.grad_points + 3 * i;
+      triplane_point_grad(a, t.pc, gq_lin, gx);
+      if (io.gg_points != nullptr) triplane_point_grad_jvp(a, t.pc, io.gg_points + 3 * i, gq_b, gx);
+    }
+  }
+}
+
+// Runs fn(pts_lo, pts_hi, row_lo, row_hi) once per part, in parallel: part k owns the texel rows
+// [k*H/n, (k+1)*H/n) of every plane of grad_planes [B, 3, H, W, C] and visits all points, so no
+// two threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
+// rows first (parallel first touch) and computes the per-point results of the k-th chunk of the
+// visit order [pts_lo, pts_hi) in the same pass.
+template <typename Fn>
+void for_each_row_band(const at::Tensor& grad_planes, int64_t S, const Fn& fn) {
+  const int64_t H = grad_planes.size(2), row_elems = grad_planes.size(3) * grad_planes.size(4);
+  const int64_t n_parts = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
+  AT_DISPATCH_FLOATING_TYPES(grad_planes.scalar_type(), "for_each_row_band", [&] {
+    scalar_t* data = grad_planes.data_ptr<scalar_t>();
+    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
+      for (int64_t k = pb; k < pe; ++k) {
+        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
+        for (int64_t plane = 0; plane < grad_planes.size(0) * 3; ++plane) {
+          scalar_t* band = data + (plane * H + lo) * row_elems;
+          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
+        }
+        fn(k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
+      }
+    });
+  });
 }
 
 const int64_t* scene_ptr(const at::Tensor& scene_index, int64_t points_per_scene) {
@@ -174,7 +442,10 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     const scalar_t* pt = points.data_ptr<scalar_t>();
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     scalar_t* o = out.data_ptr<scalar_t>();
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(a, pl, pt, si, o, b, e); });
+    const scalar_t* pv;
+    const int64_t* sv;
+    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(vo.args, pl, pv, sv, vo.order(), o, b, e); });
   });
   return out;
 }
@@ -201,32 +472,67 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     const int64_t* si = scene_ptr(scene_index, points_per_scene);
     const scalar_t* go = g.data_ptr<scalar_t>();
     scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* pv;
+    const int64_t* sv;
+    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
+    const int64_t* ord = vo.order();
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-        backward_range(a, pl, pt, si, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+        backward_range(vo.args, pl, pv, sv, ord, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
       });
       return;
     }
-    // Part k owns the texel rows [k*H/n, (k+1)*H/n) of every plane and visits all points, so no two
-    // threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
-    // rows first (parallel first touch) and, in the same pass, computes the point gradients of the
-    // k-th chunk of points.
     scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
-    const int64_t H = planes.size(2), row_elems = planes.size(3) * planes.size(4);
-    const int64_t n_parts =
-        std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), (S + kGrain - 1) / kGrain));
-    at::parallel_for(0, n_parts, 1, [&](int64_t pb, int64_t pe) {
-      for (int64_t k = pb; k < pe; ++k) {
-        const int lo = static_cast<int>(k * H / n_parts), hi = static_cast<int>((k + 1) * H / n_parts);
-        for (int64_t plane = 0; plane < planes.size(0) * 3; ++plane) {
-          scalar_t* band = gpl + (plane * H + lo) * row_elems;
-          std::fill(band, band + (hi - lo) * row_elems, scalar_t(0));
-        }
-        backward_range(a, pl, pt, si, go, gpl, gpts, 0, S, k * S / n_parts, (k + 1) * S / n_parts, lo, hi);
-      }
+    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+      backward_range(vo.args, pl, pv, sv, ord, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
     });
   });
   return {grad_planes, grad_points};
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
+    const at::Tensor& grad_out, const at::Tensor& planes, const at::Tensor& points, const at::Tensor& scene_index,
+    const c10::optional<at::Tensor>& gg_planes, const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
+    int64_t contraction, double bound, bool align_corners, int64_t padding, int64_t reduce, bool need_grad_out_grad,
+    bool need_planes_grad, bool need_points_grad) {
+  at::Tensor ggp, ggx;
+  check_triplane_double_backward(grad_out, planes, points, scene_index, gg_planes, gg_points, points_per_scene,
+                                 reduce, &ggp, &ggx);
+  const int64_t S = points.size(0);
+  at::Tensor g = grad_out.contiguous();
+  at::Tensor grad_g = need_grad_out_grad ? at::empty_like(g) : at::empty({0}, planes.options());
+  at::Tensor grad_planes =
+      need_planes_grad ? empty_hugepages(planes.sizes(), planes.options()) : at::empty({0}, planes.options());
+  at::Tensor grad_points = need_points_grad ? at::zeros_like(points) : at::empty({0}, points.options());
+  const bool scatter = need_planes_grad && ggx.defined();
+  if (S == 0 || (!need_grad_out_grad && !scatter && !need_points_grad)) {
+    if (need_grad_out_grad) grad_g.zero_();
+    if (need_planes_grad) grad_planes.zero_();
+    return {grad_g, grad_planes, grad_points};
+  }
+  AT_DISPATCH_FLOATING_TYPES(planes.scalar_type(), "triplane_sample_bwd_bwd_cpu", [&] {
+    auto a = make_triplane_args<scalar_t>(planes, points_per_scene, contraction, bound, align_corners, padding, reduce);
+    DoubleBackwardIO<scalar_t> io{planes.data_ptr<scalar_t>(),
+                                  points.data_ptr<scalar_t>(),
+                                  scene_ptr(scene_index, points_per_scene),
+                                  g.data_ptr<scalar_t>(),
+                                  ggp.defined() ? ggp.data_ptr<scalar_t>() : nullptr,
+                                  ggx.defined() ? ggx.data_ptr<scalar_t>() : nullptr,
+                                  need_grad_out_grad ? grad_g.data_ptr<scalar_t>() : nullptr,
+                                  scatter ? grad_planes.data_ptr<scalar_t>() : nullptr,
+                                  need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr};
+    const VisitOrder<scalar_t> vo = visit_order(a, io.points, io.scene_index, S, &io.points, &io.scene_index);
+    const int64_t* ord = vo.order();
+    if (!scatter) {  // no plane gradient to scatter: parallel over chunks of points
+      if (need_planes_grad) grad_planes.zero_();
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(vo.args, io, ord, b, e, b, e); });
+      return;
+    }
+    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+      double_backward_range(vo.args, io, ord, 0, S, pts_lo, pts_hi, lo, hi);
+    });
+  });
+  return {grad_g, grad_planes, grad_points};
 }
 
 }  // namespace
@@ -243,6 +549,7 @@ TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
   m.impl("planes_channels_last", &planes_channels_last_cpu);
   m.impl("triplane_sample_fwd", &triplane_sample_fwd_cpu);
   m.impl("triplane_sample_bwd", &triplane_sample_bwd_cpu);
+  m.impl("triplane_sample_bwd_bwd", &triplane_sample_bwd_bwd_cpu);
 }
 
 }  // namespace vq3dlib

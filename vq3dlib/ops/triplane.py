@@ -10,11 +10,11 @@ plane's width and ``v`` its height. The semantics are exactly those of
 concatenated.
 
 The compiled kernels (CPU and CUDA) fuse all of it in one pass and give gradients to the planes
-*and* the points (one fused pass on the CPU). The pure-torch :func:`triplane_sample_reference`
-(explicit bilinear gathers, twice differentiable) is the fallback and the test oracle, and also
-computes the double backward of the kernel path (gradients of point-gradients, for normals and
-eikonal losses) by recomputation: there is no double-backward kernel, and ``F.grid_sample``'s own
-double backward (torch ≥ 2.14) is faster (``benchmarks/triplane_speed.py``).
+*and* the points (one fused pass on the CPU), and have a double backward of their own (gradients of
+the point-gradient, for normals and eikonal losses: ``triplane_sample_bwd_bwd``). The pure-torch
+:func:`triplane_sample_reference` (explicit bilinear gathers, twice differentiable) is the fallback
+and the test oracle; :func:`double_backward_reference` is the oracle of the double backward, and
+computes third-order gradients of the kernel path by recomputation.
 
 Memory layout: the kernels read the planes channels-last, ``[B, 3, H, W, C]``, so the ``C`` features
 of a texel are one contiguous run (one cache line for C = 32 floats) and each bilinear corner costs
@@ -56,8 +56,8 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz
 
 register_op(
     "triplane_sample",
-    ["triplane_sample_fwd", "triplane_sample_bwd", "planes_channels_last"],
-    "contract + bilinear lookups in 3 planes + reduce (fwd, bwd; double bwd by recomputation)",
+    ["triplane_sample_fwd", "triplane_sample_bwd", "triplane_sample_bwd_bwd", "planes_channels_last"],
+    "contract + bilinear lookups in 3 planes + reduce (fwd, bwd, double bwd)",
 )
 
 
@@ -357,7 +357,7 @@ def _register_triplane_kernels(lib: str) -> None:
 
     def _fwd_backward(ctx, grad_out):
         planes, points, scene_index = ctx.saved_tensors
-        need_planes, need_points = ctx.needs_input_grad[0], ctx.needs_input_grad[1]
+        need_planes, need_points = _will_use_grad(ctx, 0), _will_use_grad(ctx, 1)
         grad_planes, grad_points = getattr(torch.ops, lib).triplane_sample_bwd(
             grad_out.contiguous(), planes, points, scene_index, *ctx.options, need_planes, need_points
         )
@@ -371,36 +371,149 @@ def _register_triplane_kernels(lib: str) -> None:
         ctx.options = tuple(inputs[4:10])
 
     def _bwd_backward(ctx, gg_planes, gg_points):
-        # Double backward by recomputation through the twice-differentiable reference.
         grad_out, planes, points, scene_index = ctx.saved_tensors
-        pps, contraction, bound, align, padding, reduce = ctx.options
-        with torch.enable_grad():
-            g = grad_out.detach().requires_grad_(ctx.needs_input_grad[0])
-            p = planes.detach().requires_grad_(True)
-            x = points.detach().requires_grad_(True)
-            out = _sample_cl_reference(
-                p,
-                x,
-                scene_index,
-                pps,
-                _NAMES["contraction"][contraction],
-                bound,
-                align,
-                _NAMES["padding"][padding],
-                _NAMES["reduce"][reduce],
-            )
-            first = torch.autograd.grad(out, (p, x), g, create_graph=True)
-            outputs, cotangents = [], []
-            for value, cot in zip(first, (gg_planes, gg_points)):
-                if cot is not None and cot.numel() > 0:
-                    outputs.append(value)
-                    cotangents.append(cot)
-            if not outputs:
-                return (None,) * 12
-            wrt = [t for t in (g, p, x) if t.requires_grad]
-            grads = iter(torch.autograd.grad(outputs, wrt, cotangents, allow_unused=True))
-        g_grad = next(grads) if g.requires_grad else None
-        p_grad, x_grad = next(grads), next(grads)
-        return (g_grad, p_grad, x_grad) + (None,) * 9
+        gg_planes, gg_points = _cotangent(gg_planes, planes), _cotangent(gg_points, points)
+        if gg_planes is None and gg_points is None:
+            return (None,) * 12
+        need = tuple(_will_use_grad(ctx, k) for k in range(3))
+        grads = getattr(torch.ops, lib).triplane_sample_bwd_bwd(
+            grad_out, planes, points, scene_index, gg_planes, gg_points, *ctx.options, *need
+        )
+        return tuple(g if n else None for g, n in zip(grads, need)) + (None,) * 9
 
     torch.library.register_autograd(ns + "triplane_sample_bwd", _bwd_backward, setup_context=_bwd_setup)
+
+    @torch.library.register_fake(ns + "triplane_sample_bwd_bwd")
+    def _bwd_bwd_fake(grad_out, planes, points, scene_index, gg_planes, gg_points, *options):
+        need_grad_out, need_planes, need_points = options[-3:]
+        return (
+            grad_out.new_empty(grad_out.shape if need_grad_out else (0,)),
+            planes.new_empty(planes.shape if need_planes else (0,)),
+            points.new_empty(points.shape if need_points else (0,)),
+        )
+
+    def _bwd_bwd_setup(ctx, inputs, output):
+        ctx.save_for_backward(*(t if t is not None else torch.empty(0) for t in inputs[:6]))
+        ctx.options = tuple(inputs[6:12])
+
+    def _bwd_bwd_backward(ctx, *cotangents):
+        # Third order (rare) by recomputation through the differentiable torch reference.
+        grad_out, planes, points, scene_index, gg_planes, gg_points = ctx.saved_tensors
+        inputs = {0: grad_out, 1: planes, 2: points, 4: gg_planes, 5: gg_points}
+        with torch.enable_grad():
+            leaves = {
+                k: v.detach().requires_grad_(ctx.needs_input_grad[k] and v.numel() > 0)
+                for k, v in inputs.items()
+            }
+            outputs = double_backward_reference(
+                leaves[0],
+                leaves[1],
+                leaves[2],
+                scene_index,
+                _cotangent(leaves[4], planes),
+                _cotangent(leaves[5], points),
+                *_named_options(ctx.options),
+            )
+            pairs = [
+                (o, c)
+                for o, c in zip(outputs, cotangents)
+                if c is not None and c.shape == o.shape and o.requires_grad  # an empty output: no cotangent
+            ]
+            wrt = {k: v for k, v in leaves.items() if v.requires_grad}
+            if not pairs or not wrt:
+                return (None,) * 15
+            grads = torch.autograd.grad(
+                [o for o, _ in pairs], list(wrt.values()), [c for _, c in pairs], allow_unused=True
+            )
+        by_index = dict(zip(wrt, grads))
+        return tuple(by_index.get(k) for k in range(6)) + (None,) * 9
+
+    torch.library.register_autograd(
+        ns + "triplane_sample_bwd_bwd", _bwd_bwd_backward, setup_context=_bwd_bwd_setup
+    )
+
+
+def _will_use_grad(ctx, index: int) -> bool:
+    """Whether this backward pass uses the gradient of input ``index`` of the op.
+
+    ``ctx.needs_input_grad`` says whether the input requires grad; the engine knows more: in
+    ``torch.autograd.grad(features, points)`` (an eikonal loss' first step) the plane gradient is
+    computed for nothing. Falls back to ``needs_input_grad`` where the engine cannot tell.
+    """
+    if not ctx.needs_input_grad[index]:
+        return False
+    try:
+        node = ctx.next_functions[index][0]
+        return node is None or torch._C._will_engine_execute_node(node)
+    except (AttributeError, IndexError, RuntimeError):
+        return True
+
+
+def _cotangent(cot: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor | None:
+    """A cotangent of the backward's outputs, or ``None`` when absent (None, or the empty placeholder)."""
+    if cot is None or cot.numel() == 0 or cot.shape != like.shape:
+        return None
+    return cot.contiguous()
+
+
+def _named_options(options: tuple) -> tuple:
+    """Kernel option codes ``(pps, contraction, bound, align, padding, reduce)`` → reference arguments."""
+    pps, contraction, bound, align, padding, reduce = options
+    return (
+        pps,
+        _NAMES["contraction"][contraction],
+        bound,
+        align,
+        _NAMES["padding"][padding],
+        _NAMES["reduce"][reduce],
+    )
+
+
+def double_backward_reference(
+    grad_out: torch.Tensor,
+    planes_cl: torch.Tensor,
+    points: torch.Tensor,
+    scene_index: torch.Tensor,
+    gg_planes: torch.Tensor | None,
+    gg_points: torch.Tensor | None,
+    points_per_scene: int,
+    contraction: str,
+    bound: float,
+    align_corners: bool,
+    padding_mode: str,
+    reduce: str,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pure-torch double backward of the kernels' layout, the oracle of ``triplane_sample_bwd_bwd``.
+
+    The backward maps ``grad_out [S, C']`` to ``(grad_planes [B, 3, H, W, C], grad_points [S, 3])``
+    (channels-last planes, flat points, as the kernels take them); given cotangents ``gg_planes``
+    and ``gg_points`` of those two (``None`` = zero), returns the gradients of
+    ``<gg_planes, grad_planes> + <gg_points, grad_points>`` to ``(grad_out, planes_cl, points)``,
+    differentiable (a graph is built when the inputs require grad).
+
+    Example:
+        >>> import torch
+        >>> planes_cl = torch.randn(1, 3, 8, 8, 4, dtype=torch.float64)
+        >>> pts, g = torch.rand(10, 3, dtype=torch.float64) - 0.5, torch.randn(10, 4, dtype=torch.float64)
+        >>> empty = torch.empty(0, dtype=torch.long)
+        >>> gg_out, gg_pl, gg_pts = double_backward_reference(
+        ...     g, planes_cl, pts, empty, None, torch.ones(10, 3, dtype=torch.float64),
+        ...     10, "none", 1.0, False, "zeros", "sum")
+        >>> gg_out.shape, gg_pl.shape, gg_pts.shape
+        (torch.Size([10, 4]), torch.Size([1, 3, 8, 8, 4]), torch.Size([10, 3]))
+    """
+    with torch.enable_grad():
+        g = grad_out if grad_out.requires_grad else grad_out.detach().requires_grad_()
+        p = planes_cl if planes_cl.requires_grad else planes_cl.detach().requires_grad_()
+        x = points if points.requires_grad else points.detach().requires_grad_()
+        out = _sample_cl_reference(
+            p, x, scene_index, points_per_scene, contraction, bound, align_corners, padding_mode, reduce
+        )
+        first = torch.autograd.grad(out, (p, x), g, create_graph=True)
+        loss = sum(
+            (value * cot).sum() for value, cot in zip(first, (gg_planes, gg_points)) if cot is not None
+        )
+        if not torch.is_tensor(loss) or not loss.requires_grad:
+            return torch.zeros_like(g), torch.zeros_like(p), torch.zeros_like(x)
+        grads = torch.autograd.grad(loss, (g, p, x), create_graph=True, allow_unused=True)
+    return tuple(torch.zeros_like(t) if d is None else d for d, t in zip(grads, (g, p, x)))

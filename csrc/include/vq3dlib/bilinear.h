@@ -56,6 +56,8 @@ struct BilinearCorners {
   // d w_k / d fx and d w_k / d fy
   VQ3D_HD T dwdx(int k) const { return ((k & 1) ? T(1) : T(-1)) * ((k >> 1) ? fy : (T(1) - fy)); }
   VQ3D_HD T dwdy(int k) const { return ((k >> 1) ? T(1) : T(-1)) * ((k & 1) ? fx : (T(1) - fx)); }
+  // d^2 w_k / d fx d fy (the only non-zero second derivative of a bilinear weight)
+  VQ3D_HD static T d2w(int k) { return ((k & 1) ? T(1) : T(-1)) * ((k >> 1) ? T(1) : T(-1)); }
 };
 
 // Plane p in {0: xy, 1: xz, 2: yz}: which point coordinates index (width, height).

@@ -83,4 +83,65 @@ VQ3D_HD void contract_vjp(int mode, const T x[3], const T gy[3], T gx[3]) {
   }
 }
 
+// dy = J(x) v, the Jacobian-vector product of contract at x (forward mode).
+template <typename T>
+VQ3D_HD void contract_jvp(int mode, const T x[3], const T v[3], T dy[3]) {
+  dy[0] = v[0]; dy[1] = v[1]; dy[2] = v[2];
+  if (mode == kContractL2) {
+    T r = norm3(x);
+    if (r > T(1)) {  // J = s I + k n n^T, n = x / r (symmetric)
+      T n[3] = {x[0] / r, x[1] / r, x[2] / r};
+      T s = (T(2) - T(1) / r) / r, k = (T(2) / r - T(2)) / r;
+      T nv = n[0] * v[0] + n[1] * v[1] + n[2] * v[2];
+      for (int j = 0; j < 3; ++j) dy[j] = s * v[j] + k * n[j] * nv;
+    }
+  } else if (mode == kContractLinf) {
+    int k = linf_argmax(x);
+    T m = fabs(x[k]);
+    if (m > T(1)) {
+      T sg = sign_of(x[k]);
+      for (int j = 0; j < 3; ++j) dy[j] = v[j] / m - x[j] * sg * v[k] / (m * m);
+      dy[k] = v[k] / (m * m);
+    }
+  }
+}
+
+// dgx = d/dt [J(x + t v)^T gy] at t = 0, gy fixed: the derivative of contract_vjp along v (the
+// contraction's curvature term of a Hessian-vector product).
+template <typename T>
+VQ3D_HD void contract_vjp_jvp(int mode, const T x[3], const T gy[3], const T v[3], T dgx[3]) {
+  dgx[0] = T(0); dgx[1] = T(0); dgx[2] = T(0);
+  if (mode == kContractL2) {
+    T r = norm3(x);
+    if (r > T(1)) {  // J^T gy = s gy + k n (n . gy), s = 2/r - 1/r^2, k = 2/r^2 - 2/r
+      T n[3] = {x[0] / r, x[1] / r, x[2] / r};
+      T k = (T(2) / r - T(2)) / r;
+      T nv = n[0] * v[0] + n[1] * v[1] + n[2] * v[2];  // dr
+      T ng = n[0] * gy[0] + n[1] * gy[1] + n[2] * gy[2];
+      T ds = (T(2) / r - T(2)) / (r * r) * nv;  // (-2/r^2 + 2/r^3) dr
+      T dk = (T(2) - T(4) / r) / (r * r) * nv;  // (-4/r^3 + 2/r^2) dr
+      T dn[3], dng = T(0);
+      for (int j = 0; j < 3; ++j) {
+        dn[j] = (v[j] - n[j] * nv) / r;
+        dng += dn[j] * gy[j];
+      }
+      for (int j = 0; j < 3; ++j) dgx[j] = ds * gy[j] + dk * n[j] * ng + k * (dn[j] * ng + n[j] * dng);
+    }
+  } else if (mode == kContractLinf) {
+    int k = linf_argmax(x);
+    T m = fabs(x[k]);
+    if (m > T(1)) {  // J^T gy: gy_j / m (j != k); gy_k / m^2 - sign(x_k) acc / m^2
+      T sg = sign_of(x[k]), m2 = m * m;
+      T acc = T(0), dacc = T(0);
+      for (int j = 0; j < 3; ++j) {
+        if (j == k) continue;
+        dgx[j] = -gy[j] * sg * v[k] / m2;
+        acc += gy[j] * x[j];
+        dacc += gy[j] * v[j];
+      }
+      dgx[k] = (T(2) * v[k] * (acc - sg * gy[k]) / m - sg * dacc) / m2;
+    }
+  }
+}
+
 }  // namespace vq3dlib

@@ -18,6 +18,13 @@ inline void define_kernel_schemas(torch::Library& m) {
       "triplane_sample_bwd(Tensor grad_out, Tensor planes, Tensor points, Tensor scene_index, "
       "int points_per_scene, int contraction, float bound, bool align_corners, int padding, int reduce, "
       "bool need_planes_grad, bool need_points_grad) -> (Tensor, Tensor)");
+  // the backward's backward: cotangents of its (grad_planes, grad_points) -> gradients to
+  // (grad_out, planes, points); an absent or empty cotangent counts as zero
+  m.def(
+      "triplane_sample_bwd_bwd(Tensor grad_out, Tensor planes, Tensor points, Tensor scene_index, "
+      "Tensor? gg_planes, Tensor? gg_points, int points_per_scene, int contraction, float bound, "
+      "bool align_corners, int padding, int reduce, bool need_grad_out_grad, bool need_planes_grad, "
+      "bool need_points_grad) -> (Tensor, Tensor, Tensor)");
 
   // ---- rendering (add render schemas below this line) ----
   // ray marching (csrc/cpu/march.cpp, csrc/cuda/march.cu)

@@ -71,4 +71,31 @@ VQ3D_HD void triplane_point_grad(const TriplaneArgs<T>& a, const T pc[3], T gq[3
   for (int j = 0; j < 3; ++j) gx[j] /= a.bound;
 }
 
+// The double backward (gradients of the point gradient, e.g. an eikonal loss) along a world-space
+// tangent v of the point: dq = d q / dt of q(x + t v).
+template <typename T>
+VQ3D_HD void triplane_point_jvp(const TriplaneArgs<T>& a, const T pc[3], const T v[3], T dq[3]) {
+  T vc[3];
+  for (int j = 0; j < 3; ++j) vc[j] = v[j] / a.bound;
+  contract_jvp(a.contraction, pc, vc, dq);
+  if (a.contraction != kContractNone) {
+    for (int j = 0; j < 3; ++j) dq[j] *= T(0.5);
+  }
+}
+
+// d/dt of triplane_point_grad(a, pc(x + t v), gq) with gq fixed, added into gx: the curvature of
+// the contraction (zero without one).
+template <typename T>
+VQ3D_HD void triplane_point_grad_jvp(const TriplaneArgs<T>& a, const T pc[3], const T v[3], const T gq[3],
+                                     T gx[3]) {
+  if (a.contraction == kContractNone) return;
+  T vc[3], gy[3], d[3];
+  for (int j = 0; j < 3; ++j) {
+    vc[j] = v[j] / a.bound;
+    gy[j] = gq[j] * T(0.5);
+  }
+  contract_vjp_jvp(a.contraction, pc, gy, vc, d);
+  for (int j = 0; j < 3; ++j) gx[j] += d[j] / a.bound;
+}
+
 }  // namespace vq3dlib

@@ -38,6 +38,28 @@ inline void check_triplane_grad_out(const at::Tensor& grad_out, const at::Tensor
               "grad_out must have the dtype and device of planes");
 }
 
+// An optional cotangent of the double backward (gg_planes like planes, gg_points like points):
+// undefined or empty -> an undefined tensor (absent), else checked and made contiguous.
+inline at::Tensor triplane_cotangent(const c10::optional<at::Tensor>& cot, const at::Tensor& like, const char* name) {
+  if (!cot.has_value() || !cot->defined() || cot->numel() == 0) return at::Tensor();
+  TORCH_CHECK(cot->sizes() == like.sizes(), name, " must have shape ", like.sizes(), ", got ", cot->sizes());
+  TORCH_CHECK(cot->scalar_type() == like.scalar_type() && cot->device() == like.device(), name,
+              " must have the dtype and device of ", like.sizes().size() == 5 ? "planes" : "points");
+  return cot->contiguous();
+}
+
+// The double backward's inputs checked; its cotangents (undefined where absent) into *ggp, *ggx.
+inline void check_triplane_double_backward(const at::Tensor& grad_out, const at::Tensor& planes,
+                                           const at::Tensor& points, const at::Tensor& scene_index,
+                                           const c10::optional<at::Tensor>& gg_planes,
+                                           const c10::optional<at::Tensor>& gg_points, int64_t points_per_scene,
+                                           int64_t reduce, at::Tensor* ggp, at::Tensor* ggx) {
+  check_triplane_inputs(planes, points, scene_index, points_per_scene);
+  check_triplane_grad_out(grad_out, planes, points, reduce);
+  *ggp = triplane_cotangent(gg_planes, planes, "gg_planes");
+  *ggx = triplane_cotangent(gg_points, points, "gg_points");
+}
+
 template <typename T>
 TriplaneArgs<T> make_triplane_args(const at::Tensor& planes, int64_t points_per_scene, int64_t contraction,
                                    double bound, bool align_corners, int64_t padding, int64_t reduce) {
