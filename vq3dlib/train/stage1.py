@@ -782,8 +782,9 @@ def train_stage1(
 
     Returns:
         ``{"step", "skipped_steps" (generator steps skipped), "skipped_disc_steps" (discriminator
-        steps skipped), "skipped_items" (training items left out for NaN/Inf values), "losses" (last step), "metrics" (final held-out evaluation, if any),
-        "out_dir", "model_path", "train_seconds", "images_per_second", "model", "uses_depth"}`` (rank
+        steps skipped), "skipped_items" (training items left out for NaN/Inf values), "losses" (last
+        step), "metrics" (final held-out evaluation, if any), "out_dir", "model_path",
+        "train_seconds", "images_per_second", "model", "uses_depth"}`` (rank
         0; the other ranks get the same keys with ``metrics`` empty).
 
     Raises:
