@@ -126,9 +126,7 @@ def check_packed_info(packed_info: object, n_samples: int | None = None) -> None
     if n_samples is not None:
         end = int((packed_info[:, 0] + packed_info[:, 1]).max())
         if end > n_samples:
-            raise ValueError(
-                f"packed_info addresses samples up to {end}, beyond the {n_samples} samples given"
-            )
+            raise ValueError(f"packed_info addresses samples outside [0, {n_samples}) (runs end at {end})")
 
 
 @torch.no_grad()
