@@ -391,3 +391,48 @@ def test_library_errors_are_not_turned_into_user_errors(monkeypatch):
 def test_numeric_arguments_are_checked_before_any_work(argv, message, capsys):
     assert main(argv) == 2
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["reconstruct", "x.png", "--fov", "nan", "--yaw", "10"], "--fov: must be a finite number, got nan"),
+        (["reconstruct", "x.png", "--fov", "180"], "--fov: must be in (0, 180) degrees, got 180"),
+        (["reconstruct", "x.png", "--distance", "-1"], "--distance: must be a number > 0, got -1"),
+        (["render", "--model", "m", "--scene", "s", "--elevation", "nan"], "--elevation: must be a finite"),
+        (["reconstruct", "x.png", "--pitch", "95"], "--pitch: must be in (-90, 90) degrees, got 95"),
+        (["reconstruct", "x.png", "--background", "notacolour"], "--background: unknown colour 'notacolour'"),
+        (["export-mesh", "x.png", "--threshold", "inf"], "--threshold: must be a finite number, got inf"),
+    ],
+)
+def test_bad_numbers_and_colours_are_named_at_parse_time(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_eval_names_an_unreadable_image_and_a_bad_json_path(stage1_run, tmp_path, capsys):
+    data = tmp_path / "images"
+    data.mkdir()
+    Image.new("RGB", (16, 16), (10, 200, 30)).save(data / "a.png")
+    good = (data / "a.png").read_bytes()
+    (data / "b.png").write_bytes(good[: len(good) // 2])  # truncated
+    argv = ["eval", "--model", str(stage1_run), "--n", "2", "--batch-size", "2"]
+    assert main([*argv, "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("vq3d: error: --data: ") and "b.png is not an image Pillow can read" in err
+    assert len(err.strip().splitlines()) == 1
+    assert main([*argv, "--json", str(tmp_path)]) == 2
+    assert f"--json must be a file path, but {tmp_path} is a folder" in capsys.readouterr().err
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert main([*argv, "--json", str(blocker / "sub" / "m.json")]) == 2
+    assert "--json: cannot write" in capsys.readouterr().err
+
+
+def test_demo_and_train_name_an_out_that_is_a_file(tmp_path, capsys):
+    out = tmp_path / "file.txt"
+    out.write_text("x")
+    for command in ("demo", "train"):
+        assert main([command, "--out", str(out), "--steps", "1"]) == 2
+        assert f"--out must be a folder, but {out} is a file" in capsys.readouterr().err

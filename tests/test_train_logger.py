@@ -70,3 +70,17 @@ def test_save_image_scales(tmp_path):
     path = save_image(torch.rand(3, 4, 5), tmp_path / "a" / "x.png", scale=3)
     with Image.open(path) as img:
         assert img.size == (15, 12)
+
+
+def test_a_resumed_logger_drops_the_rows_after_its_step_and_a_torn_line(tmp_path):
+    log = TrainLogger(tmp_path, tensorboard=False)
+    for step in (1, 2, 3, 4):
+        log.scalars(step, {"loss": float(step)})
+    log.close()
+    with (tmp_path / "scalars.jsonl").open("a") as f:
+        f.write('{"step": 5, "lo')
+    log = TrainLogger(tmp_path, tensorboard=False, resume_step=2)
+    log.scalars(3, {"loss": 30.0})
+    log.close()
+    rows = [json.loads(line) for line in (tmp_path / "scalars.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["loss"]) for r in rows] == [(1, 1.0), (2, 2.0), (3, 30.0)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -386,3 +387,51 @@ def test_trainer_steps_are_separate_methods(tmp_path):
     assert "loss/total" in losses and "disc/loss" in losses
     assert {"input", "reconstruction", "depth"} <= set(trainer.preview(trainer.model))
     assert {"psnr", "n_images"} <= set(trainer.evaluate(0))
+
+
+def test_items_with_nan_or_inf_pixels_or_depth_are_left_out_and_counted(tmp_path, recwarn):
+    from vq3dlib.data import ProceduralScenes
+
+    scenes = ProceduralScenes(4, 16, n_novel_views=0, seed=3)
+    items = [dict(scenes[i]) for i in range(4)]
+    items[1]["image"] = items[1]["image"].clone()
+    items[1]["image"][0, 2, 3] = float("nan")
+    items[2]["depth"] = items[2]["depth"].clone()
+    items[2]["depth"][0, 5, 5] = float("nan")
+    items[3]["image"] = items[3]["image"].clone()
+    items[3]["image"][1, 0, 0] = float("inf")
+    # batch 2 of 4 items: each epoch's 2 batches hold the 3 bad items once; 3 steps = 1.5 epochs
+    result = train_stage1(micro_config(tmp_path, steps=3, train_size=4, eval_size=0), datasets=(items, None))
+    assert result["step"] == 3
+    named = [str(w.message) for w in recwarn if "NaN/Inf" in str(w.message)]
+    lists = [json.loads(re.search(r"items (\[[0-9, ]+\])", m).group(1)) for m in named]
+    assert sorted(i for ids in lists for i in ids) == [1, 2, 3]  # each bad item named once
+    from vq3dlib.train.loop import step_indices
+
+    seen = [int(i) for s in range(3) for i in step_indices(s, 4, 2, 0)]
+    expected_skips = sum(i in (1, 2, 3) for i in seen)
+    both_bad = sum(
+        all(int(i) in (1, 2, 3) for i in step_indices(s, 4, 2, 0)) for s in range(3)
+    )  # steps left without a usable item are skipped
+    assert result["skipped_items"] == expected_skips > 0
+    assert result["skipped_steps"] == both_bad
+    assert json.loads((tmp_path / "metrics.json").read_text())["skipped_items"] == expected_skips
+    rows = [json.loads(line) for line in (tmp_path / "logs" / "scalars.jsonl").read_text().splitlines()]
+    assert rows[-1]["skipped_items"] == expected_skips
+    assert all(
+        torch.isfinite(v).all() for v in result["model"].state_dict().values() if v.is_floating_point()
+    )
+
+
+def test_resume_drops_the_scalars_logged_after_the_checkpoint(tmp_path):
+    first = train_stage1(micro_config(tmp_path, steps=4, stop_at_step=3, ckpt_every=2, eval_size=0))
+    assert first["step"] == 3
+    ckpt = tmp_path / "checkpoints" / "step_000000003.safetensors"
+    ckpt.unlink()  # as if killed after logging step 3 but before its checkpoint: resume from step 2
+    log = tmp_path / "logs" / "scalars.jsonl"
+    with log.open("a") as f:
+        f.write('{"step": 3, "loss/total"')  # and a line the kill cut short
+    resumed = train_stage1(micro_config(tmp_path, steps=4, ckpt_every=2, eval_size=0, resume=True))
+    assert resumed["step"] == 4
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]

@@ -531,9 +531,13 @@ def canonical_cameras(
         raise ValueError(f"batch must be an int >= 0, got {batch!r}")
     check_positive("distance", distance)
     k = intrinsics_from_fov(fov_degrees, image_size, device=device, dtype=dtype).repeat(batch, 1, 1)
-    eye = torch.tensor([[0.0, 0.0, float(distance)]], device=device, dtype=dtype)
-    c2w = look_at(eye).repeat(batch, 1, 1)
-    return Cameras(k, c2w, tuple(image_size))
+    z = torch.tensor(float(distance), dtype=dtype)
+    if not bool(torch.isfinite(z)) or float(z) <= 0:
+        raise ValueError(f"distance {distance!r} is not a positive finite {str(dtype).replace('torch.', '')}")
+    # the rotation look_at gives for this eye, written out: no normalisation to overflow or underflow
+    c2w = torch.diag(torch.tensor([1.0, -1.0, -1.0, 1.0], dtype=dtype))
+    c2w[2, 3] = z
+    return Cameras(k, c2w.to(device).expand(batch, 4, 4).contiguous(), tuple(image_size))
 
 
 def orbit_cameras(

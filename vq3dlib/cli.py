@@ -51,6 +51,7 @@ from vq3dlib.cameras import Cameras
 from vq3dlib.io import (
     CROP_MODES,
     SCENE_FILE,
+    UnreadableImageError,
     colorize_depth,
     disparity_image,
     load_image,
@@ -135,6 +136,19 @@ def _check_dir_arg(path: str) -> Path:
     return p
 
 
+def _check_json_arg(path: str | None) -> Path | None:
+    """``--json``: a file path whose folder exists or can be made (checked before the work starts)."""
+    if path is None:
+        return None
+    p = Path(path)
+    if p.is_dir():
+        raise UsageError(f"--json must be a file path, but {p} is a folder")
+    parent = next((a for a in p.absolute().parents if a.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--json: cannot write {p} (its folder {p.parent} cannot be created)")
+    return p
+
+
 def _print_metrics(metrics: dict[str, Any], n: int) -> None:
     colour, mean_image, constant = "mean colour", "mean image of the test set", "constant depth"
     rows = [
@@ -197,7 +211,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from vq3dlib.demo import DemoViews, baseline_verdict, demo_config, run_demo
 
     _threads(args.threads)
-    out = Path(args.out)
+    out = _check_dir_arg(args.out)
     with user_input("demo", ValueError):
         cfg = demo_config(
             out,
@@ -285,6 +299,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         device=args.device,
         progress=not args.no_progress,
     )
+    if args.out is not None:
+        _check_dir_arg(args.out)
     if args.stage == 1:
         from vq3dlib.train.stage1 import Stage1Config, train_stage1
 
@@ -292,7 +308,8 @@ def cmd_train(args: argparse.Namespace) -> int:
             cfg = Stage1Config(model=args.config, **{k: v for k, v in given.items() if v is not None})
         cfg = _configure(cfg, args.set)
         _check_training_data(cfg)
-        result = train_stage1(cfg)
+        with user_input("--data", UnreadableImageError):  # an image of the folder that cannot be read
+            result = train_stage1(cfg)
         print(
             f"stage 1: {result['step']} steps, {result['skipped_steps']} generator and "
             f"{result['skipped_disc_steps']} discriminator steps skipped; model: {result['model_path']}"
@@ -462,7 +479,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise UsageError(f"--data must be 'procedural' or an image folder, got {args.data!r}")
         with user_input("--data", FileNotFoundError, ValueError):
             data = ImageFolderDataset(args.data, size)
-    metrics = evaluate_stage1(model, data, batch_size=args.batch_size, max_items=args.n)
+    json_path = _check_json_arg(args.json)
+    with user_input("--data", UnreadableImageError):
+        metrics = evaluate_stage1(model, data, batch_size=args.batch_size, max_items=args.n)
     _print_metrics(metrics, metrics["n_images"])
     if args.prior:
         metrics["stage2"] = _eval_prior(args, model)
@@ -470,10 +489,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
         print()
         print(stage2_table(metrics["stage2"]))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(metrics, indent=2))
-        print(f"wrote {args.json}")
+    if json_path is not None:
+        with user_input("--json", OSError):
+            json_path.parent.mkdir(parents=True, exist_ok=True)
+            json_path.write_text(json.dumps(metrics, indent=2))
+        print(f"wrote {json_path}")
     return 0
 
 
@@ -568,6 +588,42 @@ def _device_arg(text: str) -> str:
     return text
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = _finite_float(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a number > 0, got {text}")
+    return value
+
+
+def _open_interval(low: float, high: float):
+    """An argparse type: a number strictly between ``low`` and ``high``."""
+
+    def parse(text: str) -> float:
+        value = _finite_float(text)
+        if not low < value < high:
+            raise argparse.ArgumentTypeError(f"must be in ({low:g}, {high:g}) degrees, got {text}")
+        return value
+
+    return parse
+
+
+def _colour_arg(text: str) -> str:
+    from vq3dlib.io import parse_color
+
+    try:
+        parse_color(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def _sweep_degrees(text: str) -> float:
     value = float(text)
     if not 0.0 < value <= 360.0:
@@ -581,7 +637,7 @@ def _add_turntable(p: argparse.ArgumentParser, frames: int = 24) -> None:
     )
     p.add_argument(
         "--elevation",
-        type=float,
+        type=_open_interval(-90.0, 90.0),
         default=DEFAULT_ELEVATION,
         help=f"turntable elevation in degrees (default: {DEFAULT_ELEVATION:g})",
     )
@@ -603,22 +659,31 @@ def _add_view(p: argparse.ArgumentParser, frames: int = 24) -> None:
 
 def _add_camera(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("camera", "render any view: --yaw/--pitch add a still view from that camera")
-    g.add_argument("--yaw", type=float, default=None, help="view azimuth in degrees (0: the input view)")
-    g.add_argument("--pitch", type=float, default=None, help="view elevation in degrees above the horizon")
+    g.add_argument(
+        "--yaw", type=_finite_float, default=None, help="view azimuth in degrees (0: the input view)"
+    )
+    g.add_argument(
+        "--pitch", type=_open_interval(-90.0, 90.0), default=None,
+        help="view elevation in degrees above the horizon",
+    )  # fmt: skip
     g.add_argument(
         "--distance",
-        type=float,
+        type=_positive_float,
         default=None,
         help="camera distance of views and turntable (default: the model's)",
     )
     g.add_argument(
-        "--fov", type=float, default=None, help="vertical field of view in degrees (default: the model's)"
+        "--fov",
+        type=_open_interval(0.0, 180.0),
+        default=None,
+        help="vertical field of view in degrees (default: the model's)",
     )
 
 
 def _add_input_image(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--background",
+        type=_colour_arg,
         default="white",
         help="colour transparent pixels are put on, also the padding of --crop pad: a name or #rrggbb "
         "(default: white)",
@@ -637,7 +702,7 @@ def _add_mesh_level(p: argparse.ArgumentParser, resolution_flag: str) -> None:
     )
     p.add_argument(
         "--threshold",
-        type=float,
+        type=_finite_float,
         default=None,
         help="density level (default: automatic, the density at which one grid cell is 50%% opaque, or "
         "the middle of the density range when that is outside it)",

@@ -32,7 +32,7 @@ _EPS = 1e-12
 
 
 def _check_points(name: str, x: torch.Tensor) -> None:
-    check_tensor(name, x, last_dim=3, floating=True)
+    check_tensor(name, x, last_dim=3, floating=True, finite=True)
 
 
 def l2_norm(x: torch.Tensor) -> torch.Tensor:

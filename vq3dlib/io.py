@@ -79,6 +79,19 @@ def _rgba_array(img) -> np.ndarray:
     return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
 
 
+class UnreadableImageError(ValueError):
+    """A file that is not an image Pillow can read (truncated, not an image); names the file.
+
+    Example:
+        >>> str(UnreadableImageError("x.png", OSError("truncated")))
+        'x.png is not an image Pillow can read (OSError: truncated)'
+    """
+
+    def __init__(self, path: str | os.PathLike, cause: BaseException) -> None:
+        super().__init__(f"{path} is not an image Pillow can read ({type(cause).__name__}: {cause})")
+        self.path = Path(path)
+
+
 def load_image(
     path: str | os.PathLike,
     size: int,
@@ -116,7 +129,7 @@ def load_image(
             img = ImageOps.exif_transpose(img)
             rgba = _rgba_array(img)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ValueError(f"{p} is not an image Pillow can read ({type(exc).__name__}: {exc})") from None
+        raise UnreadableImageError(p, exc) from None
     rgb = rgba[..., :3] * rgba[..., 3:] + bg * (1.0 - rgba[..., 3:])
     h, w = rgb.shape[:2]
     if crop == "center":
@@ -366,6 +379,7 @@ __all__ = [
     "CROP_MODES",
     "MESH_FORMATS",
     "SCENE_FILE",
+    "UnreadableImageError",
     "colorize_depth",
     "disparity_image",
     "find_images",

@@ -38,6 +38,7 @@ from vq3dlib._validation import check_tensor, finite_checks_enabled, has_values
 
 __all__ = [
     "check_n_rays",
+    "check_packed_info",
     "check_ray_indices",
     "exclusive_prod",
     "exclusive_sum",
@@ -96,16 +97,48 @@ def check_ray_indices(
         raise ValueError("ray_indices must be sorted (non-decreasing): packed samples are grouped by ray")
 
 
+def check_packed_info(packed_info: object, n_samples: int | None = None) -> None:
+    """Checks ``packed_info [n_rays, 2]``: integer ``(start, count)`` pairs, ``start, count >= 0``, each
+    run inside ``[0, n_samples)`` (``TypeError`` / ``ValueError`` naming ``packed_info``).
+
+    The value checks read the values (a host sync on CUDA); like the NaN checks they are skipped when
+    value checks are off and for meta/fake tensors.
+
+    Example:
+        >>> import torch
+        >>> check_packed_info(torch.tensor([[0, 2], [2, 1]]), 3)
+        >>> try:
+        ...     check_packed_info(torch.tensor([[0, -2]]), 3)
+        ... except ValueError as e:
+        ...     print(e)
+        packed_info must hold counts >= 0 (column 1), got -2 (ray 0)
+    """
+    check_tensor("packed_info", packed_info, shape=(None, 2), integer=True)
+    assert isinstance(packed_info, torch.Tensor)
+    if not finite_checks_enabled() or packed_info.shape[0] == 0 or not has_values(packed_info):
+        return
+    for column, what in ((1, "counts"), (0, "starts")):
+        values = packed_info[:, column]
+        lo = int(values.min())
+        if lo < 0:
+            ray = int((values < 0).nonzero()[0, 0])
+            raise ValueError(f"packed_info must hold {what} >= 0 (column {column}), got {lo} (ray {ray})")
+    if n_samples is not None:
+        end = int((packed_info[:, 0] + packed_info[:, 1]).max())
+        if end > n_samples:
+            raise ValueError(f"packed_info addresses samples outside [0, {n_samples}) (runs end at {end})")
+
+
 @torch.no_grad()
 def pack_info(ray_indices: torch.Tensor, n_rays: int | None = None) -> torch.Tensor:
     """``packed_info [n_rays, 2]`` (start, count) of each ray from sorted ``ray_indices [S]``.
 
     Rays without samples get count 0 (and the start of the next ray). Uses ``torch.searchsorted``,
-    so it is deterministic and needs ``ray_indices`` sorted (not checked here; see
-    :func:`check_ray_indices`).
+    so it is deterministic and needs ``ray_indices`` sorted.
 
     Args:
-        ray_indices: ``[S]`` integer ray of each sample, non-decreasing.
+        ray_indices: ``[S]`` integer ray of each sample, non-decreasing, ``>= 0`` (and ``< n_rays``);
+            checked by :func:`check_ray_indices` (a value check, skipped when value checks are off).
         n_rays: number of rays; default ``max(ray_indices) + 1`` (0 when there are no samples; a sync).
 
     Returns:
@@ -116,6 +149,8 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int | None = None) -> torch.Ten
         >>> pack_info(torch.tensor([0, 0, 2, 2, 2]), n_rays=4).tolist()
         [[0, 2], [2, 0], [2, 3], [5, 0]]
     """
+    check_tensor("ray_indices", ray_indices, ndim=1)
+    check_ray_indices(ray_indices, ray_indices.shape[0], n_rays)
     ray_indices = ray_indices.long()
     if n_rays is None:
         n_rays = int(ray_indices.max()) + 1 if ray_indices.numel() > 0 else 0
@@ -140,6 +175,7 @@ def segment_positions(
         >>> positions.tolist(), rays.tolist(), ranks.tolist()
         ([3, 4, 0], [0, 0, 1], [0, 1, 0])
     """
+    check_packed_info(packed_info, n_samples)
     starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
     n_rays = packed_info.shape[0]
     device = packed_info.device
@@ -234,6 +270,7 @@ def pad_segments(values: torch.Tensor, packed_info: torch.Tensor) -> torch.Tenso
                 [0., 0.],
                 [3., 3.]])
     """
+    check_packed_info(packed_info, values.shape[0] if values.dim() == 1 else None)
     starts, counts = packed_info[:, 0].long(), packed_info[:, 1].long()
     n_rays = packed_info.shape[0]
     width = max(int(counts.max()) if n_rays > 0 else 0, 1)

@@ -38,6 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vq3dlib._validation import check_choice, check_tensor
+from vq3dlib.io import UnreadableImageError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEPTH_PNG_SUFFIX = ".depth.png"
@@ -235,12 +236,16 @@ class ImageFolderDataset(Dataset):
         index = index % len(self)
         path = self.paths[index]
         th, tw = self.resolution
-        with Image.open(path) as img:
-            img = img.convert("RGB")
-            w, h = img.size
-            box = self._crop_box(w, h)
-            img = img.crop(box).resize((tw, th), Image.Resampling.BICUBIC)
-            image = torch.from_numpy(np.asarray(img, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+        try:
+            with Image.open(path) as img:
+                img = img.convert("RGB")
+                w, h = img.size
+                box = self._crop_box(w, h)
+                img = img.crop(box).resize((tw, th), Image.Resampling.BICUBIC)
+                pixels = np.asarray(img, dtype=np.float32)
+        except (OSError, SyntaxError, ValueError) as exc:  # truncated, or not an image after all
+            raise UnreadableImageError(path, exc) from None
+        image = torch.from_numpy(pixels / 255.0).permute(2, 0, 1).contiguous()
         item: dict[str, Tensor | str] = {
             "image": image,
             "path": str(path),

@@ -79,7 +79,7 @@ def weights_from_density_reference(
     """
     tau = sigmas * (t_ends - t_starts)
     alphas = -torch.expm1(-tau)
-    if packed_info is None:
+    if packed_info is None or packed_info.device.type == "meta":  # meta: the shapes are the dense ones
         depth = torch.cumsum(torch.cat([torch.zeros_like(tau[..., :1]), tau[..., :-1]], dim=-1), dim=-1)
         trans = torch.exp(-depth)
         return trans * alphas, trans, alphas
@@ -105,7 +105,7 @@ def weights_from_alpha_reference(
         tensor([[0.5000, 0.2500, 0.2500]])
     """
     keep = 1 - alphas
-    if packed_info is None:
+    if packed_info is None or packed_info.device.type == "meta":  # meta: the shapes are the dense ones
         trans = torch.cumprod(torch.cat([torch.ones_like(keep[..., :1]), keep[..., :-1]], dim=-1), dim=-1)
         return trans * alphas, trans
     trans = exclusive_prod(keep, packed_info)

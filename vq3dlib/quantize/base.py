@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor, nn
 
-from vq3dlib._validation import check_tensor
+from vq3dlib._validation import check_tensor, has_values
 
 
 @dataclass
@@ -97,7 +97,7 @@ def sparse_usage_stats(indices: Tensor, codebook_size: int) -> dict[str, Tensor]
         >>> float(sparse_usage_stats(torch.tensor([3, 3, 7, 7]), 2 ** 40)["perplexity"])
         2.0
     """
-    if indices.numel() == 0:
+    if indices.numel() == 0 or not has_values(indices):  # nothing to count (or a meta tensor)
         zero = torch.zeros((), device=indices.device)
         return {"perplexity": zero, "used_fraction": zero.clone()}
     _, counts = torch.unique(indices.detach().reshape(-1), return_counts=True)
@@ -140,6 +140,7 @@ class Quantizer(nn.Module):
         if ref is not None and z.device != ref.device:
             raise ValueError(
                 f"{name} is on {z.device} but the quantizer is on {ref.device}; move one with .to()"
+                + (" (for shapes only, quantizer.to('meta'))" if z.device.type == "meta" else "")
             )
         if self.channels_last:
             if z.dim() < 1 or z.shape[-1] != self.dim:
@@ -167,11 +168,11 @@ class Quantizer(nn.Module):
 
     def _check_indices(self, indices: Tensor, codebook_size: int) -> None:
         check_tensor("indices", indices, integer=True)
-        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= codebook_size):
-            raise ValueError(
-                f"indices must lie in [0, {codebook_size}), got values in "
-                f"[{int(indices.min())}, {int(indices.max())}]"
-            )
+        if not indices.numel() or not has_values(indices):  # nothing to read (or a meta tensor)
+            return
+        lo, hi = int(indices.min()), int(indices.max())
+        if lo < 0 or hi >= codebook_size:
+            raise ValueError(f"indices must lie in [0, {codebook_size}), got values in [{lo}, {hi}]")
 
     # -- interface --------------------------------------------------------------------------------
     def forward(self, z: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:

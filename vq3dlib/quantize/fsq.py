@@ -175,8 +175,11 @@ class FSQ(Quantizer):
 
     def _quantize_rows(self, x: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
         h = self.project_in(x)
-        codes = self.quantize(h.float()).to(h.dtype)
-        indices = self._codes_to_indices(codes.detach())  # input already checked
+        exact = self.quantize(h.float())
+        # indices from the float32 grid point: half precision can round a code onto a neighbour (or
+        # past the top of a level >= 256), which would index another code or none
+        indices = self._codes_to_indices(exact.detach())  # input already checked
+        codes = exact.to(h.dtype)
         out = self.project_out(codes)
         zero = out.sum() * 0.0
         return out, indices, QuantizerAux(zero, {}, sparse_usage_stats(indices, self.codebook_size))

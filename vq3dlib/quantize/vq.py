@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vq3dlib._numerics import safe_normalize
-from vq3dlib._validation import check_choice, check_positive, check_tensor
+from vq3dlib._validation import check_choice, check_positive, check_tensor, has_values
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, usage_stats
 from vq3dlib.quantize.distributed import all_gather_stack, all_reduce_sum, world_size
 
@@ -317,8 +317,11 @@ class VectorQuantizer(Quantizer):
         z_st = z_e + (q - z_e).detach()
         out = self.project_out(z_st)
 
-        counts = torch.bincount(indices, minlength=self.codebook_size).to(codebook.dtype)
         stats: dict[str, Tensor] = {}
+        if not has_values(indices):  # meta tensors: shapes only, no statistics or codebook update
+            counts = torch.zeros(self.codebook_size, dtype=codebook.dtype, device=indices.device)
+            return out, indices, QuantizerAux(sum(losses.values(), zero), losses, usage_stats(counts))
+        counts = torch.bincount(indices, minlength=self.codebook_size).to(codebook.dtype)
         if self.training:
             counts, restarted = self._update(z_e.detach().to(codebook.dtype), indices, counts)
             stats["restarted"] = torch.tensor(float(restarted), device=z_e.device)

@@ -34,7 +34,7 @@ import torch
 
 from vq3dlib._validation import check_range, check_same_device, check_tensor, finite_checks_enabled
 from vq3dlib.ops.volrend import weights_from_alpha, weights_from_density
-from vq3dlib.packed import check_n_rays, check_ray_indices, pack_info, segment_sum
+from vq3dlib.packed import check_n_rays, check_packed_info, check_ray_indices, pack_info, segment_sum
 
 __all__ = [
     "accumulate_along_rays",
@@ -73,7 +73,7 @@ def _packing(
         )
     check_same_device(**{name: values, "packed_info": packed_info, "ray_indices": ray_indices})
     if packed_info is not None:
-        check_tensor("packed_info", packed_info, shape=(None, 2), integer=True)
+        check_packed_info(packed_info, values.shape[0])
         if n_rays is not None and packed_info.shape[0] != n_rays:
             raise ValueError(f"packed_info must have n_rays = {n_rays} rows, got {packed_info.shape[0]}")
         return packed_info
@@ -323,11 +323,11 @@ def accumulate_along_rays(
                 [0.],
                 [5.]])
     """
-    check_tensor("weights", weights, floating=True)
+    check_tensor("weights", weights, floating=True, finite=True)
     if values is None:
         src = weights[..., None]
     else:
-        check_tensor("values", values, floating=True)
+        check_tensor("values", values, floating=True, finite=True)
         check_same_device(weights=weights, values=values)
         if values.dim() != weights.dim() + 1 or values.shape[:-1] != weights.shape:
             raise ValueError(

@@ -98,6 +98,23 @@ def save_image(image: Tensor, path: str | os.PathLike, scale: int = 1) -> Path:
     return path
 
 
+def _truncate_scalars(path: Path, last_step: int) -> None:
+    """Drops the rows of ``path`` (JSONL scalars) logged after ``last_step``, and a torn last line."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # the line a kill cut short
+            continue
+        if isinstance(row, dict) and int(row.get("step", 0)) <= last_step:
+            kept.append(line + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(kept), encoding="utf-8")
+    os.replace(tmp, path)
+
+
 class TrainLogger:
     """Scalar and image logging for one run (see the module docstring).
 
@@ -105,10 +122,29 @@ class TrainLogger:
         log_dir: output folder (created).
         tensorboard: ``None``: use TensorBoard if installed; ``True``: require it; ``False``: files only.
         enabled: ``False`` turns every call into a no-op (e.g. on non-zero DDP ranks).
+        resume_step: a run resumed from the checkpoint of this step: the scalars logged after it
+            (by the interrupted run, which will log them again) are dropped from ``scalars.jsonl``
+            and from TensorBoard (``purge_step``).
+
+    Example:
+        >>> import json, tempfile
+        >>> d = tempfile.mkdtemp()
+        >>> log = TrainLogger(d, tensorboard=False)
+        >>> for step in (1, 2, 3):
+        ...     log.scalars(step, {"loss": 1.0 / step})
+        >>> log.close()
+        >>> log = TrainLogger(d, tensorboard=False, resume_step=2)  # resumed from step 2's checkpoint
+        >>> log.scalars(3, {"loss": 0.3}); log.close()
+        >>> [json.loads(line)["step"] for line in open(f"{d}/scalars.jsonl")]
+        [1, 2, 3]
     """
 
     def __init__(
-        self, log_dir: str | os.PathLike, tensorboard: bool | None = None, enabled: bool = True
+        self,
+        log_dir: str | os.PathLike,
+        tensorboard: bool | None = None,
+        enabled: bool = True,
+        resume_step: int | None = None,
     ) -> None:
         self.dir = Path(log_dir)
         self.enabled = enabled
@@ -122,7 +158,10 @@ class TrainLogger:
                 raise ImportError("tensorboard=True but the tensorboard package is not installed")
             from torch.utils.tensorboard import SummaryWriter
 
-            self.writer = SummaryWriter(str(self.dir / "tb"))
+            purge = None if resume_step is None else int(resume_step) + 1
+            self.writer = SummaryWriter(str(self.dir / "tb"), purge_step=purge)
+        if resume_step is not None:
+            _truncate_scalars(self.dir / "scalars.jsonl", int(resume_step))
         self._jsonl = open(self.dir / "scalars.jsonl", "a", encoding="utf-8")  # noqa: SIM115
 
     @property

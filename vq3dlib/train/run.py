@@ -275,8 +275,11 @@ class TrainingRun:
         return DDP(module, device_ids=device_ids, find_unused_parameters=False)
 
     def start(self) -> None:
-        """Opens the logger (files on rank 0) and writes the config to ``out_dir/train_config.json``."""
-        self.logger = TrainLogger(self.out_dir / "logs", enabled=self.is_main)
+        """Opens the logger (files on rank 0) and writes the config to ``out_dir/train_config.json``.
+
+        A resumed run's logger drops the scalars logged after its checkpoint's step."""
+        resumed = self.step if self.step > 0 else None  # drop what the interrupted run logged after it
+        self.logger = TrainLogger(self.out_dir / "logs", enabled=self.is_main, resume_step=resumed)
         if self.is_main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             config = json.dumps(dataclasses.asdict(self.config), indent=2)

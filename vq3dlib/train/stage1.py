@@ -5,6 +5,10 @@ a single process or ``torchrun`` DDP — gloo on CPU, NCCL on GPU —, seeding, 
 logs, progress, time budget); :func:`train_stage1` builds one and trains it. Per step
 (:meth:`Stage1Trainer.train_step`):
 
+0. :meth:`~Stage1Trainer.batch`: the step's items; an item whose image or depth holds NaN/Inf is
+   left out of the batch (its dataset index is named in a warning the first time, and every
+   occurrence is counted in ``skipped_items``); a step with no usable item left on some process is
+   skipped on all of them and counted in ``skipped_steps``;
 1. :meth:`~Stage1Trainer.generator_step`: the generator forward (``model(images, depth, step)``:
    reconstruction, novel views, every loss term; the adversarial terms start at
    ``config.adversarial_start_step``, the model handles that), backward, gradient clipping, and an
@@ -380,6 +384,11 @@ def _average_grads(params: list[nn.Parameter]) -> None:
         p.grad.div_(world)
 
 
+def _finite_items(values: torch.Tensor) -> torch.Tensor:
+    """``[B]`` bool: the items of ``values [B, ...]`` that hold no NaN/Inf."""
+    return torch.isfinite(values.float()).flatten(1).all(1)
+
+
 class GeneratorStep(NamedTuple):
     """What :meth:`Stage1Trainer.generator_step` returns.
 
@@ -482,12 +491,16 @@ class Stage1Trainer:
         extra = ckpt.extra if ckpt is not None else {}
         self.skipped = int(extra.get("skipped_steps", 0))
         self.skipped_disc = int(extra.get("skipped_disc_steps", 0))
+        self.skipped_items = int(extra.get("skipped_items", 0))
+        self.bad_items: set[int] = set()  # dataset indices already named in a warning
         # the discriminators' gradients are averaged in the discriminator step, not by DDP
         disc = [f"loss.{n}" for n, _ in model.loss.named_parameters() if n.startswith("disc_")]
         self.ddp_model = run.ddp(model, ignore=disc)
         run.start()
         shown = held_out if held_out is not None else train_set
-        self.preview_batch = get_batch(shown, torch.arange(min(8, len(shown))))
+        preview = get_batch(shown, torch.arange(min(8, len(shown))))
+        usable = _finite_items(preview["image"])  # an item with NaN/Inf pixels is not previewed
+        self.preview_batch = {k: v[usable] if isinstance(v, torch.Tensor) else v for k, v in preview.items()}
         self.images_seen = 0
 
     def _datasets(
@@ -513,13 +526,36 @@ class Stage1Trainer:
 
     # ------------------------------------------------------------------------------- one step
     def batch(self, step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """This process's ``(images [B, 3, S, S], disparity target | None)`` of ``step`` on the device."""
+        """This process's ``(images [B', 3, S, S], disparity target | None)`` of ``step`` on the device.
+
+        Items whose image or depth target holds NaN/Inf are left out (``B' <= batch_size``), counted in
+        :attr:`skipped_items` and named in a warning the first time (see the module docstring).
+        """
         run = self.run
         idx = step_indices(step, len(self.train_set), self.config.batch_size, self.config.seed, run.rank,
                            run.world_size)  # fmt: skip
         batch = get_batch(self.train_set, idx)
-        images = batch["image"].to(run.device, non_blocking=True)
+        images = batch["image"]
         depth = depth_target(batch) if self.use_depth else None
+        good = _finite_items(images)
+        for key in ("depth", "disparity") if self.use_depth else ():  # raw: conversion maps NaN to 0
+            if isinstance(batch.get(key), torch.Tensor):
+                good &= _finite_items(batch[key])
+        if not bool(good.all()):
+            bad = [int(i) for i in idx[~good]]
+            self.skipped_items += len(bad)
+            new = sorted(set(bad) - self.bad_items)
+            self.bad_items.update(new)
+            if new:
+                what = "image or depth" if depth is not None else "image"
+                warnings.warn(
+                    f"training items {new} have NaN/Inf {what} values: left out of their batches "
+                    f"(step {step}; {self.skipped_items} item(s) skipped so far)",
+                    stacklevel=2,
+                )
+            images = images[good]
+            depth = depth[good] if depth is not None else None
+        images = images.to(run.device, non_blocking=True)
         return images, depth.to(run.device) if depth is not None else None
 
     def generator_step(self, images: torch.Tensor, depth: torch.Tensor | None, step: int) -> GeneratorStep:
@@ -569,7 +605,13 @@ class Stage1Trainer:
         """Step ``step``: its batch, the generator step, the discriminator step (once the adversarial
         terms are on), the scaler and the LR schedules."""
         images, depth = self.batch(step)
-        gen = self.generator_step(images, depth, step)
+        empty = torch.tensor(float("nan") if images.shape[0] == 0 else 0.0, device=images.device)
+        if not bool(all_finite(empty)):  # no usable item on some process: the step is skipped on all
+            self.skipped += 1
+            nan = torch.tensor(float("nan"))
+            gen = GeneratorStep({"losses": {}, "quantizer_stats": {}}, nan, nan, False)
+        else:
+            gen = self.generator_step(images, depth, step)
         d_losses: dict[str, torch.Tensor] = {}
         if gen.ok and self.model.loss.adversarial_on(step):
             d_losses = self.discriminator_step(images, gen.outputs)
@@ -612,6 +654,7 @@ class Stage1Trainer:
                 "grad_norm": gen.grad_norm,
                 "skipped_steps": self.skipped,
                 "skipped_disc_steps": self.skipped_disc,
+                "skipped_items": self.skipped_items,
                 "images_per_second": ips,
             },
         )
@@ -655,6 +698,7 @@ class Stage1Trainer:
         return {
             "skipped_steps": self.skipped,
             "skipped_disc_steps": self.skipped_disc,
+            "skipped_items": self.skipped_items,
             "model_config": self.model_config.to_dict(),
         }
 
@@ -693,6 +737,7 @@ class Stage1Trainer:
                     "step": step,
                     "skipped_steps": self.skipped,
                     "skipped_disc_steps": self.skipped_disc,
+                    "skipped_items": self.skipped_items,
                     "uses_depth": self.use_depth,
                     "train_seconds": run.train_seconds,
                     "images_per_second": self.images_per_second(run.train_seconds),
@@ -704,6 +749,7 @@ class Stage1Trainer:
             "step": step,
             "skipped_steps": self.skipped,
             "skipped_disc_steps": self.skipped_disc,
+            "skipped_items": self.skipped_items,
             "uses_depth": self.use_depth,
             "losses": losses,
             "metrics": metrics,
@@ -736,8 +782,9 @@ def train_stage1(
 
     Returns:
         ``{"step", "skipped_steps" (generator steps skipped), "skipped_disc_steps" (discriminator
-        steps skipped), "losses" (last step), "metrics" (final held-out evaluation, if any),
-        "out_dir", "model_path", "train_seconds", "images_per_second", "model", "uses_depth"}`` (rank
+        steps skipped), "skipped_items" (training items left out for NaN/Inf values), "losses" (last
+        step), "metrics" (final held-out evaluation, if any), "out_dir", "model_path",
+        "train_seconds", "images_per_second", "model", "uses_depth"}`` (rank
         0; the other ranks get the same keys with ``metrics`` empty).
 
     Raises:
