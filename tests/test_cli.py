@@ -136,7 +136,7 @@ def test_reconstruct_a_folder_and_files_reports_unreadable_ones_and_goes_on(stag
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert "broken.png is not an image" in err and "image not found: " + str(tmp_path / "missing.png") in err
-    assert "2 of 5 images could not be read" in err and "notes.txt" not in err
+    assert "2 of 5 images failed" in err and "notes.txt" not in err
     errors = [line for line in err.replace("\r", "\n").splitlines() if "error:" in line]
     assert len(errors) == 2 and all(line.startswith("vq3d: error: ") for line in errors), errors  # own lines
     assert sorted(p.name for p in out.iterdir()) == ["grey", "leaf", "photo"]
@@ -144,6 +144,24 @@ def test_reconstruct_a_folder_and_files_reports_unreadable_ones_and_goes_on(stag
     with Image.open(out / "leaf" / "input.png") as seen:  # padded with black, the leaf on black
         top, middle = seen.getpixel((8, 0)), seen.getpixel((8, 8))
     assert top == (0, 0, 0) and middle[1] == pytest.approx(200 * 100 / 255, abs=3) and middle[0] == 0
+
+
+def test_reconstruct_with_a_mesh_threshold_no_density_reaches_is_one_line_per_image(
+    stage1_run, image_file, tmp_path, capsys
+):
+    other = tmp_path / "other.png"
+    Image.new("RGB", (16, 16), (10, 20, 200)).save(other)
+    out = tmp_path / "o"
+    argv = ["reconstruct", str(image_file), str(other), "--model", str(stage1_run), "--frames", "2",
+            "--size", "16", "--mesh", "glb", "--mesh-resolution", "16", "--threshold", "1e30",
+            "--no-progress", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 3 and "2 of 2 images failed" in lines[-1], lines
+    for line, path in zip(lines, (image_file, other)):
+        assert line.startswith(f"vq3d: error: {path}: mesh threshold 1e+30 is outside the density range")
+    assert "Traceback" not in err
 
 
 def test_reconstruct_refuses_a_render_size_above_the_output_size(image_file, tmp_path, capsys):

@@ -39,6 +39,17 @@ def test_center_crop_and_resize(tmp_path):
     assert item["path"] == str(tmp_path / "a.png") and item["index"].item() == 0 and "depth" not in item
 
 
+def test_16_bit_greyscale_images_are_scaled_not_clipped_to_white(tmp_path):
+    ramp = np.linspace(0, 65535, 8 * 8).reshape(8, 8).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "grey16.png")
+    with Image.open(tmp_path / "grey16.png") as img:
+        assert img.mode.startswith("I")  # how Pillow opens a 16-bit greyscale PNG
+    image = ImageFolderDataset(tmp_path, resolution=8)[0]["image"]
+    expected = torch.from_numpy(np.round(ramp / 65535.0 * 255.0) / 255.0).float()
+    torch.testing.assert_close(image, expected.expand(3, 8, 8), atol=1e-6, rtol=0)
+    assert 0.45 < float(image.mean()) < 0.55
+
+
 def test_npy_depth_gets_the_same_crop(tmp_path):
     _stripes(tmp_path / "a.png")
     np.save(tmp_path / "a.npy", _column_depth())

@@ -378,7 +378,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     for name, files in report.written.items():
         print(f"{out / name}/: {', '.join(p.name for p in files)}")
     if report.failed:
-        print(f"vq3d: {len(report.failed)} of {len(images)} images could not be read", file=sys.stderr)
+        print(f"vq3d: {len(report.failed)} of {len(images)} images failed", file=sys.stderr)
         return 2
     return 0
 

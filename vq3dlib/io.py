@@ -79,6 +79,25 @@ def _rgba_array(img) -> np.ndarray:
     return np.asarray(img.convert("RGBA"), dtype=np.float32) / 255.0
 
 
+def rgb8_image(img):
+    """A Pillow image as an 8-bit RGB Pillow image; 16/32-bit integer greyscale (``I;16``, ``I``) is
+    scaled by 1/65535 and float greyscale (``F``) clipped to [0, 1] first, where Pillow's own
+    ``convert("RGB")`` would clip them to white.
+
+    Example:
+        >>> from PIL import Image
+        >>> grey16 = Image.fromarray(np.full((2, 2), 32768, dtype=np.uint16))
+        >>> rgb8_image(grey16).mode, rgb8_image(grey16).getpixel((0, 0))
+        ('RGB', (128, 128, 128))
+    """
+    from PIL import Image
+
+    if img.mode.startswith("I") or img.mode == "F":
+        rgb = _rgba_array(img)[..., :3]
+        return Image.fromarray(np.round(rgb * 255.0).astype(np.uint8))
+    return img.convert("RGB")
+
+
 class UnreadableImageError(ValueError):
     """A file that is not an image Pillow can read (truncated, not an image); names the file.
 
@@ -386,6 +405,7 @@ __all__ = [
     "load_image",
     "load_scene_indices",
     "parse_color",
+    "rgb8_image",
     "save_scene",
     "write_gif",
     "write_mesh",

@@ -54,7 +54,14 @@ from vq3dlib.io import (
     write_video,
 )
 from vq3dlib.models.configs import VQ3DConfig
-from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, Scene, render_turntable, view_cameras
+from vq3dlib.models.scene import (
+    DEFAULT_ELEVATION,
+    DEFAULT_SWEEP,
+    MeshThresholdError,
+    Scene,
+    render_turntable,
+    view_cameras,
+)
 
 
 @dataclass(frozen=True)
@@ -320,7 +327,11 @@ def reconstruct_images(
             on_error(path, report.failed[path])
             continue
         scene = model.reconstruct(image.to(device))
-        report.written[name] = write_reconstruction(scene, image, Path(out) / name, options)
+        try:
+            report.written[name] = write_reconstruction(scene, image, Path(out) / name, options)
+        except MeshThresholdError as exc:  # this scene's densities do not reach the chosen threshold
+            report.failed[path] = f"{path}: mesh {exc} (choose another threshold)"
+            on_error(path, report.failed[path])
     return report
 
 

@@ -38,7 +38,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from vq3dlib._validation import check_choice, check_tensor
-from vq3dlib.io import UnreadableImageError
+from vq3dlib.io import UnreadableImageError, rgb8_image
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".webp")
 DEPTH_PNG_SUFFIX = ".depth.png"
@@ -238,7 +238,7 @@ class ImageFolderDataset(Dataset):
         th, tw = self.resolution
         try:
             with Image.open(path) as img:
-                img = img.convert("RGB")
+                img = rgb8_image(img)  # 16-bit greyscale scaled, not clipped to white
                 w, h = img.size
                 box = self._crop_box(w, h)
                 img = img.crop(box).resize((tw, th), Image.Resampling.BICUBIC)

@@ -44,6 +44,15 @@ DEFAULT_SWEEP = 60.0  # degrees of azimuth a turntable swings through (360: a fu
 DEFAULT_ELEVATION = 10.0  # degrees above the horizon, inside the novel-view training range
 
 
+class MeshThresholdError(ValueError):
+    """A mesh threshold outside the density range of the scene's sampled volume (no level set there).
+
+    Example:
+        >>> issubclass(MeshThresholdError, ValueError)
+        True
+    """
+
+
 def mesh_threshold(volume: Tensor, cell_size: float) -> float:
     """Automatic density level for marching cubes of a sampled density ``volume [R, R, R]``.
 
@@ -264,7 +273,9 @@ class Scene:
             threshold = mesh_threshold(sigma, cell)
         lo, hi = float(sigma.min()), float(sigma.max())
         if not lo <= threshold <= hi:
-            raise ValueError(f"threshold {threshold} is outside the density range [{lo:.3g}, {hi:.3g}]")
+            raise MeshThresholdError(
+                f"threshold {threshold} is outside the density range [{lo:.3g}, {hi:.3g}]"
+            )
         # the outermost grid layer below the level: the surface closes between it and the next one
         below = min(lo, 2 * threshold - hi) - 0.01 * (hi - lo) - 1e-6
         volume = sigma.double().cpu().numpy()
@@ -429,6 +440,7 @@ def render_turntable(
 __all__ = [
     "DEFAULT_ELEVATION",
     "DEFAULT_SWEEP",
+    "MeshThresholdError",
     "Scene",
     "mesh_threshold",
     "render_turntable",
