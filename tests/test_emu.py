@@ -46,7 +46,7 @@ def test_emulated_kernels_are_registered_for_cpu_tensors():
 def test_sanitizer_environment_preloads_the_asan_runtime():
     env = _emu.sanitizer_env()
     assert env["VQ3DLIB_BACKEND"] == "cuda-emu" and "detect_leaks=0" in env["ASAN_OPTIONS"]
-    assert env["LD_PRELOAD"] == _emu.asan_runtime()
+    assert env["LD_PRELOAD"].split() == [_emu.asan_runtime(), _emu.cxx_runtime()]  # ASan first
     assert "halt_on_error=1" in env["UBSAN_OPTIONS"]
 
 

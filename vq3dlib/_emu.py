@@ -86,6 +86,16 @@ def build_flags(sanitize: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     return cflags, ldflags
 
 
+def _compiler_library(name: str) -> str:
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        out = subprocess.run([cxx, f"-print-file-name={name}"], capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return ""
+    path = out.stdout.strip()
+    return path if os.path.isabs(path) else ""
+
+
 def asan_runtime() -> str:
     """Path of the compiler's ASan runtime (``gcc -print-file-name=libasan.so``) for ``LD_PRELOAD``.
 
@@ -93,20 +103,29 @@ def asan_runtime() -> str:
         >>> asan_runtime().endswith(".so") or asan_runtime() == ""
         True
     """
-    cxx = os.environ.get("CXX", "c++")
-    try:
-        out = subprocess.run([cxx, "-print-file-name=libasan.so"], capture_output=True, text=True, check=True)
-    except (OSError, subprocess.CalledProcessError):
-        return ""
-    path = out.stdout.strip()
-    return path if os.path.isabs(path) else ""
+    return _compiler_library("libasan.so")
+
+
+def cxx_runtime() -> str:
+    """Path of the compiler's C++ runtime (``libstdc++.so``), preloaded after ASan's.
+
+    Python is not a C++ program, so without it ASan cannot find the real ``__cxa_throw`` when it
+    starts, and the first C++ exception thrown in the process (e.g. a failed ``TORCH_CHECK`` that
+    Python catches) aborts it.
+
+    Example:
+        >>> cxx_runtime().endswith(".so") or cxx_runtime() == ""
+        True
+    """
+    return _compiler_library("libstdc++.so")
 
 
 def sanitizer_env(sanitize: Sequence[str] = SANITIZERS) -> dict[str, str]:
     """Environment variables that run a child Python with the sanitized emulation.
 
-    ``LD_PRELOAD`` puts the ASan runtime first (Python itself is not instrumented); leak detection is
-    off (the interpreter leaks by design); UBSan reports halt the process with a stack trace.
+    ``LD_PRELOAD`` puts the ASan runtime first (Python itself is not instrumented) and the C++
+    runtime after it (:func:`cxx_runtime`); leak detection is off (the interpreter leaks by design);
+    UBSan reports halt the process with a stack trace.
 
     Example:
         >>> sanitizer_env(["undefined"])["VQ3DLIB_SANITIZE"]
@@ -118,7 +137,7 @@ def sanitizer_env(sanitize: Sequence[str] = SANITIZERS) -> dict[str, str]:
         "UBSAN_OPTIONS": "halt_on_error=1:print_stacktrace=1",
     }
     if "address" in sanitize:
-        env["LD_PRELOAD"] = asan_runtime()
+        env["LD_PRELOAD"] = " ".join(p for p in (asan_runtime(), cxx_runtime()) if p)
         env["ASAN_OPTIONS"] = "detect_leaks=0:alloc_dealloc_mismatch=0"
     return env
 
