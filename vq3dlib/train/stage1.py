@@ -652,9 +652,7 @@ class Stage1Trainer:
                 **stats,
                 "lr": self.sched_g.get_last_lr()[0],
                 "grad_norm": gen.grad_norm,
-                "skipped_steps": self.skipped,
-                "skipped_disc_steps": self.skipped_disc,
-                "skipped_items": self.skipped_items,
+                **self.skip_counts(),
                 "images_per_second": ips,
             },
         )
@@ -693,12 +691,18 @@ class Stage1Trainer:
         self.run.logger.scalars(step, {f"eval/{k}": v for k, v in metrics.items()})
         return metrics
 
-    def checkpoint_extra(self) -> dict[str, Any]:
-        """What a checkpoint stores besides the states: the skip counts and the model config."""
+    def skip_counts(self) -> dict[str, int]:
+        """The skip counts so far (logs, checkpoints, results): steps, discriminator steps, items."""
         return {
             "skipped_steps": self.skipped,
             "skipped_disc_steps": self.skipped_disc,
             "skipped_items": self.skipped_items,
+        }
+
+    def checkpoint_extra(self) -> dict[str, Any]:
+        """What a checkpoint stores besides the states: the skip counts and the model config."""
+        return {
+            **self.skip_counts(),
             "model_config": self.model_config.to_dict(),
         }
 
@@ -735,9 +739,7 @@ class Stage1Trainer:
                 metrics = self.evaluate(step)
                 summary = {
                     "step": step,
-                    "skipped_steps": self.skipped,
-                    "skipped_disc_steps": self.skipped_disc,
-                    "skipped_items": self.skipped_items,
+                    **self.skip_counts(),
                     "uses_depth": self.use_depth,
                     "train_seconds": run.train_seconds,
                     "images_per_second": self.images_per_second(run.train_seconds),
@@ -747,9 +749,7 @@ class Stage1Trainer:
                 (run.out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         return {
             "step": step,
-            "skipped_steps": self.skipped,
-            "skipped_disc_steps": self.skipped_disc,
-            "skipped_items": self.skipped_items,
+            **self.skip_counts(),
             "uses_depth": self.use_depth,
             "losses": losses,
             "metrics": metrics,
