@@ -92,3 +92,89 @@ def test_lifted_plane_renders_an_image_feature_where_the_camera_sees_it():
     off_axis = triplane_sample(planes, torch.tensor([[0.8, 0.8, 0.0]]), contraction="linf", reduce="sum")
     assert on_axis.item() > 0.5 and off_axis.item() == pytest.approx(0.0, abs=1e-6)
     assert math.isfinite(on_axis.item())
+
+
+def test_uniform_depth_bins_give_the_plain_lifting():
+    plain = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2)
+    deep = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=5)
+    feats = torch.randn(2, 6, 8, 8)
+    uniform = torch.cat([feats, torch.zeros(2, 5, 8, 8)], dim=1)  # equal logits
+    torch.testing.assert_close(deep(uniform), plain(feats))
+
+
+def test_depth_bins_place_a_pixel_feature_at_its_predicted_depth():
+    """A column's feature with all its depth mass in one bin lights the xz texels at that depth only."""
+    res, dist, bins = 32, 2.7, 8
+    lift = PlaneLifting(res, camera_distance=dist, fov_degrees=40.0, channels=1, depth_bins=bins,
+                        contraction="none")
+    feats = torch.zeros(1, 3 + bins, 16, 16)
+    feats[0, 1, :, 8] = 1.0  # xz channel: one column near the image centre
+    k = 3
+    feats[0, 3:] = -30.0
+    feats[0, 3 + k] = 30.0  # every pixel predicts depth bin k
+    xz = lift(feats)[0, 1, 0]  # [R (z), R (x)]
+    lit = xz > 0.25 * float(xz.max())
+    z = _texel_world_points(res, 1, 1.0, "none")[..., 2]
+    from vq3dlib.models.lifting import depth_bin_coordinate
+
+    t = depth_bin_coordinate(dist - z, dist)
+    bin_of_texel = ((t + 1) / 2 * bins).floor()
+    assert bool(lit.any())
+    assert set(bin_of_texel[lit].long().tolist()) <= {k - 1, k, k + 1}  # bilinear: at most a neighbour
+    assert float(xz[bin_of_texel.long() == k].max()) == float(xz.max())
+
+
+def test_lifting_depth_loss_is_lowest_at_the_target_bin_and_skips_unmeasured_pixels():
+    from vq3dlib.models.lifting import depth_bin_coordinate, lifting_depth_loss
+
+    bins, dist = 16, 2.7
+    depth = torch.tensor([[[2.0, 5.0]]])  # [1, 1, 2]
+    t = depth_bin_coordinate(depth, dist)
+    centre = ((t + 1) / 2 * bins - 0.5).round().long()  # nearest bin of each pixel
+    scores = []
+    for shift in (0, 2, 5):
+        peak = (centre[0, 0] + shift).float()  # [2]
+        logits = -(torch.arange(bins).float()[:, None] - peak).square()[None, :, None, :] / 2
+        scores.append(float(lifting_depth_loss(logits, 1 / depth, dist)))
+    assert scores[0] < scores[1] < scores[2]
+    logits = torch.randn(1, bins, 1, 2, requires_grad=True)
+    loss = lifting_depth_loss(logits, torch.tensor([[[0.5, 0.0]]]), dist)  # second pixel unmeasured
+    loss.backward()
+    assert float(logits.grad[..., 1].abs().max()) == 0.0 and float(logits.grad[..., 0].abs().max()) > 0
+    assert float(lifting_depth_loss(logits.detach(), torch.zeros(1, 1, 2), dist)) == 0.0
+    with pytest.raises(ValueError, match="disparity"):
+        lifting_depth_loss(logits, torch.ones(1, 2, 2), dist)
+
+
+def test_bad_depth_bins_are_rejected():
+    with pytest.raises(ValueError, match="depth_bins"):
+        PlaneLifting(8, camera_distance=2.0, fov_degrees=40.0, channels=1, depth_bins=-1)
+    lift = PlaneLifting(8, camera_distance=2.0, fov_degrees=40.0, channels=1, depth_bins=4)
+    with pytest.raises(ValueError, match="features"):
+        lift(torch.zeros(1, 3, 8, 8))  # the 4 depth channels are missing
+
+
+def test_model_trains_the_lifting_depth_bins_from_the_depth():
+    from vq3dlib.models import VQ3DModel
+
+    micro = dict(render_resolution=8, lifting_depth_bins=8, lifting_depth_weight=0.01)
+    model = VQ3DModel.from_config("tiny", **micro).train()
+    images, depth = torch.rand(2, 3, 32, 32), torch.rand(2, 1, 32, 32) + 0.1
+    out = model(images, depth=depth, step=0)
+    assert "lifting_depth" in out["losses"] and float(out["losses"]["lifting_depth"].detach()) > 0
+    out["losses"]["lifting_depth"].backward()
+    grad = model.decoder.lift_head.weight.grad
+    assert grad is not None and float(grad.abs().sum()) > 0
+    assert "lifting_depth" not in model(images, step=0)["losses"]  # no depth, no term
+    off = VQ3DModel.from_config("tiny", render_resolution=8, lifting_depth_weight=0.0).train()
+    assert "lifting_depth" not in off(images, depth=depth, step=0)["losses"]  # weight 0
+
+
+def test_the_lifting_depth_loss_needs_depth_bins_and_a_depth_scale():
+    from vq3dlib.models import get_config
+
+    with pytest.raises(ValueError, match="lifting_depth_bins"):
+        get_config("tiny", lifting_depth_bins=0)  # tiny trains its bins: weight without bins
+    with pytest.raises(ValueError, match="lsq"):
+        get_config("tiny", depth_align="lsq")
+    assert get_config("tiny", lifting_depth_bins=0, lifting_depth_weight=0.0).lifting_depth_bins == 0

@@ -89,6 +89,11 @@ class VQ3DConfig:
     decoder_conv_refine: bool = False
     # lift an image-aligned head onto the planes through the input camera (vq3dlib.models.lifting)
     decoder_lifting: bool = False
+    # > 0: the lifting also predicts this many depth bins per pixel and lifts the xz/yz planes at
+    # the predicted depth (PlaneLifting's depth_bins); 0: column and row means along the rays
+    lifting_depth_bins: int = 0
+    # weight of the cross-entropy of those bins against the pseudo-depth (lifting_depth_loss)
+    lifting_depth_weight: float = 0.0
 
     # triplane sampling + density/colour MLP head
     contraction: str = "linf"  # "linf" (MERF, unbounded scenes) or "none" (a box of half-size scene_bound)
@@ -184,9 +189,11 @@ class VQ3DConfig:
             check_positive(name, getattr(self, name))
         for name in (
             "field_hidden_layers", "field_geo_features", "field_out_features", "novel_views", "num_classes",
+            "lifting_depth_bins",
             "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "l2_weight", "render_l2_weight",
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
-            "distortion_weight", "behind_surface_weight", "quantizer_weight", "commitment_weight",
+            "distortion_weight", "behind_surface_weight", "lifting_depth_weight", "quantizer_weight",
+            "commitment_weight",
             "drop_path", "prior_dropout", "adversarial_start_step", "depth_start_step", "r1_weight",
             "prior_class_dropout", "field_dir_frequencies",
         ):
@@ -197,6 +204,13 @@ class VQ3DConfig:
         check_positive("super_resolution_hidden", self.super_resolution_hidden)
         check_choice("adversarial_loss", self.adversarial_loss, ("hinge", "nonsaturating"))
         check_choice("sampling", self.sampling, SAMPLINGS)
+        if self.lifting_depth_weight > 0 and not (self.decoder_lifting and self.lifting_depth_bins):
+            raise ValueError("lifting_depth_weight > 0 needs decoder_lifting and lifting_depth_bins > 0")
+        if self.lifting_depth_weight > 0 and self.depth_align == "lsq":
+            raise ValueError(
+                'lifting_depth_weight > 0 needs a depth with a scale (depth_align "range" or "none"), '
+                'not "lsq" (scale and shift fitted per image)'
+            )
         if not 0.0 <= self.stratified_inner_fraction <= 1.0:
             raise ValueError(
                 f"stratified_inner_fraction must be in [0, 1], got {self.stratified_inner_fraction}"
@@ -329,12 +343,13 @@ def _tiny() -> VQ3DConfig:
     # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes. Cameras and class count match the
     # procedural dataset (distance 2.7, 40 degrees, its CLASSES); no perceptual loss (its weights are
     # a local file, not shipped). The choices below are measured in docs/training.md ("Ablations"):
-    # narrow ViTs (width 96, one decoder block), planes lifted through the input camera, a 16 px render
-    # with 24 stratified samples + an opaque background (no grid per scene, no holes) refined to 32 px
-    # by the super-resolution head from 8 rendered features, an L2 on the render itself, a strong
-    # pointwise depth loss against the depth's robust range (no metric scale used); the adversarial
-    # terms are off (no gain at equal steps, 1.6-2x slower steps, so fewer steps in the demo's time
-    # budget; the imagenet256 preset keeps them).
+    # narrow ViTs (width 96, one decoder block), planes lifted through the input camera at 32 depth
+    # bins per pixel, a 16 px render with 24 stratified samples + an opaque background (no grid per
+    # scene, no holes) refined to 32 px by the super-resolution head from 8 rendered features, an L2
+    # on the render itself, a strong pointwise depth loss against the depth's robust range (no
+    # metric scale used) and the lifting's depth bins trained against that range too; the
+    # adversarial terms are off (no gain at equal steps, 1.6-2x slower steps, so fewer steps in the
+    # demo's time budget; the imagenet256 preset keeps them).
     from vq3dlib.data.procedural import CLASSES
 
     return VQ3DConfig(
@@ -345,6 +360,8 @@ def _tiny() -> VQ3DConfig:
         decoder_width=96,
         decoder_depth=1,
         decoder_lifting=True,
+        lifting_depth_bins=32,
+        lifting_depth_weight=0.004,
         triplane_reduce="sum",
         field_hidden_dim=32,
         field_out_features=8,

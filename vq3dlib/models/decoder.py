@@ -138,7 +138,7 @@ class TriplaneDecoder(nn.Module):
                     f"decoder's planes are {plane_resolution} and {plane_channels}"
                 )
         self.lifting = lifting
-        self.lift_head = nn.Linear(width, 3 * plane_channels * self.upscale**2) if lifting else None
+        self.lift_head = nn.Linear(width, lifting.in_channels * self.upscale**2) if lifting else None
         trunc_normal_(self.pos_embed, std=0.02)
         self.apply(init_vit_weights)
 
@@ -170,6 +170,7 @@ class TriplaneDecoder(nn.Module):
                 cfg.plane_channels,
                 bound=cfg.scene_bound,
                 contraction=cfg.contraction,
+                depth_bins=cfg.lifting_depth_bins,
             )
             if cfg.decoder_lifting
             else None,
@@ -207,8 +208,13 @@ class TriplaneDecoder(nn.Module):
         x = self.input_proj(tokens) + self.pos_embed
         return self.norm(self.blocks(x))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+    def forward_head(
+        self, features: torch.Tensor, with_depth_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """Features ``[B, N, width]`` -> triplane ``[B, 3, C, R, R]`` (linear head + unpatchify).
+
+        With ``with_depth_logits`` it returns ``(planes, logits)``: the lifting's depth-bin logits
+        ``[B, D, R, R]`` (``None`` without a lifting with depth bins).
 
         Example:
             >>> dec = TriplaneDecoder(grid_size=2, width=8, depth=1, heads=2, plane_channels=2,
@@ -220,14 +226,22 @@ class TriplaneDecoder(nn.Module):
         x = self.head(features)
         g, p = self.grid_size, self.upscale
         planes = rearrange(x, "b (h w) (k c p q) -> b k c (h p) (w q)", h=g, w=g, k=3, p=p, q=p)
+        logits = None
         if self.lifting is not None:
             lifted = self.lift_head(features)
             image = rearrange(lifted, "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
             planes = planes + self.lifting(image)
-        return self.refine(planes)
+            if self.lifting.depth_bins:
+                logits = image[:, 3 * self.plane_channels :]
+        planes = self.refine(planes)
+        return (planes, logits) if with_depth_logits else planes
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, tokens: torch.Tensor, with_depth_logits: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor | None]:
         """``[B, N, in_dim]`` code tokens -> ``[B, 3, C, R, R]`` triplane (planes xy, xz, yz).
+
+        ``with_depth_logits``: also return the lifting's depth-bin logits (see :meth:`forward_head`).
 
         Example:
             >>> dec = TriplaneDecoder(grid_size=2, width=8, depth=1, heads=2, plane_channels=2,
@@ -235,4 +249,4 @@ class TriplaneDecoder(nn.Module):
             >>> dec(torch.zeros(0, 4, 8)).shape
             torch.Size([0, 3, 2, 4, 4])
         """
-        return self.forward_head(self.forward_features(tokens))
+        return self.forward_head(self.forward_features(tokens), with_depth_logits)

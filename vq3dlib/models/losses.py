@@ -45,6 +45,7 @@ from vq3dlib.losses import (
     pointwise_depth_loss,
     r1_penalty,
 )
+from vq3dlib.models.lifting import lifting_depth_loss
 from vq3dlib.render import RenderOutput, depth_to_disparity
 
 if TYPE_CHECKING:
@@ -152,13 +153,13 @@ class VQ3DLoss(nn.Module):
         yield from self.disc_canonical.parameters()
         yield from self.disc_novel.parameters()
 
-    def depth_target(self, depth: Tensor) -> Tensor:
+    def depth_target(self, depth: Tensor, size: int | None = None) -> Tensor:
         """Pseudo ground truth ``[B, 1, h, w]`` → the disparity target ``[B, r, r]`` of the depth loss.
 
         ``config.depth_target == "depth"`` converts it with :func:`~vq3dlib.render.depth_to_disparity`
         (depth ``<= 0``, no measurement, becomes disparity 0); it is resized (bilinear) to the render
-        resolution ``r`` and, for ``config.depth_align == "range"``, mapped onto ``1 / depth_range``
-        (:func:`~vq3dlib.losses.map_disparity_range`).
+        resolution ``r`` (or ``size``) and, for ``config.depth_align == "range"``, mapped onto
+        ``1 / depth_range`` (:func:`~vq3dlib.losses.map_disparity_range`).
 
         Example:
             >>> from vq3dlib.models import get_config
@@ -170,7 +171,7 @@ class VQ3DLoss(nn.Module):
         cfg = self.config
         if cfg.depth_target == "depth":
             depth = depth_to_disparity(depth)
-        r = cfg.render_resolution
+        r = cfg.render_resolution if size is None else size
         target = F.interpolate(depth, size=(r, r), mode="bilinear", align_corners=False)[:, 0]
         if cfg.depth_align == "range":
             target = map_disparity_range(target, cfg.depth_range)
@@ -187,6 +188,7 @@ class VQ3DLoss(nn.Module):
         depth: Tensor | None = None,
         novel_rgb: Tensor | None = None,
         last_layer: Tensor | None = None,
+        lift_depth_logits: Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Every weighted generator loss term of one step (their sum is the generator loss).
 
@@ -202,10 +204,13 @@ class VQ3DLoss(nn.Module):
             novel_rgb: ``[B·k, 3, r, r]`` novel-view renders for the novel-view adversarial term.
             last_layer: the decoder's last weight, for the adaptive adversarial weight (computed
                 when given and gradients are recorded; else the weight is 1).
+            lift_depth_logits: the decoder lifting's depth-bin logits ``[B, D, R, R]``, for
+                ``lifting_depth_weight`` (with ``depth``).
 
         Returns:
-            ``{"l2", "render_l2", "perceptual", "quantizer", "depth", "distortion", "behind_surface",
-            "adversarial", "adversarial_novel"}``, each present when its weight (and input) is non-zero.
+            ``{"l2", "render_l2", "perceptual", "quantizer", "depth", "lifting_depth", "distortion",
+            "behind_surface", "adversarial", "adversarial_novel"}``, each present when its weight (and
+            input) is non-zero.
 
         Example:
             >>> from vq3dlib.models import VQ3DModel
@@ -237,6 +242,16 @@ class VQ3DLoss(nn.Module):
                 render.ray_indices,
                 target_space="disparity",
                 align=cfg.depth_align == "lsq",
+            )
+        if (
+            lift_depth_logits is not None
+            and depth is not None
+            and cfg.lifting_depth_weight > 0
+            and step >= cfg.depth_start_step
+        ):
+            target = self.depth_target(depth, size=lift_depth_logits.shape[-1])
+            losses["lifting_depth"] = cfg.lifting_depth_weight * lifting_depth_loss(
+                lift_depth_logits, target, cfg.camera_distance
             )
         if cfg.distortion_weight > 0:
             t0, t1 = render.t_starts, render.t_ends

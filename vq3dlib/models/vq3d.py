@@ -531,7 +531,11 @@ class VQ3DModel(nn.Module):
         cfg = self.config
         b = images.shape[0]
         z_q, indices, aux = self._encode(images)
-        planes = self.decode_planes(z_q)
+        lift_logits = None
+        if self.training and depth is not None and cfg.lifting_depth_weight > 0:
+            planes, lift_logits = self.decoder(z_q, with_depth_logits=True)
+        else:
+            planes = self.decode_planes(z_q)
         cams = cameras if cameras is not None else self.canonical_cameras(b)
         canonical = self.render(planes, cams)
         views = canonical.images()
@@ -556,6 +560,7 @@ class VQ3DModel(nn.Module):
             depth=depth,
             novel_rgb=novel_rgb,
             last_layer=self.decoder.last_layer_weight if self.training else None,
+            lift_depth_logits=lift_logits,
         )
         extra = {"features": views["features"]} if "features" in views else {}
         return {
