@@ -11,6 +11,7 @@ Usage::
 
     python benchmarks/stage1_profile.py                     # tiny, batch 16, 2 threads
     python benchmarks/stage1_profile.py --batch-size 8 --json
+    python benchmarks/stage1_profile.py --set lifting_depth_bins=0 --set lifting_depth_weight=0
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ import torch.nn.functional as F
 
 from common import device_name  # noqa: E402  (benchmarks/ on sys.path when run as a script)
 from vq3dlib.data import ProceduralScenes
-from vq3dlib.models import VQ3DModel
+from vq3dlib.models import VQ3DModel, get_config
 from vq3dlib.render.stratified import stratified_intervals
 from vq3dlib.render.volrend import render_weight_from_density
+from vq3dlib.train.loop import apply_overrides
 from vq3dlib.train.stage1 import depth_target
 
 
@@ -54,10 +56,13 @@ def _fwd_bwd(fn: Callable[..., torch.Tensor], *inputs: torch.Tensor) -> Callable
     return run
 
 
-def profile(config: str, batch_size: int, repeats: int) -> dict[str, float]:
-    """Milliseconds per part of one step (see the module docstring)."""
+def profile(
+    config: str, batch_size: int, repeats: int, overrides: list[str] | None = None
+) -> dict[str, float]:
+    """Milliseconds per part of one step (see the module docstring); ``overrides``: ``key=value``
+    config fields."""
     torch.manual_seed(0)
-    model = VQ3DModel.from_config(config).train()
+    model = VQ3DModel(apply_overrides(get_config(config), overrides or [])).train()
     cfg = model.config
     data = ProceduralScenes(batch_size, cfg.image_size, n_novel_views=0, seed=0)
     items = [data[i] for i in range(batch_size)]
@@ -132,15 +137,18 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a model config field (repeatable), e.g. --set samples_per_ray=32")
     parser.add_argument("--json", action="store_true", help="one JSON line instead of the table")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    parts = profile(args.config, args.batch_size, args.repeats)
+    parts = profile(args.config, args.batch_size, args.repeats, args.set)
     total = parts["total step"]
     result = {
         "benchmark": "stage1_profile",
         "device": device_name("cpu"),
         "config": args.config,
+        "overrides": args.set,
         "batch_size": args.batch_size,
         "images_per_second": round(args.batch_size / total * 1e3, 1),
         "ms": {k: round(v, 1) for k, v in parts.items()},

@@ -94,12 +94,27 @@ def test_lifted_plane_renders_an_image_feature_where_the_camera_sees_it():
     assert math.isfinite(on_axis.item())
 
 
-def test_uniform_depth_bins_give_the_plain_lifting():
+@pytest.mark.parametrize("depth_channels", [None, 1])
+def test_uniform_depth_bins_give_the_plain_lifting(depth_channels):
     plain = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2)
-    deep = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=5)
+    deep = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=5,
+                        depth_channels=depth_channels)
     feats = torch.randn(2, 6, 8, 8)
     uniform = torch.cat([feats, torch.zeros(2, 5, 8, 8)], dim=1)  # equal logits
     torch.testing.assert_close(deep(uniform), plain(feats))
+
+
+def test_only_the_last_depth_channels_follow_the_depth_bins():
+    lift = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=4,
+                        depth_channels=1)
+    plain = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2)
+    feats = torch.randn(1, 6, 8, 8)
+    logits = torch.randn(1, 4, 8, 8) * 5
+    out, ref = lift(torch.cat([feats, logits], dim=1)), plain(feats)
+    torch.testing.assert_close(out[:, :, 0], ref[:, :, 0])  # channel 0: plain means on every plane
+    assert not torch.allclose(out[:, 1:, 1], ref[:, 1:, 1])  # channel 1 of xz/yz: at the depth
+    with pytest.raises(ValueError, match="depth_channels"):
+        PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=4, depth_channels=3)
 
 
 def test_depth_bins_place_a_pixel_feature_at_its_predicted_depth():
@@ -177,4 +192,6 @@ def test_the_lifting_depth_loss_needs_depth_bins_and_a_depth_scale():
         get_config("tiny", lifting_depth_bins=0)  # tiny trains its bins: weight without bins
     with pytest.raises(ValueError, match="lsq"):
         get_config("tiny", depth_align="lsq")
+    with pytest.raises(ValueError, match="lifting_depth_channels"):
+        get_config("tiny", lifting_depth_channels=17)  # tiny's planes have 16 channels
     assert get_config("tiny", lifting_depth_bins=0, lifting_depth_weight=0.0).lifting_depth_bins == 0

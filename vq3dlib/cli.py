@@ -784,13 +784,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--no-stage2", action="store_true", help="stage 1 only: no prior, samples or stage-2 figures"
     )
     p.add_argument(
-        "--prior-steps", type=_positive_int, default=3000, help="prior training steps (default: 3000)"
+        "--prior-steps", type=_positive_int, default=1000, help="prior training steps (default: 1000)"
     )
     p.add_argument(
         "--prior-time-budget",
         type=float,
-        default=45.0,
-        help="prior training seconds, 0 = no limit (default: 45)",
+        default=120.0,
+        help="prior training seconds, 0 = no limit (default: 120)",
     )
     _add_stage2_eval(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

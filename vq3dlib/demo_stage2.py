@@ -8,8 +8,8 @@ row per class shown (a few samples of each, turntables side by side). :func:`~vq
 calls it after stage 1 and stores the figures under ``"stage2"`` in ``metrics.json``.
 
 Example:
-    >>> Stage2Demo().prior_time_s, Stage2Demo().eval.samples_per_class
-    (45.0, 16)
+    >>> Stage2Demo().prior_steps, Stage2Demo().prior_time_s, Stage2Demo().eval.samples_per_class
+    (1000, 120.0, 16)
 """
 
 from __future__ import annotations
@@ -47,8 +47,8 @@ class Stage2Demo:
     """
 
     enabled: bool = True
-    prior_steps: int = 3000
-    prior_time_s: float = 45.0
+    prior_steps: int = 1000
+    prior_time_s: float = 120.0
     prior_batch_size: int = 32
     prior_lr: float = 5e-4
     prior_overrides: dict[str, Any] = field(default_factory=dict)

@@ -92,6 +92,8 @@ class VQ3DConfig:
     # > 0: the lifting also predicts this many depth bins per pixel and lifts the xz/yz planes at
     # the predicted depth (PlaneLifting's depth_bins); 0: column and row means along the rays
     lifting_depth_bins: int = 0
+    # how many of the side planes' channels are lifted at the predicted depth (0: all of them)
+    lifting_depth_channels: int = 0
     # weight of the cross-entropy of those bins against the pseudo-depth (lifting_depth_loss)
     lifting_depth_weight: float = 0.0
 
@@ -189,7 +191,7 @@ class VQ3DConfig:
             check_positive(name, getattr(self, name))
         for name in (
             "field_hidden_layers", "field_geo_features", "field_out_features", "novel_views", "num_classes",
-            "lifting_depth_bins",
+            "lifting_depth_bins", "lifting_depth_channels",
             "novel_yaw_degrees", "novel_pitch_degrees", "novel_translation", "l2_weight", "render_l2_weight",
             "perceptual_weight", "adversarial_weight", "novel_adversarial_weight", "depth_weight",
             "distortion_weight", "behind_surface_weight", "lifting_depth_weight", "quantizer_weight",
@@ -206,6 +208,11 @@ class VQ3DConfig:
         check_choice("sampling", self.sampling, SAMPLINGS)
         if self.lifting_depth_weight > 0 and not (self.decoder_lifting and self.lifting_depth_bins):
             raise ValueError("lifting_depth_weight > 0 needs decoder_lifting and lifting_depth_bins > 0")
+        if self.lifting_depth_channels > self.plane_channels:
+            raise ValueError(
+                f"lifting_depth_channels ({self.lifting_depth_channels}) must be <= plane_channels "
+                f"({self.plane_channels})"
+            )
         if self.lifting_depth_weight > 0 and self.depth_align == "lsq":
             raise ValueError(
                 'lifting_depth_weight > 0 needs a depth with a scale (depth_align "range" or "none"), '
@@ -343,9 +350,10 @@ def _tiny() -> VQ3DConfig:
     # 32 px, 8x8 tokens; trains on a 2-core CPU in minutes. Cameras and class count match the
     # procedural dataset (distance 2.7, 40 degrees, its CLASSES); no perceptual loss (its weights are
     # a local file, not shipped). The choices below are measured in docs/training.md ("Ablations"):
-    # narrow ViTs (width 96, one decoder block), planes lifted through the input camera at 32 depth
-    # bins per pixel, a 16 px render with 24 stratified samples + an opaque background (no grid per
-    # scene, no holes) refined to 32 px by the super-resolution head from 8 rendered features, an L2
+    # narrow ViTs (width 96, one decoder block), planes lifted through the input camera (half of the
+    # side planes' channels at 32 depth bins per pixel), a 16 px render with 24 stratified samples
+    # + an opaque background (no grid per scene, no holes) refined to 32 px by the super-resolution
+    # head from 8 rendered features, an L2
     # on the render itself, a strong pointwise depth loss against the depth's robust range (no
     # metric scale used) and the lifting's depth bins trained against that range too; the
     # adversarial terms are off (no gain at equal steps, 1.6-2x slower steps, so fewer steps in the
@@ -361,6 +369,7 @@ def _tiny() -> VQ3DConfig:
         decoder_depth=1,
         decoder_lifting=True,
         lifting_depth_bins=32,
+        lifting_depth_channels=8,
         lifting_depth_weight=0.004,
         triplane_reduce="sum",
         field_hidden_dim=32,

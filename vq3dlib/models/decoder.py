@@ -171,6 +171,7 @@ class TriplaneDecoder(nn.Module):
                 bound=cfg.scene_bound,
                 contraction=cfg.contraction,
                 depth_bins=cfg.lifting_depth_bins,
+                depth_channels=cfg.lifting_depth_channels or None,
             )
             if cfg.decoder_lifting
             else None,

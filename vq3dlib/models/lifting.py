@@ -178,6 +178,8 @@ class PlaneLifting(nn.Module):
         bound, contraction: those of the triplane the planes are sampled by.
         depth_bins: ``D``; with ``D > 0`` the last ``D`` input channels are per-pixel depth-bin logits
             and the side planes are lifted at the predicted depth (0: column and row means).
+        depth_channels: how many of the side planes' ``C`` channels (the last ones) are lifted at
+            the predicted depth; the others keep the column and row means (default: all ``C``).
 
     Example:
         >>> lift = PlaneLifting(8, camera_distance=2.0, fov_degrees=60.0, channels=1)
@@ -199,6 +201,7 @@ class PlaneLifting(nn.Module):
         bound: float = 1.0,
         contraction: str = "linf",
         depth_bins: int = 0,
+        depth_channels: int | None = None,
     ) -> None:
         super().__init__()
         check_positive("channels", channels)
@@ -207,6 +210,9 @@ class PlaneLifting(nn.Module):
         grids, fade = lifting_grids(resolution, camera_distance, fov_degrees, bound, contraction)
         self.channels = channels
         self.depth_bins = depth_bins
+        self.depth_channels = channels if depth_channels is None else int(depth_channels)
+        if not 0 < self.depth_channels <= channels:
+            raise ValueError(f"depth_channels must be in [1, channels = {channels}], got {depth_channels}")
         self.resolution = resolution
         self.register_buffer("grids", grids, persistent=False)
         self.register_buffer("fade", fade, persistent=False)
@@ -221,12 +227,17 @@ class PlaneLifting(nn.Module):
         b, c, d = features.shape[0], self.channels, self.depth_bins
         h, w = features.shape[-2:]
         xy, xz, yz = features[:, : 3 * c].split(c, dim=1)
-        if d:  # depth-weighted column [B, C, D, w] and row [B, C, D, h] sums
+        columns, rows = xz.mean(dim=2, keepdim=True), yz.mean(dim=3, keepdim=True).transpose(2, 3)
+        if d:  # depth-weighted column [B, k, D, w] and row [B, k, D, h] sums of the last k channels
+            k = self.depth_channels
             p = features[:, 3 * c :].softmax(dim=1)
-            columns = torch.einsum("bchw,bdhw->bcdw", xz, p) * (d / h)
-            rows = torch.einsum("bchw,bdhw->bcdh", yz, p) * (d / w)
-        else:
-            columns, rows = xz.mean(dim=2, keepdim=True), yz.mean(dim=3, keepdim=True).transpose(2, 3)
+            deep_columns = torch.einsum("bchw,bdhw->bcdw", xz[:, c - k :], p) * (d / h)
+            deep_rows = torch.einsum("bchw,bdhw->bcdh", yz[:, c - k :], p) * (d / w)
+            if k < c:  # the first c - k channels keep the plain means (broadcast over the bins)
+                columns = torch.cat([columns[:, : c - k].expand(-1, -1, d, -1), deep_columns], dim=1)
+                rows = torch.cat([rows[:, : c - k].expand(-1, -1, d, -1), deep_rows], dim=1)
+            else:
+                columns, rows = deep_columns, deep_rows
         grids = self.grids.to(features.device, features.dtype)
         fade = self.fade.to(features.device, features.dtype)
 
