@@ -220,7 +220,7 @@ class VQ3DLoss(nn.Module):
             >>> sorted(model(images, step=0)["losses"])  # before adversarial_start_step, without depth
             ['l2', 'quantizer', 'render_l2']
             >>> sorted(model(images, depth=depth, step=model.config.adversarial_start_step)["losses"])
-            ['adversarial', 'adversarial_novel', 'depth', 'l2', 'quantizer', 'render_l2']
+            ['adversarial', 'adversarial_novel', 'depth', 'l2', 'lifting_depth', 'quantizer', 'render_l2']
         """
         cfg = self.config
         losses: dict[str, Tensor] = {}
