@@ -27,6 +27,7 @@ def test_forward_outputs_and_loss_terms():
         "render_l2",
         "quantizer",
         "depth",
+        "lifting_depth",
         "distortion",
         "adversarial",
         "adversarial_novel",
