@@ -353,9 +353,9 @@ def _tiny() -> VQ3DConfig:
     # narrow ViTs (width 96, one decoder block), planes lifted through the input camera (half of the
     # side planes' channels at 32 depth bins per pixel), a 16 px render with 24 stratified samples
     # + an opaque background (no grid per scene, no holes) refined to 32 px by the super-resolution
-    # head from 8 rendered features, an L2
-    # on the render itself, a strong pointwise depth loss against the depth's robust range (no
-    # metric scale used) and the lifting's depth bins trained against that range too; the
+    # head from 8 rendered features, an L2 on the render itself, a strong pointwise depth loss
+    # against the depth's robust range (no metric scale used) and the lifting's depth bins trained
+    # against that range too; the
     # adversarial terms are off (no gain at equal steps, 1.6-2x slower steps, so fewer steps in the
     # demo's time budget; the imagenet256 preset keeps them).
     from vq3dlib.data.procedural import CLASSES

@@ -227,17 +227,16 @@ class PlaneLifting(nn.Module):
         b, c, d = features.shape[0], self.channels, self.depth_bins
         h, w = features.shape[-2:]
         xy, xz, yz = features[:, : 3 * c].split(c, dim=1)
-        columns, rows = xz.mean(dim=2, keepdim=True), yz.mean(dim=3, keepdim=True).transpose(2, 3)
-        if d:  # depth-weighted column [B, k, D, w] and row [B, k, D, h] sums of the last k channels
-            k = self.depth_channels
+        m = c - self.depth_channels if d else c  # channels that keep the plain column/row means
+        columns = xz[:, :m].mean(dim=2, keepdim=True)  # [B, m, 1, w]
+        rows = yz[:, :m].mean(dim=3, keepdim=True).transpose(2, 3)  # [B, m, 1, h]
+        if d:  # depth-weighted column [B, c - m, D, w] and row [B, c - m, D, h] sums of the others
             p = features[:, 3 * c :].softmax(dim=1)
-            deep_columns = torch.einsum("bchw,bdhw->bcdw", xz[:, c - k :], p) * (d / h)
-            deep_rows = torch.einsum("bchw,bdhw->bcdh", yz[:, c - k :], p) * (d / w)
-            if k < c:  # the first c - k channels keep the plain means (broadcast over the bins)
-                columns = torch.cat([columns[:, : c - k].expand(-1, -1, d, -1), deep_columns], dim=1)
-                rows = torch.cat([rows[:, : c - k].expand(-1, -1, d, -1), deep_rows], dim=1)
-            else:
-                columns, rows = deep_columns, deep_rows
+            deep_columns = torch.einsum("bchw,bdhw->bcdw", xz[:, m:], p) * (d / h)
+            deep_rows = torch.einsum("bchw,bdhw->bcdh", yz[:, m:], p) * (d / w)
+            # the plain means are constant along the bins axis
+            columns = torch.cat([columns.expand(-1, -1, d, -1), deep_columns], dim=1)
+            rows = torch.cat([rows.expand(-1, -1, d, -1), deep_rows], dim=1)
         grids = self.grids.to(features.device, features.dtype)
         fade = self.fade.to(features.device, features.dtype)
 
