@@ -97,12 +97,12 @@ def test_evaluate_stage2_counts_copies_and_scores_copied_scenes_like_reconstruct
     m = evaluate_stage2(model, prior, classifier, held_x, held_y, train_codes, train_x, cfg)
     assert m["copy_fraction"] == 1.0 and m["nn_token_distance"] == 0.0
     assert (m["n_samples"], m["n_held_out"], m["seq_len"], m["chance_accuracy"]) == (12, 12, 16, 1 / 6)
-    # samples of class k are training scenes of class k: the classifier scores their decoded scenes
+    # samples of class k are training scenes of class k: scored like their reconstructions
     labels = torch.arange(6).repeat_interleave(2)
     copied = prior.sample(12, labels)
     rows = [int(torch.nonzero((train_codes == c).all(dim=1))[0, 0]) for c in copied]
     assert torch.equal(train_y[rows], labels)  # each sample is a training grid of its class
-    recon = render_input_view(model, model.decode_indices(copied), 8)
+    recon = render_input_view(model, model.reconstruct(train_x[rows]), 8)
     assert m["class_accuracy"] == pytest.approx(classifier_accuracy(classifier, recon, labels))
     assert m["classifier_accuracy"] == pytest.approx(classifier_accuracy(classifier, held_x, held_y))
     assert m["fid_ratio"] == pytest.approx(m["fid_samples"] / m["fid_reconstructions"])
