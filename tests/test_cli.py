@@ -220,7 +220,7 @@ def test_stage2_train_and_sample(stage1_run, tmp_path):
 
 def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
     from vq3dlib.models import CodePrior
-    from vq3dlib.models.prior import DEFAULT_CFG_SCALE
+    from vq3dlib.models.prior import DEFAULT_CFG_SCALE, DEFAULT_TOP_K
     from vq3dlib.train.stage1 import load_stage1_model
     from vq3dlib.train.stage2 import save_prior
 
@@ -240,10 +240,30 @@ def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
                 "--out", str(out)]  # fmt: skip
         assert main(argv) == 0
         got[label] = io.load_scene_indices(out / "samples.scene.safetensors").reshape(6, -1)
-        want = prior.sample(6, label, temperature=0.05, cfg_scale=DEFAULT_CFG_SCALE,
-                            generator=torch.Generator().manual_seed(4))  # the CLI's default guidance
+        want = prior.sample(6, label, temperature=0.05, cfg_scale=DEFAULT_CFG_SCALE, top_k=DEFAULT_TOP_K,
+                            generator=torch.Generator().manual_seed(4))  # the CLI's default guidance, top-k
         assert torch.equal(got[label], want)  # the samples of class `label`, same seed
     assert not torch.equal(got[0], got[3])
+
+
+def test_top_k_flag_defaults_to_the_library_default_and_zero_turns_it_off(capsys):
+    from vq3dlib.cli import build_parser
+    from vq3dlib.models.prior import DEFAULT_TOP_K
+
+    parser = build_parser()
+    sample = ["sample", "--model", "m", "--prior", "p"]
+    assert parser.parse_args(sample).top_k == DEFAULT_TOP_K
+    assert parser.parse_args([*sample, "--top-k", "0"]).top_k is None
+    assert parser.parse_args([*sample, "--top-k", "5"]).top_k == 5
+    assert parser.parse_args(["demo"]).top_k == DEFAULT_TOP_K
+    assert parser.parse_args(["demo", "--top-k", "0"]).top_k is None
+    from vq3dlib.cli import _stage2_demo
+
+    assert _stage2_demo(parser.parse_args(["demo", "--top-k", "4"])).eval.top_k == 4  # reaches the sampling
+    assert _stage2_demo(parser.parse_args(["demo"])).eval.top_k == DEFAULT_TOP_K
+    with pytest.raises(SystemExit):
+        parser.parse_args([*sample, "--top-k", "-1"])
+    assert "--top-k: must be a whole number >= 0" in capsys.readouterr().err
 
 
 def test_eval_with_a_prior_reports_the_stage2_figures(stage1_run, tmp_path, capsys):

@@ -62,7 +62,7 @@ from vq3dlib.io import (
     write_png,
 )
 from vq3dlib.models.pretrained import DEFAULT_PRETRAINED
-from vq3dlib.models.prior import DEFAULT_CFG_SCALE
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE, DEFAULT_TOP_K
 from vq3dlib.models.scene import DEFAULT_ELEVATION, DEFAULT_SWEEP, render_turntable, view_cameras
 
 
@@ -267,7 +267,8 @@ def _stage2_demo(args: argparse.Namespace):
         base = Stage2Demo()
         ev = Stage2EvalConfig(
             **{**vars(base.eval), "samples_per_class": args.samples_per_class, "cfg_scale": args.cfg_scale,
-               "classifier_steps": args.classifier_steps, "eval_size": args.prior_eval_size}
+               "top_k": args.top_k, "classifier_steps": args.classifier_steps,
+               "eval_size": args.prior_eval_size}
         )  # fmt: skip
         return Stage2Demo(
             enabled=not args.no_stage2, prior_steps=args.prior_steps, prior_time_s=args.prior_time_budget,
@@ -511,7 +512,8 @@ def _eval_prior(args: argparse.Namespace, model) -> dict[str, float]:
     with user_input("eval", ValueError):
         cfg = Stage2EvalConfig(
             eval_size=args.prior_eval_size, samples_per_class=args.samples_per_class,
-            cfg_scale=args.cfg_scale, classifier_steps=args.classifier_steps, batch_size=args.batch_size,
+            cfg_scale=args.cfg_scale, top_k=args.top_k, classifier_steps=args.classifier_steps,
+            batch_size=args.batch_size,
         )  # fmt: skip
     train_seed = args.data_seed - 1  # --data-seed is the held-out seed (training seed + 1)
     codes = prior_training_codes(args.prior, model, args.train_size, train_seed)
@@ -569,6 +571,23 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be a whole number >= 1, got {text}")
     return value
+
+
+def _top_k_arg(text: str) -> int | None:
+    """``--top-k``: a whole number >= 1, or 0 for no top-k filtering (``None``)."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0 (0: no filtering), got {text}")
+    return value or None
+
+
+def _add_top_k(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument(
+        "--top-k",
+        type=_top_k_arg,
+        default=DEFAULT_TOP_K,
+        help=f"{what}keep the k most likely codes per token, 0 = all (default: {DEFAULT_TOP_K})",
+    )
 
 
 def _device_arg(text: str) -> str:
@@ -722,6 +741,7 @@ def _add_stage2_eval(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_CFG_SCALE,
         help=f"stage 2: classifier-free guidance scale (default: {DEFAULT_CFG_SCALE:g})",
     )
+    _add_top_k(p, "stage 2: ")
     p.add_argument(
         "--classifier-steps", type=_positive_int, default=300, help="stage 2: classifier steps (default: 300)"
     )
@@ -886,7 +906,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=_positive_int, default=4, help="number of samples (default: 4)")
     p.add_argument("--label", type=int, default=None, help="class label (default: unconditional)")
     p.add_argument("--temperature", type=float, default=1.0, help="sampling temperature (default: 1)")
-    p.add_argument("--top-k", type=int, default=None, help="top-k filtering")
+    _add_top_k(p, "")
     p.add_argument("--top-p", type=float, default=None, help="nucleus filtering")
     p.add_argument(
         "--cfg-scale",

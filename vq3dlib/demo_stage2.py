@@ -22,7 +22,7 @@ from typing import Any
 import torch
 
 from vq3dlib.io import write_gif
-from vq3dlib.models.prior import DEFAULT_CFG_SCALE
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE, DEFAULT_TOP_K
 from vq3dlib.models.scene import render_turntable
 from vq3dlib.train.evaluate_stage2 import Stage2EvalConfig, evaluate_stage2_procedural
 
@@ -67,6 +67,7 @@ def write_samples_gif(
     frames: int = 12,
     cfg_scale: float = DEFAULT_CFG_SCALE,
     seed: int = 0,
+    top_k: int | None = DEFAULT_TOP_K,
 ) -> Path:
     """Samples ``per_class`` scenes of each of the first ``classes`` classes and writes their turntables
     (frames ``[F, 3, classes * r, per_class * r]``: a row per class) to the GIF ``path``.
@@ -83,7 +84,7 @@ def write_samples_gif(
     labels = torch.arange(classes).repeat_interleave(per_class).to(prior.pos_embed.device)
     gen = torch.Generator(device=prior.pos_embed.device).manual_seed(seed)
     codes = prior.sample(
-        len(labels), labels if prior.num_classes else None, cfg_scale=cfg_scale, generator=gen
+        len(labels), labels if prior.num_classes else None, cfg_scale=cfg_scale, top_k=top_k, generator=gen
     )
     scene = model.decode_indices(codes.to(next(model.parameters()).device))
     turns = [render_turntable(scene, frames, index=i)["rgb"] for i in range(len(scene))]
@@ -127,7 +128,7 @@ def run_stage2_demo(stage1_out: str | os.PathLike, stage1_config: Any, out: str 
     train_codes = load_file(str(result["codes_path"]))["indices"]
     report = evaluate_stage2_procedural(model, prior, train_codes, c1.train_size, c1.data_seed, s.eval)
     write_samples_gif(model, prior, out / "samples.gif", s.gif_classes, s.gif_samples, s.gif_frames,
-                      s.eval.cfg_scale, s.eval.seed)  # fmt: skip
+                      s.eval.cfg_scale, s.eval.seed, s.eval.top_k)  # fmt: skip
     return {
         "metrics": report["metrics"],
         "prior_steps": result["step"],

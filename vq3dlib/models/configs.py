@@ -353,7 +353,8 @@ def _tiny() -> VQ3DConfig:
     # narrow ViTs (width 96, one decoder block), planes lifted through the input camera (half of the
     # side planes' channels at 32 depth bins per pixel), a 16 px render with 24 stratified samples
     # + an opaque background (no grid per scene, no holes) refined to 32 px by the super-resolution
-    # head from 8 rendered features, an L2 on the render itself, a strong pointwise depth loss
+    # head from 8 rendered features, an L2 on the render itself at twice the weight of the output
+    # image's (the field's own render carries the novel views), a strong pointwise depth loss
     # against the depth's robust range (no metric scale used) and the lifting's depth bins trained
     # against that range too; the
     # adversarial terms are off (no gain at equal steps, 1.6-2x slower steps, so fewer steps in the
@@ -387,7 +388,7 @@ def _tiny() -> VQ3DConfig:
         adversarial_start_step=400,
         disc_channels=32,
         disc_max_channels=128,
-        render_l2_weight=0.5,
+        render_l2_weight=2.0,
         depth_weight=3.0,
         depth_align="range",
         depth_range=(1.5, 20.0),
@@ -427,7 +428,7 @@ def _imagenet256() -> VQ3DConfig:
         march_step_size=0.01,
         occupancy_resolution=64,
         super_resolution=True,
-        render_l2_weight=0.5,
+        render_l2_weight=2.0,
         novel_views=1,
         num_classes=1000,
         prior_width=1024,

@@ -212,6 +212,11 @@ def sample_logits(
 #: prior, scale 6 lifts the class accuracy of samples from 0.49 to 0.81 (docs/training.md)
 DEFAULT_CFG_SCALE = 6.0
 
+#: top-k filtering of the command line's and the demo's samples (``None``: every code): with the
+#: demo's prior, keeping the 16 most likely codes per token lifts the class accuracy of samples from
+#: 0.81 to 0.86 on average over three judges and lowers their FID (docs/training.md)
+DEFAULT_TOP_K = 16
+
 
 class CodePrior(nn.Module):
     """Class-conditional autoregressive transformer over ``seq_len`` code indices.

@@ -48,7 +48,7 @@ from torch import Tensor, nn
 from vq3dlib._validation import check_positive, check_tensor
 from vq3dlib.classifier import SceneClassifier, classifier_accuracy, train_classifier
 from vq3dlib.metrics import FIDFeatures
-from vq3dlib.models.prior import DEFAULT_CFG_SCALE
+from vq3dlib.models.prior import DEFAULT_CFG_SCALE, DEFAULT_TOP_K
 
 #: the goals of issue 14 for the figures of :func:`evaluate_stage2`
 GOALS = {"class_accuracy": 0.80, "fid_ratio": 1.5, "copy_fraction": 0.01}
@@ -182,7 +182,7 @@ class Stage2EvalConfig:
     eval_size: int = 96
     samples_per_class: int = 16
     temperature: float = 1.0
-    top_k: int | None = None
+    top_k: int | None = DEFAULT_TOP_K
     top_p: float | None = None
     cfg_scale: float = DEFAULT_CFG_SCALE
     classifier_steps: int = 300
