@@ -348,9 +348,10 @@ DDP_WORKER = textwrap.dedent(
 )
 
 
-def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
+def _run_two_ranks(worker: str, tmp_path: Path) -> tuple[dict, dict]:
+    """Runs ``worker`` under ``torchrun`` with two CPU processes; returns what each rank saved."""
     script = tmp_path / "worker.py"
-    script.write_text(DDP_WORKER)
+    script.write_text(worker)
     env = dict(os.environ)
     env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
     env.update(OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="", TEST_DIR=str(ROOT / "tests"))
@@ -361,6 +362,11 @@ def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    return r0, r1
+
+
+def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
+    r0, r1 = _run_two_ranks(DDP_WORKER, tmp_path)
     # the ranks trained on different images (different losses) ...
     assert r0["losses"]["loss/l2"] != r1["losses"]["loss/l2"]
     # ... yet generator AND discriminator weights and the quantizer's EMA statistics are identical
@@ -369,6 +375,38 @@ def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
     changed = _states_equal(init, r0["state"])
     assert any(k.startswith("encoder.") for k in changed) and any(k.startswith("loss.disc_") for k in changed)
     assert (tmp_path / "checkpoints" / "step_000000001.safetensors").is_file()
+
+
+DDP_BUDGET_WORKER = textwrap.dedent(
+    """
+    import itertools, os, sys, time, torch
+    sys.path.insert(0, os.environ["TEST_DIR"])
+    from test_train_stage1 import MICRO
+    import vq3dlib.train.run as run_module
+    from vq3dlib.train.stage1 import Stage1Config, train_stage1
+
+    torch.set_num_threads(1)
+    out = sys.argv[1]
+    rank = int(os.environ["RANK"])
+    if rank == 0:  # rank 0's clock races (one second per reading): its budget runs out after a few steps
+        ticks = itertools.count()
+        run_module.time = type("FastClock", (), {"perf_counter": staticmethod(lambda: float(next(ticks)))})
+    cfg = Stage1Config(model_overrides=MICRO, steps=40, batch_size=2, train_size=8, eval_size=0,
+                       out_dir=out, progress=False, device="cpu", warmup_steps=0, time_budget_s=6.0,
+                       schedule_by_time=True, ckpt_every=0)
+    result = train_stage1(cfg)
+    torch.save({"state": result["model"].state_dict(), "step": result["step"]}, f"{out}/rank{rank}.pt")
+    """
+)
+
+
+def test_ddp_time_budget_stops_every_rank_after_the_same_step_with_the_same_schedule(tmp_path):
+    """One rank's budget runs out long before the other's: both must stop after the same step (no rank
+    left waiting in a collective) with identical weights (the time-following LR agreed)."""
+    r0, r1 = _run_two_ranks(DDP_BUDGET_WORKER, tmp_path)
+    assert r0["step"] == r1["step"]
+    assert 1 <= r0["step"] < 40  # the budget (of the racing clock) ended the run
+    assert not _states_equal(r0["state"], r1["state"])
 
 
 def test_trainer_steps_are_separate_methods(tmp_path):

@@ -174,6 +174,24 @@ def all_reduce_mean(tensor: torch.Tensor) -> torch.Tensor:
     return out
 
 
+def max_over_ranks(value: float, device: torch.device | str = "cpu") -> float:
+    """The largest of each process's ``value`` (one all-reduce; the value itself in one process).
+
+    Every rank gets the same number, so decisions taken from it (stop at the time budget, the
+    learning rate that follows the time spent) agree across processes. ``device``: where the
+    all-reduce runs (the run's device: a CUDA device under NCCL).
+
+    Example:
+        >>> max_over_ranks(2.5)
+        2.5
+    """
+    if not (is_distributed() and world_size() > 1):
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64, device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return float(t.item())
+
+
 def cleanup() -> None:
     """Destroys the process group if one exists (call at the end of a run).
 

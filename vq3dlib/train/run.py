@@ -41,7 +41,7 @@ from vq3dlib.train.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
-from vq3dlib.train.distributed import cleanup, init_distributed, seed_everything
+from vq3dlib.train.distributed import cleanup, init_distributed, max_over_ranks, seed_everything
 from vq3dlib.train.ema import ModelEMA
 from vq3dlib.train.logger import TrainLogger
 from vq3dlib.train.loop import AMP_MODES, autocast, resolve_device, warmup_cosine
@@ -197,6 +197,7 @@ class TrainingRun:
         self._states: dict[str, Any] = {}
         self._bar = None
         self._t0 = 0.0
+        self._agreed_seconds = 0.0  # loop seconds at the start of the step, the largest over the ranks
 
     # ------------------------------------------------------------------------------------ setup
     def seed(self, per_rank: bool) -> None:
@@ -218,8 +219,9 @@ class TrainingRun:
         if not (cfg.time_budget_s and cfg.schedule_by_time):
             return opt, torch.optim.lr_scheduler.LambdaLR(opt, by_steps)
 
-        def schedule(step: int) -> float:
-            spent = int(self.elapsed() / cfg.time_budget_s * cfg.steps)
+        def schedule(step: int) -> float:  # under DDP, the clock every rank agreed on at this step
+            seconds = self._agreed_seconds if self.world_size > 1 else self.elapsed()
+            spent = int(seconds / cfg.time_budget_s * cfg.steps)
             return by_steps(max(step, spent) if step >= cfg.warmup_steps else step)
 
         return opt, torch.optim.lr_scheduler.LambdaLR(opt, schedule)
@@ -290,7 +292,9 @@ class TrainingRun:
         """Yields the index of each step to train, from :attr:`step` on; advances :attr:`step` after it.
 
         Ends at ``config.steps``, at ``config.stop_at_step`` and when ``config.time_budget_s`` has run
-        out (checked before each step); then :attr:`train_seconds` holds the loop's wall time.
+        out (checked before each step); then :attr:`train_seconds` holds the loop's wall time. Under
+        DDP the time budget is checked on the slowest rank's clock (one all-reduce per step), so every
+        rank stops after the same step and follows the same learning-rate schedule.
         """
         from tqdm.auto import tqdm
 
@@ -306,8 +310,10 @@ class TrainingRun:
         t0 = self._t0 = time.perf_counter()
         try:
             while self.step < cfg.steps:
-                if cfg.time_budget_s and time.perf_counter() - t0 > cfg.time_budget_s:
-                    break
+                if cfg.time_budget_s:
+                    self._agreed_seconds = max_over_ranks(time.perf_counter() - t0, self.device)
+                    if self._agreed_seconds > cfg.time_budget_s:
+                        break
                 if cfg.stop_at_step and self.step >= cfg.stop_at_step:
                     break
                 yield self.step
