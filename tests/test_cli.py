@@ -247,7 +247,7 @@ def test_sample_passes_the_label_to_the_prior(stage1_run, tmp_path):
 
 
 def test_top_k_flag_defaults_to_the_library_default_and_zero_turns_it_off(capsys):
-    from vq3dlib.cli import build_parser
+    from vq3dlib.cli import _stage2_demo, build_parser
     from vq3dlib.models.prior import DEFAULT_TOP_K
 
     parser = build_parser()
@@ -257,8 +257,6 @@ def test_top_k_flag_defaults_to_the_library_default_and_zero_turns_it_off(capsys
     assert parser.parse_args([*sample, "--top-k", "5"]).top_k == 5
     assert parser.parse_args(["demo"]).top_k == DEFAULT_TOP_K
     assert parser.parse_args(["demo", "--top-k", "0"]).top_k is None
-    from vq3dlib.cli import _stage2_demo
-
     assert _stage2_demo(parser.parse_args(["demo", "--top-k", "4"])).eval.top_k == 4  # reaches the sampling
     assert _stage2_demo(parser.parse_args(["demo"])).eval.top_k == DEFAULT_TOP_K
     with pytest.raises(SystemExit):

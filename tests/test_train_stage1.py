@@ -379,7 +379,7 @@ def test_ddp_two_cpu_processes_one_step_identical_weights(tmp_path):
 
 DDP_BUDGET_WORKER = textwrap.dedent(
     """
-    import itertools, os, sys, time, torch
+    import itertools, os, sys, torch
     sys.path.insert(0, os.environ["TEST_DIR"])
     from test_train_stage1 import MICRO
     import vq3dlib.train.run as run_module
