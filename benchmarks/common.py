@@ -25,6 +25,10 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:  # run from a checkout without installing
     sys.path.insert(0, str(REPO))
 
+from vq3dlib.cpu_allocator import tune_cpu_allocator  # noqa: E402
+
+tune_cpu_allocator()  # as the CLI and the trainers do: every method runs with the same allocator
+
 
 def device_name(device: torch.device | str) -> str:
     """A readable name of the device, e.g. ``"NVIDIA H100 80GB HBM3"`` or ``"CPU: ... (2 threads)"``."""

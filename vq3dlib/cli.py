@@ -48,6 +48,7 @@ from typing import Any
 import torch
 
 from vq3dlib.cameras import Cameras
+from vq3dlib.cpu_allocator import tune_cpu_allocator
 from vq3dlib.io import (
     CROP_MODES,
     SCENE_FILE,
@@ -991,6 +992,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    tune_cpu_allocator()
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

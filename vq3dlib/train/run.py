@@ -4,9 +4,10 @@
   EMA, intervals, output folder, seed, device, time budget, resume, progress) and their checks;
   :class:`~vq3dlib.train.stage1.Stage1Config` and :class:`~vq3dlib.train.stage2.Stage2Config` extend it.
 * :class:`TrainingRun` — the machinery of one run around a stage's own steps: the device and DDP
-  under ``torchrun``, seeding, AdamW with warmup + cosine, the gradient scaler, EMA, checkpoints and
-  resume, the output folder (``train_config.json``) and logger, the progress bar, the step loop with
-  its time budget and ``stop_at_step``, and the cleanup.
+  under ``torchrun`` (on CPU it tunes the C allocator, :mod:`vq3dlib.cpu_allocator`), seeding,
+  AdamW with warmup + cosine, the gradient scaler, EMA, checkpoints and resume, the output folder
+  (``train_config.json``) and logger, the progress bar, the step loop with its time budget
+  and ``stop_at_step``, and the cleanup.
 
 A stage's trainer builds its model between :meth:`TrainingRun.seed` calls, hands the objects to
 checkpoint to :meth:`TrainingRun.resume`, wraps the model with :meth:`TrainingRun.ddp`, then trains
@@ -34,6 +35,7 @@ import torch
 from torch import nn
 
 from vq3dlib._validation import check_choice, check_positive
+from vq3dlib.cpu_allocator import tune_cpu_allocator
 from vq3dlib.train.checkpoint import (
     Checkpoint,
     checkpoint_path,
@@ -188,6 +190,8 @@ class TrainingRun:
         device = resolve_device(config.device)
         info = init_distributed(device="cuda" if device.type == "cuda" else "cpu")
         self.device = info.device if info.world_size > 1 else device
+        if self.device.type == "cpu":
+            tune_cpu_allocator()  # reuse freed step buffers instead of page-faulting them in again
         self.rank, self.world_size, self.is_main = info.rank, info.world_size, info.is_main
         self.out_dir = Path(config.out_dir)
         self.ckpt_dir = self.out_dir / "checkpoints"
