@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vq3dlib._validation import check_positive, check_tensor
+from vq3dlib.train.loop import adamw
 
 
 def _block(c_in: int, c_out: int) -> nn.Sequential:
@@ -240,7 +241,7 @@ def train_classifier(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = SceneClassifier(k).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=weight_decay)
+    opt = adamw(model.parameters(), lr=lr, weight_decay=weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s / steps, 1.0)))
     )

@@ -231,9 +231,10 @@ class TriplaneDecoder(nn.Module):
         if self.lifting is not None:
             lifted = self.lift_head(features)
             image = rearrange(lifted, "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
-            planes = planes + self.lifting(image)
+            lifted, bins = self.lifting(image, with_logits=True)
+            planes = planes + lifted
             if self.lifting.depth_bins:
-                logits = image[:, 3 * self.plane_channels :]
+                logits = bins
         planes = self.refine(planes)
         return (planes, logits) if with_depth_logits else planes
 

@@ -222,18 +222,21 @@ class PlaneLifting(nn.Module):
         """Channels of the feature map it lifts: ``3 C + D``."""
         return 3 * self.channels + self.depth_bins
 
-    def forward(self, features: Tensor) -> Tensor:
+    def forward(self, features: Tensor, with_logits: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """``features [B, 3C + D, h, w]`` → planes ``[B, 3, C, R, R]``; with ``with_logits`` also the
+        depth-bin logits ``[B, D, h, w]`` (the last ``D`` channels of ``features``)."""
         check_tensor("features", features, shape=(None, self.in_channels, None, None), floating=True)
         b, c, d = features.shape[0], self.channels, self.depth_bins
         h, w = features.shape[-2:]
-        xy, xz, yz = features[:, : 3 * c].split(c, dim=1)
         m = c - self.depth_channels if d else c  # channels that keep the plain column/row means
-        columns = xz[:, :m].mean(dim=2, keepdim=True)  # [B, m, 1, w]
-        rows = yz[:, :m].mean(dim=3, keepdim=True).transpose(2, 3)  # [B, m, 1, h]
+        # one split (its backward is one concatenation; a slice's backward zero-fills the whole input)
+        xy, xz, xz_deep, yz, yz_deep, bins = features.split([c, m, c - m, m, c - m, d], dim=1)
+        columns = xz.mean(dim=2, keepdim=True)  # [B, m, 1, w]
+        rows = yz.mean(dim=3, keepdim=True).transpose(2, 3)  # [B, m, 1, h]
         if d:  # depth-weighted column [B, c - m, D, w] and row [B, c - m, D, h] sums of the others
-            p = features[:, 3 * c :].softmax(dim=1)
-            deep_columns = torch.einsum("bchw,bdhw->bcdw", xz[:, m:], p) * (d / h)
-            deep_rows = torch.einsum("bchw,bdhw->bcdh", yz[:, m:], p) * (d / w)
+            p = bins.softmax(dim=1)
+            deep_columns = torch.einsum("bchw,bdhw->bcdw", xz_deep, p) * (d / h)
+            deep_rows = torch.einsum("bchw,bdhw->bcdh", yz_deep, p) * (d / w)
             # the plain means are constant along the bins axis
             columns = torch.cat([columns.expand(-1, -1, d, -1), deep_columns], dim=1)
             rows = torch.cat([rows.expand(-1, -1, d, -1), deep_rows], dim=1)
@@ -250,7 +253,8 @@ class PlaneLifting(nn.Module):
             sample(columns, grids[1]) * fade[1],
             sample(rows, grids[2]) * fade[2],
         ]
-        return torch.stack(planes, dim=1)
+        lifted = torch.stack(planes, dim=1)
+        return (lifted, bins) if with_logits else lifted
 
 
 __all__ = [

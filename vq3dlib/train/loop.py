@@ -8,6 +8,7 @@
 * :class:`MemoryDataset` — materialises a (small) dataset once, e.g. procedural scenes rendered on the fly.
 * :func:`resolve_device` — ``"auto"``/``"cpu"``/``"cuda"`` to a ``torch.device``.
 * :func:`clip_gradients`, :func:`all_finite` — the gradient clipping and NaN/Inf test of a step.
+* :func:`adamw` — AdamW, fused into one kernel per step where torch has it for the parameters.
 
 :mod:`vq3dlib.train.run` assembles these into the run scaffold of both stages.
 
@@ -307,6 +308,35 @@ def resolve_device(device: str) -> torch.device:
     return dev
 
 
+def adamw(
+    params: Iterable[torch.nn.Parameter],
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.01,
+) -> torch.optim.AdamW:
+    """``torch.optim.AdamW`` with ``fused=True`` when every parameter is a float tensor on one CPU or
+    CUDA device (else torch's default implementation).
+
+    On CPU torch's default is a loop over the parameter tensors: for the ``tiny`` VQ3D model (62
+    tensors, 0.57M values) a step takes 3.4-5 ms on two threads against 0.6-0.9 ms fused
+    (docs/training.md, "The training step"). Fused and default steps agree to rounding.
+
+    Example:
+        >>> p = torch.nn.Parameter(torch.ones(3)); p.grad = torch.ones(3)
+        >>> opt = adamw([p], lr=0.1, weight_decay=0.0); opt.step()
+        >>> opt.defaults["fused"], [round(v, 4) for v in p.tolist()]
+        (True, [0.9, 0.9, 0.9])
+    """
+    params = list(params)
+    devices = {p.device for p in params}
+    fused = (
+        len(devices) == 1
+        and next(iter(devices)).type in ("cpu", "cuda")
+        and all(p.dtype in (torch.float16, torch.bfloat16, torch.float32, torch.float64) for p in params)
+    )
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=fused or None)
+
+
 def clip_gradients(params: Iterable[torch.nn.Parameter], max_norm: float) -> Tensor:
     """Clips the gradients of ``params`` to the total norm ``max_norm`` (0: no clipping); returns the norm.
 
@@ -346,6 +376,7 @@ def all_finite(*values: Tensor) -> Tensor:
 __all__ = [
     "AMP_MODES",
     "MemoryDataset",
+    "adamw",
     "all_finite",
     "apply_overrides",
     "autocast",

@@ -46,7 +46,7 @@ from vq3dlib.train.checkpoint import (
 from vq3dlib.train.distributed import cleanup, init_distributed, max_over_ranks, seed_everything
 from vq3dlib.train.ema import ModelEMA
 from vq3dlib.train.logger import TrainLogger
-from vq3dlib.train.loop import AMP_MODES, autocast, resolve_device, warmup_cosine
+from vq3dlib.train.loop import AMP_MODES, adamw, autocast, resolve_device, warmup_cosine
 
 CONFIG_FILE = "train_config.json"
 
@@ -218,7 +218,7 @@ class TrainingRun:
         ``min_lr_ratio``; with ``time_budget_s`` and ``schedule_by_time`` the decay also follows the
         fraction of the time budget spent)."""
         cfg = self.config
-        opt = torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay)
+        opt = adamw(params, lr=lr, betas=betas, weight_decay=weight_decay)
         by_steps = warmup_cosine(cfg.warmup_steps, cfg.steps, cfg.min_lr_ratio)
         if not (cfg.time_budget_s and cfg.schedule_by_time):
             return opt, torch.optim.lr_scheduler.LambdaLR(opt, by_steps)
