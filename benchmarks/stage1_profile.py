@@ -29,7 +29,7 @@ from vq3dlib.data import ProceduralScenes
 from vq3dlib.models import VQ3DModel, get_config
 from vq3dlib.render.stratified import stratified_intervals
 from vq3dlib.render.volrend import render_weight_from_density
-from vq3dlib.train.loop import apply_overrides
+from vq3dlib.train.loop import adamw, apply_overrides
 from vq3dlib.train.stage1 import depth_target
 
 
@@ -68,7 +68,7 @@ def profile(
     items = [data[i] for i in range(batch_size)]
     images = torch.stack([it["image"] for it in items])
     depth = depth_target({"depth": torch.stack([it["depth"] for it in items])})
-    opt = torch.optim.AdamW(model.generator_parameters(), lr=1e-4)
+    opt = adamw(model.generator_parameters(), lr=1e-4)  # as the trainers build it (fused)
 
     def step() -> None:
         out = model(images, depth=depth, step=10**6)

@@ -104,6 +104,17 @@ def test_uniform_depth_bins_give_the_plain_lifting(depth_channels):
     torch.testing.assert_close(deep(uniform), plain(feats))
 
 
+def test_with_logits_returns_the_depth_bins_and_gradients_reach_every_channel():
+    lift = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=4,
+                        depth_channels=1)
+    feats = torch.randn(2, 10, 8, 8, requires_grad=True)
+    planes, bins = lift(feats, with_logits=True)
+    torch.testing.assert_close(planes, lift(feats))
+    assert torch.equal(bins, feats[:, 6:])
+    (planes.square().sum() + bins.sum()).backward()
+    assert feats.grad.abs().amax(dim=(0, 2, 3)).gt(0).all()  # xy, both side planes' parts, the bins
+
+
 def test_only_the_last_depth_channels_follow_the_depth_bins():
     lift = PlaneLifting(8, camera_distance=2.7, fov_degrees=40.0, channels=2, depth_bins=4,
                         depth_channels=1)

@@ -234,6 +234,27 @@ def test_field_features_are_rendered_and_feed_the_super_resolution_head():
         fast_vq3d(field_out_features=4, super_resolution=False)
 
 
+def test_super_resolution_head_matches_its_plain_layout_computation():
+    from vq3dlib.models.vq3d import SuperResolution
+
+    torch.manual_seed(0)
+    sr = SuperResolution(16, hidden=8, features=4)
+    for p in sr.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    rgb = torch.rand(2, 3, 8, 8, requires_grad=True)
+    feats = torch.rand(2, 4, 8, 8, requires_grad=True)
+    out = sr(rgb, feats)
+    assert out.shape == (2, 3, 16, 16) and out.is_contiguous()  # the usual layout for its users
+    up = torch.nn.functional.interpolate(rgb, size=(16, 16), mode="bilinear", align_corners=False)
+    upf = torch.nn.functional.interpolate(feats, size=(16, 16), mode="bilinear", align_corners=False)
+    ref = up + sr.net(torch.cat([up, upf], 1).contiguous())  # the same convolutions, NCHW
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    g_out = torch.autograd.grad(out.square().sum(), [rgb, feats])
+    g_ref = torch.autograd.grad(ref.square().sum(), [rgb, feats])
+    for a, b in zip(g_out, g_ref):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
 # ----------------------------------------------------------------------------- paper-scale config
 
 

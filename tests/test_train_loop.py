@@ -10,6 +10,7 @@ import torch
 from vq3dlib.data import ProceduralScenes
 from vq3dlib.train.loop import (
     MemoryDataset,
+    adamw,
     all_finite,
     apply_overrides,
     autocast,
@@ -118,3 +119,31 @@ def test_all_finite_and_devices():
     assert resolve_device("cpu").type == "cpu" and resolve_device("auto").type in ("cpu", "cuda")
     with pytest.raises((ValueError, RuntimeError)):
         resolve_device("tpu")
+
+
+def test_adamw_is_fused_on_cpu_and_steps_like_the_default():
+    torch.manual_seed(0)
+    shapes = [(5, 3), (3,), (2, 2, 2)]
+    fused = [torch.nn.Parameter(torch.randn(*s)) for s in shapes]
+    plain = [torch.nn.Parameter(p.detach().clone()) for p in fused]
+    opt_f = adamw(fused, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05)
+    opt_p = torch.optim.AdamW(plain, lr=1e-2, betas=(0.9, 0.99), weight_decay=0.05)
+    assert opt_f.defaults["fused"] is True and not opt_p.defaults["fused"]
+    for _ in range(5):
+        for a, b in zip(fused, plain):
+            g = torch.randn_like(a)
+            a.grad, b.grad = g.clone(), g.clone()
+        opt_f.step()
+        opt_p.step()
+    for a, b in zip(fused, plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+        assert not torch.equal(a, torch.zeros_like(a))
+    # optimizer states load across the two implementations (checkpoints of either kind resume)
+    opt_p.load_state_dict(opt_f.state_dict())
+
+
+def test_adamw_falls_back_where_torch_has_no_fused_kernel():
+    meta = [torch.nn.Parameter(torch.empty(3, device="meta"))]
+    assert not adamw(meta, lr=1e-3).defaults["fused"]
+    ints = [torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
+    assert not adamw(ints, lr=1e-3).defaults["fused"]

@@ -4,8 +4,8 @@ PyTorch allocates CPU tensors with the C library's ``malloc``. With glibc's defa
 than a few MiB is mapped fresh from the OS on allocation and unmapped on free, and the top of the
 heap is trimmed whenever a little is free there. A training step or a rendered frame allocates and
 frees the same large buffers every time, so each step pays for the kernel zeroing those pages again:
-in the demo's training step (``vq3d demo``, batch 8) that is ~7,000 page faults per step and a fifth
-of its time spent in the kernel (docs/benchmarks.md, "CPU allocator").
+in the demo's training (``vq3d demo``, batch 8) that is ~8,000 page faults per step and 5-6 s of
+kernel time per 300 steps (docs/benchmarks.md, "CPU allocator").
 
 :func:`tune_cpu_allocator` raises glibc's mmap threshold to its maximum (32 MiB) and its trim
 threshold to 1 GiB (``mallopt``), so freed buffers are reused from the heap. The process's resident
