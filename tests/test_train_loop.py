@@ -145,5 +145,5 @@ def test_adamw_is_fused_on_cpu_and_steps_like_the_default():
 def test_adamw_falls_back_where_torch_has_no_fused_kernel():
     meta = [torch.nn.Parameter(torch.empty(3, device="meta"))]
     assert not adamw(meta, lr=1e-3).defaults["fused"]
-    ints = [torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
-    assert not adamw(ints, lr=1e-3).defaults["fused"]
+    complex_params = [torch.nn.Parameter(torch.zeros(3, dtype=torch.complex64))]
+    assert not adamw(complex_params, lr=1e-3).defaults["fused"]

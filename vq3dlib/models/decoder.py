@@ -229,8 +229,8 @@ class TriplaneDecoder(nn.Module):
         planes = rearrange(x, "b (h w) (k c p q) -> b k c (h p) (w q)", h=g, w=g, k=3, p=p, q=p)
         logits = None
         if self.lifting is not None:
-            lifted = self.lift_head(features)
-            image = rearrange(lifted, "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
+            patches = self.lift_head(features)
+            image = rearrange(patches, "b (h w) (c p q) -> b c (h p) (w q)", h=g, w=g, p=p, q=p)
             lifted, bins = self.lifting(image, with_logits=True)
             planes = planes + lifted
             if self.lifting.depth_bins:
