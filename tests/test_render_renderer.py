@@ -312,3 +312,47 @@ def test_bad_field_values_and_backgrounds_are_named():
     bg = torch.rand(4, 3)
     out = r(good, (o, d), background=bg)
     torch.testing.assert_close(out.rgb, bg)
+
+
+def _layered_field(x, d, s):
+    """Two scenes of shells at |x|_inf = 0.3 and 1.5 (scene 1 denser), and a faint fog between."""
+    m = x.abs().amax(-1)
+    shell = ((m - 0.3).abs() < 0.05) | ((m - 1.5).abs() < 0.2)
+    sigma = torch.where(shell, 40.0 * (1 + s.to(x.dtype)), torch.full_like(m, 0.05))
+    return sigma, torch.stack([m, s.to(x.dtype).expand_as(m), torch.ones_like(m)], -1)
+
+
+@pytest.mark.parametrize("max_samples, jitter", [(1024, False), (1024, True), (45, False)])
+def test_marching_in_rounds_until_opaque_keeps_the_samples_of_one_full_march(
+    monkeypatch, max_samples, jitter
+):
+    import vq3dlib.render.renderer as renderer_module
+
+    grid = OccupancyGrid(None, 16, contraction="linf", n_scenes=2)
+    grid.binaries[1, :, 4:12, 4:12, 4:12] = False  # scene 1 hollow in the middle
+    g = torch.Generator().manual_seed(0)
+    o = torch.randn(300, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, -4.0])
+    d = torch.nn.functional.normalize(
+        torch.tensor([0.0, 0.0, 1.0]) + 0.4 * torch.randn(300, 3, generator=g), dim=-1
+    )
+    scene = torch.arange(300) % 2
+    renderer = Renderer(grid, step_size=0.02, max_samples=max_samples, early_stop_eps=1e-3, alpha_thre=1e-4)
+    evaluated = []
+
+    def counted(x, dd, s):
+        evaluated.append(len(x))
+        return _layered_field(x, dd, s)
+
+    def render(first_round):
+        monkeypatch.setattr(renderer_module, "FIRST_ROUND_SAMPLES", first_round)
+        evaluated.clear()
+        torch.manual_seed(1)
+        out = renderer(counted, (o, d), scene_index=scene, jitter=jitter)
+        return out, sum(evaluated[:-1])  # pre-pass samples (the last call is the final field)
+
+    one, prepass_one = render(max_samples)  # a single round: every ray marched to its end
+    rounds, prepass_rounds = render(4)
+    for name in ("ray_indices", "t_starts", "t_ends", "weights", "rgb", "depth", "opacity"):
+        assert torch.equal(getattr(rounds, name), getattr(one, name)), name
+    assert (one.opacity > 0.99).float().mean() > 0.5  # most rays do end opaque
+    assert prepass_rounds < 0.8 * prepass_one  # and are not evaluated behind their surface

@@ -9,10 +9,13 @@ The field is any callable ``field(positions [S, 3], directions [S, 3], scene_ind
 rgb [S, 3])`` (post-activation density ≥ 0, colour in any range); when it also has a
 ``density(positions, scene_index)`` method, the early-stop pre-pass uses that instead of the full call.
 
-Early stop on transmittance (two passes, like nerfacc's ``OccGridEstimator.sampling``): after marching,
-densities are evaluated without grad, transmittance computed, and samples where it has fallen below
+Early stop on transmittance (like nerfacc's ``OccGridEstimator.sampling``): densities are evaluated
+without grad at the marched samples, transmittance computed, and samples where it has fallen below
 ``early_stop_eps`` (or whose alpha is below ``alpha_thre``) are dropped before the differentiable
-evaluation. ``early_stop_eps=0`` and ``alpha_thre=0`` turn the pre-pass off.
+evaluation. With ``spacing="contracted"`` the rays are marched in rounds (32 samples, then twice as
+many per round) and only the rays that are not yet opaque march on, so nothing is marched or
+evaluated far behind a surface; the samples kept are exactly those of one march to the end.
+``early_stop_eps=0`` and ``alpha_thre=0`` turn the pre-pass off.
 
 Example:
     >>> import torch
@@ -207,6 +210,44 @@ def _flatten_rays(rays: object, scene_index: Tensor | None):
         check_tensor("z_scale", z_scale, shape=lead, floating=True)
         z_scale = z_scale.reshape(-1)
     return origins.reshape(-1, 3), directions.reshape(-1, 3), scene_index, z_scale, lead
+
+
+#: samples per ray of the first round of :meth:`Renderer._march_until_opaque` (each later round doubles)
+FIRST_ROUND_SAMPLES = 32
+
+
+def _density(field: Field, o: Tensor, d: Tensor, ri: Tensor, ts: Tensor, te: Tensor, scene: Tensor) -> Tensor:
+    """``[S]`` density at the midpoints of packed samples (the field's ``density`` method if it has one)."""
+    pos = o[ri] + ((ts + te) * 0.5)[:, None] * d[ri]
+    if hasattr(field, "density"):
+        sig = field.density(pos, scene)
+        return sig[:, 0] if sig.dim() == 2 else sig
+    return _split_field_output(field(pos, d[ri], scene), ri.shape[0])[0]
+
+
+def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor], n_rays: int) -> tuple[Tensor, ...]:
+    """Interleaves the packed tensors of successive marching rounds into one packing, ray by ray.
+
+    ``rounds[r]`` holds packed per-sample tensors (ray indices first, sorted) of round ``r`` and
+    ``counts[r] [n_rays]`` its samples per ray; a ray's samples of round ``r`` follow its samples of
+    the rounds before.
+    """
+    if len(rounds) == 1:
+        return rounds[0]
+    total = torch.stack(counts).sum(0)
+    ray_start = torch.cumsum(total, 0) - total  # where each ray's samples begin in the merged packing
+    before = torch.zeros_like(total)  # samples of each ray in the rounds already placed
+    size = int(total.sum())
+    merged = [torch.empty(size, dtype=t.dtype, device=t.device) for t in rounds[0]]
+    for part, count in zip(rounds, counts, strict=True):
+        ri = part[0]
+        start_in_round = torch.cumsum(count, 0) - count
+        rank = torch.arange(ri.numel(), device=ri.device) - start_in_round[ri]
+        dest = ray_start[ri] + before[ri] + rank
+        for out, values in zip(merged, part, strict=True):
+            out[dest] = values
+        before += count
+    return tuple(merged)
 
 
 def _split_field_output(out: object, count: int) -> tuple[Tensor, Tensor]:
@@ -452,38 +493,22 @@ class Renderer(nn.Module):
             return self._render_stratified(field, o, d, sidx, jitter, start)
         n = o.shape[0]
         with torch.no_grad():
-            samples = ray_march(
-                o.detach(),
-                d.detach(),
-                grid,
-                scene_index=sidx if grid is not None and grid.n_scenes > 1 else None,
-                near=self.near,
-                far=self.far,
-                step_size=self.step_size,
-                max_samples=self.max_samples,
-                spacing=self.spacing,
-                aabb=self.aabb if grid is None else None,
-                jitter=jitter,
-            )
-        ri, ts, te = samples
-        field_scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
-        if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
-            with torch.no_grad():
-                pos = o[ri] + ((ts + te) * 0.5)[:, None] * d[ri]
-                if hasattr(field, "density"):
-                    sig = field.density(pos, field_scene)
-                    sig = sig[:, 0] if sig.dim() == 2 else sig
-                else:
-                    sig, _ = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
-                keep = render_visibility_from_density(
-                    ts,
-                    te,
-                    sig,
-                    packed_info=pack_info(ri, n),
-                    early_stop_eps=self.early_stop_eps,
-                    alpha_thre=self.alpha_thre,
-                )
-                ri, ts, te, field_scene = ri[keep], ts[keep], te[keep], field_scene[keep]
+            if self.early_stop_eps > 0 and self.spacing == "contracted":
+                ri, ts, te, field_scene = self._march_until_opaque(field, o, d, sidx, grid, jitter)
+            else:
+                ri, ts, te = self._march(o, d, sidx, grid, jitter, self.near, self.max_samples)
+                field_scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
+                if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
+                    sig = _density(field, o, d, ri, ts, te, field_scene)
+                    keep = render_visibility_from_density(
+                        ts,
+                        te,
+                        sig,
+                        packed_info=pack_info(ri, n),
+                        early_stop_eps=self.early_stop_eps,
+                        alpha_thre=self.alpha_thre,
+                    )
+                    ri, ts, te, field_scene = ri[keep], ts[keep], te[keep], field_scene[keep]
         t_mid = (ts + te) * 0.5
         pos = o[ri] + t_mid[:, None] * d[ri]
         density, rgb = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
@@ -492,6 +517,92 @@ class Renderer(nn.Module):
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
         return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights, alphas)
+
+    def _march(
+        self,
+        o: Tensor,
+        d: Tensor,
+        sidx: Tensor | None,
+        grid: OccupancyGrid | None,
+        jitter: bool,
+        near: float | Tensor,
+        max_samples: int,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Packed samples ``(ray_indices, t_starts, t_ends)`` of the rays ``o, d`` (no grad)."""
+        return tuple(
+            ray_march(
+                o.detach(),
+                d.detach(),
+                grid,
+                scene_index=sidx if grid is not None and grid.n_scenes > 1 else None,
+                near=near,
+                far=self.far,
+                step_size=self.step_size,
+                max_samples=max_samples,
+                spacing=self.spacing,
+                aabb=self.aabb if grid is None else None,
+                jitter=jitter,
+            )
+        )
+
+    def _march_until_opaque(
+        self,
+        field: Field,
+        o: Tensor,
+        d: Tensor,
+        sidx: Tensor | None,
+        grid: OccupancyGrid | None,
+        jitter: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """The samples ``(ray_indices, t_starts, t_ends, scene)`` left by the early-stop pre-pass.
+
+        Marches every ray for :data:`FIRST_ROUND_SAMPLES` samples, evaluates their density and
+        marches on (twice as many samples per round) only the rays that still let light through.
+        With ``spacing="contracted"`` a march resumed at a sample's end takes the same steps as one
+        that never stopped, so the samples, and the ones kept, are those of marching every ray to
+        its end and pre-passing all of its samples; the work behind the opaque surfaces is skipped.
+        """
+        n = o.shape[0]
+        rays = torch.arange(n, device=o.device)
+        near: float | Tensor = self.near
+        rounds: list[tuple[Tensor, Tensor, Tensor, Tensor]] = []
+        counts = []  # samples per ray of each round, [n] each
+        tau = o.new_zeros(n)  # optical depth so far along each ray
+        budget, done = FIRST_ROUND_SAMPLES, 0
+        while True:
+            k = min(budget, self.max_samples - done)
+            s = sidx[rays] if sidx is not None else None
+            ri, ts, te = self._march(o[rays], d[rays], s, grid, jitter and done == 0, near, k)
+            ri = rays[ri]
+            scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
+            sig = _density(field, o, d, ri, ts, te, scene) if ri.numel() else ts.new_zeros(0)
+            rounds.append((ri, ts, te, sig))
+            count = torch.bincount(ri, minlength=n)
+            counts.append(count)
+            done += k
+            tau.index_add_(0, ri, sig.to(tau.dtype) * (te - ts).to(tau.dtype))
+            # rays that marched their whole round and are not yet opaque (a margin of 2 on the
+            # threshold against rounding: the keep mask below decides exactly)
+            more = (count[rays] == k) & (torch.exp(-tau[rays]) >= 0.5 * self.early_stop_eps)
+            if done >= self.max_samples or not bool(more.any()):
+                break
+            info = pack_info(ri, n)
+            rays = rays[more]
+            near = te[info[rays, 0] + info[rays, 1] - 1]  # where each ray's last sample ends
+            budget *= 2
+        ri, ts, te, sig = _merge_rounds(rounds, counts, n)
+        if ri.numel() == 0:
+            return ri, ts, te, torch.zeros_like(ri) if sidx is None else sidx[ri]
+        keep = render_visibility_from_density(
+            ts,
+            te,
+            sig,
+            packed_info=pack_info(ri, n),
+            early_stop_eps=self.early_stop_eps,
+            alpha_thre=self.alpha_thre,
+        )
+        ri, ts, te = ri[keep], ts[keep], te[keep]
+        return ri, ts, te, sidx[ri] if sidx is not None else torch.zeros_like(ri)
 
     def _render_stratified(
         self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int

@@ -38,11 +38,10 @@ struct BilinearCorners {
     // far outside, every corner is invalid anyway; clamping keeps the integer conversion defined
     px = clamp_value(px, T(-2), T(width + 1));
     py = clamp_value(py, T(-2), T(height + 1));
-    T fx0 = floor(px), fy0 = floor(py);
-    x0 = static_cast<int>(fx0);
-    y0 = static_cast<int>(fy0);
-    fx = px - fx0;
-    fy = py - fy0;
+    x0 = floor_int(px);
+    y0 = floor_int(py);
+    fx = px - T(x0);
+    fy = py - T(y0);
     w[0] = (T(1) - fx) * (T(1) - fy);
     w[1] = fx * (T(1) - fy);
     w[2] = (T(1) - fx) * fy;

@@ -88,7 +88,7 @@ VQ3D_HD bool grid_occupied(const uint8_t* binaries, const T* boxes, int levels, 
     for (int a = 0; a < 3; ++a) {
       T u = mul_rn(div_rn(sub_rn(y[a], box[a]), sub_rn(box[a + 3], box[a])), T(res[a]));
       if (!(u >= T(0) && u <= T(res[a]))) { inside = false; break; }
-      int i = static_cast<int>(floor(u));
+      int i = floor_int(u);
       idx[a] = i < res[a] - 1 ? i : res[a] - 1;
     }
     if (inside) {
