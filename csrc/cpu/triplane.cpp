@@ -42,7 +42,8 @@ inline int64_t visit(const int64_t* order, int64_t position) {
   return order != nullptr ? order[position] : position;
 }
 
-template <typename T>
+// kDerivs = false (the forward) skips the weights' derivatives.
+template <typename T, bool kDerivs = true>
 void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t i,
                    PointTexels<T>& t) {
   T q[3];
@@ -60,8 +61,10 @@ void locate_texels(const TriplaneArgs<T>& a, const T* points, const int64_t* sce
       t.offset[j] = bc.valid[k] ? base + (static_cast<int64_t>(bc.cy(k)) * a.width + bc.cx(k)) * a.channels : -1;
       t.row[j] = bc.cy(k);
       t.weight[j] = bc.w[k] * scale;
-      t.dwdx[j] = bc.dwdx(k) * scale;
-      t.dwdy[j] = bc.dwdy(k) * scale;
+      if (kDerivs) {
+        t.dwdx[j] = bc.dwdx(k) * scale;
+        t.dwdy[j] = bc.dwdy(k) * scale;
+      }
     }
   }
 }
@@ -184,15 +187,39 @@ void prefetch_row(const int64_t* order, const T* row, int64_t n, int rw) {
   }
 }
 
-template <typename T>
+// Adds plane p's four texels of t, weighted, into acc[0, C) (kC > 0: C = kC, known at compile time,
+// so acc stays in registers).
+template <typename T, int kC>
+inline void add_plane_texels(const T* __restrict planes, const PointTexels<T>& t, int p, int64_t C,
+                             T* __restrict acc) {
+  for (int k = 0; k < 4; ++k) {
+    const int j = p * 4 + k;
+    if (t.offset[j] < 0) continue;
+    const T w = t.weight[j];
+    const T* __restrict v = planes + t.offset[j];
+    if constexpr (kC > 0) {
+      VQ3D_SIMD
+      for (int c = 0; c < kC; ++c) acc[c] += w * v[c];
+    } else {
+      VQ3D_SIMD
+      for (int64_t c = 0; c < C; ++c) acc[c] += w * v[c];
+    }
+  }
+}
+
+// kC > 0: the planes have exactly kC channels (the sums are accumulated in a local array and each
+// output row is written once); kC = 0: any channel count, accumulated in the output row.
+// Both add the same terms in the same order.
+template <typename T, int kC>
 void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
                    const int64_t* order, T* out, int64_t begin, int64_t end) {
   const int64_t C = a.channels, OC = a.out_channels();
+  const bool concat = a.reduce == kReduceConcat;
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
-      locate_texels(a, points, scene_index, b0 + r, block[r]);
+      locate_texels<T, false>(a, points, scene_index, b0 + r, block[r]);
       block[r].index = visit(order, b0 + r);
       prefetch_texels(planes, block[r], C, 0);
       prefetch_row(order, out + block[r].index * OC, OC, 1);
@@ -200,20 +227,32 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
     for (int64_t r = 0; r < n; ++r) {
       const PointTexels<T>& t = block[r];
       T* o_row = out + t.index * OC;
-      std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
-      if (!t.ok) continue;
-      for (int p = 0; p < 3; ++p) {
-        T* o = o_row + a.plane_out_offset(p);
-        for (int k = 0; k < 4; ++k) {
-          const int j = p * 4 + k;
-          if (t.offset[j] < 0) continue;
-          const T w = t.weight[j];
-          const T* v = planes + t.offset[j];
-          VQ3D_SIMD
-          for (int64_t c = 0; c < C; ++c) o[c] += w * v[c];
+      if constexpr (kC > 0) {
+        T acc[kC > 0 ? kC : 1];
+        for (int p = 0; p < 3; ++p) {
+          if (p == 0 || concat) std::fill(acc, acc + kC, T(0));
+          if (t.ok) add_plane_texels<T, kC>(planes, t, p, C, acc);
+          if (concat || p == 2) std::copy(acc, acc + kC, o_row + a.plane_out_offset(p));
         }
+      } else {
+        std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
+        if (!t.ok) continue;
+        for (int p = 0; p < 3; ++p) add_plane_texels<T, 0>(planes, t, p, C, o_row + a.plane_out_offset(p));
       }
     }
+  }
+}
+
+// The forward over points [begin, end), with the channel loop specialised for common channel counts.
+template <typename T>
+void forward_any(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
+                 const int64_t* order, T* out, int64_t begin, int64_t end) {
+  switch (a.channels) {
+    case 8: return forward_range<T, 8>(a, planes, points, scene_index, order, out, begin, end);
+    case 12: return forward_range<T, 12>(a, planes, points, scene_index, order, out, begin, end);
+    case 16: return forward_range<T, 16>(a, planes, points, scene_index, order, out, begin, end);
+    case 32: return forward_range<T, 32>(a, planes, points, scene_index, order, out, begin, end);
+    default: return forward_range<T, 0>(a, planes, points, scene_index, order, out, begin, end);
   }
 }
 
@@ -445,7 +484,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     const scalar_t* pv;
     const int64_t* sv;
     const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_range(vo.args, pl, pv, sv, vo.order(), o, b, e); });
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_any(vo.args, pl, pv, sv, vo.order(), o, b, e); });
   });
   return out;
 }
