@@ -218,14 +218,15 @@ FIRST_ROUND_SAMPLES = 32
 
 def _density(field: Field, o: Tensor, d: Tensor, ri: Tensor, ts: Tensor, te: Tensor, scene: Tensor) -> Tensor:
     """``[S]`` density at the midpoints of packed samples (the field's ``density`` method if it has one)."""
-    pos = o[ri] + ((ts + te) * 0.5)[:, None] * d[ri]
+    d_s = d.index_select(0, ri)
+    pos = o.index_select(0, ri) + ((ts + te) * 0.5)[:, None] * d_s
     if hasattr(field, "density"):
         sig = field.density(pos, scene)
         return sig[:, 0] if sig.dim() == 2 else sig
-    return _split_field_output(field(pos, d[ri], scene), ri.shape[0])[0]
+    return _split_field_output(field(pos, d_s, scene), ri.shape[0])[0]
 
 
-def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor], n_rays: int) -> tuple[Tensor, ...]:
+def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor]) -> tuple[Tensor, ...]:
     """Interleaves the packed tensors of successive marching rounds into one packing, ray by ray.
 
     ``rounds[r]`` holds packed per-sample tensors (ray indices first, sorted) of round ``r`` and
@@ -241,13 +242,31 @@ def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor], n_rays
     merged = [torch.empty(size, dtype=t.dtype, device=t.device) for t in rounds[0]]
     for part, count in zip(rounds, counts, strict=True):
         ri = part[0]
-        start_in_round = torch.cumsum(count, 0) - count
-        rank = torch.arange(ri.numel(), device=ri.device) - start_in_round[ri]
-        dest = ray_start[ri] + before[ri] + rank
+        # destination = the ray's start + its samples placed so far + the rank within this round
+        shift = ray_start + before - (torch.cumsum(count, 0) - count)
+        dest = shift.index_select(0, ri) + torch.arange(ri.numel(), device=ri.device)
         for out, values in zip(merged, part, strict=True):
-            out[dest] = values
+            out.index_copy_(0, dest, values)
         before += count
     return tuple(merged)
+
+
+def _packed_info(counts: Tensor) -> Tensor:
+    """``[n_rays, 2]`` (start, count) of a packing with ``counts [n_rays]`` samples per ray."""
+    return torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
+
+
+def _select(keep: Tensor, ri: Tensor, *values: Tensor, n_rays: int) -> tuple[Tensor, ...]:
+    """The packed samples where ``keep`` holds: ``(ray_indices, *values, packed_info)``."""
+    index = keep.nonzero().squeeze(1)
+    ri = ri.index_select(0, index)
+    kept = tuple(v.index_select(0, index) for v in values)
+    return (ri, *kept, _packed_info(torch.bincount(ri, minlength=n_rays)))
+
+
+def _scenes(scene_index: Tensor | None, ri: Tensor) -> Tensor:
+    """``[S]`` scene of each packed sample (0 when the rays carry no scene index)."""
+    return scene_index.index_select(0, ri) if scene_index is not None else torch.zeros_like(ri)
 
 
 def _split_field_output(out: object, count: int) -> tuple[Tensor, Tensor]:
@@ -487,32 +506,34 @@ class Renderer(nn.Module):
         start: int,
         end: int,
     ) -> _ChunkRender:
-        o, d = origins[start:end], directions[start:end]
+        # contiguous: rays of one camera often share an expanded origin, slow to gather from
+        o, d = origins[start:end].contiguous(), directions[start:end].contiguous()
         sidx = scene_index[start:end] if scene_index is not None else None
         if self.sampling == "stratified":
             return self._render_stratified(field, o, d, sidx, jitter, start)
         n = o.shape[0]
         with torch.no_grad():
             if self.early_stop_eps > 0 and self.spacing == "contracted":
-                ri, ts, te, field_scene = self._march_until_opaque(field, o, d, sidx, grid, jitter)
+                ri, ts, te, info = self._march_until_opaque(field, o, d, sidx, grid, jitter)
             else:
                 ri, ts, te = self._march(o, d, sidx, grid, jitter, self.near, self.max_samples)
-                field_scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
+                info = pack_info(ri, n)
                 if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
-                    sig = _density(field, o, d, ri, ts, te, field_scene)
+                    sig = _density(field, o, d, ri, ts, te, _scenes(sidx, ri))
                     keep = render_visibility_from_density(
                         ts,
                         te,
                         sig,
-                        packed_info=pack_info(ri, n),
+                        packed_info=info,
                         early_stop_eps=self.early_stop_eps,
                         alpha_thre=self.alpha_thre,
                     )
-                    ri, ts, te, field_scene = ri[keep], ts[keep], te[keep], field_scene[keep]
+                    ri, ts, te, info = _select(keep, ri, ts, te, n_rays=n)
         t_mid = (ts + te) * 0.5
-        pos = o[ri] + t_mid[:, None] * d[ri]
-        density, rgb = _split_field_output(field(pos, d[ri], field_scene), ri.shape[0])
-        weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=pack_info(ri, n))
+        d_s = d.index_select(0, ri)
+        pos = o.index_select(0, ri) + t_mid[:, None] * d_s
+        density, rgb = _split_field_output(field(pos, d_s, _scenes(sidx, ri)), ri.shape[0])
+        weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=info)
         color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
         wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
         opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
@@ -554,7 +575,7 @@ class Renderer(nn.Module):
         grid: OccupancyGrid | None,
         jitter: bool,
     ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The samples ``(ray_indices, t_starts, t_ends, scene)`` left by the early-stop pre-pass.
+        """The samples ``(ray_indices, t_starts, t_ends, packed_info)`` the early-stop pre-pass keeps.
 
         Marches every ray for :data:`FIRST_ROUND_SAMPLES` samples, evaluates their density and
         marches on (twice as many samples per round) only the rays that still let light through.
@@ -571,11 +592,12 @@ class Renderer(nn.Module):
         budget, done = FIRST_ROUND_SAMPLES, 0
         while True:
             k = min(budget, self.max_samples - done)
-            s = sidx[rays] if sidx is not None else None
-            ri, ts, te = self._march(o[rays], d[rays], s, grid, jitter and done == 0, near, k)
-            ri = rays[ri]
-            scene = sidx[ri] if sidx is not None else torch.zeros_like(ri)
-            sig = _density(field, o, d, ri, ts, te, scene) if ri.numel() else ts.new_zeros(0)
+            scenes = sidx.index_select(0, rays) if sidx is not None else None
+            ri, ts, te = self._march(
+                o.index_select(0, rays), d.index_select(0, rays), scenes, grid, jitter and done == 0, near, k
+            )
+            ri = rays.index_select(0, ri)
+            sig = _density(field, o, d, ri, ts, te, _scenes(sidx, ri)) if ri.numel() else ts.new_zeros(0)
             rounds.append((ri, ts, te, sig))
             count = torch.bincount(ri, minlength=n)
             counts.append(count)
@@ -583,26 +605,29 @@ class Renderer(nn.Module):
             tau.index_add_(0, ri, sig.to(tau.dtype) * (te - ts).to(tau.dtype))
             # rays that marched their whole round and are not yet opaque (a margin of 2 on the
             # threshold against rounding: the keep mask below decides exactly)
-            more = (count[rays] == k) & (torch.exp(-tau[rays]) >= 0.5 * self.early_stop_eps)
+            more = (count.index_select(0, rays) == k) & (
+                torch.exp(-tau.index_select(0, rays)) >= 0.5 * self.early_stop_eps
+            )
             if done >= self.max_samples or not bool(more.any()):
                 break
-            info = pack_info(ri, n)
+            ends = torch.cumsum(count, 0) - 1  # each ray's last sample of this round
             rays = rays[more]
-            near = te[info[rays, 0] + info[rays, 1] - 1]  # where each ray's last sample ends
+            near = te.index_select(0, ends.index_select(0, rays))
             budget *= 2
-        ri, ts, te, sig = _merge_rounds(rounds, counts, n)
+        ri, ts, te, sig = _merge_rounds(rounds, counts)
+        total = torch.stack(counts).sum(0)
+        info = _packed_info(total)
         if ri.numel() == 0:
-            return ri, ts, te, torch.zeros_like(ri) if sidx is None else sidx[ri]
+            return ri, ts, te, info
         keep = render_visibility_from_density(
             ts,
             te,
             sig,
-            packed_info=pack_info(ri, n),
+            packed_info=info,
             early_stop_eps=self.early_stop_eps,
             alpha_thre=self.alpha_thre,
         )
-        ri, ts, te = ri[keep], ts[keep], te[keep]
-        return ri, ts, te, sidx[ri] if sidx is not None else torch.zeros_like(ri)
+        return _select(keep, ri, ts, te, n_rays=n)
 
     def _render_stratified(
         self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int
