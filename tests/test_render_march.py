@@ -82,6 +82,26 @@ def test_kernel_equals_reference(kernel_target, contraction, spacing, n_scenes, 
         assert len(ka ^ kb) <= 1e-3 * len(kb)
 
 
+@pytest.mark.parametrize("spacing", ["t", "contracted"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kernel_equals_reference_in_boxes_of_power_of_two_spans(spacing, dtype):
+    """Spans of 2, 4 and 1 (the CPU kernel multiplies by their exact reciprocals), rays along cell faces."""
+    _ext_or_skip(torch.device("cpu"))
+    grid = OccupancyGrid([-1.0, -2.0, -0.5, 1.0, 2.0, 0.5], (16, 8, 32), 2, "none", 1)
+    grid.binaries.copy_(torch.rand(grid.binaries.shape, generator=torch.Generator().manual_seed(0)) < 0.4)
+    o, d = _rays(400, "cpu", dtype)
+    faces = torch.arange(-8, 9, dtype=dtype) / 8  # x = k / 8: faces of the finest level's cells
+    o[:17] = torch.stack([faces, torch.zeros_like(faces), torch.full_like(faces, -3.0)], -1)
+    d[:17] = torch.tensor([0.0, 0.0, 1.0], dtype=dtype)
+    kw = dict(near=0.0, far=8.0, step_size=1 / 64, max_samples=200, spacing=spacing)
+    ext = ray_march(o, d, grid, **kw)
+    with backend.forced("torch"):
+        ref = ray_march(o, d, grid, **kw)
+    assert ext.ray_indices.numel() > 1000 and (ext.ray_indices < 17).sum() > 50
+    for a, b in zip(ext, ref, strict=True):
+        assert torch.equal(a, b)
+
+
 def test_exact_contraction_equals_library_contraction():
     from vq3dlib.contraction import contract_linf
 

@@ -36,7 +36,8 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
     const T* d = in.directions.data_ptr<T>();
     const T* nr = in.near.data_ptr<T>();
     const T* fr = in.far.data_ptr<T>();
-    const MarchGrid<T> grid = in.grid<T>(contraction);
+    MarchGrid<T> grid = in.grid<T>(contraction);
+    grid.spans = span_reciprocals(grid.boxes, grid.levels);  // the boxes are host memory here
     const T step = static_cast<T>(step_size);
     for (int64_t i = 0; i < (sidx != nullptr ? n_rays : 0); ++i) {
       TORCH_CHECK(sidx[i] >= 0 && sidx[i] < in.n_scenes, "scene_index out of range");

@@ -5,6 +5,7 @@
 // torch reference performs (mul, add, div; no fused multiply-add), through the *_rn helpers, so the
 // CPU kernel and the reference produce bit-identical sample positions and occupancy decisions.
 #pragma once
+#include <cmath>
 #include <cstdint>
 
 #include "vq3dlib/common.h"
@@ -71,22 +72,48 @@ VQ3D_HD bool ray_box_clip(const T o[3], const T d[3], const T box[6], T near, T 
   return *t1 > *t0;
 }
 
+// Exact reciprocals of the level boxes' spans, when every span is a power of two (so that dividing
+// by it and multiplying by its reciprocal round alike): the lookup then needs no division per axis.
+constexpr int kMaxExactLevels = 8;
+
+template <typename T>
+struct SpanReciprocals {
+  bool exact = false;  // false: divide by the spans
+  T inv[kMaxExactLevels][3];
+};
+
 // Occupancy of point x (world space) in a grid of `levels` boxes (finest first; boxes given in the
 // grid's space: contracted space when contraction != kContractNone) with binaries
 // [levels, rx, ry, rz] (uint8/bool). A point is looked up in the first level whose box contains it;
-// the upper box face belongs to the last cell. Points outside every box are empty.
+// the upper box face belongs to the last cell. Points outside every box are empty. `spans`, when
+// exact, replaces each division by a box span with the equal multiplication by its reciprocal.
 template <typename T>
 VQ3D_HD bool grid_occupied(const uint8_t* binaries, const T* boxes, int levels, int rx, int ry, int rz,
-                           int contraction, const T x[3]) {
+                           int contraction, const T x[3], const SpanReciprocals<T>* spans = nullptr) {
   T y[3];
-  contract_point(contraction, x, y);
+  if (contraction == kContractLinf) {  // contract_point's values, without the division it discards
+    const int k = linf_argmax(x);
+    const T m = fabs(x[k]);
+    y[0] = x[0]; y[1] = x[1]; y[2] = x[2];
+    if (m > T(1)) {
+      for (int j = 0; j < 3; ++j) {
+        if (j != k) y[j] = x[j] / m;
+      }
+      y[k] = (T(2) - T(1) / m) * sign_of(x[k]);
+    }
+  } else {
+    contract_point(contraction, x, y);
+  }
   const int res[3] = {rx, ry, rz};
+  const bool exact = spans != nullptr && spans->exact;
   for (int l = 0; l < levels; ++l) {
     const T* box = boxes + 6 * l;
     int idx[3];
     bool inside = true;
     for (int a = 0; a < 3; ++a) {
-      T u = mul_rn(div_rn(sub_rn(y[a], box[a]), sub_rn(box[a + 3], box[a])), T(res[a]));
+      const T off = sub_rn(y[a], box[a]);
+      const T unit = exact ? mul_rn(off, spans->inv[l][a]) : div_rn(off, sub_rn(box[a + 3], box[a]));
+      T u = mul_rn(unit, T(res[a]));
       if (!(u >= T(0) && u <= T(res[a]))) { inside = false; break; }
       int i = floor_int(u);
       idx[a] = i < res[a] - 1 ? i : res[a] - 1;
@@ -99,6 +126,24 @@ VQ3D_HD bool grid_occupied(const uint8_t* binaries, const T* boxes, int levels, 
   return false;
 }
 
+// The reciprocals of the spans of `levels` boxes [levels, 6] on the host (exact = false unless every
+// span is a positive, finite power of two and there are at most kMaxExactLevels levels).
+template <typename T>
+inline SpanReciprocals<T> span_reciprocals(const T* boxes, int levels) {
+  SpanReciprocals<T> r;
+  if (levels > kMaxExactLevels) return r;
+  for (int l = 0; l < levels; ++l) {
+    for (int a = 0; a < 3; ++a) {
+      const T span = boxes[6 * l + a + 3] - boxes[6 * l + a];
+      int e = 0;
+      if (!(span > T(0)) || !std::isfinite(span) || std::frexp(span, &e) != T(0.5)) return r;
+      r.inv[l][a] = T(1) / span;  // exact: a power of two
+    }
+  }
+  r.exact = true;
+  return r;
+}
+
 // Grid description shared by every ray of one call.
 template <typename T>
 struct MarchGrid {
@@ -106,6 +151,7 @@ struct MarchGrid {
   const T* boxes;           // [levels, 6]
   int levels, rx, ry, rz;
   int contraction;
+  SpanReciprocals<T> spans;  // filled on the host where the boxes are readable (CPU)
 };
 
 // Where march_ray sends each kept sample: emit(k, t_start, t_end) with k = 0, 1, ... per ray.
@@ -152,7 +198,7 @@ VQ3D_HD int64_t march_ray(const T o[3], const T d[3], T near, T far, const March
       T mid = mul_rn(add_rn(ts, te), T(0.5));
       T x[3] = {add_rn(o[0], mul_rn(mid, d[0])), add_rn(o[1], mul_rn(mid, d[1])),
                 add_rn(o[2], mul_rn(mid, d[2]))};
-      if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x)) {
+      if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x, &g.spans)) {
         emit(count, ts, te);
         ++count;
       }
@@ -172,7 +218,7 @@ VQ3D_HD int64_t march_ray(const T o[3], const T d[3], T near, T far, const March
       T mid = mul_rn(add_rn(t, te), T(0.5));
       T x[3] = {add_rn(o[0], mul_rn(mid, d[0])), add_rn(o[1], mul_rn(mid, d[1])),
                 add_rn(o[2], mul_rn(mid, d[2]))};
-      if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x)) {
+      if (grid_occupied(scene_binaries, g.boxes, g.levels, g.rx, g.ry, g.rz, g.contraction, x, &g.spans)) {
         emit(count, t, te);
         ++count;
       }
