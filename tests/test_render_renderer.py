@@ -356,3 +356,17 @@ def test_marching_in_rounds_until_opaque_keeps_the_samples_of_one_full_march(
         assert torch.equal(getattr(rounds, name), getattr(one, name)), name
     assert (one.opacity > 0.99).float().mean() > 0.5  # most rays do end opaque
     assert prepass_rounds < 0.8 * prepass_one  # and are not evaluated behind their surface
+
+
+def test_nan_from_a_fields_density_method_is_named():
+    class Field:
+        def density(self, x, s):
+            return torch.full((len(x),), math.nan)
+
+        def __call__(self, x, d, s):
+            return torch.ones(len(x)), torch.ones(len(x), 3)
+
+    renderer = Renderer(OccupancyGrid(resolution=8), step_size=0.05)
+    rays = (torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
+    with pytest.raises(ValueError, match="field.density must lie in"):
+        renderer(Field(), rays)

@@ -44,6 +44,7 @@ from vq3dlib._validation import (
     check_range,
     check_tensor,
     finite_checks_enabled,
+    inner_checks_off,
 )
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
@@ -222,7 +223,9 @@ def _density(field: Field, o: Tensor, d: Tensor, ri: Tensor, ts: Tensor, te: Ten
     pos = o.index_select(0, ri) + ((ts + te) * 0.5)[:, None] * d_s
     if hasattr(field, "density"):
         sig = field.density(pos, scene)
-        return sig[:, 0] if sig.dim() == 2 else sig
+        sig = sig[:, 0] if sig.dim() == 2 else sig
+        check_range("field.density", sig, low=0, what=" (a post-activation density)")
+        return sig
     return _split_field_output(field(pos, d_s, scene), ri.shape[0])[0]
 
 
@@ -520,23 +523,25 @@ class Renderer(nn.Module):
                 info = pack_info(ri, n)
                 if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
                     sig = _density(field, o, d, ri, ts, te, _scenes(sidx, ri))
-                    keep = render_visibility_from_density(
-                        ts,
-                        te,
-                        sig,
-                        packed_info=info,
-                        early_stop_eps=self.early_stop_eps,
-                        alpha_thre=self.alpha_thre,
-                    )
+                    with inner_checks_off():  # marched intervals, and densities checked above
+                        keep = render_visibility_from_density(
+                            ts,
+                            te,
+                            sig,
+                            packed_info=info,
+                            early_stop_eps=self.early_stop_eps,
+                            alpha_thre=self.alpha_thre,
+                        )
                     ri, ts, te, info = _select(keep, ri, ts, te, n_rays=n)
         t_mid = (ts + te) * 0.5
         d_s = d.index_select(0, ri)
         pos = o.index_select(0, ri) + t_mid[:, None] * d_s
         density, rgb = _split_field_output(field(pos, d_s, _scenes(sidx, ri)), ri.shape[0])
-        weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=info)
-        color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
-        wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
-        opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
+        with inner_checks_off():  # marched intervals and the field's checked outputs
+            weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=info)
+            color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
+            wt = accumulate_along_rays(weights, t_mid[:, None], ray_indices=ri, n_rays=n)[:, 0]
+            opacity = accumulate_along_rays(weights, None, ray_indices=ri, n_rays=n)[:, 0]
         return _ChunkRender(color, wt, opacity, ri + start, ts, te, weights, alphas)
 
     def _march(
@@ -619,14 +624,15 @@ class Renderer(nn.Module):
         info = _packed_info(total)
         if ri.numel() == 0:
             return ri, ts, te, info
-        keep = render_visibility_from_density(
-            ts,
-            te,
-            sig,
-            packed_info=info,
-            early_stop_eps=self.early_stop_eps,
-            alpha_thre=self.alpha_thre,
-        )
+        with inner_checks_off():  # marched intervals, and densities checked when evaluated
+            keep = render_visibility_from_density(
+                ts,
+                te,
+                sig,
+                packed_info=info,
+                early_stop_eps=self.early_stop_eps,
+                alpha_thre=self.alpha_thre,
+            )
         return _select(keep, ri, ts, te, n_rays=n)
 
     def _render_stratified(
