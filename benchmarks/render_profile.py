@@ -2,10 +2,11 @@
 
 Renders the benchmark scene (one scene, ``--resolution`` px, compiled kernels) after two warm-up
 frames, under ``torch.profiler`` with a label around every stage of :class:`~vq3dlib.render.Renderer`:
-marching (``ray_march``), the early-stop density pre-pass over every marched sample
-(``field.density``), the final field evaluation at the kept samples (``field``), volume rendering
+marching (``ray_march``), the field's evaluations (``field``: without autograd, as here, the
+early-stop pre-pass evaluates the whole field at the marched samples and the render reuses its
+values at the kept ones; ``field.density`` runs when gradients are on), volume rendering
 (visibility, weights, accumulation, ``pack_info``) and the NaN/Inf input checks (``aten::aminmax``);
-the remainder is Python glue (positions, indexing, concatenation). ``--copy-layout`` passes the
+the remainder is Python glue (positions, indexing, merging the marching rounds). ``--copy-layout`` passes the
 planes as ``[B, 3, C, H, W]`` contiguous, so every triplane call pays the channels-last layout copy
 (``planes_channels_last``), as ``render_speed.py``'s field does not.
 
@@ -72,8 +73,8 @@ def main(argv: list[str] | None = None) -> dict:
     field = setup.field
     if args.copy_layout:
         field.planes_cl = field.planes
-    field.density = _labelled("field.density (pre-pass)", field.density)
-    render_speed.SceneField.__call__ = _labelled("field (final)", render_speed.SceneField.__call__)
+    field.density = _labelled("field.density", field.density)
+    render_speed.SceneField.__call__ = _labelled("field", render_speed.SceneField.__call__)
     render = setup.closures(32, None, only="vq3dlib (ext)")["vq3dlib (ext)"]
     render(), render()
     frames = []

@@ -370,3 +370,39 @@ def test_nan_from_a_fields_density_method_is_named():
     rays = (torch.tensor([[0.0, 0.0, -3.0]]), torch.tensor([[0.0, 0.0, 1.0]]))
     with pytest.raises(ValueError, match="field.density must lie in"):
         renderer(Field(), rays)
+
+
+@pytest.mark.parametrize("spacing", ["contracted", "t"])
+def test_without_autograd_the_prepass_values_are_reused_for_the_render(spacing):
+    grid = OccupancyGrid(None, 16, contraction="linf", n_scenes=2)
+    g = torch.Generator().manual_seed(0)
+    o = torch.randn(200, 3, generator=g) * 0.2 + torch.tensor([0.0, 0.0, -4.0])
+    d = torch.nn.functional.normalize(
+        torch.tensor([0.0, 0.0, 1.0]) + 0.4 * torch.randn(200, 3, generator=g), dim=-1
+    )
+    scene = torch.arange(200) % 2
+    calls = []
+
+    class Field:
+        def density(self, x, s):
+            calls.append("density")
+            return _layered_field(x, None, s)[0]
+
+        def __call__(self, x, dd, s):
+            calls.append("field")
+            return _layered_field(x, dd, s)
+
+    renderer = Renderer(grid, step_size=0.02, early_stop_eps=1e-3, far=12.0, spacing=spacing)
+    with_grad = renderer(Field(), (o, d), scene_index=scene)
+    assert calls[-1] == "field" and "density" in calls  # density pre-pass, then the field at the kept samples
+    calls.clear()
+    with torch.no_grad():
+        without = renderer(Field(), (o, d), scene_index=scene)
+    assert set(calls) == {"field"}  # the pre-pass evaluates the whole field, once per sample
+    for name in ("ray_indices", "t_starts", "t_ends"):
+        assert torch.equal(getattr(without, name), getattr(with_grad, name)), name
+    for name in ("rgb", "depth", "opacity", "weights"):
+        torch.testing.assert_close(
+            getattr(without, name), getattr(with_grad, name).detach(), rtol=0, atol=1e-6
+        )
+    assert with_grad.opacity.mean() > 0.5

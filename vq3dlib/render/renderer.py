@@ -7,15 +7,18 @@ results channels first.
 
 The field is any callable ``field(positions [S, 3], directions [S, 3], scene_index [S]) -> (density [S],
 rgb [S, 3])`` (post-activation density ≥ 0, colour in any range); when it also has a
-``density(positions, scene_index)`` method, the early-stop pre-pass uses that instead of the full call.
+``density(positions, scene_index)`` method, the early-stop pre-pass uses that instead of the full call
+while gradients are on.
 
 Early stop on transmittance (like nerfacc's ``OccGridEstimator.sampling``): densities are evaluated
 without grad at the marched samples, transmittance computed, and samples where it has fallen below
 ``early_stop_eps`` (or whose alpha is below ``alpha_thre``) are dropped before the differentiable
-evaluation. With ``spacing="contracted"`` the rays are marched in rounds (32 samples, then twice as
-many per round) and only the rays that are not yet opaque march on, so nothing is marched or
-evaluated far behind a surface; the samples kept are exactly those of one march to the end.
-``early_stop_eps=0`` and ``alpha_thre=0`` turn the pre-pass off.
+evaluation. Without autograd (``torch.no_grad()``) the pre-pass evaluates the whole field instead
+and its values at the kept samples are the render's: one evaluation per sample. With
+``spacing="contracted"`` the rays are marched in rounds (32 samples, then twice as many per round)
+and only the rays that are not yet opaque march on, so nothing is marched or evaluated far behind a
+surface; the samples kept are exactly those of one march to the end. ``early_stop_eps=0`` and
+``alpha_thre=0`` turn the pre-pass off.
 
 Example:
     >>> import torch
@@ -217,16 +220,23 @@ def _flatten_rays(rays: object, scene_index: Tensor | None):
 FIRST_ROUND_SAMPLES = 32
 
 
-def _density(field: Field, o: Tensor, d: Tensor, ri: Tensor, ts: Tensor, te: Tensor, scene: Tensor) -> Tensor:
-    """``[S]`` density at the midpoints of packed samples (the field's ``density`` method if it has one)."""
+def _prepass(
+    field: Field, o: Tensor, d: Tensor, ri: Tensor, ts: Tensor, te: Tensor, scene: Tensor, full: bool
+) -> tuple[Tensor, Tensor | None]:
+    """``(density [S], rgb [S, C] or None)`` at the midpoints of packed samples, for the early stop.
+
+    ``full``: the whole field (its colours are then reused at the kept samples); else only the
+    density, through the field's ``density`` method when it has one.
+    """
     d_s = d.index_select(0, ri)
     pos = o.index_select(0, ri) + ((ts + te) * 0.5)[:, None] * d_s
-    if hasattr(field, "density"):
+    if hasattr(field, "density") and not full:
         sig = field.density(pos, scene)
         sig = sig[:, 0] if sig.dim() == 2 else sig
         check_range("field.density", sig, low=0, what=" (a post-activation density)")
-        return sig
-    return _split_field_output(field(pos, d_s, scene), ri.shape[0])[0]
+        return sig, None
+    sig, rgb = _split_field_output(field(pos, d_s, scene), ri.shape[0])
+    return sig, rgb if full else None
 
 
 def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor]) -> tuple[Tensor, ...]:
@@ -242,7 +252,7 @@ def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor]) -> tup
     ray_start = torch.cumsum(total, 0) - total  # where each ray's samples begin in the merged packing
     before = torch.zeros_like(total)  # samples of each ray in the rounds already placed
     size = int(total.sum())
-    merged = [torch.empty(size, dtype=t.dtype, device=t.device) for t in rounds[0]]
+    merged = [torch.empty((size, *t.shape[1:]), dtype=t.dtype, device=t.device) for t in rounds[0]]
     for part, count in zip(rounds, counts, strict=True):
         ri = part[0]
         # destination = the ray's start + its samples placed so far + the rank within this round
@@ -515,14 +525,18 @@ class Renderer(nn.Module):
         if self.sampling == "stratified":
             return self._render_stratified(field, o, d, sidx, jitter, start)
         n = o.shape[0]
+        # without autograd the pre-pass evaluates the whole field and its values at the kept samples
+        # are the render's: no second evaluation
+        reuse = not torch.is_grad_enabled()
+        prepass = None
         with torch.no_grad():
             if self.early_stop_eps > 0 and self.spacing == "contracted":
-                ri, ts, te, info = self._march_until_opaque(field, o, d, sidx, grid, jitter)
+                ri, ts, te, info, prepass = self._march_until_opaque(field, o, d, sidx, grid, jitter, reuse)
             else:
                 ri, ts, te = self._march(o, d, sidx, grid, jitter, self.near, self.max_samples)
                 info = pack_info(ri, n)
                 if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
-                    sig = _density(field, o, d, ri, ts, te, _scenes(sidx, ri))
+                    sig, rgb = _prepass(field, o, d, ri, ts, te, _scenes(sidx, ri), reuse)
                     with inner_checks_off():  # marched intervals, and densities checked above
                         keep = render_visibility_from_density(
                             ts,
@@ -532,11 +546,17 @@ class Renderer(nn.Module):
                             early_stop_eps=self.early_stop_eps,
                             alpha_thre=self.alpha_thre,
                         )
-                    ri, ts, te, info = _select(keep, ri, ts, te, n_rays=n)
+                    values = (ts, te, sig) if rgb is None else (ts, te, sig, rgb)
+                    ri, *kept, info = _select(keep, ri, *values, n_rays=n)
+                    ts, te = kept[0], kept[1]
+                    prepass = (kept[2], kept[3]) if rgb is not None else None
         t_mid = (ts + te) * 0.5
-        d_s = d.index_select(0, ri)
-        pos = o.index_select(0, ri) + t_mid[:, None] * d_s
-        density, rgb = _split_field_output(field(pos, d_s, _scenes(sidx, ri)), ri.shape[0])
+        if prepass is not None:
+            density, rgb = prepass
+        else:
+            d_s = d.index_select(0, ri)
+            pos = o.index_select(0, ri) + t_mid[:, None] * d_s
+            density, rgb = _split_field_output(field(pos, d_s, _scenes(sidx, ri)), ri.shape[0])
         with inner_checks_off():  # marched intervals and the field's checked outputs
             weights, _, alphas = render_weight_from_density(ts, te, density, packed_info=info)
             color = accumulate_along_rays(weights, rgb, ray_indices=ri, n_rays=n)
@@ -579,8 +599,10 @@ class Renderer(nn.Module):
         sidx: Tensor | None,
         grid: OccupancyGrid | None,
         jitter: bool,
-    ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """The samples ``(ray_indices, t_starts, t_ends, packed_info)`` the early-stop pre-pass keeps.
+        reuse: bool,
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """The samples the early-stop pre-pass keeps: ``(ray_indices, t_starts, t_ends, packed_info,
+        values)``, ``values`` the field's ``(density, rgb)`` there when ``reuse`` (else ``None``).
 
         Marches every ray for :data:`FIRST_ROUND_SAMPLES` samples, evaluates their density and
         marches on (twice as many samples per round) only the rays that still let light through.
@@ -602,8 +624,13 @@ class Renderer(nn.Module):
                 o.index_select(0, rays), d.index_select(0, rays), scenes, grid, jitter and done == 0, near, k
             )
             ri = rays.index_select(0, ri)
-            sig = _density(field, o, d, ri, ts, te, _scenes(sidx, ri)) if ri.numel() else ts.new_zeros(0)
-            rounds.append((ri, ts, te, sig))
+            if ri.numel():
+                sig, rgb = _prepass(field, o, d, ri, ts, te, _scenes(sidx, ri), reuse)
+            else:
+                sig, rgb = ts.new_zeros(0), None
+            if reuse and rgb is None:  # no samples in this round: no colours came back
+                reuse, rounds = False, [part[:4] for part in rounds]
+            rounds.append((ri, ts, te, sig) if not reuse else (ri, ts, te, sig, rgb))
             count = torch.bincount(ri, minlength=n)
             counts.append(count)
             done += k
@@ -619,11 +646,11 @@ class Renderer(nn.Module):
             rays = rays[more]
             near = te.index_select(0, ends.index_select(0, rays))
             budget *= 2
-        ri, ts, te, sig = _merge_rounds(rounds, counts)
+        ri, ts, te, sig, *rgb = _merge_rounds(rounds, counts)
         total = torch.stack(counts).sum(0)
         info = _packed_info(total)
         if ri.numel() == 0:
-            return ri, ts, te, info
+            return ri, ts, te, info, None
         with inner_checks_off():  # marched intervals, and densities checked when evaluated
             keep = render_visibility_from_density(
                 ts,
@@ -633,7 +660,8 @@ class Renderer(nn.Module):
                 early_stop_eps=self.early_stop_eps,
                 alpha_thre=self.alpha_thre,
             )
-        return _select(keep, ri, ts, te, n_rays=n)
+        ri, ts, te, *values, info = _select(keep, ri, ts, te, sig, *rgb, n_rays=n)
+        return ri, ts, te, info, (values[0], values[1]) if rgb else None
 
     def _render_stratified(
         self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int
