@@ -537,19 +537,7 @@ class Renderer(nn.Module):
                 info = pack_info(ri, n)
                 if (self.early_stop_eps > 0 or self.alpha_thre > 0) and ri.numel() > 0:
                     sig, rgb = _prepass(field, o, d, ri, ts, te, _scenes(sidx, ri), reuse)
-                    with inner_checks_off():  # marched intervals, and densities checked above
-                        keep = render_visibility_from_density(
-                            ts,
-                            te,
-                            sig,
-                            packed_info=info,
-                            early_stop_eps=self.early_stop_eps,
-                            alpha_thre=self.alpha_thre,
-                        )
-                    values = (ts, te, sig) if rgb is None else (ts, te, sig, rgb)
-                    ri, *kept, info = _select(keep, ri, *values, n_rays=n)
-                    ts, te = kept[0], kept[1]
-                    prepass = (kept[2], kept[3]) if rgb is not None else None
+                    ri, ts, te, info, prepass = self._keep_visible(ri, ts, te, sig, rgb, info, n)
         t_mid = (ts + te) * 0.5
         if prepass is not None:
             density, rgb = prepass
@@ -651,6 +639,13 @@ class Renderer(nn.Module):
         info = _packed_info(total)
         if ri.numel() == 0:
             return ri, ts, te, info, None
+        return self._keep_visible(ri, ts, te, sig, rgb[0] if rgb else None, info, n)
+
+    def _keep_visible(
+        self, ri: Tensor, ts: Tensor, te: Tensor, sig: Tensor, rgb: Tensor | None, info: Tensor, n: int
+    ) -> tuple[Tensor, Tensor, Tensor, Tensor, tuple[Tensor, Tensor] | None]:
+        """The pre-passed samples that stay visible: ``(ray_indices, t_starts, t_ends, packed_info,
+        values)``, ``values`` the ``(density, rgb)`` there when ``rgb`` was evaluated (else ``None``)."""
         with inner_checks_off():  # marched intervals, and densities checked when evaluated
             keep = render_visibility_from_density(
                 ts,
@@ -660,8 +655,9 @@ class Renderer(nn.Module):
                 early_stop_eps=self.early_stop_eps,
                 alpha_thre=self.alpha_thre,
             )
-        ri, ts, te, *values, info = _select(keep, ri, ts, te, sig, *rgb, n_rays=n)
-        return ri, ts, te, info, (values[0], values[1]) if rgb else None
+        values = (ts, te, sig) if rgb is None else (ts, te, sig, rgb)
+        ri, *kept, info = _select(keep, ri, *values, n_rays=n)
+        return ri, kept[0], kept[1], info, (kept[2], kept[3]) if rgb is not None else None
 
     def _render_stratified(
         self, field: Field, o: Tensor, d: Tensor, sidx: Tensor | None, jitter: bool, start: int
