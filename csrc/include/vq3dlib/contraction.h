@@ -49,7 +49,9 @@ VQ3D_HD void contract_point(int mode, const T x[3], T y[3]) {
     int k = linf_argmax(x);
     T m = fabs(x[k]);
     if (m > T(1)) {
-      for (int j = 0; j < 3; ++j) y[j] = x[j] / m;
+      for (int j = 0; j < 3; ++j) {
+        if (j != k) y[j] = x[j] / m;
+      }
       y[k] = (T(2) - T(1) / m) * sign_of(x[k]);
     }
   }

@@ -91,19 +91,7 @@ template <typename T>
 VQ3D_HD bool grid_occupied(const uint8_t* binaries, const T* boxes, int levels, int rx, int ry, int rz,
                            int contraction, const T x[3], const SpanReciprocals<T>* spans = nullptr) {
   T y[3];
-  if (contraction == kContractLinf) {  // contract_point's values, without the division it discards
-    const int k = linf_argmax(x);
-    const T m = fabs(x[k]);
-    y[0] = x[0]; y[1] = x[1]; y[2] = x[2];
-    if (m > T(1)) {
-      for (int j = 0; j < 3; ++j) {
-        if (j != k) y[j] = x[j] / m;
-      }
-      y[k] = (T(2) - T(1) / m) * sign_of(x[k]);
-    }
-  } else {
-    contract_point(contraction, x, y);
-  }
+  contract_point(contraction, x, y);
   const int res[3] = {rx, ry, rz};
   const bool exact = spans != nullptr && spans->exact;
   for (int l = 0; l < levels; ++l) {
