@@ -100,3 +100,13 @@ def test_checks_name_the_argument():
         check_ray_indices(torch.tensor([5, 0]), 2, n_rays=1)  # value checks off: no sync, no error
     finally:
         _validation.set_finite_checks(True)
+
+
+def test_packed_info_from_counts_is_pack_info_of_that_packing():
+    counts = torch.tensor([3, 0, 0, 2, 5, 0, 1])
+    ray_indices = torch.arange(len(counts)).repeat_interleave(counts)
+    from vq3dlib.packed import packed_info_from_counts
+
+    assert torch.equal(packed_info_from_counts(counts), pack_info(ray_indices, n_rays=len(counts)))
+    with pytest.raises(TypeError, match="counts must have dtype"):
+        packed_info_from_counts(counts.float())

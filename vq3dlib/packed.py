@@ -43,6 +43,7 @@ __all__ = [
     "exclusive_prod",
     "exclusive_sum",
     "pack_info",
+    "packed_info_from_counts",
     "pad_segments",
     "segment_positions",
     "segment_sum",
@@ -158,6 +159,21 @@ def pack_info(ray_indices: torch.Tensor, n_rays: int | None = None) -> torch.Ten
     starts = torch.searchsorted(ray_indices, rays, side="left")
     ends = torch.searchsorted(ray_indices, rays, side="right")
     return torch.stack([starts, ends - starts], dim=-1)
+
+
+def packed_info_from_counts(counts: torch.Tensor) -> torch.Tensor:
+    """``packed_info [n_rays, 2]`` (start, count) of a packing with ``counts [n_rays]`` samples per ray.
+
+    What :func:`pack_info` gives for the ray indices of that packing, without searching them: for
+    code that knows how many samples each ray holds (e.g. from ``torch.bincount``).
+
+    Example:
+        >>> import torch
+        >>> packed_info_from_counts(torch.tensor([2, 0, 3, 0])).tolist()
+        [[0, 2], [2, 0], [2, 3], [5, 0]]
+    """
+    check_tensor("counts", counts, ndim=1, dtypes=(torch.long,))
+    return torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
 
 
 def segment_positions(

@@ -49,6 +49,7 @@ from vq3dlib._validation import (
     finite_checks_enabled,
     inner_checks_off,
 )
+from vq3dlib.packed import packed_info_from_counts
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
 from vq3dlib.render.stratified import stratified_intervals
@@ -239,16 +240,17 @@ def _prepass(
     return sig, rgb if full else None
 
 
-def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor]) -> tuple[Tensor, ...]:
+def _merge_rounds(
+    rounds: list[tuple[Tensor, ...]], counts: list[Tensor], total: Tensor
+) -> tuple[Tensor, ...]:
     """Interleaves the packed tensors of successive marching rounds into one packing, ray by ray.
 
     ``rounds[r]`` holds packed per-sample tensors (ray indices first, sorted) of round ``r`` and
-    ``counts[r] [n_rays]`` its samples per ray; a ray's samples of round ``r`` follow its samples of
-    the rounds before.
+    ``counts[r] [n_rays]`` its samples per ray, ``total [n_rays]`` their sum over the rounds; a ray's
+    samples of round ``r`` follow its samples of the rounds before.
     """
     if len(rounds) == 1:
         return rounds[0]
-    total = torch.stack(counts).sum(0)
     ray_start = torch.cumsum(total, 0) - total  # where each ray's samples begin in the merged packing
     before = torch.zeros_like(total)  # samples of each ray in the rounds already placed
     size = int(total.sum())
@@ -264,17 +266,12 @@ def _merge_rounds(rounds: list[tuple[Tensor, ...]], counts: list[Tensor]) -> tup
     return tuple(merged)
 
 
-def _packed_info(counts: Tensor) -> Tensor:
-    """``[n_rays, 2]`` (start, count) of a packing with ``counts [n_rays]`` samples per ray."""
-    return torch.stack([torch.cumsum(counts, 0) - counts, counts], dim=-1)
-
-
 def _select(keep: Tensor, ri: Tensor, *values: Tensor, n_rays: int) -> tuple[Tensor, ...]:
     """The packed samples where ``keep`` holds: ``(ray_indices, *values, packed_info)``."""
     index = keep.nonzero().squeeze(1)
     ri = ri.index_select(0, index)
     kept = tuple(v.index_select(0, index) for v in values)
-    return (ri, *kept, _packed_info(torch.bincount(ri, minlength=n_rays)))
+    return (ri, *kept, packed_info_from_counts(torch.bincount(ri, minlength=n_rays)))
 
 
 def _scenes(scene_index: Tensor | None, ri: Tensor) -> Tensor:
@@ -614,11 +611,9 @@ class Renderer(nn.Module):
             ri = rays.index_select(0, ri)
             if ri.numel():
                 sig, rgb = _prepass(field, o, d, ri, ts, te, _scenes(sidx, ri), reuse)
-            else:
-                sig, rgb = ts.new_zeros(0), None
-            if reuse and rgb is None:  # no samples in this round: no colours came back
-                reuse, rounds = False, [part[:4] for part in rounds]
-            rounds.append((ri, ts, te, sig) if not reuse else (ri, ts, te, sig, rgb))
+            else:  # no samples: empty values, colours shaped like the first round's (if any)
+                sig, rgb = ts.new_zeros(0), rounds[0][4][:0] if reuse and rounds else None
+            rounds.append((ri, ts, te, sig) if rgb is None else (ri, ts, te, sig, rgb))
             count = torch.bincount(ri, minlength=n)
             counts.append(count)
             done += k
@@ -634,9 +629,9 @@ class Renderer(nn.Module):
             rays = rays[more]
             near = te.index_select(0, ends.index_select(0, rays))
             budget *= 2
-        ri, ts, te, sig, *rgb = _merge_rounds(rounds, counts)
         total = torch.stack(counts).sum(0)
-        info = _packed_info(total)
+        ri, ts, te, sig, *rgb = _merge_rounds(rounds, counts, total)
+        info = packed_info_from_counts(total)
         if ri.numel() == 0:
             return ri, ts, te, info, None
         return self._keep_visible(ri, ts, te, sig, rgb[0] if rgb else None, info, n)
