@@ -214,3 +214,30 @@ def test_configs_build_priors():
         big = CodePrior.from_config(get_config("imagenet256"))
         logits = big(torch.zeros(2, 1024, dtype=torch.long, device="meta"), torch.zeros(2, dtype=torch.long))
     assert logits.shape == (2, 1024, 8192)
+
+
+def test_dropout_acts_on_residual_branches_only_and_only_in_training(monkeypatch):
+    import torch.nn.functional as F
+
+    from vq3dlib.models import prior as prior_module
+
+    seen_p = []
+    sdpa = F.scaled_dot_product_attention
+
+    def spy(*args, **kwargs):
+        seen_p.append(kwargs.get("dropout_p", 0.0))
+        return sdpa(*args, **kwargs)
+
+    monkeypatch.setattr(prior_module.F, "scaled_dot_product_attention", spy)
+    prior = small(dropout=0.5)
+    idx, labels = torch.randint(0, V, (4, N)), torch.tensor([0, 1, 2, 3])
+    prior.train()
+    a, b = prior(idx, labels), prior(idx, labels)
+    assert not torch.allclose(a, b)  # dropout is on in training
+    prior.eval()
+    torch.testing.assert_close(prior(idx, labels), prior(idx, labels))
+    assert seen_p and all(p == 0.0 for p in seen_p)  # never on the attention weights (fused SDPA)
+    hidden = [m.mlp.drop1.p for m in prior.blocks]
+    out = [(m.mlp.drop2.p, m.attn.proj_drop.p) for m in prior.blocks]
+    assert hidden == [0.0] * len(prior.blocks) and out == [(0.5, 0.5)] * len(prior.blocks)
+

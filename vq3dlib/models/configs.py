@@ -393,6 +393,7 @@ def _tiny() -> VQ3DConfig:
         depth_align="range",
         depth_range=(1.5, 20.0),
         dead_code_steps=20,
+        prior_dropout=0.1,  # the prior sees 512 code grids: without dropout it overfits them
     )
 
 

@@ -90,7 +90,6 @@ class CausalSelfAttention(nn.Module):
             raise ValueError(f"heads ({heads}) must divide width ({width})")
         self.heads = heads
         self.head_dim = width // heads
-        self.dropout = dropout
         self.qkv = nn.Linear(width, 3 * width, bias=qkv_bias)
         self.proj = nn.Linear(width, width)
         self.proj_drop = nn.Dropout(dropout)
@@ -99,9 +98,9 @@ class CausalSelfAttention(nn.Module):
         """``[B, T, D]`` -> ``[B, T, D]``; with a cache, ``x`` continues the cached positions."""
         b, t, d = x.shape
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        drop = self.dropout if self.training else 0.0
+        # no dropout on the attention weights: it would take SDPA off its fused kernels
         if cache is None:
-            out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
         else:
             start = cache.length
             cache.keys[layer, :, :, start : start + t] = k
@@ -109,13 +108,13 @@ class CausalSelfAttention(nn.Module):
             k = cache.keys[layer, :, :, : start + t]
             v = cache.values[layer, :, :, : start + t]
             if t == 1:  # one new query sees every cached position
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
+                out = F.scaled_dot_product_attention(q, k, v)
             elif start == 0:
-                out = F.scaled_dot_product_attention(q, k, v, dropout_p=drop, is_causal=True)
+                out = F.scaled_dot_product_attention(q, k, v, is_causal=True)
             else:  # several new queries after a filled cache: query i sees keys <= start + i
                 rows = torch.arange(start, start + t, device=x.device)[:, None]
                 mask = rows >= torch.arange(start + t, device=x.device)[None, :]
-                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=drop)
+                out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         out = out.transpose(1, 2).reshape(b, t, d)
         return self.proj_drop(self.proj(out))
 
@@ -140,7 +139,8 @@ class PriorBlock(nn.Module):
         self.norm1 = nn.LayerNorm(width)
         self.attn = CausalSelfAttention(width, heads, dropout=dropout, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(width)
-        self.mlp = Mlp(width, int(width * mlp_ratio), drop=dropout)
+        # dropout on the residual branch only, not on the hidden layer (4x the values to draw)
+        self.mlp = Mlp(width, int(width * mlp_ratio), drop=(0.0, dropout))
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         """``[B, T, D]`` -> ``[B, T, D]``."""
@@ -227,7 +227,8 @@ class CodePrior(nn.Module):
         num_classes: class labels; 0 for an unconditional prior. Label ``num_classes`` is the
             null label (unconditional / classifier-free guidance).
         width, depth, heads, mlp_ratio: transformer sizes.
-        dropout: dropout in attention and MLPs (training only).
+        dropout: dropout (training only) of the embeddings and of the attention's and MLP's outputs
+            before each residual sum.
         class_dropout: probability that :meth:`loss` replaces a label by the null label.
         qkv_bias: bias in the qkv projection.
 
