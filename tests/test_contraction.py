@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from vq3dlib.contraction import (
     contract,
+    contract_axis,
     contract_l2,
     contract_linf,
     contraction_jacobian,
@@ -17,7 +18,7 @@ from vq3dlib.contraction import (
     uncontract_linf,
 )
 
-KINDS = ["l2", "linf"]
+KINDS = ["l2", "linf", "axis"]
 
 
 def _points(n: int = 2000, scale: float = 5.0) -> torch.Tensor:
@@ -29,6 +30,17 @@ def test_l2_matches_formula():
     r = x.norm(dim=-1, keepdim=True)
     expected = torch.where(r <= 1, x, (2 - 1 / r) * x / r)
     torch.testing.assert_close(contract_l2(x), expected)
+
+
+def test_axis_matches_formula_and_keeps_axis_planes():
+    x = _points()
+    a = x.abs()
+    expected = torch.where(a <= 1, x, (2 - 1 / a) * torch.sign(x))
+    torch.testing.assert_close(contract_axis(x), expected)
+    # a ground plane y = -0.5 stays y = -0.5 however far away; L-inf squeezes it towards y = 0
+    far = torch.tensor([[1e3, -0.5, 40.0]], dtype=torch.float64)
+    assert float(contract_axis(far)[0, 1]) == -0.5
+    assert abs(float(contract_linf(far)[0, 1])) < 1e-3
 
 
 def test_linf_matches_formula_pointwise():
@@ -84,7 +96,8 @@ def test_jacobian_matches_autograd(kind):
 @given(st.lists(st.floats(-1e3, 1e3, allow_nan=False), min_size=3, max_size=3))
 def test_property_bounded_and_invertible(coords):
     x = torch.tensor([coords], dtype=torch.float64)
-    for kind, bound in (("l2", lambda y: y.norm()), ("linf", lambda y: y.abs().max())):
+    norms = (("l2", lambda y: y.norm()), ("linf", lambda y: y.abs().max()), ("axis", lambda y: y.abs().max()))
+    for kind, bound in norms:
         y = contract(x, kind)
         assert float(bound(y)) < 2
         torch.testing.assert_close(uncontract(y, kind), x, rtol=1e-6, atol=1e-6)

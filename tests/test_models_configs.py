@@ -175,3 +175,10 @@ def test_imagenet256_on_meta_parameter_counts():
     assert 85e6 < dec_n < 100e6  # ViT-Base + triplane head
     assert param_count(field, print_fn=None)["total"] < 1e5
     assert 250e6 < prior_n < 400e6
+
+
+def test_axis_contraction_needs_stratified_sampling():
+    assert get_config("tiny").contraction == "axis" and get_config("tiny").sampling == "stratified"
+    with pytest.raises(ValueError, match="contraction='axis' needs sampling='stratified'"):
+        get_config("tiny", sampling="march")
+    assert get_config("tiny", sampling="march", contraction="linf").contraction == "linf"

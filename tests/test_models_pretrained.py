@@ -75,7 +75,7 @@ def test_the_bundled_model_reconstructs_held_out_scenes_at_its_documented_figure
 
     model = VQ3DModel.pretrained("tiny-procedural")
     m = evaluate_stage1(model, ProceduralScenes(16, 32, n_novel_views=1, seed=1), batch_size=8)
-    assert m["psnr"] == pytest.approx(26.21, abs=0.1), m
-    assert m["novel_psnr"] == pytest.approx(20.90, abs=0.15), m
+    assert m["psnr"] == pytest.approx(27.02, abs=0.1), m
+    assert m["novel_psnr"] == pytest.approx(21.28, abs=0.15), m
     assert m["own_vs_other_db"] > 8.0 and m["holes_fraction"] == 0.0, m
     assert m["psnr"] > m["baseline_psnr"] + 5.0

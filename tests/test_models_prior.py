@@ -240,4 +240,3 @@ def test_dropout_acts_on_residual_branches_only_and_only_in_training(monkeypatch
     hidden = [m.mlp.drop1.p for m in prior.blocks]
     out = [(m.mlp.drop2.p, m.attn.proj_drop.p) for m in prior.blocks]
     assert hidden == [0.0] * len(prior.blocks) and out == [(0.5, 0.5)] * len(prior.blocks)
-

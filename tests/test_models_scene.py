@@ -68,7 +68,8 @@ def test_scene_selection_and_the_render_result():
     images = out.images()
     assert set(images) == {"rgb", "depth", "disparity", "opacity", "features", "image"}
     assert images["rgb"].shape == (1, 3, 8, 8) and images["image"].shape == (1, 3, 16, 16)
-    march = micro_vq3d(sampling="march", field_out_features=0, super_resolution=False).eval()
+    march = micro_vq3d(sampling="march", contraction="linf", field_out_features=0, super_resolution=False)
+    march = march.eval()
     out = march.reconstruct(torch.rand(1, 3, 16, 16)).render(march.canonical_cameras(1))
     assert out.grid is not None and out.features is None
     assert set(out.images()) == {"rgb", "depth", "disparity", "opacity", "image"}

@@ -20,7 +20,7 @@ requires_ext = pytest.mark.skipif(
 OPTIONS = [
     dict(contraction=c, reduce=r, align_corners=a, padding_mode=p)
     for c, r, a, p in itertools.product(
-        ["none", "l2", "linf"], ["sum", "mean", "concat"], [False, True], ["zeros", "border"]
+        ["none", "l2", "linf", "axis"], ["sum", "mean", "concat"], [False, True], ["zeros", "border"]
     )
 ]
 
@@ -77,7 +77,7 @@ def test_kernel_equals_reference_dense(kernel_target, opts):
 
 
 @requires_ext
-@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf", "axis"])
 def test_kernel_equals_reference_packed(kernel_target, contraction):
     planes = torch.randn(3, 3, 6, 8, 8, dtype=torch.float64, device=kernel_target.device, requires_grad=True)
     points = (torch.randn(200, 3, dtype=torch.float64, device=kernel_target.device) * 2).requires_grad_()
@@ -97,7 +97,7 @@ def test_kernel_equals_reference_packed(kernel_target, contraction):
 
 
 @requires_ext
-@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf", "axis"])
 def test_gradcheck_kernel(kernel_target, contraction):
     device = kernel_target.device
     planes = torch.randn(2, 3, 3, 5, 6, dtype=torch.float64, device=device, requires_grad=True)
@@ -171,7 +171,7 @@ def test_double_backward_kernel_equals_reference(kernel_target, opts):
 
 
 @requires_ext
-@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf", "axis"])
 def test_gradgradcheck_kernel(kernel_target, contraction):
     device = kernel_target.device
     planes = torch.randn(1, 3, 2, 4, 5, dtype=torch.float64, device=device, requires_grad=True)
@@ -300,7 +300,7 @@ def test_kernel_one_point_and_scenes_out_of_range(kernel_target):
 
 
 @requires_ext
-@pytest.mark.parametrize("contraction", ["none", "l2", "linf"])
+@pytest.mark.parametrize("contraction", ["none", "l2", "linf", "axis"])
 def test_kernel_many_points_equal_reference(kernel_target, contraction):
     """Random points (>= 2048) on planes of >= 16 MiB: the CPU kernels visit them in Morton order."""
     device = kernel_target.device

@@ -6,6 +6,10 @@
   outside, the arg-max coordinate becomes ``(2 - 1/|x_k|) sign(x_k)`` and the others ``x_j/|x|_∞``;
   maps R^3 into the open cube ``(-2, 2)^3``. Its grid cells are axis-aligned boxes, which suits
   triplanes and occupancy grids.
+* :func:`contract_axis` — per axis: each coordinate ``c`` with ``|c| > 1`` becomes
+  ``(2 - 1/|c|) sign(c)``, the others stay; maps R^3 into ``(-2, 2)^3``. An axis-aligned plane
+  ``x_j = c`` with ``|c| <= 1`` (a ground plane ``y = -0.5``) stays that plane out to infinity,
+  where the radial contractions squeeze it onto ``x_j = 0``.
 
 The same formulas exist once in C++ (``csrc/include/vq3dlib/contraction.h``) for the fused kernels;
 tests keep the two identical.
@@ -27,7 +31,7 @@ import torch
 from vq3dlib._numerics import safe_norm, scaled_norm
 from vq3dlib._validation import check_choice, check_tensor
 
-CONTRACTIONS = ("none", "l2", "linf")
+CONTRACTIONS = ("none", "l2", "linf", "axis")
 _EPS = 1e-12
 
 
@@ -132,8 +136,38 @@ def uncontract_linf(y: torch.Tensor) -> torch.Tensor:
     return torch.where(s > 1, outside, y)
 
 
+def contract_axis(x: torch.Tensor) -> torch.Tensor:
+    """Per-axis contraction of points ``x [..., 3]`` into the cube ``(-2, 2)^3``: each coordinate
+    ``c`` with ``|c| > 1`` becomes ``(2 - 1/|c|) sign(c)``.
+
+    Example:
+        >>> import torch
+        >>> contract_axis(torch.tensor([[4.0, -0.5, -2.0]]))
+        tensor([[ 1.7500, -0.5000, -1.5000]])
+    """
+    _check_points("x", x)
+    a = x.abs()
+    return torch.where(a > 1, (2 - 1 / a.clamp_min(1)) * torch.where(x < 0, -1.0, 1.0).to(x.dtype), x)
+
+
+def uncontract_axis(y: torch.Tensor) -> torch.Tensor:
+    """Inverse of :func:`contract_axis` for ``y [..., 3]`` inside ``(-2, 2)^3``.
+
+    Example:
+        >>> import torch
+        >>> uncontract_axis(torch.tensor([[1.75, -0.5, -1.5]]))
+        tensor([[ 4.0000, -0.5000, -2.0000]])
+    """
+    _check_points("y", y)
+    if bool((y.abs() >= 2).any()):
+        raise ValueError("y must lie strictly inside the cube (-2, 2)^3 to be uncontracted")
+    a = y.abs()
+    outside = torch.where(y < 0, -1.0, 1.0).to(y.dtype) / (2 - a.clamp_min(1))
+    return torch.where(a > 1, outside, y)
+
+
 def contract(x: torch.Tensor, kind: str) -> torch.Tensor:
-    """Dispatches to a contraction by name: ``"none"``, ``"l2"`` or ``"linf"``.
+    """Dispatches to a contraction by name: ``"none"``, ``"l2"``, ``"linf"`` or ``"axis"``.
 
     Example:
         >>> import torch
@@ -145,6 +179,8 @@ def contract(x: torch.Tensor, kind: str) -> torch.Tensor:
         return contract_l2(x)
     if kind == "linf":
         return contract_linf(x)
+    if kind == "axis":
+        return contract_axis(x)
     _check_points("x", x)
     return x
 
@@ -162,6 +198,8 @@ def uncontract(y: torch.Tensor, kind: str) -> torch.Tensor:
         return uncontract_l2(y)
     if kind == "linf":
         return uncontract_linf(y)
+    if kind == "axis":
+        return uncontract_axis(y)
     _check_points("y", y)
     return y
 
@@ -189,6 +227,9 @@ def contraction_jacobian(x: torch.Tensor, kind: str) -> torch.Tensor:
         jac = s * eye + c * x[..., :, None] * x[..., None, :]
         inside = (l2_norm(x) <= 1)[..., None]
         return torch.where(inside, eye, jac)
+    if kind == "axis":  # diagonal: 1 inside, 1 / x_j^2 outside
+        a = x.abs()
+        return torch.diag_embed(torch.where(a > 1, 1 / a.clamp_min(1).square(), torch.ones_like(x)))
     onehot, m, _ = _linf_parts(x)
     mc = m.clamp_min(1)[..., None]  # [..., 1, 1]
     sgn = torch.where(x < 0, -1.0, 1.0).to(x.dtype)

@@ -98,7 +98,9 @@ class VQ3DConfig:
     lifting_depth_weight: float = 0.0
 
     # triplane sampling + density/colour MLP head
-    contraction: str = "linf"  # "linf" (MERF, unbounded scenes) or "none" (a box of half-size scene_bound)
+    # "linf" (MERF, unbounded scenes), "axis" (per-axis: a ground plane stays a plane; needs
+    # sampling="stratified") or "none" (a box of half-size scene_bound)
+    contraction: str = "linf"
     triplane_reduce: str = "mean"
     field_hidden_dim: int = 64
     field_hidden_layers: int = 1
@@ -238,8 +240,15 @@ class VQ3DConfig:
                 "contraction='l2' is not supported by the model: its occupancy grid and ray marcher "
                 "(vq3dlib.render) march 'linf' (MERF) or 'none' contracted space only; use contraction='linf'"
             )
-        # the occupancy grid and the ray marcher (vq3dlib.render) march these; the triplane also knows "l2"
-        check_choice("contraction", self.contraction, MARCH_CONTRACTIONS)
+        # the occupancy grid and the ray marcher (vq3dlib.render) march these; the triplane also knows
+        # "l2" and "axis", and stratified sampling needs no grid
+        if self.contraction == "axis" and self.sampling != "stratified":
+            raise ValueError(
+                "contraction='axis' needs sampling='stratified': the occupancy grid and the ray marcher "
+                f"march {MARCH_CONTRACTIONS} contracted space only (with sampling='march', set "
+                "contraction='linf' too)"
+            )
+        check_choice("contraction", self.contraction, (*MARCH_CONTRACTIONS, "axis"))
         if self.decoder_lifting and self.contraction not in LIFTING_CONTRACTIONS:
             raise ValueError(
                 f"decoder_lifting needs contraction in {LIFTING_CONTRACTIONS}, got {self.contraction!r}"
@@ -379,6 +388,7 @@ def _tiny() -> VQ3DConfig:
         super_resolution_hidden=32,
         render_resolution=16,
         sampling="stratified",
+        contraction="axis",  # the ground plane stays a plane out to the horizon (docs/training.md)
         samples_per_ray=24,
         near=1.0,
         far=1e3,

@@ -42,10 +42,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from vq3dlib._validation import check_choice, check_positive, check_tensor
-from vq3dlib.contraction import uncontract_linf
+from vq3dlib.contraction import uncontract
 from vq3dlib.ops.triplane import PLANE_AXES
 
-LIFTING_CONTRACTIONS = ("linf", "none")
+LIFTING_CONTRACTIONS = ("linf", "axis", "none")
 
 
 def _texel_world_points(resolution: int, plane: int, bound: float, contraction: str) -> Tensor:
@@ -57,9 +57,9 @@ def _texel_world_points(resolution: int, plane: int, bound: float, contraction: 
     q = torch.zeros(resolution, resolution, 3, dtype=torch.float64, device="cpu")
     q[..., width_axis] = cols
     q[..., height_axis] = rows
-    if contraction == "linf":  # the triplane halves the contracted cube (-2, 2)^3 onto the plane
-        return uncontract_linf(2 * q) * bound
-    return q * bound
+    if contraction == "none":
+        return q * bound
+    return uncontract(2 * q, contraction) * bound  # the triplane halves the contracted cube (-2, 2)^3
 
 
 def depth_bin_coordinate(depth: Tensor, camera_distance: float) -> Tensor:
@@ -130,7 +130,7 @@ def lifting_grids(
         camera_distance: distance ``d`` of the canonical camera from the origin.
         fov_degrees: its field of view (square images).
         bound: the triplane's ``bound``.
-        contraction: the triplane's contraction, ``"linf"`` or ``"none"``.
+        contraction: the triplane's contraction, ``"linf"``, ``"axis"`` or ``"none"``.
 
     Returns:
         ``(grids [3, R, R, 2], fade [3, R, R])``: ``F.grid_sample`` coordinates (``align_corners=False``)

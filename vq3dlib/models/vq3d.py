@@ -443,7 +443,9 @@ class VQ3DModel(nn.Module):
             >>> planes, cams = torch.zeros(1, 3, 16, 32, 32), model.canonical_cameras(1, resolution=16)
             >>> model.render(planes, cams, image_size=64).image.shape  # any cameras, any output size
             torch.Size([1, 3, 64, 64])
-            >>> march = VQ3DModel.from_config("tiny", sampling="march", render_resolution=8)
+            >>> march = VQ3DModel.from_config(
+            ...     "tiny", sampling="march", contraction="linf", render_resolution=8
+            ... )
             >>> march.render(torch.zeros(1, 3, 16, 32, 32), march.canonical_cameras(1)).grid.n_scenes
             1
         """

@@ -13,7 +13,7 @@ Example:
 from __future__ import annotations
 
 #: ``enum Contraction`` of ``contraction.h``
-CONTRACTION_CODES: dict[str, int] = {"none": 0, "l2": 1, "linf": 2}
+CONTRACTION_CODES: dict[str, int] = {"none": 0, "l2": 1, "linf": 2, "axis": 3}
 #: ``enum Padding`` of ``bilinear.h``
 PADDING_CODES: dict[str, int] = {"zeros": 0, "border": 1}
 #: ``enum Reduce`` of ``triplane.h``

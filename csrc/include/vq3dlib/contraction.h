@@ -6,6 +6,8 @@
 //   linf (MERF):         x                      if |x|_inf <= 1
 //                        x_j / |x|_inf          for j not the arg-max coordinate
 //                        (2 - 1/|x_j|) sign x_j for the arg-max coordinate -> cube [-2, 2]^3
+//   axis (per axis):     each coordinate on its own: x_j if |x_j| <= 1, else (2 - 1/|x_j|) sign x_j
+//                        -> cube [-2, 2]^3; planes x_j = c with |c| <= 1 stay planes
 #pragma once
 #include <limits>
 
@@ -13,7 +15,7 @@
 
 namespace vq3dlib {
 
-enum Contraction : int { kContractNone = 0, kContractL2 = 1, kContractLinf = 2 };
+enum Contraction : int { kContractNone = 0, kContractL2 = 1, kContractLinf = 2, kContractAxis = 3 };
 
 // |x|_2 of a 3-vector without overflow: when the sum of squares overflows (|x| above sqrt of the
 // largest value), the coordinates are scaled by |x|_inf first. Same bits as sqrt(x.x) otherwise.
@@ -54,6 +56,10 @@ VQ3D_HD void contract_point(int mode, const T x[3], T y[3]) {
       }
       y[k] = (T(2) - T(1) / m) * sign_of(x[k]);
     }
+  } else if (mode == kContractAxis) {
+    for (int j = 0; j < 3; ++j) {
+      if (fabs(x[j]) > T(1)) y[j] = (T(2) - T(1) / fabs(x[j])) * sign_of(x[j]);
+    }
   }
 }
 
@@ -82,6 +88,10 @@ VQ3D_HD void contract_vjp(int mode, const T x[3], const T gy[3], T gx[3]) {
       }
       gx[k] = gy[k] / (x[k] * x[k]) - acc * sign_of(x[k]) / (m * m);
     }
+  } else if (mode == kContractAxis) {  // diagonal Jacobian: 1 / x_j^2 outside
+    for (int j = 0; j < 3; ++j) {
+      if (fabs(x[j]) > T(1)) gx[j] = gy[j] / (x[j] * x[j]);
+    }
   }
 }
 
@@ -104,6 +114,10 @@ VQ3D_HD void contract_jvp(int mode, const T x[3], const T v[3], T dy[3]) {
       T sg = sign_of(x[k]);
       for (int j = 0; j < 3; ++j) dy[j] = v[j] / m - x[j] * sg * v[k] / (m * m);
       dy[k] = v[k] / (m * m);
+    }
+  } else if (mode == kContractAxis) {
+    for (int j = 0; j < 3; ++j) {
+      if (fabs(x[j]) > T(1)) dy[j] = v[j] / (x[j] * x[j]);
     }
   }
 }
@@ -142,6 +156,10 @@ VQ3D_HD void contract_vjp_jvp(int mode, const T x[3], const T gy[3], const T v[3
         dacc += gy[j] * v[j];
       }
       dgx[k] = (T(2) * v[k] * (acc - sg * gy[k]) / m - sg * dacc) / m2;
+    }
+  } else if (mode == kContractAxis) {  // d/dt of gy_j / x_j^2 = -2 gy_j v_j / x_j^3
+    for (int j = 0; j < 3; ++j) {
+      if (fabs(x[j]) > T(1)) dgx[j] = -T(2) * gy[j] * v[j] / (x[j] * x[j] * x[j]);
     }
   }
 }

@@ -63,7 +63,7 @@ inline void check_triplane_double_backward(const at::Tensor& grad_out, const at:
 template <typename T>
 TriplaneArgs<T> make_triplane_args(const at::Tensor& planes, int64_t points_per_scene, int64_t contraction,
                                    double bound, bool align_corners, int64_t padding, int64_t reduce) {
-  TORCH_CHECK(contraction >= 0 && contraction <= 2, "contraction code must be 0, 1 or 2");
+  TORCH_CHECK(contraction >= 0 && contraction <= 3, "contraction code must be 0, 1, 2 or 3");
   TORCH_CHECK(padding == kPadZeros || padding == kPadBorder, "padding code must be 0 or 1");
   TORCH_CHECK(reduce >= 0 && reduce <= 2, "reduce code must be 0, 1 or 2");
   TORCH_CHECK(bound > 0, "bound must be > 0");
