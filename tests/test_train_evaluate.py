@@ -101,3 +101,25 @@ def test_own_and_other_psnr_against_a_direct_computation():
     with pytest.raises(ValueError, match="at least 2"):
         own_and_other_psnr(preds[:1], targets[:1])
     assert same.shape == (4,)
+
+
+def test_depth_truth_is_taken_at_the_render_pixel_centres_when_the_dataset_can_render_it():
+    from vq3dlib.cameras import canonical_cameras
+    from vq3dlib.train.evaluate import _true_depth
+    from vq3dlib.train.loop import get_batch
+
+    ds = ProceduralScenes(4, 32, n_novel_views=0, seed=1)
+    cams = canonical_cameras(4, 2.7, 40.0, (16, 16))
+    batch = get_batch(ds, torch.arange(4))
+    exact = _true_depth(ds, batch, cams, 16)
+    # the scene rendered at 16 px: a resize of the 32 px depth samples a point off each pixel's ray
+    assert exact.shape == (4, 1, 16, 16)
+    for k in range(4):
+        assert torch.equal(exact[k], ProceduralScenes(4, 16, n_novel_views=0, seed=1)[k]["depth"])
+    resized = torch.nn.functional.interpolate(batch["depth"], size=(16, 16), mode="nearest-exact")
+    assert (exact != resized).any()  # at object edges
+    sub = torch.utils.data.Subset(ds, [2, 3])
+    sub_batch = get_batch(sub, torch.arange(2))
+    assert torch.equal(_true_depth(sub, sub_batch, cams[:2], 16), exact[2:])
+    plain = [{"image": torch.zeros(3, 32, 32), "depth": batch["depth"][k]} for k in range(2)]
+    assert torch.equal(_true_depth(plain, get_batch(plain, torch.arange(2)), cams[:2], 16), resized[:2])

@@ -159,7 +159,6 @@ def write_reconstructions(
     size = model.config.image_size
     held = ProceduralScenes(config.eval_size, size, n_novel_views=1, seed=config.data_seed + 1)
     device = next(model.parameters()).device
-    r = model.config.render_resolution
     rows, written = [], []
     frames, elevation, sweep = views.frames, views.elevation, views.sweep
     for i in range(min(views.scenes, len(held))):
@@ -172,7 +171,7 @@ def write_reconstructions(
         pair = torch.cat([_area(truth["rgb"], shown), turn["image"]], dim=-1)  # [F, 3, s, 2s]
         rows.append(pair)
         canon = scene.render(model.canonical_cameras(1)).images()
-        gt_depth = F.interpolate(item["depth"][None], size=(r, r), mode="nearest-exact")
+        gt_depth = held.true_depth(i, model.canonical_cameras(1).to("cpu"))  # at the render's pixels
         up = dict(size=(size, size), mode="nearest-exact")
         recon = canon.get("image", canon["rgb"]).clamp(0, 1).cpu()
         panel = torch.cat(

@@ -538,6 +538,21 @@ class ProceduralScenes(Dataset):
         )
         return self.novel_view_sampler.sample(self.n_novel_views, generator=gen, base=base)
 
+    def true_depth(self, index: int, cameras: Cameras) -> Tensor:
+        """Exact z-depth ``[V, 1, h, w]`` of item ``index``'s scene seen by ``cameras`` (``V`` cameras of
+        any resolution ``(h, w)``): the truth at the very pixel centres of a render, where resizing
+        the item's ``depth`` would move each truth sample off its pixel's ray.
+
+        Example:
+            >>> from vq3dlib.cameras import canonical_cameras
+            >>> ds = ProceduralScenes(size=2, resolution=16)
+            >>> ds.true_depth(1, canonical_cameras(1, 2.7, 40.0, (16, 16))).equal(ds[1]["depth"][None])
+            True
+        """
+        if not isinstance(cameras, Cameras):
+            raise TypeError(f"cameras must be Cameras, got {type(cameras).__name__}")
+        return self.scene(index).render(cameras)["depth"]
+
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         index = self._check_index(index)
         scene = self.scene(index)

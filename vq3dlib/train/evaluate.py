@@ -12,7 +12,11 @@
   scenes) against the true novel views — the test of 3D consistency;
 * ``depth_abs_rel``/``depth_delta1``: the rendered depth against the true depth after a per-image
   scale/shift alignment in disparity space (:func:`vq3dlib.metrics.depth_abs_rel`), on the pixels
-  closer than ``max_depth`` (scene content; the far sky is left out);
+  closer than ``max_depth`` (scene content; the far sky is left out). The truth is taken at the
+  render's own pixel centres when the dataset can render it (a ``true_depth(index, cameras)``
+  method, as :class:`~vq3dlib.data.ProceduralScenes` has); otherwise the item's ``depth`` is
+  resized to the render resolution (nearest), which moves each truth sample up to half a pixel of
+  the input off its pixel's ray;
 * ``codebook_perplexity``/``codebook_used``: code usage over the dataset;
 
 and the baselines ``baseline_colour_psnr``/``baseline_novel_colour_psnr`` (each view predicted by its
@@ -97,6 +101,17 @@ def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
 
 
 @torch.no_grad()
+def _true_depth(dataset: Dataset, batch: dict[str, Tensor], cameras: Any, r: int) -> Tensor:
+    """``[B, 1, r, r]`` true depth at the pixel centres of the ``r x r`` render of ``cameras``."""
+    base = dataset
+    while isinstance(base, torch.utils.data.Subset):
+        base = base.dataset
+    exact = getattr(base, "true_depth", None)
+    if exact is None or "index" not in batch:
+        return _resize(batch["depth"], (r, r), "nearest")
+    return torch.cat([exact(int(i), cameras[k : k + 1]) for k, i in enumerate(batch["index"])])
+
+
 def evaluate_stage1(
     model: torch.nn.Module,
     dataset: Dataset,
@@ -159,7 +174,7 @@ def evaluate_stage1(
                 images_all.append(images.cpu())
                 recon_all.append(recon.cpu())
                 if "depth" in batch:
-                    gt = _resize(batch["depth"].to(device), (r, r), "nearest")
+                    gt = _true_depth(dataset, batch, model.canonical_cameras(b), r).to(device)
                     mask = gt < max_depth
                     pred = view["depth"]
                     cap = {"max_depth": max_depth}  # aligned depths capped like the evaluated pixels
