@@ -28,6 +28,7 @@ of the measured copy bandwidth.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 
@@ -62,13 +63,16 @@ TARGETS = {
 
 
 def _inputs(args: argparse.Namespace, device: torch.device, n_points: int):
+    """Planes, two sets of points (the steps alternate between them: each step sees other points, as
+    a training step does, so nothing computed from the points carries over) and the eikonal vector."""
     gen = torch.Generator().manual_seed(0)
     planes = (torch.randn(1, 3, args.channels, args.resolution, args.resolution, generator=gen) * 0.1).to(
         device
     )
-    points = (torch.randn(1, n_points, 3, generator=gen) * 1.5).to(device)
+    points = [(torch.randn(1, n_points, 3, generator=gen) * 1.5).to(device) for _ in range(2)]
+    points = [p.requires_grad_() for p in points]
     weight = torch.randn(args.channels, generator=gen).to(device)
-    return planes.requires_grad_(), points.requires_grad_(), weight
+    return planes.requires_grad_(), points, weight
 
 
 def _features_fn(method: str, planes: torch.Tensor, contraction: str):
@@ -108,18 +112,20 @@ def _features_fn(method: str, planes: torch.Tensor, contraction: str):
     return features
 
 
-def _step_fn(method: str, section: str, planes, points, weight, contraction: str):
+def _step_fn(method: str, section: str, planes, points: list, weight, contraction: str):
     features = _features_fn(method, planes, contraction)
+    calls = itertools.count()
     if section == "fwd_bwd":
 
         def step():
-            features(points).square().sum().backward()
+            features(points[next(calls) % 2]).square().sum().backward()
 
         return step
 
     def step():  # eikonal-style: gradient of a scalar field w.r.t. the points, then backward through it
-        s = features(points) @ weight
-        (normal,) = torch.autograd.grad(s.sum(), points, create_graph=True)
+        x = points[next(calls) % 2]
+        s = features(x) @ weight
+        (normal,) = torch.autograd.grad(s.sum(), x, create_graph=True)
         (normal.norm(dim=-1) - 1).square().mean().backward()
 
     return step

@@ -321,6 +321,40 @@ def test_kernel_many_points_equal_reference(kernel_target, contraction):
         torch.testing.assert_close(a, b)
 
 
+@requires_ext
+def test_cpu_visit_order_is_reused_only_for_equal_points_and_options():
+    """The CPU kernels keep the last Morton visit order (a forward's backward reuses it): points changed
+    in place, other scene indices, another plane shape or other options must not reuse it wrongly."""
+    gen = torch.Generator().manual_seed(5)
+    planes = torch.randn(2, 3, 4, 320, 300, dtype=torch.float64, generator=gen)
+    points = torch.randn(5000, 3, dtype=torch.float64, generator=gen) * 1.5
+    scene = torch.randint(0, 2, (5000,), generator=gen)
+    other_scene = 1 - scene
+    tall = planes.reshape(2, 3, 4, 300, 320)  # the same number of texels in another shape
+    calls = [
+        (planes, scene, dict(contraction="linf")),
+        (planes, scene, dict(contraction="linf", reduce="concat", align_corners=True)),
+        (tall, scene, dict(contraction="linf")),
+        (planes, other_scene, dict(contraction="linf")),
+        (planes, scene, dict(contraction="linf", bound=1.5)),
+        (planes, scene, dict(contraction="axis")),
+    ]
+    with backend.forced("ext"):
+        for step in range(2):
+            if step == 1:
+                points[1234, 0] += 0.5  # in place: same storage, other contents
+            for pl, sc, opts in calls:
+                p, x = pl.clone().requires_grad_(), points.clone().requires_grad_()
+                out = triplane_sample(p, x, sc, **opts)
+                g = torch.autograd.grad(out.square().sum(), (p, x))
+                p2, x2 = pl.clone().requires_grad_(), points.clone().requires_grad_()
+                ref = triplane_sample_reference(p2, x2, sc, **opts)
+                g_ref = torch.autograd.grad(ref.square().sum(), (p2, x2))
+                torch.testing.assert_close(out, ref)
+                torch.testing.assert_close(g[0], g_ref[0])
+                torch.testing.assert_close(g[1], g_ref[1])
+
+
 def test_half_precision_computed_in_float32():
     planes = torch.randn(1, 3, 4, 8, 8)
     points = torch.rand(1, 10, 3) - 0.5

@@ -121,5 +121,9 @@ def test_depth_truth_is_taken_at_the_render_pixel_centres_when_the_dataset_can_r
     sub = torch.utils.data.Subset(ds, [2, 3])
     sub_batch = get_batch(sub, torch.arange(2))
     assert torch.equal(_true_depth(sub, sub_batch, cams[:2], 16), exact[2:])
+    from vq3dlib.train.loop import MemoryDataset
+
+    cached = MemoryDataset(sub, progress=False)  # the trainer's in-memory copy of the held-out set
+    assert torch.equal(_true_depth(cached, get_batch(cached, torch.arange(2)), cams[:2], 16), exact[2:])
     plain = [{"image": torch.zeros(3, 32, 32), "depth": batch["depth"][k]} for k in range(2)]
     assert torch.equal(_true_depth(plain, get_batch(plain, torch.arange(2)), cams[:2], 16), resized[:2])

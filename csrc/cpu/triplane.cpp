@@ -9,6 +9,8 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <memory>
+#include <mutex>
 #include <vector>
 
 #include "hugepages.h"
@@ -118,21 +120,19 @@ int32_t cell_key(const TriplaneArgs<T>& a, const T* points, const int64_t* scene
 }
 
 // The visit order and, in that order, copies of the point coordinates and scenes (so the kernels
-// read them sequentially); args as the kernels take them then (scenes given per point).
+// read them sequentially; visit_args gives the kernels' args for them).
 template <typename T>
 struct VisitOrder {
   std::vector<int64_t> index;  // empty: identity
   std::vector<T> points;
   std::vector<int64_t> scene;
-  TriplaneArgs<T> args;
   const int64_t* order() const { return index.empty() ? nullptr : index.data(); }
 };
 
 template <typename T>
-VisitOrder<T> visit_order(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t S,
-                          const T** points_v, const int64_t** scene_v) {
+VisitOrder<T> compute_visit_order(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index, int64_t S,
+                                  const T** points_v, const int64_t** scene_v) {
   VisitOrder<T> vo;
-  vo.args = a;
   *points_v = points;
   *scene_v = scene_index;
   const int64_t plane_bytes = a.n_scenes * 3 * a.height * a.width * a.channels * int64_t(sizeof(T));
@@ -170,10 +170,76 @@ VisitOrder<T> visit_order(const TriplaneArgs<T>& a, const T* points, const int64
     }
   });
   vo.scene.swap(scene_sorted);
-  vo.args.points_per_scene = 0;
   *points_v = vo.points.data();
   *scene_v = vo.scene.data();
   return vo;
+}
+
+// The last computed (non-identity) visit order, with what it was computed from. A forward's
+// backward and double backward see the same points, so each step sorts them once. It is reused only
+// when every input of compute_visit_order is equal: the sizes and options compared field by field,
+// the points and scene indices compared in full (a memcmp of 12-20 bytes per point against the sort's
+// contraction and counting sort), so a reuse is exact, never a guess.
+template <typename T>
+struct OrderCache {
+  std::mutex mutex;
+  int64_t S = -1, points_per_scene = 0, n_scenes = 0, plane_elems = 0;
+  int contraction = -1;
+  T bound = T(0);
+  std::vector<T> points;
+  std::vector<int64_t> scenes;
+  std::shared_ptr<const VisitOrder<T>> order;
+};
+
+template <typename T>
+OrderCache<T>& order_cache() {
+  static OrderCache<T> cache;
+  return cache;
+}
+
+// compute_visit_order through the one-entry cache; *points_v and *scene_v as it sets them.
+template <typename T>
+std::shared_ptr<const VisitOrder<T>> visit_order(const TriplaneArgs<T>& a, const T* points, const int64_t* scene_index,
+                                                 int64_t S, const T** points_v, const int64_t** scene_v) {
+  OrderCache<T>& c = order_cache<T>();
+  const int64_t plane_elems = a.height * a.width * a.channels;
+  const int64_t n_scene_ids = a.points_per_scene > 0 ? 0 : S;
+  {
+    std::lock_guard<std::mutex> lock(c.mutex);
+    if (c.order && c.S == S && c.points_per_scene == a.points_per_scene && c.n_scenes == a.n_scenes &&
+        c.plane_elems == plane_elems && c.contraction == a.contraction && c.bound == a.bound &&
+        std::equal(points, points + 3 * S, c.points.begin()) &&
+        static_cast<int64_t>(c.scenes.size()) == n_scene_ids &&
+        std::equal(scene_index, scene_index + n_scene_ids, c.scenes.begin())) {
+      auto vo = c.order;
+      *points_v = vo->points.data();
+      *scene_v = vo->scene.data();
+      return vo;
+    }
+  }
+  auto vo = std::make_shared<VisitOrder<T>>(compute_visit_order(a, points, scene_index, S, points_v, scene_v));
+  if (!vo->index.empty()) {  // the identity order costs a probe only: not cached
+    *points_v = vo->points.data();
+    *scene_v = vo->scene.data();
+    std::lock_guard<std::mutex> lock(c.mutex);
+    c.S = S;
+    c.points_per_scene = a.points_per_scene;
+    c.n_scenes = a.n_scenes;
+    c.plane_elems = plane_elems;
+    c.contraction = a.contraction;
+    c.bound = a.bound;
+    c.points.assign(points, points + 3 * S);
+    c.scenes.assign(scene_index, scene_index + n_scene_ids);
+    c.order = vo;
+  }
+  return vo;
+}
+
+// The kernels' args for the points as visit order gives them (scenes per point once reordered).
+template <typename T>
+TriplaneArgs<T> visit_args(TriplaneArgs<T> a, const VisitOrder<T>& vo) {
+  if (!vo.index.empty()) a.points_per_scene = 0;
+  return a;
 }
 
 // In visit order the rows of the per-point arrays are read at random: prefetched once located.
@@ -185,6 +251,31 @@ void prefetch_row(const int64_t* order, const T* row, int64_t n, int rw) {
     if (rw) __builtin_prefetch(row + c, 1, 1);
     else __builtin_prefetch(row + c, 0, 1);
   }
+}
+
+// Rows of per-point arrays moved between the caller's order and the visit order, in parallel:
+// gather: dst[pos] = src[order[pos]]; scatter: dst[order[pos]] = src[pos] (rows of n values). The
+// backward's row bands then read grad_out sequentially (each band reads every row: gathering once
+// replaces a random read per band) and write the point gradients sequentially.
+template <typename T>
+void gather_rows(const int64_t* order, const T* __restrict src, T* __restrict dst, int64_t S, int64_t n) {
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t pos = b; pos < e; ++pos) {
+      const T* __restrict from = src + order[pos] * n;
+      VQ3D_SIMD
+      for (int64_t c = 0; c < n; ++c) dst[pos * n + c] = from[c];
+    }
+  });
+}
+
+template <typename T>
+void scatter_rows(const int64_t* order, const T* __restrict src, T* __restrict dst, int64_t S, int64_t n) {
+  at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    for (int64_t pos = b; pos < e; ++pos) {
+      T* __restrict to = dst + order[pos] * n;
+      for (int64_t c = 0; c < n; ++c) to[c] = src[pos * n + c];
+    }
+  });
 }
 
 // Adds plane p's four texels of t, weighted, into acc[0, C) (kC > 0: C = kC, known at compile time,
@@ -483,8 +574,9 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     scalar_t* o = out.data_ptr<scalar_t>();
     const scalar_t* pv;
     const int64_t* sv;
-    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_any(vo.args, pl, pv, sv, vo.order(), o, b, e); });
+    const auto vo = visit_order(a, pt, si, S, &pv, &sv);
+    const auto args = visit_args(a, *vo);
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_any(args, pl, pv, sv, vo->order(), o, b, e); });
   });
   return out;
 }
@@ -513,18 +605,30 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     scalar_t* gpts = need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr;
     const scalar_t* pv;
     const int64_t* sv;
-    const VisitOrder<scalar_t> vo = visit_order(a, pt, si, S, &pv, &sv);
-    const int64_t* ord = vo.order();
+    const auto vo = visit_order(a, pt, si, S, &pv, &sv);
+    const auto args = visit_args(a, *vo);
+    // in visit order: grad_out's rows gathered once (every row band reads all of them) and the
+    // point gradients staged, then scattered to their points
+    const int64_t* ord = vo->order();
+    const int64_t OC = g.size(1);
+    at::Tensor go_staged = at::empty({ord != nullptr ? S * OC : 0}, planes.options());
+    at::Tensor gpts_staged = at::zeros({ord != nullptr && gpts != nullptr ? 3 * S : 0}, planes.options());
+    if (ord != nullptr) {
+      gather_rows(ord, go, go_staged.data_ptr<scalar_t>(), S, OC);
+      go = go_staged.data_ptr<scalar_t>();
+      if (gpts != nullptr) gpts = gpts_staged.data_ptr<scalar_t>();
+    }
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-        backward_range(vo.args, pl, pv, sv, ord, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+        backward_range(args, pl, pv, sv, nullptr, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
       });
-      return;
+    } else {
+      scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
+      for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+        backward_range(args, pl, pv, sv, nullptr, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
+      });
     }
-    scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
-    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
-      backward_range(vo.args, pl, pv, sv, ord, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
-    });
+    if (ord != nullptr && gpts != nullptr) scatter_rows(ord, gpts, grad_points.data_ptr<scalar_t>(), S, int64_t(3));
   });
   return {grad_planes, grad_points};
 }
@@ -560,15 +664,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
                                   need_grad_out_grad ? grad_g.data_ptr<scalar_t>() : nullptr,
                                   scatter ? grad_planes.data_ptr<scalar_t>() : nullptr,
                                   need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr};
-    const VisitOrder<scalar_t> vo = visit_order(a, io.points, io.scene_index, S, &io.points, &io.scene_index);
-    const int64_t* ord = vo.order();
+    const auto vo = visit_order(a, io.points, io.scene_index, S, &io.points, &io.scene_index);
+    const auto args = visit_args(a, *vo);
+    const int64_t* ord = vo->order();
     if (!scatter) {  // no plane gradient to scatter: parallel over chunks of points
       if (need_planes_grad) grad_planes.zero_();
-      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(vo.args, io, ord, b, e, b, e); });
+      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(args, io, ord, b, e, b, e); });
       return;
     }
     for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
-      double_backward_range(vo.args, io, ord, 0, S, pts_lo, pts_hi, lo, hi);
+      double_backward_range(args, io, ord, 0, S, pts_lo, pts_hi, lo, hi);
     });
   });
   return {grad_g, grad_planes, grad_points};
@@ -576,16 +681,58 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
 
 }  // namespace
 
+namespace {
+
+// out[n, b, a] = in[n, a, b] for contiguous in [N, A, Bn]: square tiles (read along rows, written
+// along the tile's columns, both within L1), the tiles of all N slices parallel.
+template <typename T>
+void transpose_last_two(const T* __restrict in, T* __restrict out, int64_t N, int64_t A, int64_t Bn) {
+  constexpr int64_t kTile = 32;
+  const int64_t ta = (A + kTile - 1) / kTile, tb = (Bn + kTile - 1) / kTile;
+  at::parallel_for(0, N * ta * tb, 16, [&](int64_t lo, int64_t hi) {
+    for (int64_t k = lo; k < hi; ++k) {
+      const int64_t n = k / (ta * tb), a0 = (k / tb) % ta * kTile, b0 = k % tb * kTile;
+      const int64_t a1 = std::min(A, a0 + kTile), b1 = std::min(Bn, b0 + kTile);
+      const T* src = in + n * A * Bn;
+      T* dst = out + n * A * Bn;
+      for (int64_t b = b0; b < b1; ++b) {  // each output row of the tile written contiguously
+        T* __restrict d = dst + b * A;
+        for (int64_t a = a0; a < a1; ++a) d[a] = src[a * Bn + b];
+      }
+    }
+  });
+}
+
+// [B, 3, X, Y, Z] -> contiguous [B, 3, <dims of order>]: Y*Z <-> X (channels last) or Z <-> X*Y
+// (channels first), as one transpose of the last two dims of [B*3, A, Bn].
+at::Tensor swap_plane_layout(const at::Tensor& x, at::IntArrayRef out_size, int64_t A) {
+  at::Tensor in = x.contiguous();
+  at::Tensor out = empty_hugepages(out_size, x.options());
+  const int64_t N = x.size(0) * x.size(1), Bn = N > 0 && A > 0 ? x.numel() / (N * A) : 0;
+  if (x.numel() == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "swap_plane_layout", [&] {
+    transpose_last_two(in.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), N, A, Bn);
+  });
+  return out;
+}
+
+}  // namespace
+
 at::Tensor planes_channels_last_cpu(const at::Tensor& planes) {
   TORCH_CHECK(planes.dim() == 5, "planes must be [B, 3, C, H, W]");
-  at::Tensor out = empty_hugepages({planes.size(0), planes.size(1), planes.size(3), planes.size(4), planes.size(2)},
-                                   planes.options());
-  out.copy_(planes.permute({0, 1, 3, 4, 2}));
-  return out;
+  return swap_plane_layout(planes, {planes.size(0), planes.size(1), planes.size(3), planes.size(4), planes.size(2)},
+                           planes.size(2));
+}
+
+at::Tensor planes_channels_first_cpu(const at::Tensor& planes) {
+  TORCH_CHECK(planes.dim() == 5, "planes must be [B, 3, H, W, C]");
+  return swap_plane_layout(planes, {planes.size(0), planes.size(1), planes.size(4), planes.size(2), planes.size(3)},
+                           planes.size(2) * planes.size(3));
 }
 
 TORCH_LIBRARY_IMPL(vq3dlib, CPU, m) {
   m.impl("planes_channels_last", &planes_channels_last_cpu);
+  m.impl("planes_channels_first", &planes_channels_first_cpu);
   m.impl("triplane_sample_fwd", &triplane_sample_fwd_cpu);
   m.impl("triplane_sample_bwd", &triplane_sample_bwd_cpu);
   m.impl("triplane_sample_bwd_bwd", &triplane_sample_bwd_bwd_cpu);

@@ -1,6 +1,6 @@
 // The `vq3dlib_emu` library: the kernel schemas of csrc/include/vq3dlib/schemas.h, implemented on
 // CPU tensors by the CUDA kernels run through the emulated launch (csrc/emu/{triplane,march,volrend}.cpp;
-// loader: vq3dlib/_emu.py). planes_channels_last is the CUDA path's layout change, a plain copy.
+// loader: vq3dlib/_emu.py). planes_channels_last/first are the CUDA path's layout changes, plain copies.
 #include <ATen/ATen.h>
 #include <torch/library.h>
 
@@ -22,6 +22,11 @@ at::Tensor planes_channels_last_emu(const at::Tensor& planes) {
   return planes.permute({0, 1, 3, 4, 2}).contiguous();
 }
 
+at::Tensor planes_channels_first_emu(const at::Tensor& planes) {
+  TORCH_CHECK(planes.dim() == 5, "planes must be [B, 3, H, W, C]");
+  return planes.permute({0, 1, 4, 2, 3}).contiguous();
+}
+
 }  // namespace
 }  // namespace vq3dlib
 
@@ -30,4 +35,7 @@ TORCH_LIBRARY(vq3dlib_emu, m) {
   vq3dlib::define_kernel_schemas(m);
 }
 
-TORCH_LIBRARY_IMPL(vq3dlib_emu, CPU, m) { m.impl("planes_channels_last", &vq3dlib::planes_channels_last_emu); }
+TORCH_LIBRARY_IMPL(vq3dlib_emu, CPU, m) {
+  m.impl("planes_channels_last", &vq3dlib::planes_channels_last_emu);
+  m.impl("planes_channels_first", &vq3dlib::planes_channels_first_emu);
+}

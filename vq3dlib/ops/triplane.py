@@ -56,7 +56,13 @@ PLANE_AXES = ((0, 1), (0, 2), (1, 2))  # (width axis, height axis) of the xy, xz
 
 register_op(
     "triplane_sample",
-    ["triplane_sample_fwd", "triplane_sample_bwd", "triplane_sample_bwd_bwd", "planes_channels_last"],
+    [
+        "triplane_sample_fwd",
+        "triplane_sample_bwd",
+        "triplane_sample_bwd_bwd",
+        "planes_channels_last",
+        "planes_channels_first",
+    ],
     "contract + bilinear lookups in 3 planes + reduce (fwd, bwd, double bwd)",
 )
 
@@ -344,9 +350,22 @@ def _register_triplane_kernels(lib: str) -> None:
         b, three, c, h, w = planes.shape
         return planes.new_empty(b, three, h, w, c)
 
+    @torch.library.register_fake(ns + "planes_channels_first")
+    def _layout_first_fake(planes):
+        b, three, h, w, c = planes.shape
+        return planes.new_empty(b, three, c, h, w)
+
+    # each layout change's gradient is the other one: a contiguous gradient in the planes' own
+    # layout, which autograd accumulates into .grad without a strided copy or add
+    layouts = getattr(torch.ops, lib)
     torch.library.register_autograd(
         ns + "planes_channels_last",
-        lambda ctx, grad: grad.permute(0, 1, 4, 2, 3),
+        lambda ctx, grad: layouts.planes_channels_first(grad.contiguous()),
+        setup_context=lambda ctx, inputs, output: None,
+    )
+    torch.library.register_autograd(
+        ns + "planes_channels_first",
+        lambda ctx, grad: layouts.planes_channels_last(grad.contiguous()),
         setup_context=lambda ctx, inputs, output: None,
     )
 

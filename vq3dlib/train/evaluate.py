@@ -103,8 +103,8 @@ def _resize(x: Tensor, size: tuple[int, int], mode: str = "bilinear") -> Tensor:
 @torch.no_grad()
 def _true_depth(dataset: Dataset, batch: dict[str, Tensor], cameras: Any, r: int) -> Tensor:
     """``[B, 1, r, r]`` true depth at the pixel centres of the ``r x r`` render of ``cameras``."""
-    base = dataset
-    while isinstance(base, torch.utils.data.Subset):
+    base = dataset  # through Subset and MemoryDataset to a source that can render its scenes
+    while not hasattr(base, "true_depth") and hasattr(base, "dataset"):
         base = base.dataset
     exact = getattr(base, "true_depth", None)
     if exact is None or "index" not in batch:

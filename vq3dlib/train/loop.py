@@ -187,7 +187,8 @@ def step_indices(
 
 
 class MemoryDataset(Dataset):
-    """Materialises every item of ``dataset`` once (with an optional progress bar) and serves copies.
+    """Materialises every item of ``dataset`` once (with an optional progress bar) and serves copies;
+    ``.dataset`` is the source.
 
     Items are dicts; tensor entries are stacked per key, other entries (e.g. paths) kept in lists.
 
@@ -215,6 +216,7 @@ class MemoryDataset(Dataset):
             values = [item[key] for item in items]
             self.columns[key] = torch.stack(values) if isinstance(values[0], Tensor) else values
         self.size = n
+        self.dataset = dataset  # the source (what it can do beyond its items, e.g. ``true_depth``)
 
     def __len__(self) -> int:
         return self.size

@@ -11,6 +11,8 @@ inline void define_kernel_schemas(torch::Library& m) {
   // ---- triplane (csrc/cpu/triplane.cpp, csrc/cuda/triplane.cu) ----
   // [B, 3, C, H, W] -> contiguous [B, 3, H, W, C] (CPU: in huge-page-advised memory)
   m.def("planes_channels_last(Tensor planes) -> Tensor");
+  // its inverse, [B, 3, H, W, C] -> contiguous [B, 3, C, H, W] (the layout change's backward)
+  m.def("planes_channels_first(Tensor planes) -> Tensor");
   m.def(
       "triplane_sample_fwd(Tensor planes, Tensor points, Tensor scene_index, int points_per_scene, "
       "int contraction, float bound, bool align_corners, int padding, int reduce) -> Tensor");
