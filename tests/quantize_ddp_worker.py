@@ -6,14 +6,12 @@ codebook state is gathered and compared bit-exactly across ranks. Exits non-zero
 
 from __future__ import annotations
 
-import os
-import sys
-
 import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from vq3dlib.quantize import VectorQuantizer
+from vq3dlib.train.distributed import exit_worker
 
 
 def gathered_equal(t: torch.Tensor) -> bool:
@@ -73,11 +71,7 @@ def main() -> None:
     # barrier a rank that exits first can abort its peer mid-teardown (a flaky SIGABRT in CI)
     dist.barrier()
     dist.destroy_process_group()
-    # gloo's worker threads can still abort the interpreter's finalization ("terminate called without
-    # an active exception", pytorch/pytorch#190489); every check above has passed, so skip it
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_worker()  # every check above has passed: no gloo teardown abort in finalisation
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ WORKER = textwrap.dedent(
     )
     D.cleanup()
     assert not D.is_distributed()
+    D.exit_worker()  # no gloo teardown abort after the work is done
     """
 )
 
@@ -126,3 +127,38 @@ def test_errors(monkeypatch):
         D.all_reduce_mean(1.0)
     with pytest.raises(ValueError, match="seed"):
         D.seed_everything(-1)
+
+
+def test_exit_worker_flushes_its_output_and_skips_the_interpreter_finalisation():
+    script = (
+        "import atexit\n"
+        "from vq3dlib.train.distributed import exit_worker\n"
+        "atexit.register(lambda: print('finalised'))\n"
+        "print('done', end='')\n"  # still in the pipe's buffer: exit_worker must flush it
+        "exit_worker(3)\n"
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3 and proc.stdout == "done", (proc.returncode, proc.stdout, proc.stderr[-2000:])
+
+
+def test_the_cli_ends_a_launched_worker_through_exit_worker(monkeypatch):
+    import vq3dlib.cli as cli
+
+    exits = []
+
+    class Exited(Exception):
+        pass
+
+    def fake_exit(code=0):
+        exits.append(code)
+        raise Exited
+
+    monkeypatch.setattr(D, "exit_worker", fake_exit)
+    monkeypatch.setattr(cli, "cmd_eval", lambda args: 0)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert cli.main(["eval", "--model", "x"]) == 0 and exits == []  # one process: a plain return
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(Exited):
+        cli.main(["eval", "--model", "x"])
+    assert exits == [0]

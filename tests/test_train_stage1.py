@@ -344,6 +344,8 @@ DDP_WORKER = textwrap.dedent(
                        train_size=8, eval_size=0, out_dir=out, progress=False, device="cpu", warmup_steps=0)
     result = train_stage1(cfg)
     torch.save({"state": result["model"].state_dict(), "losses": result["losses"]}, f"{out}/rank{rank}.pt")
+    from vq3dlib.train.distributed import exit_worker
+    exit_worker()  # no gloo teardown abort after the work is done
     """
 )
 
@@ -396,6 +398,8 @@ DDP_BUDGET_WORKER = textwrap.dedent(
                        schedule_by_time=True, ckpt_every=0)
     result = train_stage1(cfg)
     torch.save({"state": result["model"].state_dict(), "step": result["step"]}, f"{out}/rank{rank}.pt")
+    from vq3dlib.train.distributed import exit_worker
+    exit_worker()
     """
 )
 

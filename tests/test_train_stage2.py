@@ -183,6 +183,8 @@ cfg = Stage2Config(stage1=stage1, out_dir=out, steps=2, batch_size=2, train_size
                    ckpt_every=0, warmup_steps=0, device="cpu")
 result = train_stage2(cfg)
 torch.save({"state": result["prior"].state_dict(), "step": result["step"]}, f"{out}/rank{rank}.pt")
+from vq3dlib.train.distributed import exit_worker
+exit_worker()  # no gloo teardown abort after the work is done
 """
 
 

@@ -994,7 +994,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     tune_cpu_allocator()
     try:
-        return int(args.func(args) or 0)
+        code = int(args.func(args) or 0)
     except KeyboardInterrupt:
         print("vq3d: interrupted", file=sys.stderr)
         return 130
@@ -1003,6 +1003,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"vq3d: error: {exc}", file=sys.stderr)
         return 2
+    from vq3dlib.train.distributed import exit_worker, launched_distributed
+
+    if launched_distributed():  # a torchrun worker whose command is done: no gloo teardown abort
+        exit_worker(code)
+    return code
 
 
 if __name__ == "__main__":

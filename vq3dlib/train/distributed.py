@@ -19,6 +19,7 @@ import os
 import random
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import NoReturn
 
 import numpy as np
 import torch
@@ -204,6 +205,43 @@ def cleanup() -> None:
     if is_distributed():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def launched_distributed() -> bool:
+    """Whether this process is one of several started by a launcher (``torchrun`` sets
+    ``WORLD_SIZE``), whether or not its process group exists yet or still.
+
+    Example:
+        >>> import os
+        >>> launched_distributed() == (int(os.environ.get("WORLD_SIZE", "1")) > 1)
+        True
+    """
+    return _env_int("WORLD_SIZE", 1) > 1
+
+
+def exit_worker(code: int = 0) -> NoReturn:
+    """Ends a launched worker process now with ``code``: flushes stdout, stderr and logging, then
+    leaves without the interpreter's finalisation.
+
+    A gloo worker whose work is done and whose process group is destroyed can still abort while the
+    interpreter finalises ("terminate called without an active exception": gloo's threads; see
+    pytorch/pytorch#190489), which turns a finished run into a failed exit status for the launcher.
+    Call it last, with every file closed (the ``vq3d`` command does so under ``torchrun``).
+
+    Example:
+        >>> callable(exit_worker)  # it ends the process, so it is not called here
+        True
+    """
+    import logging
+    import sys
+
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed or broken stream: nothing to flush
+            pass
+    logging.shutdown()
+    os._exit(int(code))
 
 
 def seed_everything(seed: int, per_rank: bool = True) -> int:
