@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <vector>
@@ -180,6 +181,8 @@ VisitOrder<T> compute_visit_order(const TriplaneArgs<T>& a, const T* points, con
 // when every input of compute_visit_order is equal: the sizes and options compared field by field,
 // the points and scene indices compared in full (a memcmp of 12-20 bytes per point against the sort's
 // contraction and counting sort), so a reuse is exact, never a guess.
+constexpr int64_t kOrderCacheMaxPoints = int64_t(1) << 21;
+
 template <typename T>
 struct OrderCache {
   std::mutex mutex;
@@ -208,9 +211,9 @@ std::shared_ptr<const VisitOrder<T>> visit_order(const TriplaneArgs<T>& a, const
     std::lock_guard<std::mutex> lock(c.mutex);
     if (c.order && c.S == S && c.points_per_scene == a.points_per_scene && c.n_scenes == a.n_scenes &&
         c.plane_elems == plane_elems && c.contraction == a.contraction && c.bound == a.bound &&
-        std::equal(points, points + 3 * S, c.points.begin()) &&
+        std::memcmp(points, c.points.data(), sizeof(T) * 3 * S) == 0 &&  // bit for bit (-0.0 != 0.0)
         static_cast<int64_t>(c.scenes.size()) == n_scene_ids &&
-        std::equal(scene_index, scene_index + n_scene_ids, c.scenes.begin())) {
+        (n_scene_ids == 0 || std::memcmp(scene_index, c.scenes.data(), sizeof(int64_t) * n_scene_ids) == 0)) {
       auto vo = c.order;
       *points_v = vo->points.data();
       *scene_v = vo->scene.data();
@@ -218,9 +221,13 @@ std::shared_ptr<const VisitOrder<T>> visit_order(const TriplaneArgs<T>& a, const
     }
   }
   auto vo = std::make_shared<VisitOrder<T>>(compute_visit_order(a, points, scene_index, S, points_v, scene_v));
-  if (!vo->index.empty()) {  // the identity order costs a probe only: not cached
+  // the identity order costs a probe only: not cached; nor are orders of more than kOrderCacheMaxPoints
+  // points (the entry holds 48 bytes per float point until the next call replaces it)
+  if (!vo->index.empty()) {  // the copies now live in *vo
     *points_v = vo->points.data();
     *scene_v = vo->scene.data();
+  }
+  if (!vo->index.empty() && S <= kOrderCacheMaxPoints) {
     std::lock_guard<std::mutex> lock(c.mutex);
     c.S = S;
     c.points_per_scene = a.points_per_scene;
