@@ -138,7 +138,8 @@ def test_exit_worker_flushes_its_output_and_skips_the_interpreter_finalisation()
         "exit_worker(3)\n"
     )
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=120)
+    cmd = [sys.executable, "-c", script]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 3 and proc.stdout == "done", (proc.returncode, proc.stdout, proc.stderr[-2000:])
 
 
