@@ -9,10 +9,15 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstring>
 #include <memory>
 #include <mutex>
+#include <type_traits>
 #include <vector>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #include "hugepages.h"
 #include "vq3dlib/triplane_host.h"
@@ -305,6 +310,29 @@ inline void add_plane_texels(const T* __restrict planes, const PointTexels<T>& t
   }
 }
 
+// Writes the kC values of src to dst. With stream (rows written in a random order, as in the
+// Morton visit order) float rows go out as non-temporal stores: the cache lines of the output,
+// which no point reads again, are then written without first being read in. flush_streams()
+// orders them before anything that follows (the end of each thread's share of a parallel region).
+template <typename T, int kC>
+inline void store_row(T* __restrict dst, const T* __restrict src, bool stream) {
+#if defined(__SSE2__)
+  if constexpr (std::is_same_v<T, float> && kC % 4 == 0) {
+    if (stream && (reinterpret_cast<std::uintptr_t>(dst) & 15) == 0) {
+      for (int c = 0; c < kC; c += 4) _mm_stream_ps(dst + c, _mm_loadu_ps(src + c));
+      return;
+    }
+  }
+#endif
+  std::copy(src, src + kC, dst);
+}
+
+inline void flush_streams() {
+#if defined(__SSE2__)
+  _mm_sfence();
+#endif
+}
+
 // kC > 0: the planes have exactly kC channels (the sums are accumulated in a local array and each
 // output row is written once); kC = 0: any channel count, accumulated in the output row.
 // Both add the same terms in the same order.
@@ -330,7 +358,7 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
         for (int p = 0; p < 3; ++p) {
           if (p == 0 || concat) std::fill(acc, acc + kC, T(0));
           if (t.ok) add_plane_texels<T, kC>(planes, t, p, C, acc);
-          if (concat || p == 2) std::copy(acc, acc + kC, o_row + a.plane_out_offset(p));
+          if (concat || p == 2) store_row<T, kC>(o_row + a.plane_out_offset(p), acc, order != nullptr);
         }
       } else {
         std::fill(o_row, o_row + OC, T(0));  // out is allocated uninitialised: zeroed here, in parallel
@@ -583,7 +611,10 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     const int64_t* sv;
     const auto vo = visit_order(a, pt, si, S, &pv, &sv);
     const auto args = visit_args(a, *vo);
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { forward_any(args, pl, pv, sv, vo->order(), o, b, e); });
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+      forward_any(args, pl, pv, sv, vo->order(), o, b, e);
+      flush_streams();
+    });
   });
   return out;
 }
