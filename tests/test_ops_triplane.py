@@ -434,6 +434,37 @@ def test_cpu_gradients_are_bitwise_identical_for_any_thread_count():
 
 
 @requires_ext
+@pytest.mark.parametrize("layout", ["dense", "packed sorted"])
+def test_cpu_scene_by_scene_gradients_equal_reference_and_any_thread_count(layout):
+    """Points that come scene by scene (dense, or packed with sorted scene indices, one scene
+    empty): the CPU backward gives each thread whole scenes."""
+    gen = torch.Generator().manual_seed(4)
+    planes = torch.randn(5, 3, 16, 24, 20, dtype=torch.float64, generator=gen)
+    points = torch.randn(5, 3001, 3, dtype=torch.float64, generator=gen) * 1.2
+    scene = None
+    if layout == "packed sorted":
+        points = points.reshape(-1, 3)
+        scene = torch.randint(0, 5, (points.shape[0],), generator=gen).sort().values
+        scene[scene == 2] = 3  # scene 2 has no points
+    threads = torch.get_num_threads()
+    grads = []
+    try:
+        for n in sorted({1, max(2, threads)}):
+            torch.set_num_threads(n)
+            p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
+            with backend.forced("ext"):
+                triplane_sample(p, x, scene, contraction="axis").square().sum().backward()
+            grads.append((p.grad, x.grad))
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(grads[0][0], grads[-1][0]) and torch.equal(grads[0][1], grads[-1][1])
+    p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
+    triplane_sample_reference(p, x, scene, contraction="axis").square().sum().backward()
+    torch.testing.assert_close(grads[0][0], p.grad)
+    torch.testing.assert_close(grads[0][1], x.grad)
+
+
+@requires_ext
 def test_raw_backward_op_checks_grad_out():
     # the compiled op is public (torch.ops.vq3dlib); a wrong incoming gradient must not read out of bounds
     planes = torch.randn(1, 3, 8, 8, 4)  # channels-last [B, 3, H, W, C]

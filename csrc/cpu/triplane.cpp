@@ -565,6 +565,30 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
   }
 }
 
+// Where each scene's points start, [n_scenes + 1], when the points come scene by scene in their own
+// order (dense points, or packed ones with non-decreasing valid scene indices) and there are several
+// scenes; else empty (the row bands split the work).
+template <typename T>
+std::vector<int64_t> scene_starts(const TriplaneArgs<T>& a, const int64_t* scene_index, int64_t S, bool own_order) {
+  std::vector<int64_t> starts;
+  if (!own_order || a.n_scenes < 2) return starts;
+  starts.resize(a.n_scenes + 1);
+  if (a.points_per_scene > 0) {
+    for (int64_t s = 0; s <= a.n_scenes; ++s) starts[s] = std::min(S, s * a.points_per_scene);
+    starts[a.n_scenes] = S;  // points past the last scene read nothing: visited with it
+    return starts;
+  }
+  int64_t s = 0;
+  starts[0] = 0;
+  for (int64_t i = 0; i < S; ++i) {
+    const int64_t k = scene_index[i];
+    if (k < s || k >= a.n_scenes) return {};  // unsorted or invalid: the row bands handle it
+    while (s < k) starts[++s] = i;
+  }
+  while (s < a.n_scenes) starts[++s] = S;
+  return starts;
+}
+
 // Runs fn(pts_lo, pts_hi, row_lo, row_hi) once per part, in parallel: part k owns the texel rows
 // [k*H/n, (k+1)*H/n) of every plane of grad_planes [B, 3, H, W, C] and visits all points, so no
 // two threads write one texel (no atomics, no private buffers to zero and sum); it zeroes its own
@@ -659,6 +683,16 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
         backward_range(args, pl, pv, sv, nullptr, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+      });
+    } else if (const auto starts = scene_starts(args, sv, S, ord == nullptr); !starts.empty()) {
+      // the points of each scene in one run: each thread owns whole scenes, their planes' gradients
+      // and their points, so every point is located once and no texel is written by two threads.
+      // Each texel's terms add in point order, as in the row bands, for any thread count.
+      scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
+      const int64_t scene_elems = 3 * args.height * args.width * args.channels;
+      at::parallel_for(0, args.n_scenes, 1, [&](int64_t s0, int64_t s1) {
+        std::fill(gpl + s0 * scene_elems, gpl + s1 * scene_elems, scalar_t(0));
+        backward_range(args, pl, pv, sv, nullptr, go, gpl, gpts, starts[s0], starts[s1], starts[s0], starts[s1]);
       });
     } else {
       scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
