@@ -1,8 +1,9 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
 // forward, backward (to planes and to points) and double backward (of the backward, to grad_out,
 // planes and points). Parallel over points with at::parallel_for;
-// plane gradients are parallel over texel rows (each thread owns a band of rows of every plane), so
-// no two threads write one texel: no atomics, no private buffers, deterministic. The point gradients
+// plane gradients are parallel over whole scenes when the points come scene by scene, else over
+// texel rows (each thread owns a band of rows of every plane), so no two threads write one texel:
+// no atomics, no private buffers, deterministic. The point gradients
 // are computed in the same pass (one texel lookup serves both), and outputs are zeroed inside the
 // parallel regions rather than by a serial memset before them.
 #include <ATen/Parallel.h>
