@@ -414,22 +414,30 @@ def test_bad_inputs_raise_clear_errors():
         triplane_sample(None, torch.zeros(2, 5, 3))
 
 
-@requires_ext
-def test_cpu_gradients_are_bitwise_identical_for_any_thread_count():
-    gen = torch.Generator().manual_seed(3)
-    planes = torch.randn(2, 3, 8, 32, 32, generator=gen)
-    points = torch.randn(4000, 3, generator=gen) * 1.5
-    scene = torch.randint(0, 2, (4000,), generator=gen)
+def _kernel_grads_at_one_and_more_threads(planes, points, scene, contraction):
+    """(plane grad, point grad) of ``triplane_sample(...).square().sum()`` on the compiled kernels,
+    once with one thread and once with ``max(2, threads)``."""
     threads = torch.get_num_threads()
     grads = []
     try:
         for n in sorted({1, max(2, threads)}):
             torch.set_num_threads(n)
             p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
-            triplane_sample(p, x, scene, contraction="linf").square().sum().backward()
+            with backend.forced("ext"):
+                triplane_sample(p, x, scene, contraction=contraction).square().sum().backward()
             grads.append((p.grad, x.grad))
     finally:
         torch.set_num_threads(threads)
+    return grads
+
+
+@requires_ext
+def test_cpu_gradients_are_bitwise_identical_for_any_thread_count():
+    gen = torch.Generator().manual_seed(3)
+    planes = torch.randn(2, 3, 8, 32, 32, generator=gen)
+    points = torch.randn(4000, 3, generator=gen) * 1.5
+    scene = torch.randint(0, 2, (4000,), generator=gen)
+    grads = _kernel_grads_at_one_and_more_threads(planes, points, scene, "linf")
     assert torch.equal(grads[0][0], grads[-1][0]) and torch.equal(grads[0][1], grads[-1][1])
 
 
@@ -446,17 +454,7 @@ def test_cpu_scene_by_scene_gradients_equal_reference_and_any_thread_count(layou
         points = points.reshape(-1, 3)
         scene = torch.randint(0, 5, (points.shape[0],), generator=gen).sort().values
         scene[scene == 2] = 3  # scene 2 has no points
-    threads = torch.get_num_threads()
-    grads = []
-    try:
-        for n in sorted({1, max(2, threads)}):
-            torch.set_num_threads(n)
-            p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
-            with backend.forced("ext"):
-                triplane_sample(p, x, scene, contraction="axis").square().sum().backward()
-            grads.append((p.grad, x.grad))
-    finally:
-        torch.set_num_threads(threads)
+    grads = _kernel_grads_at_one_and_more_threads(planes, points, scene, "axis")
     assert torch.equal(grads[0][0], grads[-1][0]) and torch.equal(grads[0][1], grads[-1][1])
     p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
     triplane_sample_reference(p, x, scene, contraction="axis").square().sum().backward()

@@ -229,11 +229,10 @@ std::shared_ptr<const VisitOrder<T>> visit_order(const TriplaneArgs<T>& a, const
   auto vo = std::make_shared<VisitOrder<T>>(compute_visit_order(a, points, scene_index, S, points_v, scene_v));
   // the identity order costs a probe only: not cached; nor are orders of more than kOrderCacheMaxPoints
   // points (the entry holds 48 bytes per float point until the next call replaces it)
-  if (!vo->index.empty()) {  // the copies now live in *vo
-    *points_v = vo->points.data();
-    *scene_v = vo->scene.data();
-  }
-  if (!vo->index.empty() && S <= kOrderCacheMaxPoints) {
+  if (vo->index.empty()) return vo;
+  *points_v = vo->points.data();  // the copies now live in *vo
+  *scene_v = vo->scene.data();
+  if (S <= kOrderCacheMaxPoints) {
     std::lock_guard<std::mutex> lock(c.mutex);
     c.S = S;
     c.points_per_scene = a.points_per_scene;
@@ -383,21 +382,19 @@ void forward_any(const TriplaneArgs<T>& a, const T* planes, const T* points, con
   }
 }
 
-// Visits the points at positions [begin, end) of the visit order: point gradients of the points at
-// positions [pts_lo, pts_hi) and plane gradients of the texel rows [row_lo, row_hi), in one pass
-// (one texel lookup serves both).
+// Visits the points at positions [begin, end) (in visit order: the caller stages grad_out and the
+// point gradients in that order): point gradients of the points at positions [pts_lo, pts_hi) and
+// plane gradients of the texel rows [row_lo, row_hi), in one pass (one texel lookup serves both).
 template <typename T>
 void backward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
-                    const int64_t* order, const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end,
-                    int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
+                    const T* grad_out, T* grad_planes, T* grad_points, int64_t begin, int64_t end, int64_t pts_lo,
+                    int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   PointTexels<T> block[kBlock];
   for (int64_t b0 = begin; b0 < end; b0 += kBlock) {
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, points, scene_index, b0 + r, block[r]);
-      block[r].index = visit(order, b0 + r);
-      prefetch_row(order, grad_out + block[r].index * OC, OC, 0);
       if (grad_points != nullptr && b0 + r >= pts_lo && b0 + r < pts_hi) prefetch_texels(planes, block[r], C, 0);
       if (grad_planes != nullptr) prefetch_texels(grad_planes, block[r], C, 1, row_lo, row_hi);
     }
@@ -683,7 +680,7 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     }
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
-        backward_range(args, pl, pv, sv, nullptr, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
+        backward_range(args, pl, pv, sv, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
       });
     } else if (const auto starts = scene_starts(args, sv, S, ord == nullptr); !starts.empty()) {
       // the points of each scene in one run: each thread owns whole scenes, their planes' gradients
@@ -693,12 +690,12 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
       const int64_t scene_elems = 3 * args.height * args.width * args.channels;
       at::parallel_for(0, args.n_scenes, 1, [&](int64_t s0, int64_t s1) {
         std::fill(gpl + s0 * scene_elems, gpl + s1 * scene_elems, scalar_t(0));
-        backward_range(args, pl, pv, sv, nullptr, go, gpl, gpts, starts[s0], starts[s1], starts[s0], starts[s1]);
+        backward_range(args, pl, pv, sv, go, gpl, gpts, starts[s0], starts[s1], starts[s0], starts[s1]);
       });
     } else {
       scalar_t* gpl = grad_planes.data_ptr<scalar_t>();
       for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
-        backward_range(args, pl, pv, sv, nullptr, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
+        backward_range(args, pl, pv, sv, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
       });
     }
     if (ord != nullptr && gpts != nullptr) scatter_rows(ord, gpts, grad_points.data_ptr<scalar_t>(), S, int64_t(3));
