@@ -171,7 +171,7 @@ def write_reconstructions(
         pair = torch.cat([_area(truth["rgb"], shown), turn["image"]], dim=-1)  # [F, 3, s, 2s]
         rows.append(pair)
         canon = scene.render(model.canonical_cameras(1)).images()
-        gt_depth = held.true_depth(i, model.canonical_cameras(1).to("cpu"))  # at the render's pixels
+        gt_depth = held.true_depth(i, model.canonical_cameras(1))  # at the render's pixels
         up = dict(size=(size, size), mode="nearest-exact")
         recon = canon.get("image", canon["rgb"]).clamp(0, 1).cpu()
         panel = torch.cat(

@@ -540,8 +540,9 @@ class ProceduralScenes(Dataset):
 
     def true_depth(self, index: int, cameras: Cameras) -> Tensor:
         """Exact z-depth ``[V, 1, h, w]`` of item ``index``'s scene seen by ``cameras`` (``V`` cameras of
-        any resolution ``(h, w)``): the truth at the very pixel centres of a render, where resizing
-        the item's ``depth`` would move each truth sample off its pixel's ray.
+        any resolution ``(h, w)``, on any device): the truth at the very pixel centres of a render,
+        where resizing the item's ``depth`` would move each truth sample off its pixel's ray. On the
+        CPU, like the items.
 
         Example:
             >>> from vq3dlib.cameras import canonical_cameras
@@ -551,7 +552,7 @@ class ProceduralScenes(Dataset):
         """
         if not isinstance(cameras, Cameras):
             raise TypeError(f"cameras must be Cameras, got {type(cameras).__name__}")
-        return self.scene(index).render(cameras)["depth"]
+        return self.scene(index).render(cameras.to("cpu"))["depth"]
 
     def __getitem__(self, index: int) -> dict[str, Tensor]:
         index = self._check_index(index)
