@@ -7,6 +7,7 @@ before the measured call, so methods cannot inflate each other's figures.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,18 @@ def time_interleaved_ms(
             synchronize(device)
             samples[name].append((time.perf_counter() - start) * 1e3)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+@contextlib.contextmanager
+def busy_process(settle_s: float = 1.0) -> Iterator[None]:
+    """Runs one competing CPU-bound process (``python -c "while True: pass"``) while inside."""
+    proc = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(settle_s)
+        yield
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 def rss_bytes() -> int:

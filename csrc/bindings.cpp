@@ -1,12 +1,16 @@
 // Op registration of the `vq3dlib` library: the kernel schemas (declared once, in
-// csrc/include/vq3dlib/schemas.h) and two build probes. Kernels register implementations with
-// TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu (CUDA). Fake (meta)
-// implementations and autograd are registered from Python in vq3dlib/ops/, which makes the ops
-// usable under torch.compile.
+// csrc/include/vq3dlib/schemas.h), two build probes and the per-thread CPU thread count. Kernels
+// register implementations with TORCH_LIBRARY_IMPL in csrc/cpu/*.cpp (CPU) and csrc/cuda/*.cu
+// (CUDA). Fake (meta) implementations and autograd are registered from Python in vq3dlib/ops/,
+// which makes the ops usable under torch.compile.
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <atomic>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "vq3dlib/schemas.h"
 
@@ -27,10 +31,26 @@ int64_t cpu_parallel_threads() {
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { ++chunks; });
   return chunks.load();
 }
+
+// Sets how many threads the CPU ops started from the calling thread run on, for that thread only
+// (torch.set_num_threads sets the whole process's), and returns the count it had. Both copies of
+// torch's per-thread lazy initialisation (libtorch's and the one inlined into this library) run first,
+// since each would otherwise reset the count to the process's on its first parallel op. A build
+// without torch's parallel backend runs every kernel on one thread anyway.
+int64_t set_thread_cpu_threads(int64_t n) {
+  TORCH_CHECK(n >= 1, "set_thread_cpu_threads: n must be >= 1, got ", n);
+  at::internal::lazy_init_num_threads();
+  const int64_t previous = at::get_num_threads();
+#ifdef _OPENMP
+  omp_set_num_threads(static_cast<int>(n));
+#endif
+  return previous;
+}
 }  // namespace vq3dlib
 
 TORCH_LIBRARY(vq3dlib, m) {
   m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
   m.def("cpu_parallel_threads() -> int", &vq3dlib::cpu_parallel_threads);
+  m.def("set_thread_cpu_threads(int n) -> int", &vq3dlib::set_thread_cpu_threads);
   vq3dlib::define_kernel_schemas(m);
 }

@@ -29,14 +29,25 @@ def _run(script: str, *args: str) -> dict:
 
 def test_render_speed_quick_run_reports_every_method():
     quick = ["--resolution", "16", "--grid-resolution", "64", "--plane-resolution", "128"]
-    out = _run("render_speed.py", *quick, "--reference-samples", "256", "--rounds", "1")
+    out = _run("render_speed.py", *quick, "--reference-samples", "256", "--rounds", "1", "--busy")
     assert out["benchmark"] == "render_speed" and out["device"].startswith("CPU")
     assert out["resolution"] == 16 and out["batch"] == 1
     rows = {r["method"]: r for r in out["rows"]}
     expected = {"dense torch", "vq3dlib (torch)"}
+    ours = []
     if extension_supports("ray_march", "cpu"):
-        expected.add("vq3dlib (ext)")
+        ours = ["vq3dlib (ext)", "vq3dlib (ext, threads=1)"][: 1 + (out["threads"] > 1)]
+        expected.update(ours)
     assert set(rows) == expected  # nerfacc needs CUDA: skipped with a note
+    for name in ["dense torch", *ours]:  # timed again beside a busy process (--busy)
+        r = rows[name]
+        assert r["busy_ms_per_frame"] > 0
+        assert r["busy_slowdown"] == pytest.approx(r["busy_ms_per_frame"] / r["ms_per_frame"])
+    for name in ours:  # ours against the dense path's slowdown
+        t = out["targets"][f"busy_slowdown {name}"]
+        assert t["target"] == pytest.approx(rows["dense torch"]["busy_slowdown"])
+        assert t["value"] == pytest.approx(rows[name]["busy_slowdown"])
+        assert t["met"] == (t["value"] <= t["target"])
     assert any("nerfacc" in note for note in out["notes"])
     for r in rows.values():
         assert r["ms_per_frame"] > 0 and r["rays_per_s"] > 0 and r["peak_bytes"] >= 0

@@ -52,6 +52,17 @@ def finite_checks_enabled() -> bool:
     return _CHECK_FINITE and not getattr(_suppressed, "depth", 0) and not torch.compiler.is_compiling()
 
 
+def checks_suppressed() -> bool:
+    """Whether the calling thread is inside :func:`inner_checks_off`.
+
+    Example:
+        >>> with inner_checks_off():
+        ...     checks_suppressed()
+        True
+    """
+    return bool(getattr(_suppressed, "depth", 0))
+
+
 @contextlib.contextmanager
 def inner_checks_off() -> Iterator[None]:
     """Skips value checks (NaN/Inf, index ranges) of the blocks called inside, in this thread.

@@ -49,6 +49,7 @@ from vq3dlib._validation import (
     finite_checks_enabled,
     inner_checks_off,
 )
+from vq3dlib.cpu_threads import map_concurrently, ops_on_one_thread
 from vq3dlib.packed import packed_info_from_counts
 from vq3dlib.render.march import ray_march
 from vq3dlib.render.occupancy import OccupancyGrid
@@ -62,6 +63,9 @@ from vq3dlib.render.volrend import (
 )
 
 Field = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
+
+#: fewest rays per chunk of a concurrent render (``Renderer(threads=...)``): smaller renders run in turn
+MIN_CONCURRENT_RAYS = 1024
 
 #: how a :class:`Renderer` places samples: occupancy-grid marching, or fixed stratified intervals
 SAMPLINGS = ("march", "stratified")
@@ -156,6 +160,42 @@ class _ChunkRender(NamedTuple):
     t_ends: Tensor
     weights: Tensor
     alphas: Tensor
+
+
+def _interleave(parts: Sequence[_ChunkRender], rays_of: Sequence[Tensor], n_rays: int) -> _ChunkRender:
+    """Merges the renders ``parts[k]`` of the rays ``rays_of[k]`` (increasing ray ids; together every
+    one of ``n_rays`` once), each packed in its own ray order, into one render packed in ray order.
+
+    Example:
+        >>> def part(rays, ray_indices):  # one sample per entry, its t_start the global ray id
+        ...     ri = torch.tensor(ray_indices)
+        ...     ts = torch.tensor(rays, dtype=torch.float)[ri]
+        ...     per_ray = torch.zeros(len(rays))
+        ...     return _ChunkRender(per_ray[:, None], per_ray, per_ray, ri, ts, ts, ts, ts)
+        >>> a = part([0, 2], [0, 0, 1])  # rays 0 and 2: two samples, then one
+        >>> b = part([1, 3], [0, 1, 1])  # rays 1 and 3: one sample, then two
+        >>> merged = _interleave([a, b], [torch.tensor([0, 2]), torch.tensor([1, 3])], 4)
+        >>> merged.ray_indices.tolist(), merged.t_starts.tolist()
+        ([0, 0, 1, 2, 3, 3], [0.0, 0.0, 1.0, 2.0, 3.0, 3.0])
+    """
+    lead = parts[0].rgb
+    rgb = lead.new_empty(n_rays, lead.shape[1])
+    depth_sum, opacity = lead.new_empty(n_rays), lead.new_empty(n_rays)
+    counts = torch.zeros(n_rays, dtype=torch.long, device=lead.device)
+    local_counts = [
+        torch.bincount(p.ray_indices, minlength=r.shape[0]) for p, r in zip(parts, rays_of, strict=True)
+    ]
+    for part, rays, c in zip(parts, rays_of, local_counts, strict=True):
+        rgb[rays], depth_sum[rays], opacity[rays], counts[rays] = part.rgb, part.depth_sum, part.opacity, c
+    first = torch.cumsum(counts, 0) - counts  # each ray's first sample in the merged packing
+    packed = [torch.empty(int(counts.sum()), dtype=v.dtype, device=v.device) for v in parts[0][3:]]
+    for part, rays, c in zip(parts, rays_of, local_counts, strict=True):
+        ri = part.ray_indices
+        global_ri = rays[ri]
+        where = first[global_ri] + torch.arange(ri.shape[0], device=ri.device) - (torch.cumsum(c, 0) - c)[ri]
+        for out, value in zip(packed, (global_ri, *part[4:]), strict=True):
+            out[where] = value
+    return _ChunkRender(rgb, depth_sum, opacity, *packed)
 
 
 def _target_device(field: object, grid: OccupancyGrid | None) -> torch.device | None:
@@ -353,6 +393,14 @@ class Renderer(nn.Module):
             the depth of the expected disparity, ``opacity / Σ w / t`` (a little weight on the far
             background barely moves it; the expected depth ``Σ w t`` would jump towards ``far``).
         inner_fraction: share of the stratified intervals inside the box.
+        threads: on CPU without autograd or jitter, split the rays into ``threads`` interleaved
+            chunks (rays ``k, k + threads, ...``; more when ``chunk_size`` asks for them, fewer
+            below 1,024 rays per chunk) and render them concurrently, each chunk's ops on one thread
+            of its own (:func:`~vq3dlib.cpu_threads.map_concurrently`; the field must be safe to
+            call from several threads). ``None`` (default): torch's thread count. ``1`` renders the
+            chunks one after the other, each op on all of torch's threads, as with autograd. The
+            values and the packed samples' order are the same either way; the concurrent render is
+            as fast on an idle machine and faster beside busy processes (docs/benchmarks.md).
 
     Example:
         >>> field = lambda x, d, s: (torch.ones(len(x)), torch.full((len(x), 3), 0.5))
@@ -381,8 +429,11 @@ class Renderer(nn.Module):
         jitter: bool = False,
         sampling: str = "march",
         inner_fraction: float = 0.75,
+        threads: int | None = None,
     ) -> None:
         super().__init__()
+        if threads is not None:
+            check_positive("threads", threads)
         check_choice("sampling", sampling, SAMPLINGS)
         if not 0.0 <= inner_fraction <= 1.0:
             raise ValueError(f"inner_fraction must be in [0, 1], got {inner_fraction}")
@@ -411,6 +462,7 @@ class Renderer(nn.Module):
         self.jitter = jitter
         self.sampling = sampling
         self.inner_fraction = inner_fraction
+        self.threads = None if threads is None else int(threads)
 
     def step_length(self, positions: Tensor) -> Tensor:
         """World-space length ``[P]`` of a marching step that starts at ``positions [P, 3]``.
@@ -472,15 +524,23 @@ class Renderer(nn.Module):
         origins, directions, scene_index, z_scale, lead = _flatten_rays(rays, scene_index)
         jitter = self.jitter and self.training if jitter is None else bool(jitter)
         n_rays = origins.shape[0]
-        parts = [
-            self._render_chunk(
-                field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
-            )
-            for s in range(0, n_rays, self.chunk_size)
-        ]
-        if not parts:
-            parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
-        out = _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
+        on_cpu = origins.device.type == "cpu"
+        threads = (
+            self._concurrent_threads(n_rays) if on_cpu and not (torch.is_grad_enabled() or jitter) else 1
+        )
+        if threads > 1:  # the merge on one thread too: no op of the render waits for another thread
+            with ops_on_one_thread():
+                out = self._render_interleaved(field, origins, directions, scene_index, grid, threads)
+        else:
+            parts = [
+                self._render_chunk(
+                    field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
+                )
+                for s in range(0, n_rays, self.chunk_size)
+            ]
+            if not parts:
+                parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
+            out = _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
         rgb, wt, opacity = out.rgb, out.depth_sum, out.opacity
         if z_scale is not None:
             wt = wt * z_scale.to(wt.dtype)
@@ -504,6 +564,35 @@ class Renderer(nn.Module):
             grid=grid,
             alphas=out.alphas,
         )
+
+    def _render_interleaved(
+        self,
+        field: Field,
+        origins: Tensor,
+        directions: Tensor,
+        scene_index: Tensor | None,
+        grid: OccupancyGrid | None,
+        threads: int,
+    ) -> _ChunkRender:
+        # chunk k holds the rays k, k + K, ...: neighbouring rays cost about the same, so the chunks
+        # do (contiguous chunks of one frame differed by a fifth; blocks of rays and more chunks than
+        # threads were slower, docs/benchmarks.md)
+        n_rays = origins.shape[0]
+        n_chunks = max(-(-n_rays // self.chunk_size), threads)
+        rays_of = [torch.arange(k, n_rays, n_chunks, device=origins.device) for k in range(n_chunks)]
+
+        def chunk(k: int) -> _ChunkRender:
+            rays = rays_of[k]
+            sidx = scene_index.index_select(0, rays) if scene_index is not None else None
+            o, d = origins.index_select(0, rays), directions.index_select(0, rays)
+            return self._render_chunk(field, o, d, sidx, grid, False, 0, o.shape[0])
+
+        return _interleave(map_concurrently(chunk, range(n_chunks), threads), rays_of, n_rays)
+
+    def _concurrent_threads(self, n_rays: int) -> int:
+        """Threads for a render of ``n_rays`` on CPU without autograd (1: the chunks in turn)."""
+        threads = torch.get_num_threads() if self.threads is None else self.threads
+        return max(1, min(threads, n_rays // MIN_CONCURRENT_RAYS))
 
     def _render_chunk(
         self,
