@@ -1,7 +1,7 @@
 """Where one frame of ``render_speed.py`` goes: per-stage CPU time of our renderer (torch.profiler).
 
-Renders the benchmark scene (one scene, ``--resolution`` px, compiled kernels) after two warm-up
-frames, under ``torch.profiler`` with a label around every stage of :class:`~vq3dlib.render.Renderer`:
+Renders the benchmark scene (one scene, ``--resolution`` px, compiled kernels, the chunks of rays in
+turn as ``Renderer(threads=1)`` does, each op on all ``--threads``) after two warm-up frames, under ``torch.profiler`` with a label around every stage of :class:`~vq3dlib.render.Renderer`:
 marching (``ray_march``), the field's evaluations (``field``: without autograd, as here, the
 early-stop pre-pass evaluates the whole field at the marched samples and the render reuses its
 values at the kept ones; ``field.density`` runs when gradients are on), volume rendering
@@ -75,7 +75,9 @@ def main(argv: list[str] | None = None) -> dict:
         field.planes_cl = field.planes
     field.density = _labelled("field.density", field.density)
     render_speed.SceneField.__call__ = _labelled("field", render_speed.SceneField.__call__)
-    render = setup.closures(32, None, only="vq3dlib (ext)")["vq3dlib (ext)"]
+    # the chunks in turn (Renderer(threads=1)): every op of the frame on the profiled threads
+    fns = setup.closures(32, None)
+    render = fns.get("vq3dlib (ext, threads=1)", fns["vq3dlib (ext)"])
     render(), render()
     frames = []
     for _ in range(args.repeats):

@@ -162,9 +162,12 @@ class _ChunkRender(NamedTuple):
     alphas: Tensor
 
 
-def _interleave(parts: Sequence[_ChunkRender], rays_of: Sequence[Tensor], n_rays: int) -> _ChunkRender:
+def _interleave(
+    parts: Sequence[_ChunkRender], rays_of: Sequence[Tensor], n_rays: int, threads: int = 1
+) -> _ChunkRender:
     """Merges the renders ``parts[k]`` of the rays ``rays_of[k]`` (increasing ray ids; together every
-    one of ``n_rays`` once), each packed in its own ray order, into one render packed in ray order.
+    one of ``n_rays`` once), each packed in its own ray order, into one render packed in ray order;
+    the parts are written in on ``threads`` threads (:func:`~vq3dlib.cpu_threads.map_concurrently`).
 
     Example:
         >>> def part(rays, ray_indices):  # one sample per entry, its t_start the global ray id
@@ -174,7 +177,7 @@ def _interleave(parts: Sequence[_ChunkRender], rays_of: Sequence[Tensor], n_rays
         ...     return _ChunkRender(per_ray[:, None], per_ray, per_ray, ri, ts, ts, ts, ts)
         >>> a = part([0, 2], [0, 0, 1])  # rays 0 and 2: two samples, then one
         >>> b = part([1, 3], [0, 1, 1])  # rays 1 and 3: one sample, then two
-        >>> merged = _interleave([a, b], [torch.tensor([0, 2]), torch.tensor([1, 3])], 4)
+        >>> merged = _interleave([a, b], [torch.tensor([0, 2]), torch.tensor([1, 3])], 4, threads=2)
         >>> merged.ray_indices.tolist(), merged.t_starts.tolist()
         ([0, 0, 1, 2, 3, 3], [0.0, 0.0, 1.0, 2.0, 3.0, 3.0])
     """
@@ -185,16 +188,22 @@ def _interleave(parts: Sequence[_ChunkRender], rays_of: Sequence[Tensor], n_rays
     local_counts = [
         torch.bincount(p.ray_indices, minlength=r.shape[0]) for p, r in zip(parts, rays_of, strict=True)
     ]
-    for part, rays, c in zip(parts, rays_of, local_counts, strict=True):
-        rgb[rays], depth_sum[rays], opacity[rays], counts[rays] = part.rgb, part.depth_sum, part.opacity, c
+    for rays, c in zip(rays_of, local_counts, strict=True):
+        counts.index_copy_(0, rays, c)
     first = torch.cumsum(counts, 0) - counts  # each ray's first sample in the merged packing
     packed = [torch.empty(int(counts.sum()), dtype=v.dtype, device=v.device) for v in parts[0][3:]]
-    for part, rays, c in zip(parts, rays_of, local_counts, strict=True):
+
+    def write(k: int) -> None:  # the parts write disjoint entries
+        part, rays, c = parts[k], rays_of[k], local_counts[k]
+        for out, value in zip((rgb, depth_sum, opacity), part[:3], strict=True):
+            out.index_copy_(0, rays, value)
         ri = part.ray_indices
         global_ri = rays[ri]
         where = first[global_ri] + torch.arange(ri.shape[0], device=ri.device) - (torch.cumsum(c, 0) - c)[ri]
         for out, value in zip(packed, (global_ri, *part[4:]), strict=True):
-            out[where] = value
+            out.index_copy_(0, where, value)
+
+    map_concurrently(write, range(len(parts)), threads)
     return _ChunkRender(rgb, depth_sum, opacity, *packed)
 
 
@@ -587,7 +596,7 @@ class Renderer(nn.Module):
             o, d = origins.index_select(0, rays), directions.index_select(0, rays)
             return self._render_chunk(field, o, d, sidx, grid, False, 0, o.shape[0])
 
-        return _interleave(map_concurrently(chunk, range(n_chunks), threads), rays_of, n_rays)
+        return _interleave(map_concurrently(chunk, range(n_chunks), threads), rays_of, n_rays, threads)
 
     def _concurrent_threads(self, n_rays: int) -> int:
         """Threads for a render of ``n_rays`` on CPU without autograd (1: the chunks in turn)."""
