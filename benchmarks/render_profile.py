@@ -1,7 +1,8 @@
 """Where one frame of ``render_speed.py`` goes: per-stage CPU time of our renderer (torch.profiler).
 
 Renders the benchmark scene (one scene, ``--resolution`` px, compiled kernels, the chunks of rays in
-turn as ``Renderer(threads=1)`` does, each op on all ``--threads``) after two warm-up frames, under ``torch.profiler`` with a label around every stage of :class:`~vq3dlib.render.Renderer`:
+turn as ``Renderer(threads=1)`` does, each op on all ``--threads``) after two warm-up frames, under
+``torch.profiler`` with a label around every stage of :class:`~vq3dlib.render.Renderer`:
 marching (``ray_march``), the field's evaluations (``field``: without autograd, as here, the
 early-stop pre-pass evaluates the whole field at the marched samples and the render reuses its
 values at the kept ones; ``field.density`` runs when gradients are on), volume rendering

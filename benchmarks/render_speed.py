@@ -17,7 +17,10 @@ timing):
 * ``vq3dlib (torch)``: :class:`~vq3dlib.render.Renderer` (contracted steps, early stop) with one
   :class:`~vq3dlib.render.OccupancyGrid` for all scenes from ``from_field``, every op on the pure-torch
   backend (``backend.forced("torch")``);
-* ``vq3dlib (ext)``: the same with the compiled kernels (CPU or CUDA);
+* ``vq3dlib (ext)``: the same with the compiled kernels (CPU or CUDA; on CPU the renderer's default
+  concurrent chunks, ``Renderer(threads=None)``);
+* ``vq3dlib (ext, threads=1)`` (CPU, more than one torch thread): the chunks in turn, each op on all
+  threads;
 * ``nerfacc`` (CUDA only): ``OccGridEstimator`` (4 levels over ``[-8, 8]^3``, filled by 16 of its own
   warm-up updates from the same density) + ``nerfacc.rendering``, one call per scene (nerfacc marches
   one scene per call). Its ``render_step_size`` (with ``cone_angle`` 0.004 or 0) is searched for the
@@ -29,9 +32,12 @@ method), PSNR against a dense reference render with many samples, and speed-ups 
 vs nerfacc. The headline is ours vs the peer users run (the dense path on CPU, nerfacc on CUDA) with
 its target and verdict. Targets (printed, never asserted in unit tests): CUDA ≥ 1.5× nerfacc at
 equal PSNR (±0.05 dB) and ≤ 0.5× its peak memory; CPU ≥ 10× the dense PyTorch path at equal PSNR
-and ≤ 150 ms/frame (128², one scene, 2 cores).
+and ≤ 150 ms/frame (128², one scene, 2 cores). ``--busy`` (CPU) times every method again beside one
+busy process (``python -c "while True: pass"``) and reports each one's slowdown; target: ours slows
+no more than the dense path.
 
-    python benchmarks/render_speed.py [--device cpu|cuda] [--resolution 256|128] [--batch 1] [--json]
+    python benchmarks/render_speed.py [--device cpu|cuda] [--resolution 256|128] [--batch 1] [--busy]
+                                      [--json]
 """
 
 from __future__ import annotations
