@@ -68,6 +68,22 @@ def test_concurrent_render_equals_one_chunk_at_a_time(kwargs):
 
 
 @needs_ext
+@pytest.mark.parametrize("backend_name", ["torch", "cuda-emu"])
+def test_concurrent_render_is_the_same_on_every_cpu_backend(backend_name):
+    from vq3dlib import _emu, backend
+
+    if backend_name == "cuda-emu" and not _emu.load_emulation():
+        pytest.skip("the emulated CUDA kernels did not build")
+    one, two = _renderers(step_size=0.02, spacing="contracted")
+    o, d, s = _rays(2 * MIN_CONCURRENT_RAYS + 3)
+    with torch.no_grad(), backend.forced(backend_name):  # the pool threads run the forced backend too
+        a = one(_scene_field(), (o, d), scene_index=s)
+        b = two(_scene_field(), (o, d), scene_index=s)
+    for name in FIELDS:
+        assert torch.equal(getattr(a, name), getattr(b, name)), (backend_name, name)
+
+
+@needs_ext
 def test_autograd_jitter_and_small_renders_render_in_the_callers_thread():
     one, two = _renderers(step_size=0.02, spacing="t")
     o, d, s = _rays(2 * MIN_CONCURRENT_RAYS)
