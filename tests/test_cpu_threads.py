@@ -65,5 +65,7 @@ def test_single_items_and_one_thread_run_in_the_caller():
     )
     with pytest.raises(ValueError, match="threads"):
         map_concurrently(lambda x: x, range(2), threads=0)
-    with pytest.raises(ValueError, match="n"):
+    with pytest.raises(TypeError, match="threads"):
+        map_concurrently(lambda x: x, range(2), threads=2.0)
+    with pytest.raises(ValueError, match="n must be"):
         set_thread_cpu_threads(0)

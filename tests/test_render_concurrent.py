@@ -102,4 +102,6 @@ def test_autograd_jitter_and_small_renders_render_in_the_callers_thread():
 def test_threads_is_checked():
     with pytest.raises(ValueError, match="threads"):
         Renderer(threads=0)
+    with pytest.raises(TypeError, match="threads"):
+        Renderer(threads=1.5)
     assert Renderer().threads is None  # default: torch's thread count

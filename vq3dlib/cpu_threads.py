@@ -57,7 +57,7 @@ def set_thread_cpu_threads(n: int) -> int:
         >>> out
         [1]
     """
-    check_positive("n", n)
+    check_positive("n", n, integer=True)
     if not extension_available():
         raise RuntimeError("set_thread_cpu_threads needs the vq3dlib C++ extension, which is not loaded")
     return int(torch.ops.vq3dlib.set_thread_cpu_threads(int(n)))
@@ -136,7 +136,7 @@ def map_concurrently(fn: Callable[[T], R], items: Iterable[T], threads: int) -> 
         >>> map_concurrently(lambda x: x.square().sum().item(), pieces, threads=2)
         [5.0, 50.0, 149.0, 302.0]
     """
-    check_positive("threads", threads)
+    check_positive("threads", threads, integer=True)
     items = list(items)
     if threads == 1 or len(items) <= 1 or getattr(_worker, "active", False) or not extension_available():
         return [fn(x) for x in items]

@@ -442,7 +442,7 @@ class Renderer(nn.Module):
     ) -> None:
         super().__init__()
         if threads is not None:
-            check_positive("threads", threads)
+            check_positive("threads", threads, integer=True)
         check_choice("sampling", sampling, SAMPLINGS)
         if not 0.0 <= inner_fraction <= 1.0:
             raise ValueError(f"inner_fraction must be in [0, 1], got {inner_fraction}")
