@@ -12,6 +12,7 @@
 #include <omp.h>
 #endif
 
+#include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/schemas.h"
 
 namespace vq3dlib {
@@ -23,27 +24,37 @@ bool cuda_compiled() {
 #endif
 }
 
+int64_t& thread_kernel_threads() {
+  thread_local int64_t n = 0;
+  return n;
+}
+
 // How many threads the CPU kernels' at::parallel_for really runs on: the number of chunks one call
 // over [0, get_num_threads()) with grain 1 is split into. It is 1 when the extension was compiled
 // without the flags of torch's parallel backend (e.g. -fopenmp), which silently serialises it.
 int64_t cpu_parallel_threads() {
+  const KernelThreads team;  // as the marching kernel does
   std::atomic<int64_t> chunks{0};
   at::parallel_for(0, at::get_num_threads(), 1, [&](int64_t, int64_t) { ++chunks; });
   return chunks.load();
 }
 
 // Sets how many threads the CPU ops started from the calling thread run on, for that thread only
-// (torch.set_num_threads sets the whole process's), and returns the count it had. Both copies of
-// torch's per-thread lazy initialisation (libtorch's and the one inlined into this library) run first,
-// since each would otherwise reset the count to the process's on its first parallel op. A build
-// without torch's parallel backend runs every kernel on one thread anyway.
-int64_t set_thread_cpu_threads(int64_t n) {
+// (torch.set_num_threads sets the whole process's), and returns the count it had; `kernels` > 0
+// lets this library's kernels that share their work out as they go use that many instead
+// (KernelThreads, vq3dlib/cpu_threads.h). Both copies of torch's per-thread lazy initialisation
+// (libtorch's and the one inlined into this library) run first, since each would otherwise reset
+// the count to the process's on its first parallel op. A build without torch's parallel backend runs
+// every kernel on one thread anyway.
+int64_t set_thread_cpu_threads(int64_t n, int64_t kernels) {
   TORCH_CHECK(n >= 1, "set_thread_cpu_threads: n must be >= 1, got ", n);
+  TORCH_CHECK(kernels >= 0, "set_thread_cpu_threads: kernels must be >= 0, got ", kernels);
   at::internal::lazy_init_num_threads();
   const int64_t previous = at::get_num_threads();
 #ifdef _OPENMP
   omp_set_num_threads(static_cast<int>(n));
 #endif
+  thread_kernel_threads() = kernels;
   return previous;
 }
 }  // namespace vq3dlib
@@ -51,6 +62,6 @@ int64_t set_thread_cpu_threads(int64_t n) {
 TORCH_LIBRARY(vq3dlib, m) {
   m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
   m.def("cpu_parallel_threads() -> int", &vq3dlib::cpu_parallel_threads);
-  m.def("set_thread_cpu_threads(int n) -> int", &vq3dlib::set_thread_cpu_threads);
+  m.def("set_thread_cpu_threads(int n, int kernels=0) -> int", &vq3dlib::set_thread_cpu_threads);
   vq3dlib::define_kernel_schemas(m);
 }

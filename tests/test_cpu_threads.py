@@ -27,10 +27,14 @@ def test_pieces_run_in_order_on_pool_threads_of_one_thread_each():
 
 
 @needs_ext
-def test_a_kernel_in_a_piece_runs_on_one_thread():
-    # the extension's own per-thread initialisation must not reset the count to the process's
-    counts = map_concurrently(lambda _: int(torch.ops.vq3dlib.cpu_parallel_threads()), range(4), threads=2)
-    assert counts == [1, 1, 1, 1]
+def test_kernels_in_a_piece_use_the_pools_threads_and_torch_ops_one():
+    # the extension's own per-thread initialisation must not reset the ops' count to the process's;
+    # the probe kernel, like the marching kernel, runs on the pool's threads and restores the count
+    def counts(_):
+        return int(torch.ops.vq3dlib.cpu_parallel_threads()), torch.get_num_threads()
+
+    assert map_concurrently(counts, range(4), threads=2) == [(2, 1)] * 4
+    assert map_concurrently(counts, range(3), threads=3) == [(3, 1)] * 3
 
 
 @needs_ext

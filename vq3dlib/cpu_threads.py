@@ -39,13 +39,14 @@ _pools_lock = threading.Lock()
 _worker = threading.local()
 
 
-def set_thread_cpu_threads(n: int) -> int:
-    """Sets how many threads the CPU ops started from the calling thread use, for this thread only;
-    returns the count it had. Needs the C++ extension (``RuntimeError`` without it).
+def set_thread_cpu_threads(n: int, kernels: int = 0) -> int:
+    """Sets how many threads the CPU ops started from the calling thread use, for this thread only,
+    and returns the count it had. ``kernels > 0`` lets this library's kernels that share their work
+    out as they go (the marching kernel) use that many threads instead. Needs the C++ extension
+    (``RuntimeError`` without it).
 
     Example:
         >>> import threading, torch
-        >>> from vq3dlib.cpu_threads import extension_available
         >>> def worker(out):
         ...     set_thread_cpu_threads(1)
         ...     out.append(torch.get_num_threads())
@@ -58,9 +59,12 @@ def set_thread_cpu_threads(n: int) -> int:
         [1]
     """
     check_positive("n", n, integer=True)
+    check_positive("kernels", kernels, integer=True, allow_zero=True)
     if not extension_available():
         raise RuntimeError("set_thread_cpu_threads needs the vq3dlib C++ extension, which is not loaded")
-    return int(torch.ops.vq3dlib.set_thread_cpu_threads(int(n)))
+    previous = int(torch.ops.vq3dlib.set_thread_cpu_threads(int(n), int(kernels)))
+    _worker.kernels = int(kernels)
+    return previous
 
 
 @contextlib.contextmanager
@@ -79,11 +83,12 @@ def ops_on_one_thread() -> Iterator[None]:
     if not extension_available():
         yield
         return
-    previous = set_thread_cpu_threads(1)
+    kernels = getattr(_worker, "kernels", 0)
+    previous = set_thread_cpu_threads(1, kernels)
     try:
         yield
     finally:
-        set_thread_cpu_threads(previous)
+        set_thread_cpu_threads(previous, kernels)
 
 
 def extension_available() -> bool:
@@ -98,9 +103,11 @@ def extension_available() -> bool:
     return load_extension() and hasattr(torch.ops.vq3dlib, "set_thread_cpu_threads")
 
 
-def _start_worker() -> None:
+def _start_worker(threads: int) -> None:
     torch.get_num_threads()  # torch's own per-thread initialisation first: it would reset the count
-    set_thread_cpu_threads(1)
+    # torch's ops on this thread alone; the marching kernel, whose threads take blocks of rays as
+    # they go, on the pool's count (it keeps its share of the cores beside other busy processes)
+    set_thread_cpu_threads(1, kernels=threads)
     _worker.active = True
 
 
@@ -108,7 +115,7 @@ def _pool(threads: int) -> ThreadPoolExecutor:
     with _pools_lock:
         if threads not in _pools:
             _pools[threads] = ThreadPoolExecutor(
-                threads, thread_name_prefix="vq3dlib-cpu", initializer=_start_worker
+                threads, thread_name_prefix="vq3dlib-cpu", initializer=_start_worker, initargs=(threads,)
             )
         return _pools[threads]
 

@@ -8,6 +8,7 @@
 #include <atomic>
 #include <vector>
 
+#include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/march_host.h"
 
 namespace vq3dlib {
@@ -18,6 +19,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
     const at::Tensor& far_in, const at::Tensor& binaries_in, const at::Tensor& boxes_in,
     const c10::optional<at::Tensor>& scene_index_in, double step_size, int64_t max_samples,
     int64_t contraction, int64_t spacing) {
+  const KernelThreads team;  // its workers take blocks of rays as they go (cpu_threads.h)
   const MarchInputs in = prepare_march_inputs(origins_in, directions_in, near_in, far_in, binaries_in, boxes_in,
                                               scene_index_in);
   const int64_t n_rays = in.n_rays;
