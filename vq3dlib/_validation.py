@@ -184,7 +184,10 @@ def check_tensor(
         # one fused min/max pass (NaN propagates into both, ±Inf shows in one): ~20x cheaper on CPU
         # than isfinite().all(), which allocates and reduces several boolean tensors
         low, high = torch.aminmax(_in_memory_order(value.detach()))
-        if not bool(torch.isfinite(low) & torch.isfinite(high)):
+        # read back as Python floats: two element reads on CPU, one transfer (sync) on a GPU, and no
+        # further tensor ops (isfinite alone dispatches four)
+        bounds = (low.item(), high.item()) if low.device.type == "cpu" else torch.stack((low, high)).tolist()
+        if not all(math.isfinite(b) for b in bounds):
             raise ValueError(f"{name} contains NaN or Inf values")
 
 
