@@ -3,10 +3,12 @@
 PyTorch parallelises every CPU op across the process's threads (OpenMP): each op is a parallel
 region that ends when its slowest thread is done. When another process keeps a core busy, one of
 those threads is often off its core, and every short op waits for it: a rendered frame, which runs
-~1,800 ops, takes 4–7× longer beside one busy process on 2 cores (docs/benchmarks.md), where a few
-long ops (dense sampling) take 1.5× longer. :func:`map_concurrently` runs independent pieces of work
+~1,400 ops, took up to 5× longer beside one busy process on 2 cores (docs/benchmarks.md), where a
+few long ops (dense sampling) took 1.3–1.5× longer. :func:`map_concurrently` runs independent pieces of work
 (chunks of rays) on a pool of threads instead, each piece's ops on a single thread, so no op waits
-for another thread and the pieces balance themselves (a free thread takes the next).
+for another thread and the pieces balance themselves (a free thread takes the next). This
+library's kernels that share their work out as they go (the marching kernel) run on all the pool's
+threads from each piece (``set_thread_cpu_threads(1, kernels=threads)``).
 
 The per-thread thread count is set by the C++ extension (``torch.set_num_threads`` sets the whole
 process's); without it :func:`map_concurrently` runs the pieces one after the other, each op on the
