@@ -73,3 +73,24 @@ def test_single_items_and_one_thread_run_in_the_caller():
         map_concurrently(lambda x: x, range(2), threads=2.0)
     with pytest.raises(ValueError, match="n must be"):
         set_thread_cpu_threads(0)
+
+
+def _double_in_a_pool(queue) -> None:
+    queue.put(map_concurrently(lambda x: 2 * x, range(4), threads=2))
+
+
+@needs_ext
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="needs fork")
+def test_a_forked_child_gets_pools_of_its_own():
+    import multiprocessing
+
+    map_concurrently(lambda x: x, range(4), threads=2)  # the parent's pool exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_double_in_a_pool, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():  # the inherited pool has no threads: the child waits forever
+        child.kill()
+        pytest.fail("map_concurrently hung in a forked child")
+    assert child.exitcode == 0 and queue.get(timeout=5) == [0, 2, 4, 6]

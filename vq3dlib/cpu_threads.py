@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -39,6 +40,17 @@ R = TypeVar("R")
 _pools: dict[int, ThreadPoolExecutor] = {}
 _pools_lock = threading.Lock()
 _worker = threading.local()
+
+
+def _forget_pools_after_fork() -> None:
+    # a forked child has none of the parent's threads: its pools would never run what they are given
+    global _pools_lock
+    _pools.clear()
+    _pools_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
 def set_thread_cpu_threads(n: int, kernels: int = 0) -> int:
