@@ -40,21 +40,21 @@ int64_t cpu_parallel_threads() {
 }
 
 // Sets how many threads the CPU ops started from the calling thread run on, for that thread only
-// (torch.set_num_threads sets the whole process's), and returns the count it had; `kernels` > 0
-// lets this library's kernels that share their work out as they go use that many instead
-// (KernelThreads, vq3dlib/cpu_threads.h). Both copies of torch's per-thread lazy initialisation
-// (libtorch's and the one inlined into this library) run first, since each would otherwise reset
-// the count to the process's on its first parallel op. A build without torch's parallel backend runs
-// every kernel on one thread anyway.
-int64_t set_thread_cpu_threads(int64_t n, int64_t kernels) {
+// (torch.set_num_threads sets the whole process's), and returns the count it had; `kernels` (when
+// given; 0: the same count) sets how many this library's kernels that share their work out as they
+// go use instead (KernelThreads, vq3dlib/cpu_threads.h). Both copies of torch's per-thread lazy
+// initialisation (libtorch's, through at::get_num_threads, and the one inlined into this library) run
+// first, since each would otherwise reset the count to the process's on its first parallel op. A
+// build without torch's parallel backend runs every kernel on one thread anyway.
+int64_t set_thread_cpu_threads(int64_t n, c10::optional<int64_t> kernels) {
   TORCH_CHECK(n >= 1, "set_thread_cpu_threads: n must be >= 1, got ", n);
-  TORCH_CHECK(kernels >= 0, "set_thread_cpu_threads: kernels must be >= 0, got ", kernels);
+  TORCH_CHECK(!kernels || *kernels >= 0, "set_thread_cpu_threads: kernels must be >= 0, got ", *kernels);
   at::internal::lazy_init_num_threads();
   const int64_t previous = at::get_num_threads();
 #ifdef _OPENMP
   omp_set_num_threads(static_cast<int>(n));
 #endif
-  thread_kernel_threads() = kernels;
+  if (kernels) thread_kernel_threads() = *kernels;
   return previous;
 }
 }  // namespace vq3dlib
@@ -62,6 +62,6 @@ int64_t set_thread_cpu_threads(int64_t n, int64_t kernels) {
 TORCH_LIBRARY(vq3dlib, m) {
   m.def("cuda_compiled() -> bool", &vq3dlib::cuda_compiled);
   m.def("cpu_parallel_threads() -> int", &vq3dlib::cpu_parallel_threads);
-  m.def("set_thread_cpu_threads(int n, int kernels=0) -> int", &vq3dlib::set_thread_cpu_threads);
+  m.def("set_thread_cpu_threads(int n, int? kernels=None) -> int", &vq3dlib::set_thread_cpu_threads);
   vq3dlib::define_kernel_schemas(m);
 }

@@ -53,11 +53,11 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_pools_after_fork)
 
 
-def set_thread_cpu_threads(n: int, kernels: int = 0) -> int:
+def set_thread_cpu_threads(n: int, kernels: int | None = None) -> int:
     """Sets how many threads the CPU ops started from the calling thread use, for this thread only,
-    and returns the count it had. ``kernels > 0`` lets this library's kernels that share their work
-    out as they go (the marching kernel) use that many threads instead. Needs the C++ extension
-    (``RuntimeError`` without it).
+    and returns the count it had. ``kernels`` (``None``: left as it is; 0: the same as the ops) sets
+    how many threads this library's kernels that share their work out as they go (the marching
+    kernel) use instead. Needs the C++ extension (``RuntimeError`` without it).
 
     Example:
         >>> import threading, torch
@@ -73,12 +73,11 @@ def set_thread_cpu_threads(n: int, kernels: int = 0) -> int:
         [1]
     """
     check_positive("n", n, integer=True)
-    check_positive("kernels", kernels, integer=True, allow_zero=True)
+    if kernels is not None:
+        check_positive("kernels", kernels, integer=True, allow_zero=True)
     if not extension_available():
         raise RuntimeError("set_thread_cpu_threads needs the vq3dlib C++ extension, which is not loaded")
-    previous = int(torch.ops.vq3dlib.set_thread_cpu_threads(int(n), int(kernels)))
-    _worker.kernels = int(kernels)
-    return previous
+    return int(torch.ops.vq3dlib.set_thread_cpu_threads(int(n), None if kernels is None else int(kernels)))
 
 
 @contextlib.contextmanager
@@ -97,12 +96,11 @@ def ops_on_one_thread() -> Iterator[None]:
     if not extension_available():
         yield
         return
-    kernels = getattr(_worker, "kernels", 0)
-    previous = set_thread_cpu_threads(1, kernels)
+    previous = set_thread_cpu_threads(1)
     try:
         yield
     finally:
-        set_thread_cpu_threads(previous, kernels)
+        set_thread_cpu_threads(previous)
 
 
 def extension_available() -> bool:
@@ -118,7 +116,6 @@ def extension_available() -> bool:
 
 
 def _start_worker(threads: int) -> None:
-    torch.get_num_threads()  # torch's own per-thread initialisation first: it would reset the count
     # torch's ops on this thread alone; the marching kernel, whose threads take blocks of rays as
     # they go, on the pool's count (it keeps its share of the cores beside other busy processes)
     set_thread_cpu_threads(1, kernels=threads)
