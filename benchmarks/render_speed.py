@@ -484,13 +484,13 @@ def main(argv: list[str] | None = None) -> int:
     results = {name: fn() for name, fn in fns.items()}  # also the warm-up
     # the pure-torch backend is slow on CPU: one timed call (its first call above was the warm-up)
     slow = {k: v for k, v in fns.items() if k == "vq3dlib (torch)" and device.type == "cpu"}
-    times = time_interleaved_ms({k: v for k, v in fns.items() if k not in slow}, device, 0, args.rounds)
+    fast = {k: v for k, v in fns.items() if k not in slow}
+    times = time_interleaved_ms(fast, device, 0, args.rounds)
     times.update(time_interleaved_ms(slow, device, warmup=0, rounds=1) if slow else {})
     busy_times = {}
     if args.busy and device.type == "cpu":  # the same rounds again, one busy process beside them
         with busy_process():
-            timed = {k: v for k, v in fns.items() if k not in slow}
-            busy_times = time_interleaved_ms(timed, device, 1, args.rounds)
+            busy_times = time_interleaved_ms(fast, device, 1, args.rounds)
     rows = []
     for name in fns:
         if device.type == "cpu":
