@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vq3dlib._validation import check_tensor, inner_checks_off
+from vq3dlib._validation import check_range, check_tensor, inner_checks_off, value_bounds
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -64,3 +64,40 @@ def test_in_memory_order_is_a_view_of_a_permuted_dense_tensor():
     assert flat.data_ptr() == base.data_ptr() and torch.equal(flat, base.reshape(-1))
     strided = base[:, ::2]
     assert _in_memory_order(strided) is strided
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64, torch.int64, torch.uint8])
+def test_range_check_rejects_each_value_outside_its_bounds(dtype):
+    x = torch.tensor([[0, 3], [1, 2]], dtype=dtype).t()  # a permuted view: reduced in memory order
+    check_range("x", x, low=0, high=3)
+    for flat in range(4):  # one value past the upper bound, at each place of the base tensor
+        y = x.t().clone()
+        y.view(-1)[flat] = 9
+        with pytest.raises(ValueError, match=r"x must lie in \[0, 3\], got values in \[.*, 9(\.0)?\]"):
+            check_range("x", y.t(), low=0, high=3)
+    with inner_checks_off():  # a value check: skipped when value checks are off
+        check_range("x", torch.tensor([5], dtype=dtype), high=3)
+    if dtype in (torch.int64, torch.float32):  # below the lower bound
+        with pytest.raises(ValueError, match=r"x must lie in \[1, inf\]"):
+            check_range("x", x, low=1)
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_range_check_rejects_nan_and_inf_past_a_bound(bad):
+    x = torch.rand(50)
+    x[17] = bad
+    with pytest.raises(ValueError, match="x must lie in"):
+        check_range("x", x, low=0, high=1)
+    if bad != bad:  # NaN is outside every range, also a one-sided one
+        with pytest.raises(ValueError, match="and NaN"):
+            check_range("x", x, low=0)
+    else:
+        check_range("x", x, low=0)  # +inf lies in [0, inf]
+
+
+def test_value_bounds_of_every_kind_of_tensor():
+    assert value_bounds(torch.tensor([True, False])) == (0, 1)
+    assert value_bounds(torch.tensor([[4, -2], [7, 1]]).t()) == (-2, 7)
+    low, high = value_bounds(torch.tensor([1.0, float("nan"), 2.0]))
+    assert low != low and high != high  # NaN in both
+    assert value_bounds(torch.tensor([-float("inf"), 1.0])) == (-float("inf"), 1.0)

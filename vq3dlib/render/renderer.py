@@ -34,6 +34,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -47,7 +48,9 @@ from vq3dlib._validation import (
     check_range,
     check_tensor,
     finite_checks_enabled,
+    has_values,
     inner_checks_off,
+    value_bounds,
 )
 from vq3dlib.cpu_threads import map_concurrently, ops_on_one_thread
 from vq3dlib.packed import packed_info_from_counts
@@ -340,13 +343,15 @@ def _split_field_output(out: object, count: int) -> tuple[Tensor, Tensor]:
             f"field density must have shape [{count}] (or [{count}, 1]), got {list(density.shape)}"
         )
     check_tensor("field rgb", rgb, shape=(count, None), floating=True)
-    if finite_checks_enabled() and count:
-        for name, value in (("density", density), ("rgb", rgb)):
-            if not bool(torch.isfinite(value).all()):
+    if finite_checks_enabled() and count and has_values(density) and has_values(rgb):
+        bounds = {name: value_bounds(value) for name, value in (("density", density), ("rgb", rgb))}
+        for name, (low, high) in bounds.items():
+            if not (math.isfinite(low) and math.isfinite(high)):
                 raise ValueError(
                     f"field returned NaN or Inf {name} values (check the field's inputs/parameters)"
                 )
-        check_range("field density", density, low=0, what=" (a post-activation density)")
+        if bounds["density"][0] < 0:
+            check_range("field density", density, low=0, what=" (a post-activation density)")
     return density, rgb
 
 
