@@ -63,6 +63,45 @@ def test_tuned_allocator_reuses_a_steps_buffers_instead_of_faulting_them_in_agai
     assert mean_tuned < mean_control / 4
 
 
+# a 40 MiB buffer (above the largest mmap threshold glibc accepts) filled and freed each cycle
+_FAULTS_OF_A_LARGE_BUFFER = """
+import resource, sys, torch
+from vq3dlib.cpu_allocator import tune_cpu_allocator
+print("tuned", tune_cpu_allocator(large_buffers_from_heap=sys.argv[1] == "heap"))
+def cycle():
+    torch.empty(10 * 2**20).fill_(1.0)
+for _ in range(5):
+    cycle()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(10):
+    cycle()
+print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+"""
+
+
+@pytest.mark.skipif(not GLIBC, reason="mallopt tuning is glibc-only")
+def test_buffers_above_the_mmap_threshold_are_reused_from_the_heap():
+    def faults(where: str) -> float:
+        out = subprocess.run(
+            [sys.executable, "-c", _FAULTS_OF_A_LARGE_BUFFER, where],
+            env={**os.environ, ENV_SWITCH: "1"},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        assert out[1] == "True"
+        return float(out[3])
+
+    pages = 40 * 2**20 / 4096
+    assert faults("mapped") > 0.5 * pages  # glibc maps it afresh (and zeroes it) on every cycle
+    assert faults("heap") < 0.01 * pages
+
+
+def test_large_buffers_from_heap_must_be_a_bool():
+    with pytest.raises(TypeError, match="large_buffers_from_heap"):
+        tune_cpu_allocator(large_buffers_from_heap=1)  # type: ignore[arg-type]
+
+
 @pytest.mark.skipif(not GLIBC, reason="mallopt tuning is glibc-only")
 def test_tuning_reports_success_and_is_idempotent():
     assert tune_cpu_allocator() is True
