@@ -28,7 +28,10 @@ if str(REPO) not in sys.path:  # run from a checkout without installing
 
 from vq3dlib.cpu_allocator import tune_cpu_allocator  # noqa: E402
 
-tune_cpu_allocator()  # as the CLI and the trainers do: every method runs with the same allocator
+# as the CLI and the trainers do; every method of a benchmark runs with the same allocator, and a
+# benchmark whose peer runs faster with glibc mapping its large buffers says so
+# (tune_cpu_allocator(large_buffers_from_heap=False): quantize_speed.py)
+tune_cpu_allocator()
 
 
 def device_name(device: torch.device | str) -> str:

@@ -33,6 +33,12 @@ from common import (
     run_worker,
     synchronize,
 )
+from vq3dlib.cpu_allocator import tune_cpu_allocator
+
+# every method runs with the allocator setting its peer runs faster with: vector-quantize-pytorch's
+# step allocates and frees many buffers above 32 MiB, and served from the heap (common.py's setting)
+# it ran 1.3x slower and peaked at 13.1 GiB instead of 9.2 (2026-12-04), so here glibc maps them
+tune_cpu_allocator(large_buffers_from_heap=False)
 
 METHODS = ("baseline", "vq3dlib", "vector-quantize-pytorch")
 # ours vs vector-quantize-pytorch: speed-up (>=) and ratio of total peak memory (<=), per device type

@@ -60,6 +60,7 @@ from common import (
     run_worker,
     time_interleaved_ms,
 )
+from vq3dlib.cpu_allocator import tune_cpu_allocator
 
 CHANNELS = 12
 N_OBJECTS = 6
@@ -424,6 +425,9 @@ def calibrate_nerfacc(setup: Setup, reference: torch.Tensor, target: float) -> t
 # --------------------------------------------------------------------------------------------- main
 def _worker(args: argparse.Namespace) -> None:
     """Peak RSS of one method in a fresh process (CPU)."""
+    # glibc maps the large buffers here, so each buffer the call allocates adds to the peak (from the
+    # heap, the call reuses memory the setup freed and the peak above the start misses it)
+    tune_cpu_allocator(large_buffers_from_heap=False)
     setup = Setup(args, torch.device(args.device))
     fns = setup.closures(args.dense_samples, None, only=args.worker)
     fn = fns[args.worker]
