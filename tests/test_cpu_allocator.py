@@ -93,8 +93,10 @@ def test_buffers_above_the_mmap_threshold_are_reused_from_the_heap():
         return float(out[3])
 
     pages = 40 * 2**20 / 4096
-    assert faults("mapped") > 0.5 * pages  # glibc maps it afresh (and zeroes it) on every cycle
-    assert faults("heap") < 0.01 * pages
+    assert faults("mapped") > 0.9 * pages  # glibc maps it afresh (and zeroes it) on every cycle
+    # from the heap most runs fault nothing; some fault 20-30% of its pages again per cycle with no
+    # brk/mmap/munmap call of their own (seen on the development VM, 4 runs of 12)
+    assert faults("heap") < 0.5 * pages
 
 
 def test_large_buffers_from_heap_must_be_a_bool():
