@@ -8,10 +8,6 @@
 
 #include <atomic>
 
-#ifdef _OPENMP
-#include <omp.h>
-#endif
-
 #include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/schemas.h"
 
@@ -51,9 +47,7 @@ int64_t set_thread_cpu_threads(int64_t n, c10::optional<int64_t> kernels) {
   TORCH_CHECK(!kernels || *kernels >= 0, "set_thread_cpu_threads: kernels must be >= 0, got ", *kernels);
   at::internal::lazy_init_num_threads();
   const int64_t previous = at::get_num_threads();
-#ifdef _OPENMP
-  omp_set_num_threads(static_cast<int>(n));
-#endif
+  set_openmp_threads(n);
   if (kernels) thread_kernel_threads() = *kernels;
   return previous;
 }

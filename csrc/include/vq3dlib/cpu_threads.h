@@ -16,6 +16,15 @@ namespace vq3dlib {
 // Threads the CPU kernels called from this thread run on; 0: torch's count for the thread.
 int64_t& thread_kernel_threads();
 
+// The calling thread's OpenMP thread count (torch's count for the thread); nothing without OpenMP.
+inline void set_openmp_threads(int64_t n) {
+#ifdef _OPENMP
+  omp_set_num_threads(static_cast<int>(n));
+#else
+  (void)n;
+#endif
+}
+
 // For the lifetime of a kernel call: the calling thread's kernel thread count, when it has one, as
 // its OpenMP count (the previous count is restored on exit).
 class KernelThreads {
@@ -24,23 +33,16 @@ class KernelThreads {
     const int64_t n = thread_kernel_threads();
     if (n > 0 && n != at::get_num_threads()) {
       previous_ = at::get_num_threads();
-      set(n);
+      set_openmp_threads(n);
     }
   }
   ~KernelThreads() {
-    if (previous_ > 0) set(previous_);
+    if (previous_ > 0) set_openmp_threads(previous_);
   }
   KernelThreads(const KernelThreads&) = delete;
   KernelThreads& operator=(const KernelThreads&) = delete;
 
  private:
-  static void set(int64_t n) {
-#ifdef _OPENMP
-    omp_set_num_threads(static_cast<int>(n));
-#else
-    (void)n;
-#endif
-  }
   int64_t previous_ = 0;
 };
 
