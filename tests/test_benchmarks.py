@@ -134,15 +134,18 @@ def test_quantize_speed_quick_run_reports_targets_and_verdict():
     assert out["met"] == (targets["speedup"]["met"] and targets["peak_ratio"]["met"])
 
 
-def test_quantize_speed_only_ours_worker_does_not_import_the_peer(monkeypatch, capsys):
+def test_quantize_speed_workers_import_only_their_own_library(monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     monkeypatch.setitem(sys.modules, "vector_quantize_pytorch", None)  # importing it raises ImportError
     import quantize_speed
 
-    tiny = ["--quick", "--vectors", "64", "--dim", "16", "--codebook-size", "32", "--code-dim", "4"]
-    quantize_speed.main([*tiny, "--only-ours", "--chunk-size", "8", "--warmup", "0", "--repeats", "1",
-                         "--worker", "vq3dlib"])
-    out = json.loads(capsys.readouterr().out.strip())
-    assert out["method"] == "vq3dlib" and out["ms_median"] > 0
-    with pytest.raises(ImportError):  # without --only-ours the worker needs the peer
-        quantize_speed.main([*tiny, "--warmup", "0", "--repeats", "1", "--worker", "vq3dlib"])
+    tiny = ["--quick", "--vectors", "64", "--dim", "16", "--codebook-size", "32", "--code-dim", "4",
+            "--chunk-size", "8", "--warmup", "0", "--repeats", "1"]
+    for worker in ("vq3dlib", "baseline:vq3dlib"):
+        quantize_speed.main([*tiny, "--worker", worker])
+        out = json.loads(capsys.readouterr().out.strip())
+        assert out["method"] == worker and out["peak_bytes"] > 0
+        assert (out["ms_median"] is None) == worker.startswith("baseline")
+    for worker in ("vector-quantize-pytorch", "baseline:vector-quantize-pytorch"):
+        with pytest.raises(ImportError):  # the peer's processes import the peer
+            quantize_speed.main([*tiny, "--worker", worker])

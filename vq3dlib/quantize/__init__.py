@@ -4,6 +4,7 @@
   EMA or loss-trained codebook, dead-code restart, DDP-synced).
 - :class:`FSQ`: finite scalar quantization. :class:`LFQ`: lookup-free quantization.
 - :class:`ResidualVQ`: a residual stack of any of them.
+- :func:`straight_through`: the straight-through estimator and the VQ losses in one autograd node.
 
 Example:
     >>> import torch
@@ -17,6 +18,7 @@ from vq3dlib.quantize.base import Quantizer, QuantizerAux, usage_stats
 from vq3dlib.quantize.fsq import FSQ
 from vq3dlib.quantize.lfq import LFQ
 from vq3dlib.quantize.residual import ResidualVQ
+from vq3dlib.quantize.straight_through import straight_through, straight_through_reference, unit_rows
 from vq3dlib.quantize.vq import VectorQuantizer, nearest_code, nearest_code_reference
 
 __all__ = [
@@ -28,5 +30,8 @@ __all__ = [
     "VectorQuantizer",
     "nearest_code",
     "nearest_code_reference",
+    "straight_through",
+    "straight_through_reference",
+    "unit_rows",
     "usage_stats",
 ]

@@ -25,13 +25,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from vq3dlib._numerics import safe_normalize
 from vq3dlib._validation import check_choice, check_positive, check_tensor, has_values
 from vq3dlib.quantize.base import Quantizer, QuantizerAux, usage_stats
 from vq3dlib.quantize.distributed import all_gather_stack, all_reduce_sum, world_size
+from vq3dlib.quantize.straight_through import straight_through, unit_rows
 
 _METRICS = ("euclidean", "dot")
-_CHUNK_ELEMENTS = 1 << 21  # scores per chunk: 8 MiB of float32, near cache size
+_CHUNK_ELEMENTS = 1 << 20  # scores per chunk: 4 MiB of float32, near cache size
 
 
 def _default_chunk(codebook_size: int, device: torch.device) -> int:
@@ -65,20 +65,17 @@ def _cpu_pool(n_threads: int) -> ThreadPoolExecutor:
         return _POOL
 
 
-def _search_rows(z: Tensor, cb_t: Tensor, neg_sq: Tensor | None, out: Tensor, chunk: int) -> None:
-    """Serial chunk loop: scores of ``chunk`` rows at a time, argmax written into ``out``."""
-    n = z.shape[0]
-    if n == 0:
-        return
-    buf = torch.empty(min(chunk, n), cb_t.shape[1], dtype=z.dtype, device=z.device)
-    for start in range(0, n, chunk):
+def _search_rows(z: Tensor, cb_t: Tensor, neg_sq: Tensor | None, out: Tensor, scores: Tensor) -> None:
+    """Serial chunk loop: ``scores`` (``[chunk, K]``) for that many rows at a time, argmax into ``out``."""
+    chunk = scores.shape[0]
+    for start in range(0, z.shape[0], chunk):
         zc = z[start : start + chunk]
-        scores = buf[: zc.shape[0]]
+        s = scores[: zc.shape[0]]
         if neg_sq is None:
-            torch.mm(zc, cb_t, out=scores)
+            torch.mm(zc, cb_t, out=s)
         else:
-            torch.addmm(neg_sq, zc, cb_t, alpha=2.0, out=scores)
-        torch.argmax(scores, dim=1, out=out[start : start + chunk])
+            torch.addmm(neg_sq, zc, cb_t, alpha=2.0, out=s)
+        torch.argmax(s, dim=1, out=out[start : start + chunk])
 
 
 def nearest_code_reference(z: Tensor, codebook: Tensor, *, metric: str = "euclidean") -> Tensor:
@@ -117,7 +114,7 @@ def nearest_code(
         z: ``[N, d]`` vectors.
         codebook: ``[K, d]`` codes (same dtype and device as ``z``).
         metric: ``"euclidean"`` or ``"dot"`` (see :func:`nearest_code_reference`).
-        chunk_size: rows per chunk; default keeps each chunk's scores near 8 MiB on CPU (near cache size,
+        chunk_size: rows per chunk; default keeps each chunk's scores near 4 MiB on CPU (near cache size,
             which is faster than one large matrix product).
 
     Returns:
@@ -144,15 +141,18 @@ def nearest_code(
     neg_sq = -(codebook * codebook).sum(dim=1) if metric == "euclidean" else None
     n_threads = torch.get_num_threads()
     if z.device.type != "cpu" or n_threads == 1 or n < 4 * n_threads * chunk:
-        _search_rows(z, cb_t, neg_sq, out, chunk)
+        _search_rows(z, cb_t, neg_sq, out, z.new_empty(min(chunk, n), k))
         return out
     # CPU, large N: each thread runs its own serial loop over a contiguous share of the rows, so the
     # cache-sized chunks need no per-chunk synchronisation between threads (which is what makes many
-    # small intra-op-parallel calls slow, above all on a loaded machine)
+    # small intra-op-parallel calls slow, above all on a loaded machine). The threads' score buffers
+    # are allocated here: allocated by a pool thread they came from its own malloc arena, which grew
+    # by a buffer (8 MiB with 8 MiB chunks) on each of several calls instead of reusing the freed one
+    scores = z.new_empty(n_threads, chunk, k)
     bounds = [round(i * n / n_threads) for i in range(n_threads + 1)]
     jobs = [
-        _cpu_pool(n_threads).submit(_search_rows, z[a:b], cb_t, neg_sq, out[a:b], chunk)
-        for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        _cpu_pool(n_threads).submit(_search_rows, z[a:b], cb_t, neg_sq, out[a:b], scores[i])
+        for i, (a, b) in enumerate(zip(bounds[:-1], bounds[1:], strict=True))
     ]
     for job in jobs:
         job.result()
@@ -182,7 +182,7 @@ class VectorQuantizer(Quantizer):
         codebook_loss_weight: weight of the codebook loss (``ema=False`` only).
         dead_code_steps: re-seed a code from the current batch's vectors once it has gone unused
             for this many consecutive training steps; ``None`` disables restarts.
-        chunk_size: rows per chunk in the nearest-code search (default: ~8 MiB of scores).
+        chunk_size: rows per chunk in the nearest-code search (default: ~4 MiB of scores).
         channels_last: ``True`` for ``[..., D]`` inputs, ``False`` for ``[B, D, *spatial]``.
         sync_distributed: all-reduce statistics and share restart samples when ``torch.distributed``
             is initialised with more than one process.
@@ -299,34 +299,36 @@ class VectorQuantizer(Quantizer):
         h = self.project_in(x)
         if isinstance(self.project_in, nn.Linear):
             check_tensor("z", h, finite=True)
-        z_e = safe_normalize(h) if self.l2_normalize else h
-        codebook = self.codebook
+        # a linear layer's output is ours to overwrite (its backward does not read it): normalise it
+        # in place; the identity "projection" returns the caller's tensor
+        fresh = isinstance(self.project_in, nn.Linear)
+        rows = unit_rows(h, in_place=fresh) if self.l2_normalize else None
+        z_e = rows.z if rows is not None else h.detach()  # no gradient: straight_through applies it
+        # straight_through keeps the codebook for backward: the EMA update below rewrites the buffer
+        codebook = self.codebook if self.l2_normalize or not self.ema else self.embed.clone()
         metric = "dot" if self.l2_normalize else "euclidean"
         indices = nearest_code(
-            z_e.detach().to(codebook.dtype), codebook.detach(), metric=metric, chunk_size=self.chunk_size
+            z_e.to(codebook.dtype), codebook.detach(), metric=metric, chunk_size=self.chunk_size
         )
-        q = codebook[indices].to(z_e.dtype)  # gradient reaches the codebook parameter (ema=False) only
-
-        empty = z_e.shape[0] == 0
-        zero = z_e.sum() * 0.0
-        losses = {"commitment": zero if empty else self.beta * F.mse_loss(z_e, q.detach())}
+        # the gradient reaches the codebook parameter (ema=False) through the codebook loss only
+        z_st, commitment, codebook_loss = straight_through(
+            h, codebook, indices, normalize=self.l2_normalize, rows=rows
+        )
+        losses = {"commitment": self.beta * commitment}
         if not self.ema:
-            losses["codebook"] = (
-                q.sum() * 0.0 if empty else self.codebook_loss_weight * F.mse_loss(q, z_e.detach())
-            )
-        z_st = z_e + (q - z_e).detach()
+            losses["codebook"] = self.codebook_loss_weight * codebook_loss
         out = self.project_out(z_st)
 
         stats: dict[str, Tensor] = {}
         if not has_values(indices):  # meta tensors: shapes only, no statistics or codebook update
             counts = torch.zeros(self.codebook_size, dtype=codebook.dtype, device=indices.device)
-            return out, indices, QuantizerAux(sum(losses.values(), zero), losses, usage_stats(counts))
+            return out, indices, QuantizerAux(sum(losses.values()), losses, usage_stats(counts))
         counts = torch.bincount(indices, minlength=self.codebook_size).to(codebook.dtype)
         if self.training:
-            counts, restarted = self._update(z_e.detach().to(codebook.dtype), indices, counts)
+            counts, restarted = self._update(z_e.to(codebook.dtype), indices, counts)
             stats["restarted"] = torch.tensor(float(restarted), device=z_e.device)
         stats = {**usage_stats(counts), **stats}
-        total = sum(losses.values(), zero)
+        total = sum(losses.values())
         return out, indices, QuantizerAux(total, losses, stats)
 
     @torch.no_grad()
