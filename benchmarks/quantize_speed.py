@@ -210,8 +210,6 @@ def main(argv: list[str] | None = None) -> dict:
     ]
     if args.chunk_size is not None:
         sizes += ["--chunk-size", str(args.chunk_size)]
-    if args.only_ours:
-        sizes.append("--only-ours")
     methods = METHODS[:1] if args.only_ours else METHODS
     results = {}
     for m in methods:  # timings with the speed setting, peaks (and the baseline's) with the memory one

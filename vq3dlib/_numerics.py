@@ -11,6 +11,18 @@ from __future__ import annotations
 
 import torch
 
+NORM_EPS = 1e-12  # safe_normalize divides rows shorter than this by it instead
+
+
+def overflow_bound(dtype: torch.dtype, size: int) -> float:
+    """Largest entry magnitude whose square, summed over ``size`` entries, cannot overflow ``dtype``.
+
+    Example:
+        >>> overflow_bound(torch.float32, 4) > 1e18
+        True
+    """
+    return (torch.finfo(dtype).max / max(size, 1)) ** 0.5 / 2
+
 
 def scaled_norm(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
     """``(n, scale)`` with ``|x|_2 = n * scale`` over ``dim`` (kept); ``scale = 1`` unless ``x.x`` overflows.
@@ -23,8 +35,7 @@ def scaled_norm(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Ten
         >>> n.squeeze(-1).tolist(), (s.squeeze(-1) / torch.tensor([4e30, 1.0])).tolist()
         ([1.25, 5.0], [1.0, 1.0])
     """
-    size = max(x.shape[dim], 1) if x.dim() else 1
-    big = (torch.finfo(x.dtype).max / size) ** 0.5 / 2
+    big = overflow_bound(x.dtype, x.shape[dim] if x.dim() else 1)
     if x.numel() == 0:
         m = x.detach().sum(dim=dim, keepdim=True)
     else:
@@ -44,7 +55,7 @@ def safe_norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
     return n * scale
 
 
-def safe_normalize(x: torch.Tensor, dim: int = -1, eps: float = 1e-12) -> torch.Tensor:
+def safe_normalize(x: torch.Tensor, dim: int = -1, eps: float = NORM_EPS) -> torch.Tensor:
     """``x / max(|x|_2, eps)`` over ``dim`` without overflow; equals ``F.normalize`` for ordinary rows.
 
     Example:

@@ -32,10 +32,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-from vq3dlib._numerics import safe_normalize
+from vq3dlib._numerics import NORM_EPS, overflow_bound, safe_normalize
 from vq3dlib._validation import has_values
-
-NORM_EPS = 1e-12  # safe_normalize's default: rows shorter than this are divided by it instead
 
 
 class UnitRows(NamedTuple):
@@ -70,7 +68,7 @@ def unit_rows(h: Tensor, *, in_place: bool = False) -> UnitRows:
     if h.numel() and has_values(h):
         lo, hi = torch.aminmax(h, dim=1, keepdim=True)
         m = torch.maximum(hi, -lo)
-        big = (torch.finfo(h.dtype).max / max(h.shape[1], 1)) ** 0.5 / 2
+        big = overflow_bound(h.dtype, h.shape[1])
         if bool((m > big).any()):
             scale = torch.where(m > big, m, torch.ones_like(m))
             y = h.div_(scale) if in_place else h / scale

@@ -297,12 +297,12 @@ class VectorQuantizer(Quantizer):
 
     def _quantize_rows(self, x: Tensor) -> tuple[Tensor, Tensor, QuantizerAux]:
         h = self.project_in(x)
-        if isinstance(self.project_in, nn.Linear):
-            check_tensor("z", h, finite=True)
         # a linear layer's output is ours to overwrite (its backward does not read it): normalise it
         # in place; the identity "projection" returns the caller's tensor
-        fresh = isinstance(self.project_in, nn.Linear)
-        rows = unit_rows(h, in_place=fresh) if self.l2_normalize else None
+        projected = isinstance(self.project_in, nn.Linear)
+        if projected:
+            check_tensor("z", h, finite=True)
+        rows = unit_rows(h, in_place=projected) if self.l2_normalize else None
         z_e = rows.z if rows is not None else h.detach()  # no gradient: straight_through applies it
         # straight_through keeps the codebook for backward: the EMA update below rewrites the buffer
         codebook = self.codebook if self.l2_normalize or not self.ema else self.embed.clone()
