@@ -102,6 +102,51 @@ def test_kernel_equals_reference_in_boxes_of_power_of_two_spans(spacing, dtype):
         assert torch.equal(a, b)
 
 
+LANE_CASES = [  # float32 rays, contracted spacing: the CPU kernel marches them in SIMD lanes
+    ("linf", 1, 1, 16),
+    ("linf", 2, 1, (16, 8, 12)),
+    ("none", 3, 3, (8, 12, 10)),  # spans 3, 2 and 2.4: the lookup divides
+]
+
+
+@pytest.mark.parametrize("contraction,n_scenes,levels,res", LANE_CASES)
+def test_kernel_lanes_equal_reference(contraction, n_scenes, levels, res):
+    """Rays of every kind side by side in the lanes: ending early, capped, never starting, stalling."""
+    _ext_or_skip(torch.device("cpu"))
+    torch.manual_seed(1)
+    n = 1100  # two full blocks of 512 rays and a partial one; not a multiple of the 8 lanes
+    o, d = _rays(n, "cpu")
+    axes = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, -1], [1, 1, 0], [1, -1, 1], [0, 1, 1]])
+    d[:60] = torch.nn.functional.normalize(axes.repeat(10, 1), dim=-1)  # zero components, arg-max ties
+    o[:30] = 0.0
+    grid = _random_grid(contraction, n_scenes, levels, res, 0.3, "cpu")
+    scene = torch.randint(0, n_scenes, (n,))
+    near = torch.rand(n) * 0.5
+    far = torch.full((n,), 8.0)
+    far[::3] = 1e10
+    near[100:130], far[100:130] = 9.0, 8.0  # near >= far: no samples
+    # rays that stall: t = 1e4 inside the unit cube, where t + 1e-4 rounds back to t
+    o[200:210] = torch.tensor([-1e4, 0.25, 0.0])
+    d[200:210] = torch.tensor([1.0, 0.0, 0.0])
+    near[200:210] = 1e4 - 0.5
+    for step, cap in ((0.02, 20), (0.05, 1000), (1e-4, 3)):
+        kw = dict(scene_index=scene, near=near, far=far, step_size=step, max_samples=cap)
+        kw["spacing"] = "contracted"
+        with backend.forced("ext"):
+            ext = ray_march(o, d, grid, **kw)
+        with backend.forced("torch"):
+            ref = ray_march(o, d, grid, **kw)
+        _assert_sorted_valid(ext, n)
+        assert ext.ray_indices.numel() > 1000
+        counts = torch.bincount(ext.ray_indices, minlength=n)
+        assert counts[100:130].sum() == 0
+        assert (counts[200:210].sum() == 0) == (step == 1e-4)
+        if cap < 100:
+            assert (counts == cap).sum() > 30  # rays that stop at the cap
+        for a, b in zip(ext, ref, strict=True):
+            assert torch.equal(a, b)
+
+
 def test_exact_contraction_equals_library_contraction():
     from vq3dlib.contraction import contract_linf
 

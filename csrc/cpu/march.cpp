@@ -8,11 +8,72 @@
 #include <atomic>
 #include <vector>
 
+#include "march_lanes.h"
 #include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/march_host.h"
 
 namespace vq3dlib {
 namespace {
+
+// The lanes march float32 rays only: other dtypes take the scalar kernel.
+template <typename T>
+bool march_in_lanes(const T*, const T*, const T*, const T*, const MarchGrid<T>&, const int64_t*, int64_t, T,
+                    int64_t, int64_t, const at::TensorOptions&, at::Tensor*, at::Tensor*, at::Tensor*) {
+  return false;
+}
+
+// The float32 rays marched in SIMD lanes (march_lanes.h), blocks of rays handed out to the threads as
+// they go; each block's samples are then packed by ray (a stable counting sort of the block).
+bool march_in_lanes(const float* o, const float* d, const float* nr, const float* fr, const MarchGrid<float>& grid,
+                    const int64_t* sidx, int64_t scene_stride, float step, int64_t max_samples, int64_t n_rays,
+                    const at::TensorOptions& options, at::Tensor* ray_indices_out, at::Tensor* t_starts_out,
+                    at::Tensor* t_ends_out) {
+  const int64_t block_rays = 512;
+  const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
+  std::vector<LaneSamples> blocks(static_cast<size_t>(n_blocks));
+  std::atomic<int64_t> next_block{0};
+  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
+      march_block_lanes(o, d, nr, fr, grid, sidx, scene_stride, step, max_samples, b * block_rays,
+                        std::min(n_rays, (b + 1) * block_rays), blocks[static_cast<size_t>(b)]);
+    }
+  });
+  std::vector<int64_t> block_offsets(static_cast<size_t>(n_blocks) + 1, 0);
+  for (int64_t b = 0; b < n_blocks; ++b) {
+    block_offsets[b + 1] = block_offsets[b] + static_cast<int64_t>(blocks[b].ray.size());
+  }
+  const int64_t total = block_offsets[n_blocks];
+  at::Tensor ray_indices = at::empty({total}, options.dtype(at::kLong));
+  at::Tensor t_starts = at::empty({total}, options);
+  at::Tensor t_ends = at::empty({total}, options);
+  int64_t* ri = ray_indices.data_ptr<int64_t>();
+  float* ts = t_starts.data_ptr<float>();
+  float* te = t_ends.data_ptr<float>();
+  at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> slot;
+    for (int64_t b = begin; b < end; ++b) {
+      const LaneSamples& buf = blocks[b];
+      slot.assign(buf.counts.size(), 0);  // where each ray's next sample goes
+      int64_t at_ = block_offsets[b];
+      for (size_t r = 0; r < buf.counts.size(); ++r) {
+        slot[r] = at_;
+        at_ += buf.counts[r];
+      }
+      const int64_t first_ray = b * block_rays;
+      for (size_t k = 0; k < buf.ray.size(); ++k) {
+        const int64_t s = slot[static_cast<size_t>(buf.ray[k])]++;
+        ri[s] = first_ray + buf.ray[k];
+        ts[s] = buf.t0[k];
+        te[s] = buf.t1[k];
+      }
+    }
+  });
+  *ray_indices_out = ray_indices;
+  *t_starts_out = t_starts;
+  *t_ends_out = t_ends;
+  return true;
+}
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
     const at::Tensor& origins_in, const at::Tensor& directions_in, const at::Tensor& near_in,
@@ -45,6 +106,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
       TORCH_CHECK(sidx[i] >= 0 && sidx[i] < in.n_scenes, "scene_index out of range");
     }
 
+    if (lanes_support(static_cast<int>(spacing), static_cast<int>(contraction), grid.levels, in.scene_stride,
+                      in.n_scenes) &&
+        march_in_lanes(o, d, nr, fr, grid, sidx, in.scene_stride, step, max_samples, n_rays, in.origins.options(),
+                       &ray_indices, &t_starts, &t_ends)) {
+      return;
+    }
     struct BlockSamples {
       std::vector<int64_t> ray;
       std::vector<T> t0, t1;
