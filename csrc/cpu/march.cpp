@@ -28,7 +28,7 @@ bool march_in_lanes(const float* o, const float* d, const float* nr, const float
                     const int64_t* sidx, int64_t scene_stride, float step, int64_t max_samples, int64_t n_rays,
                     const at::TensorOptions& options, at::Tensor* ray_indices_out, at::Tensor* t_starts_out,
                     at::Tensor* t_ends_out) {
-  const int64_t block_rays = 512;
+  const int64_t block_rays = 128;  // smaller than the scalar kernel's: the lanes march a block 4x faster
   const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
   std::vector<LaneSamples> blocks(static_cast<size_t>(n_blocks));
   std::atomic<int64_t> next_block{0};

@@ -43,8 +43,10 @@ struct LaneGrid {
 };
 
 // Occupancy of the points (y0, y1, y2) in the grid's space, for the lanes in `want`: grid_occupied.
-VQ3D_AVX2 vi lanes_occupied(const LaneGrid& lg, int levels, const uint8_t* binaries, const int32_t* scene_cell,
-                            vf y0, vf y1, vf y2, vi want) {
+// `scene_cell`: each lane's first cell in `binaries`. Every lane reads a cell (those that need none
+// read a valid one) and the eight bytes are widened at once: no per-lane branches or inserts.
+VQ3D_AVX2 vi lanes_occupied(const LaneGrid& lg, int levels, const uint8_t* binaries, vi scene_cell, vf y0, vf y1,
+                            vf y2, vi want) {
   const vf zero = splat(0.0f);
   const vf y[3] = {y0, y1, y2};
   vi resolved = ~want;
@@ -59,18 +61,18 @@ VQ3D_AVX2 vi lanes_occupied(const LaneGrid& lg, int levels, const uint8_t* binar
       inside &= (u[a] >= zero) & (u[a] <= lg.res[a]);
     }
     const vi hit = inside & ~resolved;
-    const int hit_bits = bits_of(hit);
-    if (hit_bits != 0) {
+    if (bits_of(hit) != 0) {
       vi idx[3];
       for (int a = 0; a < 3; ++a) {  // u in [0, res] where inside: truncation is floor
         const vi i = __builtin_convertvector(select(hit, u[a], zero), vi);
         idx[a] = select_int(i < lg.res_last[a], i, lg.res_last[a]);
       }
-      const vi cell = ((splat_int(l) * lg.rx + idx[0]) * lg.ry + idx[1]) * lg.rz + idx[2];
-      for (int bits = hit_bits; bits != 0; bits &= bits - 1) {
-        const int j = __builtin_ctz(bits);
-        occupied[j] = binaries[scene_cell[j] + cell[j]] != 0 ? -1 : 0;
-      }
+      alignas(32) int32_t cell[kLanes];
+      *reinterpret_cast<vi*>(cell) = scene_cell + ((splat_int(l) * lg.rx + idx[0]) * lg.ry + idx[1]) * lg.rz + idx[2];
+      uint64_t bytes = 0;
+      for (int j = 0; j < kLanes; ++j) bytes |= static_cast<uint64_t>(binaries[cell[j]]) << (8 * j);
+      const vi cells = reinterpret_cast<vi>(_mm256_cvtepu8_epi32(_mm_cvtsi64_si128(static_cast<int64_t>(bytes))));
+      occupied = select_int(hit, cells != splat_int(0), occupied);
     }
     resolved |= inside;
     if (bits_of(resolved) == 0xff) break;
@@ -127,7 +129,7 @@ __attribute__((target("avx2"))) void march_block_avx2(const float* o, const floa
   vf ox = splat(0.0f), oy = ox, oz = ox, dx = ox, dy = ox, dz = ox, t = ox, t1 = ox;
   vi count = splat_int(0), live = splat_int(0);
   int32_t lane_ray[kLanes];
-  int32_t scene_cell[kLanes] = {0, 0, 0, 0, 0, 0, 0, 0};
+  vi scene_cell = splat_int(0);
   std::fill(lane_ray, lane_ray + kLanes, -1);
   int64_t next = begin;
   const vf step_v = splat(step), one = splat(1.0f), half = splat(0.5f);
