@@ -370,6 +370,41 @@ def test_cpu_float32_rows_in_visit_order_equal_reference(channels, reduce):
     torch.testing.assert_close(ours, ref, rtol=1e-5, atol=1e-5)
 
 
+# float32 with 8, 12, 16 or 32 channels and no or L-inf contraction: AVX2 lanes locate the texels
+LANE_OPTIONS = [
+    dict(contraction=c, reduce=r, align_corners=a, padding_mode=p)
+    for c, r, a, p in itertools.product(
+        ["none", "linf"], ["sum", "mean", "concat"], [False, True], ["zeros", "border"]
+    )
+]
+
+
+@requires_ext
+@pytest.mark.parametrize("channels", [8, 12, 16, 32])
+@pytest.mark.parametrize("opts", LANE_OPTIONS, ids=lambda o: "-".join(str(v) for v in o.values()))
+def test_cpu_float32_forward_in_lanes_equals_reference(channels, opts):
+    """Packed points of two scenes (scenes out of range among them), dense points, texel corners and faces,
+    and counts that leave partial blocks of 16 points and partial groups of 8 lanes."""
+    from vq3dlib._validation import inner_checks_off
+
+    gen = torch.Generator().manual_seed(channels)
+    planes = torch.randn(2, 3, channels, 9, 12, generator=gen)
+    points = torch.randn(203, 3, generator=gen) * (2.5 if opts["contraction"] == "linf" else 0.9)
+    points[:40] = torch.randint(-12, 13, (40, 3), generator=gen) / 12  # on texel corners and faces
+    scene = torch.randint(0, 2, (203,), generator=gen)
+    scene[[5, 77, 150]] = torch.tensor([-1, 2, 9])
+    with backend.forced("ext"), inner_checks_off():
+        packed = triplane_sample(planes, points, scene, bound=0.8, **opts)
+        dense = triplane_sample(planes, points[:202].reshape(2, 101, 3), bound=0.8, **opts)
+    dense_points = points[:202].reshape(2, 101, 3).double()
+    ok = (scene >= 0) & (scene < 2)
+    assert float(packed[~ok].abs().max()) == 0.0
+    ref = triplane_sample_reference(planes.double(), points[ok].double(), scene[ok], bound=0.8, **opts)
+    torch.testing.assert_close(packed[ok].double(), ref, rtol=1e-5, atol=1e-5)
+    ref = triplane_sample_reference(planes.double(), dense_points, bound=0.8, **opts)
+    torch.testing.assert_close(dense.double(), ref, rtol=1e-5, atol=1e-5)
+
+
 def test_half_precision_computed_in_float32():
     planes = torch.randn(1, 3, 4, 8, 8)
     points = torch.rand(1, 10, 3) - 0.5

@@ -9,28 +9,14 @@
 #include <algorithm>
 #include <limits>
 
-#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#define VQ3D_MARCH_LANES 1
-#include <immintrin.h>
-#endif
+#include "lanes.h"
 
 namespace vq3dlib {
 
-#ifdef VQ3D_MARCH_LANES
+#ifdef VQ3D_LANES
 namespace {
 
-constexpr int kLanes = 8;
-typedef float vf __attribute__((vector_size(32)));
-typedef int32_t vi __attribute__((vector_size(32)));
-
-#define VQ3D_AVX2 __attribute__((target("avx2"))) inline
-
-VQ3D_AVX2 vf splat(float x) { return vf{x, x, x, x, x, x, x, x}; }
-VQ3D_AVX2 vi splat_int(int32_t x) { return vi{x, x, x, x, x, x, x, x}; }
-VQ3D_AVX2 vf abs_of(vf x) { return reinterpret_cast<vf>(reinterpret_cast<vi>(x) & splat_int(0x7fffffff)); }
-VQ3D_AVX2 int bits_of(vi mask) { return _mm256_movemask_ps(reinterpret_cast<__m256>(mask)); }
-VQ3D_AVX2 vf select(vi mask, vf a, vf b) { return mask ? a : b; }
-VQ3D_AVX2 vi select_int(vi mask, vi a, vi b) { return mask ? a : b; }
+using namespace lanes;
 
 // The grid's constants as lane vectors.
 struct LaneGrid {
@@ -78,24 +64,6 @@ VQ3D_AVX2 vi lanes_occupied(const LaneGrid& lg, int levels, const uint8_t* binar
     if (bits_of(resolved) == 0xff) break;
   }
   return occupied & want;
-}
-
-// contract_point(kContractLinf, x) in the lanes.
-VQ3D_AVX2 void lanes_contract_linf(vf x0, vf x1, vf x2, vf* y0, vf* y1, vf* y2) {
-  const vf a0 = abs_of(x0), a1 = abs_of(x1), a2 = abs_of(x2);
-  const vi k1 = a1 > a0;  // linf_argmax: the first coordinate of largest magnitude
-  const vf m01 = select(k1, a1, a0);
-  const vi k2 = a2 > m01;
-  const vf m = select(k2, a2, m01);
-  const vf one = splat(1.0f);
-  const vi outside = m > one;
-  const vf xk = select(k2, x2, select(k1, x1, x0));
-  const vf c = (splat(2.0f) - one / m) * select(xk < splat(0.0f), splat(-1.0f), one);
-  const vi is1 = k1 & ~k2;
-  const vi is0 = ~(k1 | k2);
-  *y0 = select(outside, select(is0, c, x0 / m), x0);
-  *y1 = select(outside, select(is1, c, x1 / m), x1);
-  *y2 = select(outside, select(k2, c, x2 / m), x2);
 }
 
 __attribute__((target("avx2"))) void march_block_avx2(const float* o, const float* d, const float* nr,
@@ -173,7 +141,7 @@ __attribute__((target("avx2"))) void march_block_avx2(const float* o, const floa
     const vf te = select(tn < t1, tn, t1);
     const vf mid = (t + te) * half;
     vf x0 = ox + mid * dx, x1 = oy + mid * dy, x2 = oz + mid * dz;
-    if (linf) lanes_contract_linf(x0, x1, x2, &x0, &x1, &x2);
+    if (linf) contract_linf_lanes(x0, x1, x2, &x0, &x1, &x2);
     const vi emit = lanes_occupied(lg, g.levels, g.binaries, scene_cell, x0, x1, x2, stepping);
     for (int bits = bits_of(emit); bits != 0; bits &= bits - 1) {
       const int j = __builtin_ctz(bits);
@@ -190,8 +158,7 @@ __attribute__((target("avx2"))) void march_block_avx2(const float* o, const floa
 }  // namespace
 
 bool lanes_support(int spacing, int contraction, int levels, int64_t cells_per_scene, int64_t n_scenes) {
-  static const bool has_avx2 = __builtin_cpu_supports("avx2");
-  return has_avx2 && spacing == kSpacingContracted &&
+  return cpu_has_avx2() && spacing == kSpacingContracted &&
          (contraction == kContractNone || contraction == kContractLinf) && levels >= 1 &&
          levels <= kMaxExactLevels && cells_per_scene * n_scenes <= std::numeric_limits<int32_t>::max();
 }

@@ -21,6 +21,7 @@
 #endif
 
 #include "hugepages.h"
+#include "triplane_lanes.h"
 #include "vq3dlib/triplane_host.h"
 
 namespace vq3dlib {
@@ -369,10 +370,24 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
-// The forward over points [begin, end), with the channel loop specialised for common channel counts.
+// The lanes locate float32 points only (triplane_lanes.h).
+template <typename T>
+bool forward_in_lanes(const TriplaneArgs<T>&, const T*, const T*, const int64_t*, const int64_t*, T*, int64_t,
+                      int64_t) {
+  return false;
+}
+
+bool forward_in_lanes(const TriplaneArgs<float>& a, const float* planes, const float* points,
+                      const int64_t* scene_index, const int64_t* order, float* out, int64_t begin, int64_t end) {
+  return triplane_forward_lanes(a, planes, points, scene_index, order, out, begin, end);
+}
+
+// The forward over points [begin, end): in lanes where they apply, else with the channel loop
+// specialised for common channel counts.
 template <typename T>
 void forward_any(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
                  const int64_t* order, T* out, int64_t begin, int64_t end) {
+  if (forward_in_lanes(a, planes, points, scene_index, order, out, begin, end)) return;
   switch (a.channels) {
     case 8: return forward_range<T, 8>(a, planes, points, scene_index, order, out, begin, end);
     case 12: return forward_range<T, 12>(a, planes, points, scene_index, order, out, begin, end);
