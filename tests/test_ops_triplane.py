@@ -405,6 +405,18 @@ def test_cpu_float32_forward_in_lanes_equals_reference(channels, opts):
     torch.testing.assert_close(dense.double(), ref, rtol=1e-5, atol=1e-5)
 
 
+@requires_ext
+@pytest.mark.parametrize("shape", [(1, 3, 32, 256, 256), (2, 3, 5, 37, 130), (1, 3, 129, 3, 70)])
+def test_cpu_layout_changes_equal_permuted_copies(shape):
+    """The tiled transposes, with sizes that leave partial tiles in both directions."""
+    from vq3dlib.ops._library import kernels
+
+    x = torch.randn(shape)
+    last = kernels().planes_channels_last(x)
+    assert torch.equal(last, x.permute(0, 1, 3, 4, 2).contiguous())
+    assert torch.equal(kernels().planes_channels_first(last), x)
+
+
 def test_half_precision_computed_in_float32():
     planes = torch.randn(1, 3, 4, 8, 8)
     points = torch.rand(1, 10, 3) - 0.5
