@@ -15,67 +15,81 @@
 namespace vq3dlib {
 namespace {
 
-// The lanes march float32 rays only: other dtypes take the scalar kernel.
-template <typename T>
-bool march_in_lanes(const T*, const T*, const T*, const T*, const MarchGrid<T>&, const int64_t*, int64_t, T,
-                    int64_t, int64_t, const at::TensorOptions&, at::Tensor*, at::Tensor*, at::Tensor*) {
-  return false;
-}
+using Packed = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // ray_indices, t_starts, t_ends
 
-// The float32 rays marched in SIMD lanes (march_lanes.h), blocks of rays handed out to the threads as
-// they go; each block's samples are then packed by ray (a stable counting sort of the block).
-bool march_in_lanes(const float* o, const float* d, const float* nr, const float* fr, const MarchGrid<float>& grid,
-                    const int64_t* sidx, int64_t scene_stride, float step, int64_t max_samples, int64_t n_rays,
-                    const at::TensorOptions& options, at::Tensor* ray_indices_out, at::Tensor* t_starts_out,
-                    at::Tensor* t_ends_out) {
-  const int64_t block_rays = 128;  // smaller than the scalar kernel's: the lanes march a block 4x faster
-  const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
-  std::vector<LaneSamples> blocks(static_cast<size_t>(n_blocks));
+// Runs fn(b) for every block b in [0, n_blocks), the blocks handed out to the threads as they go (ray
+// costs vary a lot across an image).
+template <typename Fn>
+void for_each_block_as_they_go(int64_t n_blocks, const Fn& fn) {
   std::atomic<int64_t> next_block{0};
   const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
   at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-    for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
-      march_block_lanes(o, d, nr, fr, grid, sidx, scene_stride, step, max_samples, b * block_rays,
-                        std::min(n_rays, (b + 1) * block_rays), blocks[static_cast<size_t>(b)]);
-    }
+    for (int64_t b = next_block++; b < n_blocks; b = next_block++) fn(b);
   });
-  std::vector<int64_t> block_offsets(static_cast<size_t>(n_blocks) + 1, 0);
-  for (int64_t b = 0; b < n_blocks; ++b) {
-    block_offsets[b + 1] = block_offsets[b] + static_cast<int64_t>(blocks[b].ray.size());
-  }
-  const int64_t total = block_offsets[n_blocks];
+}
+
+// The packed outputs of blocks of `sizes[b]` samples each: fill(b, offset, ri, ts, te) writes block
+// b's samples from `offset` on, the blocks in parallel.
+template <typename T, typename Fill>
+Packed pack_blocks(const std::vector<int64_t>& sizes, const at::TensorOptions& options, const Fill& fill) {
+  const int64_t n_blocks = static_cast<int64_t>(sizes.size());
+  std::vector<int64_t> offsets(static_cast<size_t>(n_blocks) + 1, 0);
+  for (int64_t b = 0; b < n_blocks; ++b) offsets[b + 1] = offsets[b] + sizes[b];
+  const int64_t total = offsets[n_blocks];
   at::Tensor ray_indices = at::empty({total}, options.dtype(at::kLong));
   at::Tensor t_starts = at::empty({total}, options);
   at::Tensor t_ends = at::empty({total}, options);
   int64_t* ri = ray_indices.data_ptr<int64_t>();
-  float* ts = t_starts.data_ptr<float>();
-  float* te = t_ends.data_ptr<float>();
+  T* ts = t_starts.data_ptr<T>();
+  T* te = t_ends.data_ptr<T>();
   at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> slot;
-    for (int64_t b = begin; b < end; ++b) {
-      const LaneSamples& buf = blocks[b];
-      slot.assign(buf.counts.size(), 0);  // where each ray's next sample goes
-      int64_t at_ = block_offsets[b];
-      for (size_t r = 0; r < buf.counts.size(); ++r) {
-        slot[r] = at_;
-        at_ += buf.counts[r];
-      }
-      const int64_t first_ray = b * block_rays;
-      for (size_t k = 0; k < buf.ray.size(); ++k) {
-        const int64_t s = slot[static_cast<size_t>(buf.ray[k])]++;
-        ri[s] = first_ray + buf.ray[k];
-        ts[s] = buf.t0[k];
-        te[s] = buf.t1[k];
-      }
+    for (int64_t b = begin; b < end; ++b) fill(b, offsets[b], ri, ts, te);
+  });
+  return {ray_indices, t_starts, t_ends};
+}
+
+// The lanes march float32 rays only: other dtypes take the scalar kernel.
+template <typename T>
+bool march_in_lanes(const T*, const T*, const T*, const T*, const MarchGrid<T>&, const int64_t*, int64_t, int64_t,
+                    T, int64_t, int64_t, int64_t, const at::TensorOptions&, Packed*) {
+  return false;
+}
+
+// Marches float32 rays in SIMD lanes (march_lanes.h) where they apply (else returns false), each
+// block's samples packed by ray with a stable counting sort of the block.
+bool march_in_lanes(const float* o, const float* d, const float* nr, const float* fr, const MarchGrid<float>& grid,
+                    const int64_t* sidx, int64_t scene_stride, int64_t n_scenes, float step, int64_t max_samples,
+                    int64_t spacing, int64_t n_rays, const at::TensorOptions& options, Packed* out) {
+  if (!lanes_support(static_cast<int>(spacing), grid.contraction, grid.levels, scene_stride, n_scenes)) {
+    return false;
+  }
+  const int64_t block_rays = 128;  // smaller than the scalar kernel's: the lanes march a block 4x faster
+  const int64_t n_blocks = (n_rays + block_rays - 1) / block_rays;
+  std::vector<LaneSamples> blocks(static_cast<size_t>(n_blocks));
+  for_each_block_as_they_go(n_blocks, [&](int64_t b) {
+    march_block_lanes(o, d, nr, fr, grid, sidx, scene_stride, step, max_samples, b * block_rays,
+                      std::min(n_rays, (b + 1) * block_rays), blocks[static_cast<size_t>(b)]);
+  });
+  std::vector<int64_t> sizes(static_cast<size_t>(n_blocks));
+  for (int64_t b = 0; b < n_blocks; ++b) sizes[b] = static_cast<int64_t>(blocks[b].ray.size());
+  *out = pack_blocks<float>(sizes, options, [&](int64_t b, int64_t offset, int64_t* ri, float* ts, float* te) {
+    const LaneSamples& buf = blocks[b];
+    std::vector<int64_t> slot(buf.counts.size());  // where each ray's next sample goes
+    for (size_t r = 0; r < buf.counts.size(); ++r) {
+      slot[r] = offset;
+      offset += buf.counts[r];
+    }
+    for (size_t k = 0; k < buf.ray.size(); ++k) {
+      const int64_t s = slot[static_cast<size_t>(buf.ray[k])]++;
+      ri[s] = b * block_rays + buf.ray[k];
+      ts[s] = buf.t0[k];
+      te[s] = buf.t1[k];
     }
   });
-  *ray_indices_out = ray_indices;
-  *t_starts_out = t_starts;
-  *t_ends_out = t_ends;
   return true;
 }
 
-std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
+Packed march_packed_cpu(
     const at::Tensor& origins_in, const at::Tensor& directions_in, const at::Tensor& near_in,
     const at::Tensor& far_in, const at::Tensor& binaries_in, const at::Tensor& boxes_in,
     const c10::optional<at::Tensor>& scene_index_in, double step_size, int64_t max_samples,
@@ -106,10 +120,10 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
       TORCH_CHECK(sidx[i] >= 0 && sidx[i] < in.n_scenes, "scene_index out of range");
     }
 
-    if (lanes_support(static_cast<int>(spacing), static_cast<int>(contraction), grid.levels, in.scene_stride,
-                      in.n_scenes) &&
-        march_in_lanes(o, d, nr, fr, grid, sidx, in.scene_stride, step, max_samples, n_rays, in.origins.options(),
-                       &ray_indices, &t_starts, &t_ends)) {
+    Packed lanes;
+    if (march_in_lanes(o, d, nr, fr, grid, sidx, in.scene_stride, in.n_scenes, step, max_samples, spacing, n_rays,
+                       in.origins.options(), &lanes)) {
+      std::tie(ray_indices, t_starts, t_ends) = lanes;
       return;
     }
     struct BlockSamples {
@@ -126,40 +140,25 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> march_packed_cpu(
       }
     };
     std::vector<BlockSamples> blocks(static_cast<size_t>(n_blocks));
-    std::atomic<int64_t> next_block{0};
-    const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
-    at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-      for (int64_t b = next_block++; b < n_blocks; b = next_block++) {
-        BlockSamples& buf = blocks[static_cast<size_t>(b)];
-        const int64_t end = std::min(n_rays, (b + 1) * block_rays);
-        for (int64_t i = b * block_rays; i < end; ++i) {
-          AppendSamples emit{&buf, i};
-          const uint8_t* scene_bin = bin + (sidx != nullptr ? sidx[i] : 0) * in.scene_stride;
-          march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_size,
-                       static_cast<int>(spacing), max_samples, emit);
-        }
+    for_each_block_as_they_go(n_blocks, [&](int64_t b) {
+      BlockSamples& buf = blocks[static_cast<size_t>(b)];
+      const int64_t end = std::min(n_rays, (b + 1) * block_rays);
+      for (int64_t i = b * block_rays; i < end; ++i) {
+        AppendSamples emit{&buf, i};
+        const uint8_t* scene_bin = bin + (sidx != nullptr ? sidx[i] : 0) * in.scene_stride;
+        march_ray<T>(o + 3 * i, d + 3 * i, nr[i], fr[i], grid, scene_bin, step, step_size,
+                     static_cast<int>(spacing), max_samples, emit);
       }
     });
-    std::vector<int64_t> block_offsets(static_cast<size_t>(n_blocks) + 1, 0);
-    for (int64_t b = 0; b < n_blocks; ++b) {
-      block_offsets[b + 1] = block_offsets[b] + static_cast<int64_t>(blocks[b].ray.size());
-    }
-    const int64_t total = block_offsets[n_blocks];
-    ray_indices = at::empty({total}, in.origins.options().dtype(at::kLong));
-    t_starts = at::empty({total}, in.origins.options());
-    t_ends = at::empty({total}, in.origins.options());
-    int64_t* ri = ray_indices.data_ptr<int64_t>();
-    T* ts = t_starts.data_ptr<T>();
-    T* te = t_ends.data_ptr<T>();
-    at::parallel_for(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t b = begin; b < end; ++b) {
-        const BlockSamples& buf = blocks[b];
-        const int64_t at_ = block_offsets[b];
-        std::copy(buf.ray.begin(), buf.ray.end(), ri + at_);
-        std::copy(buf.t0.begin(), buf.t0.end(), ts + at_);
-        std::copy(buf.t1.begin(), buf.t1.end(), te + at_);
-      }
-    });
+    std::vector<int64_t> sizes(static_cast<size_t>(n_blocks));
+    for (int64_t b = 0; b < n_blocks; ++b) sizes[b] = static_cast<int64_t>(blocks[b].ray.size());
+    std::tie(ray_indices, t_starts, t_ends) =
+        pack_blocks<T>(sizes, in.origins.options(), [&](int64_t b, int64_t offset, int64_t* ri, T* ts, T* te) {
+          const BlockSamples& buf = blocks[b];
+          std::copy(buf.ray.begin(), buf.ray.end(), ri + offset);
+          std::copy(buf.t0.begin(), buf.t0.end(), ts + offset);
+          std::copy(buf.t1.begin(), buf.t1.end(), te + offset);
+        });
   });
   return {ray_indices, t_starts, t_ends};
 }
