@@ -370,16 +370,12 @@ void forward_range(const TriplaneArgs<T>& a, const T* planes, const T* points, c
   }
 }
 
-// The lanes locate float32 points only (triplane_lanes.h).
+// The lanes locate float32 points only: for other dtypes this overload of triplane_forward_lanes
+// (triplane_lanes.h) declines.
 template <typename T>
-bool forward_in_lanes(const TriplaneArgs<T>&, const T*, const T*, const int64_t*, const int64_t*, T*, int64_t,
-                      int64_t) {
+bool triplane_forward_lanes(const TriplaneArgs<T>&, const T*, const T*, const int64_t*, const int64_t*, T*,
+                            int64_t, int64_t) {
   return false;
-}
-
-bool forward_in_lanes(const TriplaneArgs<float>& a, const float* planes, const float* points,
-                      const int64_t* scene_index, const int64_t* order, float* out, int64_t begin, int64_t end) {
-  return triplane_forward_lanes(a, planes, points, scene_index, order, out, begin, end);
 }
 
 // The forward over points [begin, end): in lanes where they apply, else with the channel loop
@@ -387,7 +383,7 @@ bool forward_in_lanes(const TriplaneArgs<float>& a, const float* planes, const f
 template <typename T>
 void forward_any(const TriplaneArgs<T>& a, const T* planes, const T* points, const int64_t* scene_index,
                  const int64_t* order, T* out, int64_t begin, int64_t end) {
-  if (forward_in_lanes(a, planes, points, scene_index, order, out, begin, end)) return;
+  if (triplane_forward_lanes(a, planes, points, scene_index, order, out, begin, end)) return;
   switch (a.channels) {
     case 8: return forward_range<T, 8>(a, planes, points, scene_index, order, out, begin, end);
     case 12: return forward_range<T, 12>(a, planes, points, scene_index, order, out, begin, end);

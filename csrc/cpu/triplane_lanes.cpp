@@ -107,16 +107,19 @@ struct ChannelSums {
     for (int k = 0; k < kWide; ++k) wide[k] += splat(w) * reinterpret_cast<vf>(_mm256_loadu_ps(v + 8 * k));
     if (kNarrow) narrow += vf4{w, w, w, w} * reinterpret_cast<vf4>(_mm_loadu_ps(v + 8 * kWide));
   }
+  // stream: non-temporal stores where dst is 16-byte aligned, as store_row (triplane.cpp) writes rows
   VQ3D_AVX2 void store(float* dst, bool stream) const {
-    const bool aligned = (reinterpret_cast<std::uintptr_t>(dst) & 31) == 0;
-    for (int k = 0; k < kWide; ++k) {
-      if (stream && aligned) _mm256_stream_ps(dst + 8 * k, reinterpret_cast<__m256>(wide[k]));
-      else _mm256_storeu_ps(dst + 8 * k, reinterpret_cast<__m256>(wide[k]));
+    if (stream && (reinterpret_cast<std::uintptr_t>(dst) & 15) == 0) {
+      for (int k = 0; k < kWide; ++k) {
+        const __m256 w = reinterpret_cast<__m256>(wide[k]);
+        _mm_stream_ps(dst + 8 * k, _mm256_castps256_ps128(w));
+        _mm_stream_ps(dst + 8 * k + 4, _mm256_extractf128_ps(w, 1));
+      }
+      if (kNarrow) _mm_stream_ps(dst + 8 * kWide, reinterpret_cast<__m128>(narrow));
+      return;
     }
-    if (kNarrow) {
-      if (stream && aligned) _mm_stream_ps(dst + 8 * kWide, reinterpret_cast<__m128>(narrow));
-      else _mm_storeu_ps(dst + 8 * kWide, reinterpret_cast<__m128>(narrow));
-    }
+    for (int k = 0; k < kWide; ++k) _mm256_storeu_ps(dst + 8 * k, reinterpret_cast<__m256>(wide[k]));
+    if (kNarrow) _mm_storeu_ps(dst + 8 * kWide, reinterpret_cast<__m128>(narrow));
   }
 };
 
@@ -152,7 +155,7 @@ __attribute__((target("avx2"))) void forward_lanes(const TriplaneArgs<float>& a,
           __builtin_prefetch(texel + kC - 1, 0, 1);  // a texel may end in the next cache line
         }
       }
-      if (stream) __builtin_prefetch(out + order[i] * OC, 1, 1);
+      for (int64_t c = 0; stream && c < OC; c += 16) __builtin_prefetch(out + order[i] * OC + c, 1, 1);
     }
     for (int r = 0; r < n; ++r) {
       const int64_t row = order != nullptr ? order[b0 + r] : b0 + r;
