@@ -114,7 +114,7 @@ def test_kernel_lanes_equal_reference(contraction, n_scenes, levels, res):
     """Rays of every kind side by side in the lanes: ending early, capped, never starting, stalling."""
     _ext_or_skip(torch.device("cpu"))
     torch.manual_seed(1)
-    n = 1100  # two full blocks of 512 rays and a partial one; not a multiple of the 8 lanes
+    n = 1100  # eight full blocks of 128 rays and a partial one; not a multiple of the 8 lanes
     o, d = _rays(n, "cpu")
     axes = torch.tensor([[1.0, 0, 0], [0, 1, 0], [0, 0, -1], [1, 1, 0], [1, -1, 1], [0, 1, 1]])
     d[:60] = torch.nn.functional.normalize(axes.repeat(10, 1), dim=-1)  # zero components, arg-max ties
