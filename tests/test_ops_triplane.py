@@ -406,12 +406,17 @@ def test_cpu_float32_forward_in_lanes_equals_reference(channels, opts):
 
 
 @requires_ext
-@pytest.mark.parametrize("shape", [(1, 3, 32, 256, 256), (2, 3, 5, 37, 130), (1, 3, 129, 3, 70)])
-def test_cpu_layout_changes_equal_permuted_copies(shape):
-    """The tiled transposes, with sizes that leave partial tiles in both directions."""
+@pytest.mark.parametrize(
+    "shape",
+    [(1, 3, 32, 256, 256), (2, 3, 5, 37, 130), (1, 3, 129, 3, 70), (2, 3, 12, 20, 37), (1, 3, 8, 4, 2)],
+)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_cpu_layout_changes_equal_permuted_copies(shape, dtype):
+    """The tiled transposes (8 x 8 register blocks in float), with sizes that leave partial tiles and
+    partial blocks in both directions."""
     from vq3dlib.ops._library import kernels
 
-    x = torch.randn(shape)
+    x = torch.randn(shape, dtype=dtype)
     last = kernels().planes_channels_last(x)
     assert torch.equal(last, x.permute(0, 1, 3, 4, 2).contiguous())
     assert torch.equal(kernels().planes_channels_first(last), x)

@@ -21,6 +21,7 @@
 #endif
 
 #include "hugepages.h"
+#include "transpose.h"
 #include "triplane_lanes.h"
 #include "vq3dlib/triplane_host.h"
 
@@ -763,32 +764,6 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
 }  // namespace
 
 namespace {
-
-// out[n, b, a] = in[n, a, b] for contiguous in [N, A, Bn], by tiles of kTileA x kTileB elements, the
-// tiles of all N slices parallel. A tile reads its input rows kRows at a time: the rows lie Bn
-// elements apart, often a power of two, so they share cache sets, and reading 32 of them at once
-// (each a few cache lines) evicted each other from an 8-way L1 (a 25 MB layout change took 6-11 ms,
-// against 1.6 ms for a copy). The tile's output rows (kTileB x kTileA elements) stay in L1 meanwhile.
-template <typename T>
-void transpose_last_two(const T* __restrict in, T* __restrict out, int64_t N, int64_t A, int64_t Bn) {
-  constexpr int64_t kTileA = 32, kTileB = 128, kRows = 4;
-  const int64_t ta = (A + kTileA - 1) / kTileA, tb = (Bn + kTileB - 1) / kTileB;
-  at::parallel_for(0, N * ta * tb, 8, [&](int64_t lo, int64_t hi) {
-    for (int64_t k = lo; k < hi; ++k) {
-      const int64_t n = k / (ta * tb), a0 = (k / tb) % ta * kTileA, b0 = k % tb * kTileB;
-      const int64_t a1 = std::min(A, a0 + kTileA), b1 = std::min(Bn, b0 + kTileB);
-      const T* src = in + n * A * Bn;
-      T* dst = out + n * A * Bn;
-      for (int64_t r0 = a0; r0 < a1; r0 += kRows) {
-        const int64_t r1 = std::min(a1, r0 + kRows);
-        for (int64_t b = b0; b < b1; ++b) {
-          T* __restrict d = dst + b * A;
-          for (int64_t a = r0; a < r1; ++a) d[a] = src[a * Bn + b];
-        }
-      }
-    }
-  });
-}
 
 // [B, 3, X, Y, Z] -> contiguous [B, 3, <dims of order>]: Y*Z <-> X (channels last) or Z <-> X*Y
 // (channels first), as one transpose of the last two dims of [B*3, A, Bn].
