@@ -10,6 +10,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <type_traits>
 
 #include "lanes.h"
 
@@ -18,21 +19,17 @@ namespace {
 
 constexpr int64_t kTileA = 32, kTileB = 128, kRows = 4;
 
-// Rows [r0, r1) and columns [b0, b1) of one slice, element by element.
+// Rows [a0, a1) and columns [b0, b1) of one slice, element by element, kRows input rows at a time.
 template <typename T>
-void transpose_scalar(const T* __restrict src, T* __restrict dst, int64_t A, int64_t Bn, int64_t r0, int64_t r1,
-                      int64_t b0, int64_t b1) {
-  for (int64_t b = b0; b < b1; ++b) {
-    T* __restrict d = dst + b * A;
-    for (int64_t a = r0; a < r1; ++a) d[a] = src[a * Bn + b];
+void transpose_elements(const T* __restrict src, T* __restrict dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1,
+                        int64_t b0, int64_t b1) {
+  for (int64_t r0 = a0; r0 < a1; r0 += kRows) {
+    const int64_t r1 = std::min(a1, r0 + kRows);
+    for (int64_t b = b0; b < b1; ++b) {
+      T* __restrict d = dst + b * A;
+      for (int64_t a = r0; a < r1; ++a) d[a] = src[a * Bn + b];
+    }
   }
-}
-
-// One tile [a0, a1) x [b0, b1) of one slice.
-template <typename T>
-void transpose_tile(const T* src, T* dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1, int64_t b0, int64_t b1) {
-  for (int64_t r0 = a0; r0 < a1; r0 += kRows)
-    transpose_scalar(src, dst, A, Bn, r0, std::min(a1, r0 + kRows), b0, b1);
 }
 
 #if defined(VQ3D_LANES)
@@ -56,43 +53,40 @@ VQ3D_AVX2 void transpose_8x8(const float* src, float* dst, int64_t A, int64_t Bn
   }
 }
 
-VQ3D_AVX2 void transpose_tile_avx2(const float* src, float* dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1,
-                                   int64_t b0, int64_t b1) {
+// One tile as 8 x 8 blocks, the rows and columns past the last whole block element by element.
+VQ3D_AVX2 void transpose_blocks(const float* src, float* dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1,
+                                int64_t b0, int64_t b1) {
   const int64_t a8 = a0 + (a1 - a0) / 8 * 8, b8 = b0 + (b1 - b0) / 8 * 8;
   for (int64_t a = a0; a < a8; a += 8)
     for (int64_t b = b0; b < b8; b += 8) transpose_8x8(src + a * Bn + b, dst + b * A + a, A, Bn);
-  transpose_tile(src, dst, A, Bn, a0, a8, b8, b1);  // columns past the last block
-  transpose_tile(src, dst, A, Bn, a8, a1, b0, b1);  // rows past the last block
-}
-
-void transpose_tile(const float* src, float* dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1, int64_t b0,
-                    int64_t b1, bool avx2) {
-  if (avx2) return transpose_tile_avx2(src, dst, A, Bn, a0, a1, b0, b1);
-  transpose_tile<float>(src, dst, A, Bn, a0, a1, b0, b1);
+  transpose_elements(src, dst, A, Bn, a0, a8, b8, b1);
+  transpose_elements(src, dst, A, Bn, a8, a1, b0, b1);
 }
 #endif
-
-template <typename T>
-void transpose_tile(const T* src, T* dst, int64_t A, int64_t Bn, int64_t a0, int64_t a1, int64_t b0, int64_t b1,
-                    bool) {
-  transpose_tile<T>(src, dst, A, Bn, a0, a1, b0, b1);
-}
 
 }  // namespace
 
 template <typename T>
 void transpose_last_two(const T* in, T* out, int64_t N, int64_t A, int64_t Bn) {
 #if defined(VQ3D_LANES)
-  const bool avx2 = lanes::cpu_has_avx2();
-#else
-  const bool avx2 = false;
+  [[maybe_unused]] const bool blocks = std::is_same_v<T, float> && lanes::cpu_has_avx2();
 #endif
   const int64_t ta = (A + kTileA - 1) / kTileA, tb = (Bn + kTileB - 1) / kTileB;
   at::parallel_for(0, N * ta * tb, 8, [&](int64_t lo, int64_t hi) {
     for (int64_t k = lo; k < hi; ++k) {
       const int64_t n = k / (ta * tb), a0 = (k / tb) % ta * kTileA, b0 = k % tb * kTileB;
-      transpose_tile(in + n * A * Bn, out + n * A * Bn, A, Bn, a0, std::min(A, a0 + kTileA), b0,
-                     std::min(Bn, b0 + kTileB), avx2);
+      const int64_t a1 = std::min(A, a0 + kTileA), b1 = std::min(Bn, b0 + kTileB);
+      const T* src = in + n * A * Bn;
+      T* dst = out + n * A * Bn;
+#if defined(VQ3D_LANES)
+      if constexpr (std::is_same_v<T, float>) {
+        if (blocks) {
+          transpose_blocks(src, dst, A, Bn, a0, a1, b0, b1);
+          continue;
+        }
+      }
+#endif
+      transpose_elements(src, dst, A, Bn, a0, a1, b0, b1);
     }
   });
 }
