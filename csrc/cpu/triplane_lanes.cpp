@@ -144,9 +144,8 @@ __attribute__((target("avx2"))) void forward_lanes(const TriplaneArgs<float>& a,
     const int n = static_cast<int>(std::min<int64_t>(kBlock, end - b0));
     locate_block_lanes(a, points, b0, n, &t);
     for (int r = 0; r < n; ++r) {
-      const int64_t i = b0 + r;
-      const int64_t scene = a.points_per_scene > 0 ? i / a.points_per_scene : scene_index[i];
-      scene_base[r] = scene >= 0 && scene < a.n_scenes ? scene * 3 * plane_elems : -1;
+      const int64_t i = b0 + r, scene = triplane_point_scene(a, i, scene_index);
+      scene_base[r] = scene >= 0 ? a.plane_offset(scene, 0) : -1;
       if (scene_base[r] >= 0) {
         for (int j = 0; j < 12; ++j) {
           if (t.offset[j][r] < 0) continue;

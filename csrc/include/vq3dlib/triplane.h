@@ -31,18 +31,25 @@ struct TriplaneArgs {
   }
 };
 
+// The scene of a point (dense points: point / points_per_scene, else scene_index[point]), or -1 when
+// it refers to no valid scene.
+template <typename T>
+VQ3D_HD int64_t triplane_point_scene(const TriplaneArgs<T>& a, int64_t point, const int64_t* scene_index) {
+  const int64_t scene = a.points_per_scene > 0 ? point / a.points_per_scene : scene_index[point];
+  return (scene >= 0 && scene < a.n_scenes) ? scene : -1;
+}
+
 // World point -> scaled point pc = x / bound and unit coordinate q in [-1, 1]^3 (inside the bound /
 // the contracted box). Returns the scene index, or -1 when the point refers to no valid scene.
 template <typename T>
 VQ3D_HD int64_t triplane_point_setup(const TriplaneArgs<T>& a, const T* xyz, int64_t point,
                                      const int64_t* scene_index, T pc[3], T q[3]) {
-  int64_t scene = a.points_per_scene > 0 ? point / a.points_per_scene : scene_index[point];
   for (int j = 0; j < 3; ++j) pc[j] = xyz[j] / a.bound;
   contract_point(a.contraction, pc, q);
   if (a.contraction != kContractNone) {
     for (int j = 0; j < 3; ++j) q[j] *= T(0.5);
   }
-  return (scene >= 0 && scene < a.n_scenes) ? scene : -1;
+  return triplane_point_scene(a, point, scene_index);
 }
 
 // Bilinear corners of plane p for unit coordinate q, with d(pixel)/d(q) along width and height.
