@@ -299,6 +299,15 @@ def test_kernel_one_point_and_scenes_out_of_range(kernel_target):
     torch.testing.assert_close(g_planes, ref_planes)
 
 
+def _outputs_and_two_orders_of_gradients(impl, planes, points, scene, **opts):
+    """``impl``'s features of the points, their plane and point gradients (of ``out.square().sum()``,
+    with a graph) and the gradients of an eikonal term plus a plane-gradient term through those."""
+    out = impl(planes, points, scene, **opts)
+    g_planes, g_points = torch.autograd.grad(out.square().sum(), (planes, points), create_graph=True)
+    loss = (g_points.norm(dim=-1) - 1).square().sum() + (g_planes * g_planes.detach().cos()).sum()
+    return (out, g_planes, g_points, *torch.autograd.grad(loss, (planes, points)))
+
+
 @requires_ext
 @pytest.mark.parametrize("contraction", ["none", "l2", "linf", "axis"])
 def test_kernel_many_points_equal_reference(kernel_target, contraction):
@@ -309,15 +318,12 @@ def test_kernel_many_points_equal_reference(kernel_target, contraction):
     points = (torch.randn(5000, 3, dtype=torch.float64, generator=gen) * 1.5).to(device).requires_grad_()
     scene = torch.randint(0, 2, (5000,), generator=gen).to(device)
 
-    def run(impl):
-        out = impl(planes, points, scene, contraction=contraction, reduce="concat")
-        g_planes, g_points = torch.autograd.grad(out.square().sum(), (planes, points), create_graph=True)
-        loss = (g_points.norm(dim=-1) - 1).square().sum() + (g_planes * g_planes.detach().cos()).sum()
-        return (out, g_planes, g_points, *torch.autograd.grad(loss, (planes, points)))
-
+    opts = dict(contraction=contraction, reduce="concat")
     with kernel_target.forced():
-        ours = run(triplane_sample)
-    for a, b in zip(ours, run(triplane_sample_reference)):
+        ours = _outputs_and_two_orders_of_gradients(triplane_sample, planes, points, scene, **opts)
+    for a, b in zip(
+        ours, _outputs_and_two_orders_of_gradients(triplane_sample_reference, planes, points, scene, **opts)
+    ):
         torch.testing.assert_close(a, b)
 
 
@@ -336,21 +342,9 @@ def test_cpu_row_band_gradients_equal_reference_and_any_thread_count(order):
 
     def run(impl):
         p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
-        out = impl(p, x, scene, contraction="linf")
-        g_planes, g_points = torch.autograd.grad(out.square().sum(), (p, x), create_graph=True)
-        loss = (g_points.norm(dim=-1) - 1).square().sum() + (g_planes * g_planes.detach().cos()).sum()
-        return (g_planes, g_points, *torch.autograd.grad(loss, (p, x)))
+        return _outputs_and_two_orders_of_gradients(impl, p, x, scene, contraction="linf")
 
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        with backend.forced("ext"):
-            one = run(triplane_sample)
-        torch.set_num_threads(max(2, threads))
-        with backend.forced("ext"):
-            more = run(triplane_sample)
-    finally:
-        torch.set_num_threads(threads)
+    one, more = _at_one_and_more_threads(lambda: run(triplane_sample))
     for a, b in zip(one, more):
         assert torch.equal(a, b)
     for a, b in zip(one, run(triplane_sample_reference)):
@@ -502,21 +496,30 @@ def test_bad_inputs_raise_clear_errors():
         triplane_sample(None, torch.zeros(2, 5, 3))
 
 
+def _at_one_and_more_threads(fn):
+    """``[fn(), fn()]`` on the compiled kernels, once with one thread and once with ``max(2, threads)``."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for n in (1, max(2, threads)):
+            torch.set_num_threads(n)
+            with backend.forced("ext"):
+                results.append(fn())
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
 def _kernel_grads_at_one_and_more_threads(planes, points, scene, contraction):
     """(plane grad, point grad) of ``triplane_sample(...).square().sum()`` on the compiled kernels,
     once with one thread and once with ``max(2, threads)``."""
-    threads = torch.get_num_threads()
-    grads = []
-    try:
-        for n in sorted({1, max(2, threads)}):
-            torch.set_num_threads(n)
-            p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
-            with backend.forced("ext"):
-                triplane_sample(p, x, scene, contraction=contraction).square().sum().backward()
-            grads.append((p.grad, x.grad))
-    finally:
-        torch.set_num_threads(threads)
-    return grads
+
+    def grads():
+        p, x = planes.clone().requires_grad_(), points.clone().requires_grad_()
+        triplane_sample(p, x, scene, contraction=contraction).square().sum().backward()
+        return p.grad, x.grad
+
+    return _at_one_and_more_threads(grads)
 
 
 @requires_ext
