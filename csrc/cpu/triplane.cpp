@@ -292,6 +292,53 @@ void scatter_rows(const int64_t* order, const T* __restrict src, T* __restrict d
   });
 }
 
+// The per-point arrays of a backward in visit order: rows read are gathered once, rows written are
+// staged (zeroed) and scattered to their points by finish(). With no order (identity) the arrays
+// are used as they are.
+template <typename T>
+class VisitOrderRows {
+ public:
+  VisitOrderRows(const int64_t* order, int64_t S, const at::TensorOptions& options)
+      : order_(order), S_(S), options_(options) {}
+
+  const T* read(const T* src, int64_t n) {
+    if (order_ == nullptr || src == nullptr) return src;
+    T* dst = buffer(n, false);
+    gather_rows(order_, src, dst, S_, n);
+    return dst;
+  }
+
+  T* write(T* dst, int64_t n) {
+    if (order_ == nullptr || dst == nullptr) return dst;
+    T* staged = buffer(n, true);
+    pending_.push_back({staged, dst, n});
+    return staged;
+  }
+
+  void finish() {
+    for (const Pending& w : pending_) scatter_rows(order_, w.staged, w.dst, S_, w.n);
+    pending_.clear();
+  }
+
+ private:
+  struct Pending {
+    const T* staged;
+    T* dst;
+    int64_t n;
+  };
+
+  T* buffer(int64_t n, bool zeroed) {
+    buffers_.push_back(zeroed ? at::zeros({S_ * n}, options_) : at::empty({S_ * n}, options_));
+    return buffers_.back().template data_ptr<T>();
+  }
+
+  const int64_t* order_;
+  int64_t S_;
+  at::TensorOptions options_;
+  std::vector<at::Tensor> buffers_;
+  std::vector<Pending> pending_;
+};
+
 // Adds plane p's four texels of t, weighted, into acc[0, C) (kC > 0: C = kC, known at compile time,
 // so acc stays in registers).
 template <typename T, int kC>
@@ -479,8 +526,7 @@ struct DoubleBackwardIO {
 };
 
 template <typename T>
-void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, const int64_t* order,
-                           int64_t begin, int64_t end,
+void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, int64_t begin, int64_t end,
                            int64_t pts_lo, int64_t pts_hi, int row_lo = 0, int row_hi = 1 << 30) {
   const int64_t C = a.channels, OC = a.out_channels();
   const bool scatter = io.grad_planes != nullptr && io.gg_points != nullptr;
@@ -489,8 +535,6 @@ void double_backward_range(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& 
     const int64_t n = std::min(kBlock, end - b0);
     for (int64_t r = 0; r < n; ++r) {
       locate_texels(a, io.points, io.scene_index, b0 + r, block[r]);
-      block[r].index = visit(order, b0 + r);
-      prefetch_row(order, io.grad_out + block[r].index * OC, OC, 0);
       if (b0 + r >= pts_lo && b0 + r < pts_hi) {
         prefetch_texels(io.planes, block[r], C, 0);
         if (io.gg_planes != nullptr) prefetch_texels(io.gg_planes, block[r], C, 0);
@@ -682,14 +726,9 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
     // in visit order: grad_out's rows gathered once (every row band reads all of them) and the
     // point gradients staged, then scattered to their points
     const int64_t* ord = vo->order();
-    const int64_t OC = g.size(1);
-    at::Tensor go_staged = at::empty({ord != nullptr ? S * OC : 0}, planes.options());
-    at::Tensor gpts_staged = at::zeros({ord != nullptr && gpts != nullptr ? 3 * S : 0}, planes.options());
-    if (ord != nullptr) {
-      gather_rows(ord, go, go_staged.data_ptr<scalar_t>(), S, OC);
-      go = go_staged.data_ptr<scalar_t>();
-      if (gpts != nullptr) gpts = gpts_staged.data_ptr<scalar_t>();
-    }
+    VisitOrderRows<scalar_t> rows(ord, S, planes.options());
+    go = rows.read(go, g.size(1));
+    gpts = rows.write(gpts, 3);
     if (!need_planes_grad) {  // point gradients only: parallel over chunks of points
       at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
         backward_range(args, pl, pv, sv, go, static_cast<scalar_t*>(nullptr), gpts, b, e, b, e);
@@ -710,9 +749,24 @@ std::tuple<at::Tensor, at::Tensor> triplane_sample_bwd_cpu(
         backward_range(args, pl, pv, sv, go, gpl, gpts, 0, S, pts_lo, pts_hi, lo, hi);
       });
     }
-    if (ord != nullptr && gpts != nullptr) scatter_rows(ord, gpts, grad_points.data_ptr<scalar_t>(), S, int64_t(3));
+    rows.finish();
   });
   return {grad_planes, grad_points};
+}
+
+// The double backward of points and per-point rows in visit order: by row bands when there is a
+// plane gradient to scatter, else in parallel over chunks of points.
+template <typename T>
+void run_double_backward(const TriplaneArgs<T>& a, const DoubleBackwardIO<T>& io, int64_t S, bool scatter,
+                         bool need_planes_grad, at::Tensor& grad_planes) {
+  if (!scatter) {
+    if (need_planes_grad) grad_planes.zero_();
+    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(a, io, b, e, b, e); });
+    return;
+  }
+  for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
+    double_backward_range(a, io, 0, S, pts_lo, pts_hi, lo, hi);
+  });
 }
 
 std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
@@ -748,15 +802,15 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
                                   need_points_grad ? grad_points.data_ptr<scalar_t>() : nullptr};
     const auto vo = visit_order(a, io.points, io.scene_index, S, &io.points, &io.scene_index);
     const auto args = visit_args(a, *vo);
-    const int64_t* ord = vo->order();
-    if (!scatter) {  // no plane gradient to scatter: parallel over chunks of points
-      if (need_planes_grad) grad_planes.zero_();
-      at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) { double_backward_range(args, io, ord, b, e, b, e); });
-      return;
-    }
-    for_each_row_band(grad_planes, S, [&](int64_t pts_lo, int64_t pts_hi, int lo, int hi) {
-      double_backward_range(args, io, ord, 0, S, pts_lo, pts_hi, lo, hi);
-    });
+    // in visit order, as in the backward: each row band reads every point's grad_out row
+    VisitOrderRows<scalar_t> rows(vo->order(), S, planes.options());
+    const int64_t OC = g.size(1);
+    io.grad_out = rows.read(io.grad_out, OC);
+    io.gg_points = rows.read(io.gg_points, 3);
+    io.grad_grad_out = rows.write(io.grad_grad_out, OC);
+    io.grad_points = rows.write(io.grad_points, 3);
+    run_double_backward(args, io, S, scatter, need_planes_grad, grad_planes);
+    rows.finish();
   });
   return {grad_g, grad_planes, grad_points};
 }
