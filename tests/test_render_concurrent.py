@@ -105,3 +105,37 @@ def test_threads_is_checked():
     with pytest.raises(TypeError, match="threads"):
         Renderer(threads=1.5)
     assert Renderer().threads is None  # default: torch's thread count
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_render_checks_the_field_planes_once_and_every_render(monkeypatch, threads):
+    """A render calls the field once per round of each chunk; its planes' values are read once per
+    render (values_checked_once), and NaN written into them is caught by the next render."""
+    import vq3dlib._validation as validation
+    from vq3dlib import ContractedTriplane, TriplaneField
+    from vq3dlib.render.field import RadianceField
+
+    torch.manual_seed(0)
+    nerf = RadianceField(ContractedTriplane(64, 8), TriplaneField(8, 16))
+    planes = nerf.encoder.planes
+    assert planes.numel() >= validation.CHECKED_ONCE_MIN_ELEMENTS
+    reads, calls = [], []
+    original = validation.value_bounds
+
+    def counting(x):
+        reads.append(x.data_ptr() == planes.data_ptr() and x.numel() == planes.numel())
+        return original(x)
+
+    def field(x, d, s):
+        calls.append(1)
+        return nerf(x, d, s)
+
+    monkeypatch.setattr(validation, "value_bounds", counting)
+    renderer = Renderer(step_size=0.05, spacing="contracted", threads=threads, far=8.0)
+    o, d, _ = _rays(2 * MIN_CONCURRENT_RAYS)
+    with torch.no_grad():
+        renderer(field, (o, d))
+        assert len(calls) >= 2 * threads and sum(reads) == 1  # two rounds or more per chunk, one read
+        planes.data[0, 1, 2, 3, 4] = float("nan")  # a new render checks again
+        with pytest.raises(ValueError, match="planes contains NaN or Inf"):
+            renderer(field, (o, d))

@@ -187,6 +187,9 @@ def test_bad_inputs():
         r("field", (o, d))
     with pytest.raises(ValueError, match="spacing"):
         Renderer(spacing="log")
+    for near in (-0.5, float("nan")):  # rendering marches from it without a value check
+        with pytest.raises(ValueError, match="near must be >= 0"):
+            Renderer(near=near)
     with pytest.raises(TypeError, match="grid"):
         Renderer(grid="grid")
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from vq3dlib._validation import check_range, check_tensor, inner_checks_off, value_bounds
+from vq3dlib._validation import (
+    CHECKED_ONCE_MIN_ELEMENTS,
+    check_range,
+    check_tensor,
+    checked_values,
+    inner_checks_off,
+    value_bounds,
+    values_checked_once,
+)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32, torch.float64])
@@ -101,3 +109,91 @@ def test_value_bounds_of_every_kind_of_tensor():
     low, high = value_bounds(torch.tensor([1.0, float("nan"), 2.0]))
     assert low != low and high != high  # NaN in both
     assert value_bounds(torch.tensor([-float("inf"), 1.0])) == (-float("inf"), 1.0)
+
+
+def _counting_value_bounds(monkeypatch) -> list[int]:
+    """Records the data pointer of every tensor whose values a check reads."""
+    import vq3dlib._validation as validation
+
+    seen: list[int] = []
+    original = validation.value_bounds
+
+    def counting(x):
+        seen.append(x.data_ptr())
+        return original(x)
+
+    monkeypatch.setattr(validation, "value_bounds", counting)
+    return seen
+
+
+def test_values_checked_once_reads_a_tensor_once_until_it_changes(monkeypatch):
+    seen = _counting_value_bounds(monkeypatch)
+    big = torch.rand(CHECKED_ONCE_MIN_ELEMENTS)
+    small = torch.rand(CHECKED_ONCE_MIN_ELEMENTS - 1)
+    with values_checked_once() as scope:
+        for _ in range(3):
+            check_tensor("big", big, finite=True)
+            check_tensor("small", small, finite=True)  # cheap: checked every time
+        assert seen == [big.data_ptr(), small.data_ptr()] + [small.data_ptr()] * 2
+        assert scope.contains(big) and not scope.contains(small)
+        check_tensor("view", big.view(2, -1), finite=True)  # another tensor object: checked
+        assert len(seen) == 5
+        big[7] = float("nan")  # modified in place: its version moves on, checked again
+        with pytest.raises(ValueError, match="big contains NaN"):
+            check_tensor("big", big, finite=True)
+        with values_checked_once() as inner:  # nested: the outer scope
+            assert inner is scope
+    check_tensor("small", small, finite=True)  # outside: every check reads the values
+    assert checked_values() is None and len(seen) == 7
+    with values_checked_once():
+        with torch.inference_mode():
+            frozen = torch.rand(CHECKED_ONCE_MIN_ELEMENTS)
+        check_tensor("frozen", frozen, finite=True)
+        check_tensor("frozen", frozen, finite=True)  # no version counter: checked every time
+    assert len(seen) == 9
+
+
+def test_values_checked_once_scope_is_shared_by_concurrent_pieces(monkeypatch):
+    from vq3dlib.cpu_threads import extension_available, map_concurrently
+
+    seen = _counting_value_bounds(monkeypatch)
+    planes = torch.rand(CHECKED_ONCE_MIN_ELEMENTS)
+
+    def piece(k):
+        check_tensor("planes", planes, finite=True)
+        return checked_values()
+
+    with values_checked_once() as scope:
+        scopes = map_concurrently(piece, range(4), threads=2)
+    assert all(s is scope for s in scopes)
+    assert seen == [planes.data_ptr()]
+    if extension_available():  # the pieces ran on the pool's threads, which keep no scope after
+        assert map_concurrently(lambda k: checked_values(), range(2), threads=2) == [None, None]
+
+
+def test_checked_values_lets_one_of_two_threads_read_a_tensor():
+    import threading
+    import time
+
+    from vq3dlib._validation import CheckedValues
+
+    scope, x, runs = CheckedValues(), torch.rand(CHECKED_ONCE_MIN_ELEMENTS), []
+
+    def slow_check():
+        runs.append(threading.current_thread().name)
+        time.sleep(0.05)  # the other thread arrives while this one reads
+
+    threads = [threading.Thread(target=scope.check_once, args=(x, slow_check)) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(runs) == 1 and scope.contains(x)
+
+    def failing_check():
+        raise ValueError("x contains NaN or Inf values")
+
+    y = torch.rand(CHECKED_ONCE_MIN_ELEMENTS)
+    with pytest.raises(ValueError, match="x contains NaN"):
+        scope.check_once(y, failing_check)
+    assert not scope.contains(y)  # a failed check is not remembered

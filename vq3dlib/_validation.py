@@ -21,7 +21,8 @@ import math
 import numbers
 import os
 import threading
-from collections.abc import Iterator, Sequence
+import weakref
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 
@@ -80,6 +81,105 @@ def inner_checks_off() -> Iterator[None]:
         yield
     finally:
         _suppressed.depth -= 1
+
+
+#: fewest elements of a tensor whose finite check :func:`values_checked_once` remembers
+CHECKED_ONCE_MIN_ELEMENTS = 1 << 16
+
+
+class CheckedValues:
+    """The tensors found finite inside one :func:`values_checked_once` scope.
+
+    A tensor is remembered as the object itself (a weak reference), its version counter and its data
+    pointer; it counts as checked while it is the same live object, unmodified in place (an in-place
+    op bumps the version) and not given other data. Thread-safe: the pieces of a concurrent render
+    share one, and a tensor that several threads check at once is read by the first only.
+
+    Example:
+        >>> import torch
+        >>> seen, x = CheckedValues(), torch.zeros(1 << 16)
+        >>> seen.check_once(x, lambda: None); seen.contains(x)
+        True
+        >>> _ = x.add_(1.0); seen.contains(x)  # modified in place: checked again
+        False
+    """
+
+    def __init__(self) -> None:
+        self._seen: dict[int, tuple[weakref.ref, int, int]] = {}
+        self._gates: dict[int, threading.Lock] = {}
+        self._lock = threading.Lock()
+
+    @staticmethod
+    def _key(x: torch.Tensor) -> tuple[int, int] | None:
+        if x.is_inference() or x.numel() < CHECKED_ONCE_MIN_ELEMENTS:  # no version counter / cheap
+            return None
+        return x._version, x.data_ptr()
+
+    def _holds(self, x: torch.Tensor, key: tuple[int, int]) -> bool:
+        with self._lock:
+            entry = self._seen.get(id(x))
+        return entry is not None and entry[0]() is x and entry[1:] == key
+
+    def contains(self, x: torch.Tensor) -> bool:
+        """Whether ``x`` was found finite in this scope and is unchanged since."""
+        key = self._key(x)
+        return key is not None and self._holds(x, key)
+
+    def check_once(self, x: torch.Tensor, check: Callable[[], None]) -> None:
+        """Runs ``check()`` (which raises for bad values) unless ``x`` passed it in this scope and is
+        unchanged; tensors below :data:`CHECKED_ONCE_MIN_ELEMENTS` elements and inference tensors
+        are checked every time."""
+        key = self._key(x)
+        if key is None:
+            check()
+            return
+        if self._holds(x, key):
+            return
+        with self._lock:
+            gate = self._gates.setdefault(id(x), threading.Lock())
+        with gate:  # a second thread checking x waits for the first one's verdict
+            if self._holds(x, key):
+                return
+            check()
+            with self._lock:
+                self._seen[id(x)] = (weakref.ref(x), *key)
+
+
+_once = threading.local()
+
+
+def checked_values() -> CheckedValues | None:
+    """The calling thread's :func:`values_checked_once` scope, ``None`` outside one.
+
+    Example:
+        >>> checked_values() is None
+        True
+    """
+    return getattr(_once, "scope", None)
+
+
+@contextlib.contextmanager
+def values_checked_once(scope: CheckedValues | None = None) -> Iterator[CheckedValues]:
+    """Inside, a tensor already found finite is not checked for NaN/Inf again, in this thread, while
+    it stays the same tensor, unmodified (:class:`CheckedValues`): a renderer that calls a field
+    once per round of samples checks the field's planes once, not once per call. ``scope``: share
+    another thread's scope (:func:`checked_values`); nested scopes use the outer one.
+
+    Example:
+        >>> import torch
+        >>> planes = torch.zeros(1 << 16)
+        >>> with values_checked_once() as seen:
+        ...     check_tensor("planes", planes, finite=True)
+        ...     planes_checked = seen.contains(planes)
+        >>> planes_checked
+        True
+    """
+    outer = checked_values()
+    _once.scope = scope if scope is not None else (outer if outer is not None else CheckedValues())
+    try:
+        yield _once.scope
+    finally:
+        _once.scope = outer
 
 
 def has_values(x: torch.Tensor) -> bool:
@@ -181,8 +281,16 @@ def check_tensor(
             raise ValueError(f"{name} must be on device {want_dev}, got {value.device}")
     checkable = value.is_floating_point() and value.numel() > 0 and has_values(value)
     if finite and checkable and finite_checks_enabled():
-        if not all(math.isfinite(b) for b in value_bounds(value)):
-            raise ValueError(f"{name} contains NaN or Inf values")
+
+        def check_finite() -> None:
+            if not all(math.isfinite(b) for b in value_bounds(value)):
+                raise ValueError(f"{name} contains NaN or Inf values")
+
+        scope = checked_values()
+        if scope is None:
+            check_finite()
+        else:
+            scope.check_once(value, check_finite)
 
 
 def value_bounds(value: torch.Tensor) -> tuple[float, float]:

@@ -32,7 +32,13 @@ from typing import TypeVar
 
 import torch
 
-from vq3dlib._validation import check_positive, checks_suppressed, inner_checks_off
+from vq3dlib._validation import (
+    check_positive,
+    checked_values,
+    checks_suppressed,
+    inner_checks_off,
+    values_checked_once,
+)
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -135,7 +141,8 @@ def map_concurrently(fn: Callable[[T], R], items: Iterable[T], threads: int) -> 
     """``[fn(x) for x in items]``, computed on ``threads`` threads whose ops run on one thread each.
 
     The pieces run with the caller's autograd mode (``no_grad``, ``inference_mode``) and value-check
-    setting (:func:`~vq3dlib._validation.inner_checks_off`); ``fn`` must be safe to call from
+    settings (:func:`~vq3dlib._validation.inner_checks_off`, and the caller's
+    :func:`~vq3dlib._validation.values_checked_once` scope, shared); ``fn`` must be safe to call from
     several threads at once (pure functions of their inputs are). The first exception raised by a
     piece is raised here. Runs in the caller, one piece after the other, when ``threads`` is 1, when
     there is a single item, when called from inside a piece, or without the C++ extension.
@@ -159,13 +166,15 @@ def map_concurrently(fn: Callable[[T], R], items: Iterable[T], threads: int) -> 
     if threads == 1 or len(items) <= 1 or getattr(_worker, "active", False) or not extension_available():
         return [fn(x) for x in items]
     grad, inference = torch.is_grad_enabled(), torch.is_inference_mode_enabled()
-    checks_off = checks_suppressed()
+    checks_off, checked = checks_suppressed(), checked_values()
 
     def piece(x: T) -> R:
         with contextlib.ExitStack() as stack:
             stack.enter_context(torch.inference_mode() if inference else torch.set_grad_enabled(grad))
             if checks_off:
                 stack.enter_context(inner_checks_off())
+            if checked is not None:
+                stack.enter_context(values_checked_once(checked))
             return fn(x)
 
     return list(_pool(threads).map(piece, items))

@@ -51,6 +51,7 @@ from vq3dlib._validation import (
     has_values,
     inner_checks_off,
     value_bounds,
+    values_checked_once,
 )
 from vq3dlib.cpu_threads import map_concurrently, ops_on_one_thread
 from vq3dlib.packed import packed_info_from_counts
@@ -451,6 +452,7 @@ class Renderer(nn.Module):
         check_choice("sampling", sampling, SAMPLINGS)
         if not 0.0 <= inner_fraction <= 1.0:
             raise ValueError(f"inner_fraction must be in [0, 1], got {inner_fraction}")
+        check_positive("near", near, allow_zero=True)  # rendering marches from it unchecked
         check_positive("step_size", step_size)
         check_choice("spacing", spacing, ("t", "contracted"))
         check_positive("max_samples", max_samples)
@@ -542,19 +544,9 @@ class Renderer(nn.Module):
         threads = (
             self._concurrent_threads(n_rays) if on_cpu and not (torch.is_grad_enabled() or jitter) else 1
         )
-        if threads > 1:  # the merge on one thread too: no op of the render waits for another thread
-            with ops_on_one_thread():
-                out = self._render_interleaved(field, origins, directions, scene_index, grid, threads)
-        else:
-            parts = [
-                self._render_chunk(
-                    field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
-                )
-                for s in range(0, n_rays, self.chunk_size)
-            ]
-            if not parts:
-                parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
-            out = _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
+        # the field is called once per round of samples of each chunk: its planes are checked once
+        with values_checked_once():
+            out = self._render_chunks(field, origins, directions, scene_index, grid, jitter, threads)
         rgb, wt, opacity = out.rgb, out.depth_sum, out.opacity
         if z_scale is not None:
             wt = wt * z_scale.to(wt.dtype)
@@ -578,6 +570,31 @@ class Renderer(nn.Module):
             grid=grid,
             alphas=out.alphas,
         )
+
+    def _render_chunks(
+        self,
+        field: Field,
+        origins: Tensor,
+        directions: Tensor,
+        scene_index: Tensor | None,
+        grid: OccupancyGrid | None,
+        jitter: bool,
+        threads: int,
+    ) -> _ChunkRender:
+        """The rays rendered in chunks: concurrently when ``threads > 1``, else one after the other."""
+        n_rays = origins.shape[0]
+        if threads > 1:  # the merge on one thread too: no op of the render waits for another thread
+            with ops_on_one_thread():
+                return self._render_interleaved(field, origins, directions, scene_index, grid, threads)
+        parts = [
+            self._render_chunk(
+                field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
+            )
+            for s in range(0, n_rays, self.chunk_size)
+        ]
+        if not parts:
+            parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
+        return _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
     def _render_interleaved(
         self,
@@ -663,8 +680,8 @@ class Renderer(nn.Module):
         max_samples: int,
     ) -> tuple[Tensor, Tensor, Tensor]:
         """Packed samples ``(ray_indices, t_starts, t_ends)`` of the rays ``o, d`` (no grad)."""
-        return tuple(
-            ray_march(
+        with inner_checks_off():  # rays checked by forward(), nears from earlier rounds' samples
+            samples = ray_march(
                 o.detach(),
                 d.detach(),
                 grid,
@@ -677,7 +694,7 @@ class Renderer(nn.Module):
                 aabb=self.aabb if grid is None else None,
                 jitter=jitter,
             )
-        )
+        return tuple(samples)
 
     def _march_until_opaque(
         self,
