@@ -73,22 +73,57 @@ def time_ms(fn: Callable[[], Any], device: torch.device | str, warmup: int = 1, 
 def time_interleaved_ms(
     fns: dict[str, Callable[[], Any]], device: torch.device | str, warmup: int = 1, rounds: int = 5
 ) -> dict[str, float]:
-    """Median ms of each function, timed in alternating rounds (A, B, C, A, B, C, ...).
+    """Median ms of each function, timed in alternating rounds (A, B, C, then B, C, A, ...).
 
-    Interleaving makes the ratios robust to load that drifts during the run (shared machines).
+    Interleaving makes the ratios robust to load that drifts during the run (shared machines), and
+    each round starting one function later makes them robust to what a function leaves behind for
+    the next one (on CPU, a frame timed right after a large dense render sometimes took 100-200 ms
+    longer).
     """
     for fn in fns.values():
         for _ in range(warmup):
             fn()
     synchronize(device)
     samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            synchronize(device)
-            samples[name].append((time.perf_counter() - start) * 1e3)
+    for k in range(rounds):
+        _time_round(fns, device, samples, k)
     return {name: statistics.median(v) for name, v in samples.items()}
+
+
+def _time_round(
+    fns: dict[str, Callable[[], Any]], device: torch.device | str, samples: dict[str, list[float]], k: int
+) -> None:
+    """Times each function once, appending its ms to ``samples[name]``; round ``k`` starts with
+    the ``k``-th function (mod their count) and goes on in their order."""
+    names = list(fns)
+    for name in names[k % len(names) :] + names[: k % len(names)]:
+        fn = fns[name]
+        start = time.perf_counter()
+        fn()
+        synchronize(device)
+        samples[name].append((time.perf_counter() - start) * 1e3)
+
+
+def time_quiet_and_busy_ms(
+    fns: dict[str, Callable[[], Any]], device: torch.device | str, rounds: int = 5
+) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+    """Each round times every function quiet, then again beside one busy process started for that
+    half of the round (:func:`busy_process`), so each busy time has a quiet one seconds before it
+    (rounds start one function later each, as in :func:`time_interleaved_ms`).
+
+    Returns the median quiet ms, the median busy ms and the median of each round's slowdown (busy /
+    quiet) of each function: the slowdowns compare methods timed in the same seconds, whatever
+    the machine's speed does between rounds.
+    """
+    quiet: dict[str, list[float]] = {name: [] for name in fns}
+    busy: dict[str, list[float]] = {name: [] for name in fns}
+    for k in range(rounds):
+        _time_round(fns, device, quiet, k)
+        with busy_process(settle_s=0.5):
+            _time_round(fns, device, busy, k)
+    slowdowns = {name: statistics.median(b / q for b, q in zip(busy[name], quiet[name])) for name in fns}
+    median = lambda samples: {name: statistics.median(v) for name, v in samples.items()}  # noqa: E731
+    return median(quiet), median(busy), slowdowns
 
 
 @contextlib.contextmanager

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -149,3 +151,42 @@ def test_quantize_speed_workers_import_only_their_own_library(monkeypatch, capsy
     for worker in ("vector-quantize-pytorch", "baseline:vector-quantize-pytorch"):
         with pytest.raises(ImportError):  # the peer's processes import the peer
             quantize_speed.main([*tiny, "--worker", worker])
+
+
+def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    busy_now, log = [False], []
+
+    @contextlib.contextmanager
+    def fake_busy_process(settle_s: float = 1.0):
+        busy_now[0] = True
+        try:
+            yield
+        finally:
+            busy_now[0] = False
+
+    monkeypatch.setattr(common, "busy_process", fake_busy_process)
+    durations = iter([10, 30, 20, 60, 40, 40])  # ms: quiet, busy of rounds 1, 2, 3
+
+    def method():
+        log.append(busy_now[0])
+        time.sleep(next(durations) / 1e3)
+
+    quiet, busy, slowdown = common.time_quiet_and_busy_ms({"m": method}, "cpu", rounds=3)
+    assert log == [False, True] * 3  # each round: quiet, then beside the busy process
+    assert quiet["m"] == pytest.approx(20, abs=8) and busy["m"] == pytest.approx(40, abs=8)
+    # the median of the rounds' slowdowns (3, 3, 1), not the ratio of the medians (2)
+    assert slowdown["m"] == pytest.approx(3, abs=0.6)
+
+
+def test_interleaved_rounds_start_one_function_later_each(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    order: list[str] = []
+    fns = {name: (lambda name=name: order.append(name)) for name in "abc"}
+    times = common.time_interleaved_ms(fns, "cpu", warmup=0, rounds=4)
+    assert "".join(order) == "abc" + "bca" + "cab" + "abc"  # each follows each other one in turn
+    assert set(times) == set("abc")
