@@ -546,7 +546,26 @@ class Renderer(nn.Module):
         )
         # the field is called once per round of samples of each chunk: its planes are checked once
         with values_checked_once():
-            out = self._render_chunks(field, origins, directions, scene_index, grid, jitter, threads)
+            if threads > 1:  # the merge on one thread too: no op of the render waits for another thread
+                with ops_on_one_thread():
+                    out = self._render_interleaved(field, origins, directions, scene_index, grid, threads)
+            else:
+                parts = [
+                    self._render_chunk(
+                        field,
+                        origins,
+                        directions,
+                        scene_index,
+                        grid,
+                        jitter,
+                        s,
+                        min(s + self.chunk_size, n_rays),
+                    )
+                    for s in range(0, n_rays, self.chunk_size)
+                ]
+                if not parts:
+                    parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
+                out = _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
         rgb, wt, opacity = out.rgb, out.depth_sum, out.opacity
         if z_scale is not None:
             wt = wt * z_scale.to(wt.dtype)
@@ -570,31 +589,6 @@ class Renderer(nn.Module):
             grid=grid,
             alphas=out.alphas,
         )
-
-    def _render_chunks(
-        self,
-        field: Field,
-        origins: Tensor,
-        directions: Tensor,
-        scene_index: Tensor | None,
-        grid: OccupancyGrid | None,
-        jitter: bool,
-        threads: int,
-    ) -> _ChunkRender:
-        """The rays rendered in chunks: concurrently when ``threads > 1``, else one after the other."""
-        n_rays = origins.shape[0]
-        if threads > 1:  # the merge on one thread too: no op of the render waits for another thread
-            with ops_on_one_thread():
-                return self._render_interleaved(field, origins, directions, scene_index, grid, threads)
-        parts = [
-            self._render_chunk(
-                field, origins, directions, scene_index, grid, jitter, s, min(s + self.chunk_size, n_rays)
-            )
-            for s in range(0, n_rays, self.chunk_size)
-        ]
-        if not parts:
-            parts = [self._render_chunk(field, origins, directions, scene_index, grid, jitter, 0, 0)]
-        return _ChunkRender(*(torch.cat(column) for column in zip(*parts, strict=True)))
 
     def _render_interleaved(
         self,
