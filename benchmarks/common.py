@@ -77,8 +77,7 @@ def time_interleaved_ms(
 
     Interleaving makes the ratios robust to load that drifts during the run (shared machines), and
     each round starting one function later makes them robust to what a function leaves behind for
-    the next one (on CPU, a frame timed right after a large dense render sometimes took 100-200 ms
-    longer).
+    the next one (a cold cache, memory the C library hands back to the OS in the next call).
     """
     for fn in fns.values():
         for _ in range(warmup):

@@ -11,10 +11,12 @@ kernel time per 300 steps (docs/benchmarks.md, "CPU allocator").
 buffers from the heap too (glibc maps every buffer at or above the threshold afresh, and a
 ``[2^18, 32]`` float tensor is exactly 32 MiB: a triplane fwd+bwd step of ``triplane_speed.py``
 page-faulted ~40,000-50,000 times and spent 60-100 ms in the kernel per step with the threshold
-alone), and raises the trim threshold to 1 GiB (``mallopt``), so freed buffers are reused from the
-heap. The process's resident memory then stays near its peak instead of shrinking between steps.
-The command line and the benchmarks call it at start; ``VQ3DLIB_TUNE_MALLOC=0`` turns it off. On a
-C library without ``mallopt`` (macOS, musl) it does nothing and returns ``False``.
+alone), and raises the trim threshold to its maximum, 2 GiB (``mallopt``), so freed buffers are
+reused from the heap (with a 1 GiB threshold, the free() that handed back the 1.2 GiB of a dense
+render took 100-200 ms of kernel time in whatever call made it). The process's resident memory then
+stays near its peak instead of shrinking between steps. The command line and the benchmarks call it
+at start; ``VQ3DLIB_TUNE_MALLOC=0`` turns it off. On a C library without ``mallopt`` (macOS, musl)
+it does nothing and returns ``False``.
 
 Example:
     >>> from vq3dlib.cpu_allocator import tune_cpu_allocator
@@ -35,7 +37,7 @@ _M_MMAP_MAX = -4
 GLIBC_DEFAULT_MMAP_MAX = 65536  # glibc's default cap on the number of buffers mapped at once
 
 MMAP_THRESHOLD_BYTES = 32 * 2**20  # glibc's largest accepted value on 64-bit (HEAP_MAX_SIZE / 2)
-TRIM_THRESHOLD_BYTES = 2**30
+TRIM_THRESHOLD_BYTES = 2**31 - 1  # glibc's largest (an int): trimming a GiB costs 100-200 ms in one free()
 ENV_SWITCH = "VQ3DLIB_TUNE_MALLOC"
 
 
