@@ -63,34 +63,41 @@ def test_tuned_allocator_reuses_a_steps_buffers_instead_of_faulting_them_in_agai
     assert mean_tuned < mean_control / 4
 
 
-# a 40 MiB buffer (above the largest mmap threshold glibc accepts) filled and freed each cycle
-_FAULTS_OF_A_LARGE_BUFFER = """
+_CYCLES_SCRIPT = """
 import resource, sys, torch
 from vq3dlib.cpu_allocator import tune_cpu_allocator
-print("tuned", tune_cpu_allocator(large_buffers_from_heap=sys.argv[1] == "heap"))
+print("tuned", tune_cpu_allocator({tune}))
 def cycle():
-    torch.empty(10 * 2**20).fill_(1.0)
-for _ in range(5):
+{body}
+for _ in range({warmup}):
     cycle()
 before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(10):
+for _ in range({cycles}):
     cycle()
-print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 10)
+print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / {cycles})
 """
+
+
+def _faults_per_cycle(body: str, warmup: int, cycles: int, tune: str = "", *args: str) -> float:
+    """Page faults per cycle of ``body`` (a function body, indented), after ``warmup`` cycles, in a
+    fresh process tuned with ``tune_cpu_allocator(<tune>)`` (``args``: its ``sys.argv[1:]``)."""
+    script = _CYCLES_SCRIPT.format(tune=tune, body=body, warmup=warmup, cycles=cycles)
+    out = subprocess.run(
+        [sys.executable, "-c", script, *args],
+        env={**os.environ, ENV_SWITCH: "1"},
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.split()
+    assert out[1] == "True"  # tune_cpu_allocator took effect
+    return float(out[3])
 
 
 @pytest.mark.skipif(not GLIBC, reason="mallopt tuning is glibc-only")
 def test_buffers_above_the_mmap_threshold_are_reused_from_the_heap():
-    def faults(where: str) -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_OF_A_LARGE_BUFFER, where],
-            env={**os.environ, ENV_SWITCH: "1"},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        assert out[1] == "True"
-        return float(out[3])
+    def faults(where: str) -> float:  # a 40 MiB buffer (above glibc's largest mmap threshold)
+        body = "    torch.empty(10 * 2**20).fill_(1.0)"
+        return _faults_per_cycle(body, 5, 10, 'large_buffers_from_heap=sys.argv[1] == "heap"', where)
 
     pages = 40 * 2**20 / 4096
     assert faults("mapped") > 0.9 * pages  # glibc maps it afresh (and zeroes it) on every cycle
@@ -130,36 +137,15 @@ def test_bad_thresholds_raise_naming_the_argument(kwargs, name):
         tune_cpu_allocator(**kwargs)
 
 
-# 36 buffers of 32 MiB (1.125 GiB, a dense render's worth) filled and freed each cycle
-_FAULTS_OF_A_GIB_OF_BUFFERS = """
-import resource, torch
-from vq3dlib.cpu_allocator import tune_cpu_allocator
-print("tuned", tune_cpu_allocator())
-def cycle():
-    buffers = [torch.empty(2**23).fill_(1.0) for _ in range(36)]
-    while buffers:  # the last first: each merges into the heap's top as it is freed
-        buffers.pop()
-for _ in range(3):
-    cycle()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-for _ in range(2):
-    cycle()
-print("faults", (resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before) / 2)
-"""
-
-
 @pytest.mark.skipif(not GLIBC, reason="mallopt tuning is glibc-only")
 def test_a_freed_gib_stays_in_the_heap():
-    def faults() -> float:
-        out = subprocess.run(
-            [sys.executable, "-c", _FAULTS_OF_A_GIB_OF_BUFFERS],
-            env={**os.environ, ENV_SWITCH: "1"},
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-        assert out[1] == "True"
-        return float(out[3])
+    def faults() -> float:  # 36 buffers of 32 MiB (1.125 GiB, a dense render's worth)
+        body = (
+            "    buffers = [torch.empty(2**23).fill_(1.0) for _ in range(36)]\n"
+            "    while buffers:  # the last first: each merges into the heap's top as it is freed\n"
+            "        buffers.pop()"
+        )
+        return _faults_per_cycle(body, 3, 2)
 
     # with a 1 GiB threshold the heap's top was trimmed on free and faulted in again each cycle in 3
     # of 5 processes (2026-12-08; in the others something allocated above it kept it), so two
