@@ -86,6 +86,10 @@ def time_interleaved_ms(
     samples: dict[str, list[float]] = {name: [] for name in fns}
     for k in range(rounds):
         _time_round(fns, device, samples, k)
+    return _medians(samples)
+
+
+def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
     return {name: statistics.median(v) for name, v in samples.items()}
 
 
@@ -121,8 +125,7 @@ def time_quiet_and_busy_ms(
         with busy_process(settle_s=0.5):
             _time_round(fns, device, busy, k)
     slowdowns = {name: statistics.median(b / q for b, q in zip(busy[name], quiet[name])) for name in fns}
-    median = lambda samples: {name: statistics.median(v) for name, v in samples.items()}  # noqa: E731
-    return median(quiet), median(busy), slowdowns
+    return _medians(quiet), _medians(busy), slowdowns
 
 
 @contextlib.contextmanager

@@ -293,8 +293,8 @@ void scatter_rows(const int64_t* order, const T* __restrict src, T* __restrict d
 }
 
 // The per-point arrays of a backward in visit order: rows read are gathered once, rows written are
-// staged (zeroed) and scattered to their points by finish(). With no order (identity) the arrays
-// are used as they are.
+// staged (zeroed unless the kernel writes every row itself) and scattered to their points by
+// finish(). With no order (identity) the arrays are used as they are.
 template <typename T>
 class VisitOrderRows {
  public:
@@ -308,9 +308,9 @@ class VisitOrderRows {
     return dst;
   }
 
-  T* write(T* dst, int64_t n) {
+  T* write(T* dst, int64_t n, bool zeroed = true) {
     if (order_ == nullptr || dst == nullptr) return dst;
-    T* staged = buffer(n, true);
+    T* staged = buffer(n, zeroed);
     pending_.push_back({staged, dst, n});
     return staged;
   }
@@ -807,7 +807,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> triplane_sample_bwd_bwd_cpu(
     const int64_t OC = g.size(1);
     io.grad_out = rows.read(io.grad_out, OC);
     io.gg_points = rows.read(io.gg_points, 3);
-    io.grad_grad_out = rows.write(io.grad_grad_out, OC);
+    io.grad_grad_out = rows.write(io.grad_grad_out, OC, /*zeroed=*/false);  // each row filled by its band
     io.grad_points = rows.write(io.grad_points, 3);
     run_double_backward(args, io, S, scatter, need_planes_grad, grad_planes);
     rows.finish();
