@@ -18,7 +18,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -94,38 +94,62 @@ def _medians(samples: dict[str, list[float]]) -> dict[str, float]:
 
 
 def _time_round(
-    fns: dict[str, Callable[[], Any]], device: torch.device | str, samples: dict[str, list[float]], k: int
+    fns: dict[str, Callable[[], Any]],
+    device: torch.device | str,
+    samples: dict[str, list[float]],
+    k: int,
+    cpu_samples: dict[str, list[float]] | None = None,
 ) -> None:
-    """Times each function once, appending its ms to ``samples[name]``; round ``k`` starts with
-    the ``k``-th function (mod their count) and goes on in their order."""
+    """Times each function once, appending its ms to ``samples[name]`` (and the CPU ms of all of
+    this process's threads during the call to ``cpu_samples[name]``, if given); round ``k`` starts
+    with the ``k``-th function (mod their count) and goes on in their order."""
     names = list(fns)
     for name in names[k % len(names) :] + names[: k % len(names)]:
         fn = fns[name]
-        start = time.perf_counter()
+        start, cpu_start = time.perf_counter(), time.process_time()
         fn()
         synchronize(device)
         samples[name].append((time.perf_counter() - start) * 1e3)
+        if cpu_samples is not None:
+            cpu_samples[name].append((time.process_time() - cpu_start) * 1e3)
+
+
+class QuietAndBusy(NamedTuple):
+    """What :func:`time_quiet_and_busy_ms` measured, each a ``{function name: value}`` dict."""
+
+    quiet_ms: dict[str, float]  #: median ms, quiet
+    busy_ms: dict[str, float]  #: median ms beside the busy process
+    slowdown: dict[str, float]  #: median of the rounds' busy / quiet
+    quiet_cores: dict[str, float]  #: CPU time / wall time of all quiet calls (cores kept busy)
+    busy_cores: dict[str, float]  #: the same beside the busy process
+    cpu_time_ratio: dict[str, float]  #: CPU time of all busy calls / of all quiet calls
 
 
 def time_quiet_and_busy_ms(
     fns: dict[str, Callable[[], Any]], device: torch.device | str, rounds: int = 5
-) -> tuple[dict[str, float], dict[str, float], dict[str, float]]:
+) -> QuietAndBusy:
     """Each round times every function quiet, then again beside one busy process started for that
     half of the round (:func:`busy_process`), so each busy time has a quiet one seconds before it
     (rounds start one function later each, as in :func:`time_interleaved_ms`).
 
-    Returns the median quiet ms, the median busy ms and the median of each round's slowdown (busy /
-    quiet) of each function: the slowdowns compare methods timed in the same seconds, whatever
-    the machine's speed does between rounds.
+    The slowdowns are the median of each round's busy / quiet: they compare methods timed in the
+    same seconds, whatever the machine's speed does between rounds. The cores are the CPU time of
+    this process's threads over the wall time of the calls (how many cores a method keeps busy,
+    spin-waiting threads included); the busy calls' total time over the quiet calls' is exactly
+    ``quiet_cores / busy_cores * cpu_time_ratio``: a method slows either because it gets fewer
+    cores beside the busy process or because its work takes more CPU time there.
     """
-    quiet: dict[str, list[float]] = {name: [] for name in fns}
-    busy: dict[str, list[float]] = {name: [] for name in fns}
+    wall: dict[str, dict[str, list[float]]] = {h: {name: [] for name in fns} for h in ("quiet", "busy")}
+    cpu: dict[str, dict[str, list[float]]] = {h: {name: [] for name in fns} for h in ("quiet", "busy")}
     for k in range(rounds):
-        _time_round(fns, device, quiet, k)
+        _time_round(fns, device, wall["quiet"], k, cpu["quiet"])
         with busy_process(settle_s=0.5):
-            _time_round(fns, device, busy, k)
+            _time_round(fns, device, wall["busy"], k, cpu["busy"])
+    quiet, busy = wall["quiet"], wall["busy"]
     slowdowns = {name: statistics.median(b / q for b, q in zip(busy[name], quiet[name])) for name in fns}
-    return _medians(quiet), _medians(busy), slowdowns
+    cores = {h: {name: sum(cpu[h][name]) / sum(wall[h][name]) for name in fns} for h in cpu}
+    cpu_ratio = {name: sum(cpu["busy"][name]) / sum(cpu["quiet"][name]) for name in fns}
+    return QuietAndBusy(_medians(quiet), _medians(busy), slowdowns, cores["quiet"], cores["busy"], cpu_ratio)
 
 
 @contextlib.contextmanager

@@ -45,6 +45,8 @@ def test_render_speed_quick_run_reports_every_method():
         r = rows[name]
         assert r["busy_ms_per_frame"] > 0
         assert r["busy_slowdown"] == pytest.approx(r["busy_ms_per_frame"] / r["ms_per_frame"])
+        assert 0 < r["cores"] <= out["threads"] + 0.5 and 0 < r["busy_cores"] <= out["threads"] + 0.5
+        assert r["busy_cpu_time_ratio"] > 0
     for name in ours:  # ours against the dense path's slowdown
         t = out["targets"][f"busy_slowdown {name}"]
         assert t["target"] == pytest.approx(rows["dense torch"]["busy_slowdown"])
@@ -174,11 +176,69 @@ def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch)
         log.append(busy_now[0])
         time.sleep(next(durations) / 1e3)
 
-    quiet, busy, slowdown = common.time_quiet_and_busy_ms({"m": method}, "cpu", rounds=3)
+    out = common.time_quiet_and_busy_ms({"m": method}, "cpu", rounds=3)
     assert log == [False, True] * 3  # each round: quiet, then beside the busy process
-    assert quiet["m"] == pytest.approx(20, abs=8) and busy["m"] == pytest.approx(40, abs=8)
+    assert out.quiet_ms["m"] == pytest.approx(20, abs=8) and out.busy_ms["m"] == pytest.approx(40, abs=8)
     # the median of the rounds' slowdowns (3, 3, 1), not the ratio of the medians (2)
-    assert slowdown["m"] == pytest.approx(3, abs=0.6)
+    assert out.slowdown["m"] == pytest.approx(3, abs=0.6)
+    assert out.quiet_cores["m"] < 0.5 and out.busy_cores["m"] < 0.5  # it slept
+
+
+def test_quiet_and_busy_rounds_count_the_cores_a_call_keeps_busy(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    monkeypatch.setattr(common, "busy_process", lambda settle_s: contextlib.nullcontext())
+
+    def spin():  # one thread on the CPU for 30 ms
+        end = time.process_time() + 0.03
+        while time.process_time() < end:
+            pass
+
+    def spin_then_sleep():  # 30 ms on the CPU, then 30 ms asleep
+        spin()
+        time.sleep(0.03)
+
+    out = common.time_quiet_and_busy_ms({"spin": spin, "half": spin_then_sleep}, "cpu", rounds=2)
+    for cores in (out.quiet_cores, out.busy_cores):
+        assert cores["spin"] == pytest.approx(1.0, abs=0.25)
+        assert cores["half"] == pytest.approx(0.5, abs=0.2)
+    assert out.cpu_time_ratio["spin"] == pytest.approx(1.0, abs=0.25)
+
+
+def test_quiet_and_busy_slowdown_is_the_cores_ratio_times_the_cpu_time_ratio(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+    import common
+
+    busy_now = [False]
+
+    @contextlib.contextmanager
+    def fake_busy_process(settle_s: float = 1.0):
+        busy_now[0] = True
+        try:
+            yield
+        finally:
+            busy_now[0] = False
+
+    monkeypatch.setattr(common, "busy_process", fake_busy_process)
+    wall = {"quiet": [], "busy": []}
+
+    def method():  # quiet: 20 ms on the CPU; busy: 30 ms on the CPU and 30 ms asleep
+        start = time.perf_counter()
+        end = time.process_time() + (0.03 if busy_now[0] else 0.02)
+        while time.process_time() < end:
+            pass
+        if busy_now[0]:
+            time.sleep(0.03)
+        wall["busy" if busy_now[0] else "quiet"].append(time.perf_counter() - start)
+
+    out = common.time_quiet_and_busy_ms({"m": method}, "cpu", rounds=3)
+    assert out.cpu_time_ratio["m"] == pytest.approx(1.5, rel=0.2)
+    assert out.quiet_cores["m"] / out.busy_cores["m"] == pytest.approx(2.0, rel=0.3)
+    total_slowdown = sum(wall["busy"]) / sum(wall["quiet"])
+    assert out.quiet_cores["m"] / out.busy_cores["m"] * out.cpu_time_ratio["m"] == pytest.approx(
+        total_slowdown, rel=0.05
+    )
 
 
 def test_interleaved_rounds_start_one_function_later_each(monkeypatch):
