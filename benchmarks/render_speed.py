@@ -34,8 +34,9 @@ its target and verdict. Targets (printed, never asserted in unit tests): CUDA �
 equal PSNR (±0.05 dB) and ≤ 0.5× its peak memory; CPU ≥ 10× the dense PyTorch path at equal PSNR
 and ≤ 150 ms/frame (128², one scene, 2 cores). ``--busy`` (CPU) times every method in each round quiet and
 then beside one busy process (``python -c "while True: pass"``, started for that half of the round)
-and reports each one's slowdown, the median of its rounds' busy / quiet; target: ours slows no more
-than the dense path.
+and reports each one's slowdown, the median of its rounds' busy / quiet, and its two factors: the
+cores it keeps busy (process CPU time / wall time) quiet and busy, and its CPU time busy / quiet;
+target: ours slows no more than the dense path.
 
     python benchmarks/render_speed.py [--device cpu|cuda] [--resolution 256|128] [--batch 1] [--busy]
                                       [--json]
