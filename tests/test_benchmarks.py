@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -155,11 +156,12 @@ def test_quantize_speed_workers_import_only_their_own_library(monkeypatch, capsy
             quantize_speed.main([*tiny, "--worker", worker])
 
 
-def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch):
+def _common_with_fake_busy_process(monkeypatch) -> tuple[Any, list[bool]]:
+    """benchmarks/common.py with ``busy_process`` replaced by one that only sets a flag while inside."""
     monkeypatch.syspath_prepend(str(BENCHMARKS))
     import common
 
-    busy_now, log = [False], []
+    busy_now = [False]
 
     @contextlib.contextmanager
     def fake_busy_process(settle_s: float = 1.0):
@@ -170,6 +172,19 @@ def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch)
             busy_now[0] = False
 
     monkeypatch.setattr(common, "busy_process", fake_busy_process)
+    return common, busy_now
+
+
+def _spin(seconds: float) -> None:
+    """Keeps one thread on the CPU for ``seconds`` of its CPU time."""
+    end = time.process_time() + seconds
+    while time.process_time() < end:
+        pass
+
+
+def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch):
+    common, busy_now = _common_with_fake_busy_process(monkeypatch)
+    log = []
     durations = iter([10, 30, 20, 60, 40, 40])  # ms: quiet, busy of rounds 1, 2, 3
 
     def method():
@@ -185,21 +200,14 @@ def test_quiet_and_busy_rounds_pair_each_busy_time_with_a_quiet_one(monkeypatch)
 
 
 def test_quiet_and_busy_rounds_count_the_cores_a_call_keeps_busy(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import common
-
-    monkeypatch.setattr(common, "busy_process", lambda settle_s: contextlib.nullcontext())
-
-    def spin():  # one thread on the CPU for 30 ms
-        end = time.process_time() + 0.03
-        while time.process_time() < end:
-            pass
+    common, _ = _common_with_fake_busy_process(monkeypatch)
 
     def spin_then_sleep():  # 30 ms on the CPU, then 30 ms asleep
-        spin()
+        _spin(0.03)
         time.sleep(0.03)
 
-    out = common.time_quiet_and_busy_ms({"spin": spin, "half": spin_then_sleep}, "cpu", rounds=2)
+    fns = {"spin": lambda: _spin(0.03), "half": spin_then_sleep}
+    out = common.time_quiet_and_busy_ms(fns, "cpu", rounds=2)
     for cores in (out.quiet_cores, out.busy_cores):
         assert cores["spin"] == pytest.approx(1.0, abs=0.25)
         assert cores["half"] == pytest.approx(0.5, abs=0.2)
@@ -207,27 +215,12 @@ def test_quiet_and_busy_rounds_count_the_cores_a_call_keeps_busy(monkeypatch):
 
 
 def test_quiet_and_busy_slowdown_is_the_cores_ratio_times_the_cpu_time_ratio(monkeypatch):
-    monkeypatch.syspath_prepend(str(BENCHMARKS))
-    import common
-
-    busy_now = [False]
-
-    @contextlib.contextmanager
-    def fake_busy_process(settle_s: float = 1.0):
-        busy_now[0] = True
-        try:
-            yield
-        finally:
-            busy_now[0] = False
-
-    monkeypatch.setattr(common, "busy_process", fake_busy_process)
+    common, busy_now = _common_with_fake_busy_process(monkeypatch)
     wall = {"quiet": [], "busy": []}
 
     def method():  # quiet: 20 ms on the CPU; busy: 30 ms on the CPU and 30 ms asleep
         start = time.perf_counter()
-        end = time.process_time() + (0.03 if busy_now[0] else 0.02)
-        while time.process_time() < end:
-            pass
+        _spin(0.03 if busy_now[0] else 0.02)
         if busy_now[0]:
             time.sleep(0.03)
         wall["busy" if busy_now[0] else "quiet"].append(time.perf_counter() - start)
