@@ -5,7 +5,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <vector>
 
 #include "march_lanes.h"
@@ -21,10 +20,8 @@ using Packed = std::tuple<at::Tensor, at::Tensor, at::Tensor>;  // ray_indices, 
 // costs vary a lot across an image).
 template <typename Fn>
 void for_each_block_as_they_go(int64_t n_blocks, const Fn& fn) {
-  std::atomic<int64_t> next_block{0};
-  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_blocks);
-  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
-    for (int64_t b = next_block++; b < n_blocks; b = next_block++) fn(b);
+  parallel_for_as_they_go(0, n_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) fn(b);
   });
 }
 

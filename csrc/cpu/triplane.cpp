@@ -1,6 +1,7 @@
 // Fused contracted-triplane sampling on the CPU: contraction -> 3 bilinear lookups -> reduction,
 // forward, backward (to planes and to points) and double backward (of the backward, to grad_out,
-// planes and points). Parallel over points with at::parallel_for;
+// planes and points). The forward is parallel over points, handed out in pieces as the threads go
+// (parallel_for_as_they_go, vq3dlib/cpu_threads.h);
 // plane gradients are parallel over whole scenes when the points come scene by scene, else over
 // texel rows (each thread owns a band of rows of every plane), so no two threads write one texel:
 // no atomics, no private buffers, deterministic. The point gradients
@@ -23,6 +24,7 @@
 #include "hugepages.h"
 #include "transpose.h"
 #include "triplane_lanes.h"
+#include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/triplane_host.h"
 
 namespace vq3dlib {
@@ -689,7 +691,7 @@ at::Tensor triplane_sample_fwd_cpu(const at::Tensor& planes, const at::Tensor& p
     const int64_t* sv;
     const auto vo = visit_order(a, pt, si, S, &pv, &sv);
     const auto args = visit_args(a, *vo);
-    at::parallel_for(0, S, kGrain, [&](int64_t b, int64_t e) {
+    parallel_for_as_they_go(0, S, 4 * kGrain, [&](int64_t b, int64_t e) {
       forward_any(args, pl, pv, sv, vo->order(), o, b, e);
       flush_streams();
     });

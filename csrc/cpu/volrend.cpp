@@ -1,5 +1,6 @@
 // Volume-rendering weights on the CPU, forward and backward, for packed or dense samples.
-// Parallel over rays with at::parallel_for; each ray is one sequential O(n) pass (csrc/include/
+// Parallel over rays, handed out in pieces as the threads go (parallel_for_as_they_go, vq3dlib/
+// cpu_threads.h); each ray is one sequential O(n) pass (csrc/include/
 // vq3dlib/volrend.h holds the math, shared with the CUDA kernels). The density forward scans the
 // optical depth per ray, then evaluates exp/expm1 with ATen's vectorised element-wise kernels.
 #include <ATen/Dispatch.h>
@@ -10,6 +11,7 @@
 #include <algorithm>
 #include <tuple>
 
+#include "vq3dlib/cpu_threads.h"
 #include "vq3dlib/volrend_host.h"
 
 namespace vq3dlib {
@@ -36,7 +38,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> volrend_density_fwd_cpu(
     const scalar_t* sg = sigmas.data_ptr<scalar_t>();
     scalar_t* tr = trans.data_ptr<scalar_t>();
     scalar_t* al = alphas.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+    parallel_for_as_they_go(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaySpan s = ray_span(r, info, samples_per_ray);
         density_optical_depth<scalar_t>(s.count, ts + s.begin, te + s.begin, sg + s.begin, tr + s.begin,
@@ -73,7 +75,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_density_bwd_cpu(
     const scalar_t* al = alphas.data_ptr<scalar_t>();
     scalar_t* gs = grad_sigmas.data_ptr<scalar_t>();
     scalar_t* gd = need_delta_grad ? grad_deltas.data_ptr<scalar_t>() : nullptr;
-    at::parallel_for(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+    parallel_for_as_they_go(0, n_rays, ray_grain(sigmas.numel(), n_rays), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaySpan s = ray_span(r, info, samples_per_ray);
         const int64_t b = s.begin;
@@ -97,7 +99,7 @@ std::tuple<at::Tensor, at::Tensor> volrend_alpha_fwd_cpu(const at::Tensor& alpha
     const scalar_t* al = alphas.data_ptr<scalar_t>();
     scalar_t* w = weights.data_ptr<scalar_t>();
     scalar_t* tr = trans.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+    parallel_for_as_they_go(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaySpan s = ray_span(r, info, samples_per_ray);
         alpha_weights_forward<scalar_t>(s.count, al + s.begin, w + s.begin, tr + s.begin);
@@ -121,7 +123,7 @@ at::Tensor volrend_alpha_bwd_cpu(const c10::optional<at::Tensor>& grad_weights,
     const scalar_t* al = alphas.data_ptr<scalar_t>();
     const scalar_t* tr = trans.data_ptr<scalar_t>();
     scalar_t* ga = grad_alphas.data_ptr<scalar_t>();
-    at::parallel_for(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
+    parallel_for_as_they_go(0, n_rays, ray_grain(alphas.numel(), n_rays), [&](int64_t begin, int64_t end) {
       for (int64_t r = begin; r < end; ++r) {
         const RaySpan s = ray_span(r, info, samples_per_ray);
         const int64_t b = s.begin;

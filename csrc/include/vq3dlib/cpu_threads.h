@@ -5,6 +5,8 @@
 // as they go (the marching kernel's blocks of rays) use the pool's threads.
 #include <ATen/Parallel.h>
 
+#include <algorithm>
+#include <atomic>
 #include <cstdint>
 
 #ifdef _OPENMP
@@ -45,5 +47,24 @@ class KernelThreads {
  private:
   int64_t previous_ = 0;
 };
+
+// Runs fn(b, e) over [begin, end) in pieces of `grain`, handed out to the threads as they go: a
+// thread that shares its core with another process takes fewer pieces, where at::parallel_for's
+// equal shares would leave the other threads waiting for it at the end of the region.
+template <typename Fn>
+void parallel_for_as_they_go(int64_t begin, int64_t end, int64_t grain, const Fn& fn) {
+  if (end <= begin) return;
+  grain = std::max<int64_t>(1, grain);
+  const int64_t n_pieces = (end - begin + grain - 1) / grain;
+  const int64_t n_workers = std::min<int64_t>(at::get_num_threads(), n_pieces);
+  if (n_workers <= 1 || at::in_parallel_region()) {
+    fn(begin, end);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, n_workers, 1, [&](int64_t, int64_t) {
+    for (int64_t p = next++; p < n_pieces; p = next++) fn(begin + p * grain, std::min(end, begin + (p + 1) * grain));
+  });
+}
 
 }  // namespace vq3dlib
